@@ -47,10 +47,14 @@ class Image:
     @classmethod
     def from_bytes(cls, blob: bytes) -> Image:
         if len(blob) < _HEADER.size or blob[:4] != _MAGIC:
-            raise ImageError("not an RL-32 image (it does not start with b'RL32'; make one with 'ringlab asm')")
-        magic, version, base, entry, n, s = _HEADER.unpack_from(blob)
+            raise ImageError(
+                "not an RL-32 image (it does not start with b'RL32'; make one with 'ringlab asm')"
+            )
+        _magic, version, base, entry, n, s = _HEADER.unpack_from(blob)
         if version != 1:
-            raise ImageError(f"image format version {version} is not supported (this Ringlab reads version 1)")
+            raise ImageError(
+                f"image format version {version} is not supported (this Ringlab reads version 1)"
+            )
         if len(blob) != _HEADER.size + n + s:
             raise ImageError(f"image is truncated or has trailing bytes: header says {n}+{s} bytes after it")
         data = blob[_HEADER.size : _HEADER.size + n]

@@ -86,7 +86,7 @@ class Form(enum.Enum):
 
     NONE = ""
     R = "r"
-    I = "i"  # noqa: E741 - the form's name in the ISA
+    I = "i"
     I8 = "i8"
     M = "m"
     RR = "r,r"
@@ -244,7 +244,9 @@ _ROWS: list[tuple[int, str, Form, Class, str]] = [
     (0x64, "ret", F.NONE, _I, "eip = pop"),
     *[
         (0x70 + k, "j" + cond, F.I, _I, f"jump if {cond}")
-        for k, cond in enumerate(("e", "ne", "l", "le", "g", "ge", "b", "be", "a", "ae", "s", "ns", "o", "no"))
+        for k, cond in enumerate(
+            ("e", "ne", "l", "le", "g", "ge", "b", "be", "a", "ae", "s", "ns", "o", "no")
+        )
     ],
     (0x80, "nop", F.NONE, _I, "nothing"),
     (0x81, "rdtsc", F.NONE, _I, "edx:eax = virtual time"),
@@ -336,31 +338,43 @@ def encode(spec: Spec, operands: tuple[Operand, ...]) -> bytes:
     kinds = [k for k in FORMS[spec.form].operands if k not in _FIXED]
     if len(kinds) != len(operands):
         raise ValueError(f"{spec.mnemonic} {spec.form.value} takes {len(kinds)} operands")
+    regs: list[int] = []
+    crs: list[int] = []
+    imms: list[int] = []
+    imm8s: list[int] = []
+    mem: Mem | None = None
+    for kind, op in zip(kinds, operands, strict=True):
+        if isinstance(op, Mem):
+            if kind not in ("m", "m8"):
+                raise ValueError(f"{spec.mnemonic} {spec.form.value}: a memory operand where {kind} belongs")
+            mem = op
+        elif kind == "r":
+            if not 0 <= op < 8:
+                raise ValueError(f"bad register number {op!r}")
+            regs.append(op)
+        elif kind == "cr":
+            if op not in CONTROL_REGISTERS:
+                raise ValueError(f"cr{op} does not exist (RL-32 has cr0, cr2, cr3, cr8)")
+            crs.append(op)
+        elif kind == "i":
+            imms.append(op & MASK32)
+        elif kind == "i8":
+            imm8s.append(op & 0xFF)
+        else:
+            raise ValueError(f"{spec.mnemonic} {spec.form.value}: operand {op!r} is not a memory operand")
     out = bytearray([spec.opcode])
-    regs = [op for k, op in zip(kinds, operands) if k == "r"]
-    mems = [op for k, op in zip(kinds, operands) if k in ("m", "m8")]
-    imms = [op for k, op in zip(kinds, operands) if k == "i"]
-    imm8s = [op for k, op in zip(kinds, operands) if k == "i8"]
-    crs = [op for k, op in zip(kinds, operands) if k == "cr"]
-    for r in regs:
-        if not isinstance(r, int) or not 0 <= r < 8:
-            raise ValueError(f"bad register number {r!r}")
-    for c in crs:
-        if c not in CONTROL_REGISTERS:
-            raise ValueError(f"cr{c} does not exist (RL-32 has cr0, cr2, cr3, cr8)")
-    if mems:
-        mem = mems[0]
-        assert isinstance(mem, Mem)
-        out.append(_mem_byte(int(regs[0]) if regs else 0, mem))
+    if mem is not None:
+        out.append(_mem_byte(regs[0] if regs else 0, mem))
         out += struct.pack("<I", mem.disp & MASK32)
     elif crs:
-        out.append((int(regs[0]) << 4) | int(crs[0]))
+        out.append((regs[0] << 4) | crs[0])
+    elif len(regs) == 2:
+        out.append((regs[0] << 4) | regs[1])
     elif regs:
-        out.append(int(regs[0]) << 4 | int(regs[1]) if len(regs) == 2 else int(regs[0]))
-    for i in imms:
-        out += struct.pack("<I", int(i) & MASK32)
-    for i8 in imm8s:
-        out.append(int(i8) & 0xFF)
+        out.append(regs[0])
+    for imm in imms:
+        out += struct.pack("<I", imm)
+    out += bytes(imm8s)
     assert len(out) == spec.length, (spec, len(out))
     return bytes(out)
 
