@@ -76,7 +76,10 @@ class _Location:
     chain: tuple[str, ...] = ()
 
     def error(self, column: int, message: str) -> AssemblyError:
-        suffix = f" ({', '.join(self.chain)})" if self.chain else ""
+        chain = self.chain
+        if len(chain) > 4:  # a runaway recursion: the innermost expansions and the first one
+            chain = (*chain[:2], f"... {len(chain) - 3} more expansions ...", chain[-1])
+        suffix = f" ({', '.join(chain)})" if chain else ""
         return AssemblyError(self.file, self.line, column, message + suffix)
 
     def at(self, column: int) -> str:
@@ -285,7 +288,7 @@ class _Assembler:
             raise location.error(problem.column, problem.message) from None
 
     def _suggest(self, word: str) -> str:
-        close = difflib.get_close_matches(word.lower(), [*SPECS, *self.macros], n=1, cutoff=0.7)
+        close = difflib.get_close_matches(word.lower(), [*SPECS, *self.macros], n=1, cutoff=0.6)
         return f" (did you mean '{close[0]}'?)" if close else ""
 
     def _labels(self, stream: TokenStream, location: _Location) -> None:

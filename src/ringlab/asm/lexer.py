@@ -65,7 +65,7 @@ def tokenize(line: str) -> list[Token]:
     while pos < end:
         m = _TOKEN.match(line, pos)
         if m is None:
-            raise SourceProblem(pos + 1, f"unexpected character {line[pos]!r}")
+            raise SourceProblem(pos + 1, _unexpected(line[pos]))
         kind = m.lastgroup
         text = m.group()
         if kind == "comment":
@@ -86,10 +86,18 @@ def tokenize(line: str) -> list[Token]:
     return tokens
 
 
+def _unexpected(ch: str) -> str:
+    if ch == "\\":
+        return "unexpected '\\' (\\name only stands for a parameter inside a .macro body)"
+    return f"unexpected character '{ch}'"
+
+
 def parse_number(text: str, column: int) -> int:
     """Decimal, ``0x`` hex or ``0b`` binary (any letter case); at most 32 bits."""
     lower = text.lower()
     try:
+        if "_" in lower:
+            raise ValueError(text)
         if lower.startswith("0x"):
             value = int(lower[2:], 16)
         elif lower.startswith("0b"):
