@@ -23,8 +23,8 @@ def enc(mnemonic: str, form: isa.Form, *operands: isa.Operand) -> bytes:
     return isa.encode(isa.BY_NAME[(mnemonic, form)], operands)
 
 
-def code(source: str, **kwargs: object) -> bytes:
-    return assemble(source, **kwargs).data  # type: ignore[arg-type]
+def code(source: str, *, defines: dict[str, int] | None = None) -> bytes:
+    return assemble(source, defines=defines).data
 
 
 def error(source: str, *, filename: str = "t.s", defines: dict[str, int] | None = None) -> AssemblyError:

@@ -188,7 +188,7 @@ def _body(units: list[_Unit], labels: dict[int, str], image: Image) -> Iterator[
 
 
 def _line(text: str, address: int) -> str:
-    return f"    {text:<{_COMMENT_COLUMN - 4}}; {address:#06x}"
+    return f"    {text:<{_COMMENT_COLUMN - 5}} ; {address:#06x}"
 
 
 def _data_lines(units: list[_Unit], image: Image) -> Iterator[str]:
