@@ -177,6 +177,12 @@ def test_empty_image_round_trips() -> None:
     round_trip(Image(base=0x4000, data=b"", entry=0x4000))
 
 
+def test_lowercase_label_names_win_over_constants_at_the_same_address() -> None:
+    # .equ PAGE, 0x1000 and kernel_entry: both name 0x1000; the label reads better.
+    image = assemble(".equ PAGE, 0x1000\n.equ ABC, 0x1000\nkernel_entry: jmp kernel_entry")
+    assert body(round_trip(image)) == ["kernel_entry:", "jmp kernel_entry"]
+
+
 def test_generated_names_avoid_existing_symbols() -> None:
     image = Image(
         base=0x1000, data=bytes.fromhex("60 05 10 00 00 80 80"), entry=0x1000, symbols={"L_1005": 0x1006}

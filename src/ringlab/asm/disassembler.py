@@ -141,9 +141,12 @@ def _layout(image: Image, named: set[int]) -> tuple[list[_Unit], set[int]]:
 
 
 def _label_names(addresses: set[int], symbols: Mapping[str, int]) -> dict[int, str]:
-    """Prefer the image's own symbol names; invent ``L_xxxx`` (unique) for the rest."""
+    """Prefer the image's own symbol names; invent ``L_xxxx`` (unique) for the rest.
+
+    ``Image.symbols`` mixes labels and ``.equ`` constants; when several name one address,
+    a name that is not ALL_CAPS (by convention a label, not a constant) wins."""
     names: dict[int, str] = {}
-    for name, address in sorted(symbols.items(), key=lambda item: (item[1], item[0])):
+    for name, address in sorted(symbols.items(), key=lambda item: (item[1], item[0].isupper(), item[0])):
         if address in addresses and address not in names and _usable_label(name):
             names[address] = name
     taken = set(symbols)
