@@ -227,7 +227,7 @@ rl_hexdigits: .ascii "0123456789abcdef"
 rl_idtr:
     .word {limit:#x}
     .dword rl_idt
-.align 8
+.align 4096
 rl_idt:
 {chr(10).join(idt_lines)}
 .align 16
