@@ -105,9 +105,9 @@ class Workload:
     _expected: Callable[[Mapping[str, int]], Expected]
 
     def expected_output(self, defines: Defines | None = None) -> Expected:
-        """The exact console output for these defines (bytes), or for a workload whose output
-        depends on scheduling details (only ``multi`` with non-default defines) a regex the
-        whole output must match."""
+        """The exact console output for these defines (bytes), or, for ``multi``, whose
+        interleaving depends on where the timer ticks fall, a regex the whole output must
+        match (tests pin the exact interleaving separately)."""
         values = dict(self.defaults)
         values.update(defines or {})
         return self._expected(values)
@@ -149,15 +149,12 @@ def _divzero(d: Mapping[str, int]) -> Expected:
 
 
 def _multi(d: Mapping[str, int]) -> Expected:
+    # Which worker prints first in each round depends on where the ticks fall, so the exact
+    # interleaving is pinned by a test (deterministic for one image), not predicted here.
     workers, steps = d["WORKERS"], d["ITERATIONS"]
-    pids = range(2, workers + 2)
-    lines = [f"worker {pid}: step {k}\n" for k in range(1, steps + 1) for pid in pids]
-    done = f"multi: {workers} workers done\n"
-    if d.get("WORK", 30000) * 4 >= 100_000 and "TIMER_PERIOD" not in d:
-        # Every step outlasts a tick, so round robin keeps the workers in lockstep: each step's
-        # lines come out in pid order.
-        return ("".join(lines) + done).encode()
-    return re.compile(b"(?:worker [0-9]+: step [0-9]+\n){%d}" % (workers * steps) + re.escape(done.encode()))
+    line = rb"worker [0-9]+: step [0-9]+\n"
+    done = f"multi: {workers} workers done\n".encode()
+    return re.compile(b"(?:%s){%d}%s" % (line, workers * steps, re.escape(done)))
 
 
 def _bench(d: Mapping[str, int]) -> Expected:
@@ -335,7 +332,9 @@ def _build_cached(workload: str, flavour: str, defines: DefinesKey) -> Image:
     return _link_kernel(programs, spec.programs, flavour, dict(defines))
 
 
-def build_image(workload: str = "hello", flavour: str = "stock", defines: dict[str, int] | None = None) -> Image:
+def build_image(
+    workload: str = "hello", flavour: str = "stock", defines: dict[str, int] | None = None
+) -> Image:
     """The bootable image of ``workload`` on the ``flavour`` kernel, cached by its arguments.
 
     ``defines`` go to the kernel and to every program (``ITERATIONS``, ``ROUNDS``,
@@ -355,5 +354,6 @@ def build_custom_image(
     """A kernel image with the given user programs (source text; program 0 is init): tests use
     it to run a one-off program and show it."""
     programs = build_programs(sources, defines)
-    return _link_kernel(programs, [f"custom program {i}" for i in range(len(sources))], flavour, defines or {})
-
+    return _link_kernel(
+        programs, [f"custom program {i}" for i in range(len(sources))], flavour, defines or {}
+    )

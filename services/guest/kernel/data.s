@@ -46,6 +46,7 @@ current:        .dword 0            ; the running process's slot (0 before the f
 next_pid:       .dword 1            ; init is pid 1
 ticks:          .dword 0            ; timer interrupts so far
 idling:         .dword 0            ; 1 while schedule() waits in `sti; hlt`
+need_resched:   .dword 0            ; a tick hit kernel mode: preempt on the way back to ring 3
 fault_addr:     .dword 0            ; cr2 of the page fault being handled
 numbuf:         .space 12           ; kput_hex / kput_dec scratch
 

@@ -261,6 +261,7 @@ schedule:
     push esi
     push edi
     PV_IRQ_SAVE esi
+    mov [need_resched], 0           ; whoever runs next gets a fresh start
     mov ebx, [current]
     test ebx, ebx
     jnz .scan

@@ -7,7 +7,8 @@
 ;
 ; Policy:
 ;   timer (32)      count the tick, wake sleepers; from ring 3, preempt (round robin).  The
-;                   kernel itself is never preempted: a tick in kernel mode only counts.
+;                   kernel itself is never preempted: a tick in kernel mode sets need_resched
+;                   and the process is preempted on its way back to ring 3.
 ;   int 0x80        system call (syscall.s)
 ;   #PF (14)        ring 3, not-present page in [USER_HEAP, USER_TOP): demand-zero a fresh
 ;                   frame and retry; otherwise like any other exception
@@ -81,14 +82,23 @@ trap_dispatch:
     call exception                  ; does not return
 .syscall:
     call syscall_dispatch
-    pop ebx
-    ret
+    jmp .return
 .timer:
     call timer_interrupt
-    pop ebx
-    ret
+    jmp .return
 .page_fault:
     call page_fault
+.return:
+    ; Going back to ring 3 after a tick arrived while we were in the kernel: preempt now
+    ; (Linux's need_resched check on the way back to user mode), so a process that spends its
+    ; time in system calls is preempted like one that computes.
+    mov eax, [ebx + F_CS]
+    and eax, 3
+    jz .out
+    cmp [need_resched], 0
+    je .out
+    call schedule
+.out:
     pop ebx
     ret
 
@@ -101,9 +111,12 @@ timer_interrupt:
     jne .done
     mov eax, [ebx + F_CS]
     and eax, 3
-    jz .done                        ; never preempt the kernel
+    jz .in_kernel
     call schedule                   ; preempt: the current process stays runnable
-.done:
+    ret
+.in_kernel:
+    mov [need_resched], 1           ; never preempt the kernel: trap_dispatch does it on the
+.done:                              ; way back to ring 3
     ret
 
 ; ---- page faults ----
