@@ -792,3 +792,114 @@ def test_nop_changes_nothing_but_eip():
     """)
     assert r["eflags"] == 0
     assert r["eax"] == 0
+
+
+def test_pop_esp_loads_the_popped_value():
+    # SDM: POP ESP increments esp before writing the popped value into it
+    r = regs("""
+        mov esp, 0x8000
+        push 0x3000
+        pop esp
+        mov eax, esp
+        out 0xF4, eax
+    """)
+    assert r["eax"] == 0x3000
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [
+        ("cmp eax, ebx", {"CF", "SF"}),
+        ("cmp eax, 6", {"CF", "SF"}),
+        ("cmp eax, [six]", {"CF", "SF"}),
+        ("cmp [five], ebx", {"CF", "SF"}),
+        ("cmp [five], 6", {"CF", "SF"}),
+        ("test eax, ebx", set()),
+        ("test eax, 2", {"ZF"}),
+        ("test eax, [six]", set()),
+        ("test [five], ebx", set()),
+        ("test [five], 2", {"ZF"}),
+    ],
+)
+def test_cmp_and_test_every_operand_form(form, expected):
+    # eax = [five] = 5, ebx = [six] = 6: 5 - 6 borrows (CF SF); 5 & 6 = 4; 5 & 2 = 0
+    r = regs(f"""
+        mov eax, 5
+        mov ebx, 6
+        {form}
+        out 0xF4, eax
+    five: .dword 5
+    six:  .dword 6
+    """)
+    assert arith_flags(r["eflags"]) == expected
+    assert (r["eax"], r["ebx"]) == (5, 6)
+
+
+def test_sub_and_logic_memory_immediate_flags():
+    r = regs("""
+        mov [m], 0
+        sub [m], 1
+        pushf
+        pop ebx
+        mov ecx, [m]
+        and [m], 0x7FFFFFFF
+        pushf
+        pop edx
+        mov esi, [m]
+        out 0xF4, eax
+    m: .dword 0
+    """)
+    assert arith_flags(r["ebx"]) == {"CF", "SF"}
+    assert r["ecx"] == 0xFFFFFFFF
+    assert arith_flags(r["edx"]) == set()
+    assert r["esi"] == 0x7FFFFFFF
+
+
+def test_shift_register_by_itself_through_ecx():
+    r = regs("""
+        mov ecx, 3
+        shl ecx, ecx
+        out 0xF4, eax
+    """)
+    assert r["ecx"] == 24
+
+
+def test_div_smaller_dividend_gives_zero_quotient():
+    r = regs("""
+        mov eax, 5
+        mov ecx, 9
+        div ecx
+        out 0xF4, eax
+    """)
+    assert (r["eax"], r["edx"]) == (0, 5)
+
+
+def test_self_modifying_code_takes_effect_on_next_execution():
+    # Run a block once, then copy the bytes of `mov ebx, 2` (new:) over `mov ebx, 1` (old:);
+    # both have the same length, whatever the encoding.  The second pass must see the new code.
+    r = regs("""
+    main:
+        mov ecx, 0
+        mov edi, 0
+    again:
+    old:
+        mov ebx, 1
+    old_end:
+        add edi, ebx
+        inc ecx
+        cmp ecx, 2
+        je done
+        mov esi, 0
+    copy:
+        movzx eax, byte [new + esi]
+        mov byte [old + esi], eax
+        inc esi
+        cmp esi, old_end - old
+        jne copy
+        jmp again
+    done:
+        out 0xF4, eax
+    new:
+        mov ebx, 2
+    """)
+    assert r["edi"] == 3

@@ -649,3 +649,65 @@ def test_page_walk_mc_while_delivering_exception_is_df():
     """
     r = run(kernel(body, paging=True), memory_size=SMALL)
     assert r["exit"]["reason"] == "shutdown"
+
+
+XPAGE = """
+    .align 4096
+    xpage:
+        .space 4096 - 3
+    xinstr:
+        mov eax, 0x12345678       ; at least 5 bytes: crosses into xpage + 0x1000
+        int 0x30
+        .space 4096
+    """
+
+
+def test_instruction_fetch_crossing_into_not_present_page_faults_with_cr2_page_start():
+    body = """
+        mov [rl_pt0 + ((xpage + 0x1000) >> 12) * 4], 0
+        invlpg [xpage + 0x1000]
+        mov eax, 0x66
+        jmp xinstr
+    """
+    r = run(kernel(body + XPAGE, paging=True))
+    rec = r["rec"]
+    assert rec["vec"] == 14, r["console"]
+    f = frame(rec, err=True)
+    assert f["err"] == 0
+    assert f["eip"] == r["sym"]["xinstr"]
+    assert rec["cr2"] == r["sym"]["xpage"] + 0x1000
+    assert rec["eax"] == 0x66
+
+
+def test_instruction_fetch_at_ring3_crossing_into_supervisor_page_faults():
+    body = f"""
+        mov [rl_pt0 + ((xpage + 0x1000) >> 12) * 4], xpage + 0x1000 + 3
+        invlpg [xpage + 0x1000]
+{to_ring3("xinstr")}
+    """
+    r = run(kernel(body + XPAGE, paging=True))
+    rec = r["rec"]
+    assert rec["vec"] == 14, r["console"]
+    assert frame(rec, err=True)["err"] == 5
+    assert frame(rec, err=True)["eip"] == r["sym"]["xinstr"]
+    assert rec["cr2"] == r["sym"]["xpage"] + 0x1000
+
+
+def test_instruction_crossing_two_present_pages_executes():
+    r = run(kernel("    jmp xinstr\n" + XPAGE, paging=True))
+    assert r["exit"]["reason"] == "poweroff"
+    assert r["registers"]["eax"] == 0x12345678
+
+
+def test_idt_and_tss_reads_during_delivery_are_supervisor_accesses():
+    # the page holding the IDT and the TSS is supervisor-only; a ring-3 int still delivers
+    body = f"""
+        mov [rl_pt0 + (rl_idt >> 12) * 4], rl_idt + 3
+        invlpg [rl_idt]
+{to_ring3("user")}
+    user:
+        int 0x31
+    """
+    r = run(kernel(body, paging=True))
+    assert r["rec"]["vec"] == 0x31, r["console"]
+    assert r["rec"]["hcs"] == 0

@@ -759,3 +759,85 @@ def test_exceptions_ignore_gate_dpl():
     r = run(src)
     assert r["rec"]["vec"] == 6
     assert frame(r["rec"], err=False)["cs"] == 3
+
+
+def test_lidt_sidt_round_trip_full_16_bit_limit_and_32_bit_base():
+    r = run(
+        kernel("""
+        lidt [d]
+        sidt [buf]
+        lidt [rl_idtr]
+        mov eax, [buf]
+        mov ebx, [buf + 2]
+        out 0xF4, eax
+    .align 4
+    d:   .word 0xFFFF
+         .dword 0xFFFFFFFF
+    buf: .space 8
+    """)
+    )
+    assert r["registers"]["eax"] == 0xFFFFFFFF
+    assert r["registers"]["ebx"] == 0xFFFFFFFF
+
+
+def test_iret_at_ring0_with_all_ones_eflags_keeps_only_existing_bits():
+    src = kernel("""
+        push 0xFFFFFFFF
+        push 0
+        push next
+        iret
+    next:
+        pushf
+        pop ebx
+        out 0xF4, eax
+    """)
+    assert run(src)["registers"]["ebx"] == 0x3AC1
+
+
+def test_fault_at_ring2_to_ring1_handler_uses_esp1():
+    src = at_ring(
+        2,
+        """
+    here:
+        vmcall
+    """,
+        iopl=3,
+        gates={6: rec_gate(6, ring=1)},
+    )
+    r = run(src)
+    rec = r["rec"]
+    assert rec["hcs"] == 1
+    assert rec["esp"] == r["sym"]["rl_kstack1_top"] - 16
+    f = frame(rec, err=False)
+    assert (f["eip"], f["cs"], f["esp"]) == (r["sym"]["here"], 2, r["sym"]["rl_ustack_top"])
+
+
+def test_sti_at_ring3_with_iopl3_lets_the_timer_in():
+    src = at_ring(
+        3,
+        """
+        sti
+    spin3:
+        jmp spin3
+    """,
+        pre="    mov ebx, 20\n    out 0x40, ebx\n",
+        iopl=3,
+    )
+    r = run(src)
+    assert r["rec"]["vec"] == 32
+    f = frame(r["rec"], err=False)
+    assert (f["eip"], f["cs"]) == (r["sym"]["spin3"], 3)
+    assert f["eflags"] == IF | 0x3000
+
+
+def test_faulting_in_at_ring3_leaves_destination_register():
+    src = at_ring(
+        3,
+        """
+        mov ebx, 0x1234
+        in ebx, 0x80
+    """,
+    )
+    r = run(src)
+    assert r["rec"]["vec"] == 13
+    assert r["rec"]["ebx"] == 0x1234

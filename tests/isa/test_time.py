@@ -479,3 +479,73 @@ def test_max_instructions_counts_retired_instructions_only():
     assert r["exit"]["reason"] == "limit"
     assert r["registers"]["ecx"] == 10
     assert r["registers"]["eip"] == r["sym"]["after_div"]
+
+
+def test_max_instructions_ignores_time_skipped_in_hlt():
+    # the hlt skips ~10000 units of virtual time, but only about 20 instructions retire
+    src = kernel(
+        """
+        sti
+        mov ebx, 10000
+        out 0x40, ebx
+        hlt
+    idle2:
+        jmp idle2
+    tick:
+        rdtsc
+        out 0xF4, eax
+    """,
+        gates={32: gate("tick")},
+    )
+    r = run(src, max_instructions=50)
+    assert r["exit"]["reason"] == "poweroff"
+    assert r["registers"]["eax"] == 9 + 10000
+
+
+def test_pending_tick_is_taken_right_after_popf_sets_if():
+    src = kernel(
+        """
+        mov ebx, 2
+        out 0x40, ebx
+        nop
+        nop
+        nop                   ; tick pending, IF = 0
+        push 0x200
+        popf
+    after_popf:
+        mov edx, 1
+    idle3:
+        jmp idle3
+    tick:
+        mov ecx, [esp]
+        out 0xF4, eax
+    """,
+        gates={32: gate("tick")},
+    )
+    r = run(src)
+    assert r["registers"]["ecx"] == r["sym"]["after_popf"]
+    assert r["registers"]["edx"] == 0
+
+
+def test_fault_while_delivering_the_timer_is_delivered_as_itself():
+    # ring 3 with IF = 1; the timer's ring-0 gate needs esp0, which is beyond RAM: the push
+    # raises #MC, delivered as #MC (not #DF) through a ring-3 gate on the user stack.
+    src = at_ring(
+        3,
+        """
+        mov esp, 0x3E000
+    spin3:
+        jmp spin3
+    """,
+        pre="    mov [rl_tss + 4], 0x80000\n    mov ebx, 10\n    out 0x40, ebx\n",
+        iopl=3,
+        if_=True,
+        gates={18: rec_gate(18, ring=3)},
+    )
+    r = run(src, memory_size=0x40000)
+    rec = r["rec"]
+    assert rec["vec"] == 18, r["console"]
+    assert rec["hcs"] == 3
+    assert rec["esp"] == 0x3E000 - 12
+    f = frame(rec, err=False)
+    assert (f["eip"], f["cs"]) == (r["sym"]["spin3"], 3)
