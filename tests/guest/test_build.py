@@ -1,0 +1,137 @@
+"""ringlab_guest.build: names, flavours, caching, the embedding scheme, and the pv-ops rule.
+
+The kernel sources are services/guest/kernel/*.s; the pv-ops layer is kernel/pvops.s.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from ringlab.asm import assemble
+from ringlab.errors import AssemblyError, UsageError
+from ringlab.image import Image
+from ringlab.isa import TABLE, Class
+from ringlab_guest.build import (
+    USER_BASE,
+    WORKLOADS,
+    build_image,
+    build_programs,
+    generate_program_table,
+    kernel_source,
+    source_dir,
+)
+
+NAMES = (
+    "hello",
+    "compute",
+    "syscall",
+    "io",
+    "callret",
+    "pagefault",
+    "ptemod",
+    "divzero",
+    "spawnwait",
+    "multi",
+)
+
+
+def test_every_required_workload_exists() -> None:
+    assert set(NAMES) <= set(WORKLOADS)
+    for name, workload in WORKLOADS.items():
+        assert workload.name == name and workload.description
+        for program in workload.programs:
+            assert (source_dir() / "workloads" / program).is_file()
+
+
+def test_unknown_workload_lists_the_valid_ones() -> None:
+    with pytest.raises(UsageError, match="unknown workload 'nope'; valid workloads: hello, compute"):
+        build_image("nope")
+
+
+def test_unknown_flavour_lists_the_valid_ones() -> None:
+    with pytest.raises(UsageError, match="valid flavours: stock, paravirt"):
+        build_image("hello", "turbo")
+
+
+def test_paravirt_flavour_is_not_built_yet() -> None:
+    with pytest.raises(
+        UsageError, match=r"the paravirt kernel flavour comes with the pv technique \(not built yet\)"
+    ):
+        build_image("hello", "paravirt")
+
+
+def test_paravirt_branch_fails_assembly_loudly() -> None:
+    """kernel.s with -D PARAVIRT must not assemble (pvops.s's stub names an undefined symbol)."""
+    text, path = kernel_source()
+    with pytest.raises(AssemblyError, match="paravirt_flavour_not_built_yet"):
+        assemble(text + generate_program_table([]), filename=str(path), defines={"PARAVIRT": 1})
+
+
+def test_build_is_fast_and_cached() -> None:
+    defines = {"ITERATIONS": 4321}  # a key no other test builds
+    start = time.perf_counter()
+    first = build_image("spawnwait", "stock", defines)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5
+    assert build_image("spawnwait", "stock", dict(defines)) is first
+
+
+def test_programs_are_embedded_in_the_kernel_image() -> None:
+    """The image holds each program's bytes, and the program table points at them."""
+    image = build_image("divzero")
+    [child] = build_programs([(source_dir() / "workloads" / "divzero_child.s").read_text()])
+    assert _dword(image, image.symbols["program_count"]) == 2
+    entry = image.symbols["program_table"] + 16  # program 1: load address, size, entry, bytes
+    vaddr, size, start, data = (_dword(image, entry + 4 * k) for k in range(4))
+    assert (vaddr, start) == (USER_BASE, child.entry)
+    assert size == (len(child.data) + 3) & ~3
+    assert _read(image, data, len(child.data)) == child.data
+    assert image.symbols["kernel_end"] % 4096 == 0
+
+
+def _read(image: Image, address: int, length: int) -> bytes:
+    return image.data[address - image.base : address - image.base + length]
+
+
+def _dword(image: Image, address: int) -> int:
+    return int.from_bytes(_read(image, address, 4), "little")
+
+
+SENSITIVE = {
+    spec.mnemonic for spec in TABLE if spec.cls in (Class.PRIVILEGED, Class.IOPL, Class.SENSITIVE)
+} | {"iret"}
+
+
+def test_only_pvops_names_sensitive_instructions() -> None:
+    """Every sensitive or privileged instruction of the kernel is a PV_* macro of pvops.s, so
+    the paravirt flavour can replace them all in one file."""
+    offenders = []
+    for path in sorted((source_dir() / "kernel").glob("*.s")):
+        if path.name == "pvops.s":
+            continue
+        for number, raw in enumerate(path.read_text().splitlines(), 1):
+            code = re.sub(r'"[^"]*"|\'[^\']*\'', '""', raw).split(";")[0]
+            code = re.sub(r"^\s*[A-Za-z_.][\w.]*:", "", code).strip()
+            if not code:
+                continue
+            words = code.replace(",", " ").split()
+            mnemonic = words[0].lower()
+            operands = {w.lower() for w in words[1:]}
+            if mnemonic in SENSITIVE - {"mov"} or (
+                mnemonic == "mov" and operands & {"cr0", "cr2", "cr3", "cr8", "cs"}
+            ):
+                offenders.append(f"{path.name}:{number}: {raw.strip()}")
+    assert offenders == []
+
+
+def test_stock_kernel_saves_and_restores_if_with_pushf_popf() -> None:
+    """local_irq_save/restore are pushf/popf in the stock flavour (what later makes
+    trap-and-emulate misbehave), and real code paths use them."""
+    pvops = (source_dir() / "kernel" / "pvops.s").read_text()
+    assert re.search(r"\.macro PV_IRQ_SAVE reg\s+pushf\s+pop \\reg\s+cli", pvops)
+    assert re.search(r"\.macro PV_IRQ_RESTORE reg\s+push \\reg\s+popf", pvops)
+    kernel = {p.name: p.read_text() for p in (source_dir() / "kernel").glob("*.s")}
+    assert "PV_IRQ_RESTORE" in kernel["console.s"] and "PV_IRQ_RESTORE" in kernel["sched.s"]
