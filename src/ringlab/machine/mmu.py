@@ -1,0 +1,202 @@
+"""The MMU: linear -> physical translation with x86 32-bit two-level paging and a modelled TLB.
+
+The modelled TLB (``tlb``: virtual page -> frame and the U/W bits of both levels) is the
+architectural one: a changed PTE takes effect only after ``invlpg`` on its address, a ``cr3``
+write or a change of ``cr0.PG`` (ISA.md Paging).  As the SDM says, a page fault also drops the
+faulting page's entry, so a handler can fix a PTE and retry without ``invlpg``.
+
+For the block compiler the MMU keeps *fast caches* derived from the TLB: per access mode (user,
+WP, PG) a dict from virtual page to ``physical - linear`` offset, one for reads and one for
+writes.  Compiled code indexes them directly and leaves to the slow path (this module) on a
+miss.  A page enters a write cache only on a write, which marks it dirty, and never while it
+holds compiled code, so writes to code always take the slow path that invalidates blocks.
+
+Hooks for the layers above, which never need to modify this module:
+* shadow paging: a VMM writes the shadow table's root into ``state.cr3``; ``sync`` notices the
+  change at the next ``run`` and flushes, exactly as a guest ``mov cr3`` would.
+* nested paging: ``second_stage`` (guest-physical -> host-physical), when set, is applied to
+  every page-table read and to every final address.  It may raise ``Fault``.  The fast caches
+  hold host addresses, so a VMM that changes its second stage must call ``flush``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ringlab.isa import BY_OPCODE as _BY_OPCODE
+from ringlab.isa import Instruction, decode
+from ringlab.machine.faults import PF, UD, Fault
+from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE, Memory
+from ringlab.machine.state import CR0_PG, CR0_WP, CpuState
+from ringlab.machine.stats import Stats
+
+__all__ = ["Mmu", "SecondStage", "mode_index"]
+
+M = 0xFFFFFFFF
+_FRAME = 0xFFFFF000
+_P, _W, _U = 1, 2, 4
+
+
+class SecondStage(Protocol):
+    """Nested paging's second translation stage (guest-physical -> host-physical)."""
+
+    def translate(self, gpa: int, write: bool) -> int: ...
+
+
+def mode_index(user: bool, cr0: int) -> int:
+    """Index of the fast caches for an access: bit 0 user, bit 1 cr0.WP, bit 2 cr0.PG."""
+    return int(user) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)
+
+
+class Mmu:
+    def __init__(self, memory: Memory, state: CpuState, stats: Stats, *, fast_caches: bool = False) -> None:
+        self.memory = memory
+        self.state = state
+        self.stats = stats
+        self.tlb: dict[int, tuple[int, int]] = {}
+        """Virtual page -> (frame address, U|W bits common to both levels)."""
+        self.fast_caches = fast_caches
+        self.read_cache: list[dict[int, int]] = [{} for _ in range(8)]
+        self.write_cache: list[dict[int, int]] = [{} for _ in range(8)]
+        self.second_stage: SecondStage | None = None
+        self._cr3 = state.cr3
+        self._pg = state.cr0 & CR0_PG
+        memory.on_clear_dirty.append(self.forget_writes)
+
+    # -- TLB maintenance -----------------------------------------------------------------
+    def flush(self) -> None:
+        """Drop every translation (a ``cr3`` write, a change of ``cr0.PG``)."""
+        self.tlb.clear()
+        for cache in (*self.read_cache, *self.write_cache):
+            cache.clear()
+        self.stats.tlb_flushes += 1
+        self._cr3 = self.state.cr3
+        self._pg = self.state.cr0 & CR0_PG
+
+    def invalidate(self, linear: int) -> None:
+        """Drop the translation of one page (``invlpg``)."""
+        vpn = (linear & M) >> PAGE_SHIFT
+        self.tlb.pop(vpn, None)
+        for cache in (*self.read_cache, *self.write_cache):
+            cache.pop(vpn, None)
+
+    def sync(self) -> None:
+        """Flush if ``cr3`` or ``cr0.PG`` changed behind the MMU's back (a VMM wrote the state)."""
+        if self.state.cr3 != self._cr3 or (self.state.cr0 & CR0_PG) != self._pg:
+            self.flush()
+
+    def forget_writes(self) -> None:
+        """Empty the write caches, so the next write to each page is seen (dirty tracking)."""
+        for cache in self.write_cache:
+            cache.clear()
+
+    def forget_code_page(self, page: int) -> None:
+        """A physical page now holds compiled code: writes to it must take the slow path."""
+        for cache in self.write_cache:
+            for vpn in [v for v, off in cache.items() if ((v << PAGE_SHIFT) + off) >> PAGE_SHIFT == page]:
+                del cache[vpn]
+
+    # -- translation ---------------------------------------------------------------------
+    def _phys(self, gpa: int, write: bool) -> int:
+        stage = self.second_stage
+        return gpa if stage is None else stage.translate(gpa, write)
+
+    def _walk(self, linear: int, write: bool, user: bool) -> tuple[int, int]:
+        self.stats.tlb_misses += 1
+        code = (_W if write else 0) | (_U if user else 0)
+        pde = self.memory.read32(self._phys((self.state.cr3 & _FRAME) | ((linear >> 22) << 2), False))
+        if not pde & _P:
+            raise Fault(PF, code, linear)
+        pte = self.memory.read32(self._phys((pde & _FRAME) | (((linear >> 12) & 0x3FF) << 2), False))
+        if not pte & _P:
+            raise Fault(PF, code, linear)
+        entry = (pte & _FRAME, pde & pte & (_U | _W))
+        self.tlb[linear >> PAGE_SHIFT] = entry
+        return entry
+
+    def translate(self, linear: int, write: bool, user: bool) -> int:
+        """Physical address of ``linear`` for one access; raises #PF (or #MC from a walk)."""
+        cr0 = self.state.cr0
+        if cr0 & CR0_PG:
+            vpn = linear >> PAGE_SHIFT
+            entry = self.tlb.get(vpn)
+            if entry is None:
+                entry = self._walk(linear, write, user)
+            frame, perm = entry
+            if (user and not perm & _U) or (write and not perm & _W and (user or cr0 & CR0_WP)):
+                self.invalidate(linear)  # SDM: a page fault drops the page's TLB entries
+                raise Fault(PF, _P | (_W if write else 0) | (_U if user else 0), linear)
+            pa = self._phys(frame | (linear & 0xFFF), write)
+        else:
+            pa = self._phys(linear, write)
+        if self.fast_caches:
+            self._fill(linear, pa, write, mode_index(user, cr0))
+        return pa
+
+    def _fill(self, linear: int, pa: int, write: bool, mode: int) -> None:
+        page_base = pa & _FRAME
+        if page_base + PAGE_SIZE > self.memory.size:
+            return  # a partial last page always takes the slow path, which raises #MC
+        vpn = linear >> PAGE_SHIFT
+        offset = page_base - (vpn << PAGE_SHIFT)
+        self.read_cache[mode][vpn] = offset
+        if write and (page_base >> PAGE_SHIFT) not in self.memory.code_pages:
+            self.write_cache[mode][vpn] = offset
+            self.memory.mark_dirty(page_base >> PAGE_SHIFT)
+
+    # -- linear accesses -------------------------------------------------------------------
+    def _pages(self, linear: int, n: int, write: bool, user: bool) -> list[tuple[int, int]]:
+        """(physical address, length) pieces of an access; every page is translated before
+        anything is touched, so a faulting access changes nothing."""
+        linear &= M
+        first = PAGE_SIZE - (linear & 0xFFF)
+        if n <= first:
+            return [(self.translate(linear, write, user), n)]
+        pieces = [(self.translate(linear, write, user), first)]
+        done = first
+        while done < n:
+            size = min(PAGE_SIZE, n - done)
+            pieces.append((self.translate((linear + done) & M, write, user), size))
+            done += size
+        return pieces
+
+    def read_bytes(self, linear: int, n: int, user: bool) -> bytes:
+        pieces = self._pages(linear, n, False, user)
+        if len(pieces) == 1:
+            return self.memory.read(pieces[0][0], n)
+        for pa, size in pieces:  # check every piece exists before reading (#MC)
+            if pa + size > self.memory.size:
+                self.memory.read(pa, size)
+        return b"".join(self.memory.read(pa, size) for pa, size in pieces)
+
+    def write_bytes(self, linear: int, blob: bytes, user: bool) -> None:
+        pieces = self._pages(linear, len(blob), True, user)
+        for pa, size in pieces:
+            if pa + size > self.memory.size:
+                self.memory.read(pa, size)  # raises #MC before anything is written
+        done = 0
+        for pa, size in pieces:
+            self.memory.write(pa, blob[done : done + size])
+            done += size
+
+    def read32(self, linear: int, user: bool) -> int:
+        return int.from_bytes(self.read_bytes(linear, 4, user), "little")
+
+    def read8(self, linear: int, user: bool) -> int:
+        return self.read_bytes(linear, 1, user)[0]
+
+    def write32(self, linear: int, value: int, user: bool) -> None:
+        self.write_bytes(linear, (value & M).to_bytes(4, "little"), user)
+
+    def write8(self, linear: int, value: int, user: bool) -> None:
+        self.write_bytes(linear, bytes((value & 0xFF,)), user)
+
+    def fetch(self, linear: int, user: bool) -> Instruction:
+        """Fetch and decode the instruction at ``linear``; #UD for undefined bytes."""
+        spec = _BY_OPCODE.get(self.read8(linear, user))
+        if spec is None:
+            raise Fault(UD)
+        insn = decode(self.read_bytes(linear, spec.length, user))
+        if insn is None:
+            raise Fault(UD)
+        return insn

@@ -1,0 +1,122 @@
+"""The native platform: console, power and the run loop that boots an image with no hypervisor.
+
+This is ``ringlab run --technique native``: the image is the whole guest OS, its kernel runs in
+ring 0, and the platform serves the two devices the core does not model, the console (0x3F8)
+and power (0xF4).  ``RunResult.to_json()`` is ISA.md's ``--json`` object.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ringlab.image import Image
+from ringlab.isa import REGISTERS
+from ringlab.machine.cpu import Cpu
+from ringlab.machine.exits import ExitReason
+from ringlab.machine.state import CpuState
+from ringlab.machine.stats import Stats
+
+__all__ = ["CONSOLE_PORT", "POWER_PORT", "RunResult", "run_image"]
+
+CONSOLE_PORT = 0x3F8
+POWER_PORT = 0xF4
+NO_INPUT = 0xFFFFFFFF
+_SLICE = 1 << 40
+
+
+@dataclass
+class RunResult:
+    console: bytes
+    reason: str
+    """poweroff, halt, shutdown or limit."""
+    code: int | None
+    detail: str
+    state: CpuState
+    stats: Stats
+    wall_seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.console.decode("latin-1")
+
+    def registers(self) -> dict[str, int]:
+        s = self.state
+        regs = dict(zip(REGISTERS, s.regs, strict=True))
+        return regs | {"eip": s.eip, "eflags": s.eflags, "cs": s.cs, "cr0": s.cr0, "cr2": s.cr2, "cr3": s.cr3}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "console": self.text,
+            "exit": {"reason": self.reason, "code": self.code, "detail": self.detail},
+            "registers": self.registers(),
+            "stats": {
+                "guest": self.stats.guest(self.state.tsc),
+                "host": {"wall_seconds": self.wall_seconds, **self.stats.host()},
+            },
+        }
+
+
+def run_image(
+    image: Image,
+    *,
+    memory_size: int = 4 << 20,
+    max_instructions: int | None = None,
+    input: bytes = b"",
+    fast: bool = True,
+) -> RunResult:
+    """Boot ``image`` natively and run it until power-off, halt, shutdown or the limit."""
+    cpu = Cpu.boot(image, memory_size=memory_size, fast=fast)
+    console = bytearray()
+    pending_input = memoryview(input)
+    started = time.perf_counter()
+    reason, code, detail = "limit", None, ""
+    while True:
+        if max_instructions is None:
+            budget = _SLICE
+        else:
+            budget = max_instructions - cpu.stats.retired
+            if budget <= 0:
+                detail = f"{max_instructions} instructions retired"
+                break
+        exit = cpu.run(budget)
+        if exit.reason is ExitReason.BUDGET:
+            continue
+        if exit.reason is ExitReason.IO_OUT:
+            assert exit.value is not None
+            if exit.port == CONSOLE_PORT:
+                console.append(exit.value & 0xFF)
+            elif exit.port == POWER_PORT:
+                reason, code = "poweroff", exit.value & 0xFF
+                detail = f"power off with code {code}"
+                break
+            continue  # unknown ports ignore writes
+        if exit.reason is ExitReason.IO_IN:
+            if exit.port == CONSOLE_PORT:
+                if pending_input:
+                    value, pending_input = pending_input[0], pending_input[1:]
+                else:
+                    value = NO_INPUT
+            elif exit.port == POWER_PORT:
+                value = 0
+            else:
+                value = NO_INPUT
+            cpu.complete_in(value)
+            continue
+        if exit.reason is ExitReason.HALT:
+            reason, detail = "halt", exit.detail
+        elif exit.reason is ExitReason.SHUTDOWN:
+            reason, detail = "shutdown", exit.detail
+        else:  # the native platform intercepts nothing, so no other exit can happen
+            raise AssertionError(f"unexpected exit {exit}")
+        break
+    return RunResult(
+        console=bytes(console),
+        reason=reason,
+        code=code,
+        detail=detail,
+        state=cpu.state,
+        stats=cpu.stats,
+        wall_seconds=time.perf_counter() - started,
+    )
