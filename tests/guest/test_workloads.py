@@ -27,9 +27,11 @@ SMALL: dict[str, dict[str, int]] = {
 }
 CHEAP_DEFAULTS = ("hello", "syscall", "io", "callret", "pagefault", "divzero", "bench")
 
-CASES = [pytest.param(name, defines, id=f"{name}-small") for name, defines in SMALL.items()] + [
-    pytest.param(name, {}, id=f"{name}-defaults") for name in CHEAP_DEFAULTS
-]
+CASES = (
+    [pytest.param(name, defines, id=f"{name}-small") for name, defines in SMALL.items()]
+    + [pytest.param(name, {}, id=f"{name}-defaults") for name in CHEAP_DEFAULTS]
+    + [pytest.param("compute", {"ITERATIONS": 3}, id="compute-iterations")]
+)
 
 
 def test_every_workload_has_a_small_case() -> None:
