@@ -234,10 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.set_defaults(func=cmd_disasm)
 
-    p = sub.add_parser("bench", help="run a benchmark suite")
-    p.add_argument("--suite", choices=("speed",), default="speed", help="which suite (default speed)")
+    p = sub.add_parser(
+        "bench", help="run a benchmark suite (default: the microbenchmarks under every technique)"
+    )
+    p.add_argument("--suite", choices=("micro", "speed"), default="micro", help="which suite (default micro)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    p.add_argument("--rounds", type=_parse_count, default=None, help="work size (suite-specific)")
+    p.add_argument("--plot", metavar="FILE.png", help="micro: also draw a chart of cycles per iteration")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="micro: run only these benchmarks")
+    p.add_argument(
+        "--techniques", nargs="+", metavar="T", help="micro: only these columns (e.g. native hw+np)"
+    )
+    p.add_argument("--rounds", type=_parse_count, default=None, help="speed: FNV-1a rounds (default 64)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("isa", help="print the RL-32 instruction table")

@@ -2,7 +2,7 @@
 
 ``boot(image)`` runs it to the end and returns the ``RunResult``; ``guest(*sources)`` builds a
 kernel image whose user programs are the given RL-32 sources (program 0 is init; each starts
-with ``.include "lib.s"``, the user runtime in services/guest/workloads/lib.s), so a test shows
+with ``.include "lib.s"``, the user runtime in services/guest/ringlab_guest/workloads/lib.s), so a test shows
 the exact program it runs.
 """
 

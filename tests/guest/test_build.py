@@ -1,6 +1,6 @@
 """ringlab_guest.build: names, flavours, caching, the embedding scheme, and the pv-ops rule.
 
-The kernel sources are services/guest/kernel/*.s; the pv-ops layer is kernel/pvops.s.
+The kernel sources are services/guest/ringlab_guest/kernel/*.s; the pv-ops layer is kernel/pvops.s.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Targeted tests of the guest kernel (services/guest/kernel/*.s).
+"""Targeted tests of the guest kernel (services/guest/ringlab_guest/kernel/*.s).
 
 Each test shows the user program it runs (RL-32 source, ``.include "lib.s"`` = the user runtime
-in services/guest/workloads/lib.s; program 0 is init, the rest are what it spawns) or names the
+in services/guest/ringlab_guest/workloads/lib.s; program 0 is init, the rest are what it spawns) or names the
 workload file.  Errors come back as negative errno values (kernel/abi.s).
 """
 

@@ -1,26 +1,81 @@
 """``ringlab bench``: benchmark suites.  Each prints its figures as a ratio against a reference
-measured in the same run, so the numbers mean the same on a slow machine and a fast one."""
+measured in the same run, or per iteration with the boot cancelled out, so the numbers mean the
+same on a slow machine and a fast one.
+
+- ``micro`` (default): the nanobenchmarks under every technique (``micro.py``)
+- ``speed``: the simulated hardware's speed against plain Python (``speed.py``)
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
-from ringlab.bench.speed import speed_suite
+from typing import Any
 
 __all__ = ["run_suite"]
 
 
 def run_suite(args: argparse.Namespace) -> int:
     if args.suite == "speed":
+        from ringlab.bench.speed import speed_suite
+
         figures = speed_suite(rounds=args.rounds)
         if args.json:
             print(json.dumps(figures))
         else:
             _print_speed(figures)
         return 0
-    raise AssertionError(f"unknown suite {args.suite}")  # argparse restricts the choices
+    return _run_micro(args)
+
+
+def _run_micro(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ringlab.bench.micro import BENCHMARKS, COLUMNS, micro_suite, plot
+
+    benches = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    columns = [c for c in COLUMNS if not args.techniques or c.label in args.techniques]
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmarks", total=len(benches) * len(columns))
+
+        def step(what: str) -> None:
+            progress.update(task, description=what, advance=1)
+
+        figures = micro_suite(benches, columns, progress=step)
+    if args.plot:
+        plot(figures, args.plot)
+        err.print(f"chart written to {args.plot}")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        _print_micro(figures, [c.label for c in columns])
+    return 0
+
+
+def _print_micro(figures: dict[str, Any], labels: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ringlab.bench.micro import dominant_events
+
+    table = Table(title="simulated cycles per iteration (dominant events per iteration)")
+    table.add_column("benchmark")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for name, row in figures["benchmarks"].items():
+        cells = []
+        for label in labels:
+            cell = row.get(label)
+            if cell is None:
+                why = figures["skipped"].get(name, {}).get(label, "")
+                cells.append(f"[dim]did not complete[/]\n[dim]{why[:40]}[/]")
+            else:
+                cells.append(f"{cell['cycles_per_iter']:,.0f}\n[dim]{dominant_events(cell)}[/]")
+        table.add_row(name, *cells)
+    Console().print(table)
 
 
 def _print_speed(f: dict[str, float]) -> None:

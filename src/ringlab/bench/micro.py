@@ -1,0 +1,188 @@
+"""The microbenchmark suite: Adams & Agesen's nanobenchmarks on the Ringlab guest OS, under
+every technique.
+
+Each benchmark is a guest workload run twice, with a small and a larger iteration count; the
+difference divided by the difference in iterations is the cost of one iteration, with the boot
+and the kernel's set-up cancelled out.  Simulated cycles come from the cost model
+(``stats.guest.cycles``, each event priced in ``ringlab.vmm.costs``); wall time is what this
+host took.  The timer stays on, as DESIGN.md asks of every benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BENCHMARKS", "COLUMNS", "Benchmark", "Column", "micro_suite"]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    workload: str
+    counts: tuple[int, int]
+    """The two iteration counts whose difference is measured."""
+    knob: str = "ITERATIONS"
+    fixed: Mapping[str, int] | None = None
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    technique: str
+    nested_paging: bool = False
+    kernel: str = "stock"
+
+
+# BENCH_* operation numbers: services/guest/ringlab_guest/kernel/abi.s
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("syscall", "syscall", (20, 220), what="getpid through int 0x80"),
+    Benchmark("in", "bench", (20, 220), fixed={"OP": 0}, what="in from the POST port, in the kernel"),
+    Benchmark("cr8wr", "bench", (20, 220), fixed={"OP": 2}, what="mov cr8, r in the kernel"),
+    Benchmark("callret", "callret", (100, 1100), what="user-mode call and ret"),
+    Benchmark("pagefault", "pagefault", (4, 24), what="touch a fresh demand-zero page"),
+    Benchmark("divzero", "divzero", (1, 4), what="a child divides by zero and is killed"),
+    Benchmark("ptemod", "ptemod", (10, 60), what="map, write and unmap a page"),
+    Benchmark("spawnwait", "spawnwait", (2, 8), what="spawn a child and wait for it"),
+    Benchmark("compute", "compute", (1, 3), knob="ROUNDS", what="FNV-1a over 4 KiB, one round"),
+)
+
+COLUMNS: tuple[Column, ...] = (
+    Column("native", "native"),
+    Column("trap-emulate", "trap-emulate"),
+    Column("bt", "bt"),
+    Column("pv", "pv", kernel="paravirt"),
+    Column("hw", "hw"),
+    Column("hw+np", "hw", nested_paging=True),
+)
+
+Runner = Callable[..., Any]
+
+
+def _default_runner() -> Runner:
+    """``ringlab.vmm.run_vm`` where the techniques are built, else native only."""
+    try:
+        from ringlab.vmm import run_vm
+    except ImportError:
+        from ringlab.machine import run_image
+
+        def native_only(image: Any, *, technique: str, nested_paging: bool = False, **kw: Any) -> Any:
+            if technique != "native":
+                raise NotImplementedError(technique)
+            return run_image(image, **kw)
+
+        return native_only
+    return run_vm
+
+
+def _measure(bench: Benchmark, col: Column, n: int, runner: Runner) -> tuple[dict[str, Any], float]:
+    from ringlab_guest.build import WORKLOADS, build_image
+
+    defines = dict(bench.fixed or {})
+    defines[bench.knob] = n
+    image = build_image(bench.workload, col.kernel, defines)
+    start = time.perf_counter()
+    result = runner(image, technique=col.technique, nested_paging=col.nested_paging)
+    wall = time.perf_counter() - start
+    doc: dict[str, Any] = result.to_json()
+    if doc["exit"]["reason"] != "poweroff" or not WORKLOADS[bench.workload].check_output(
+        result.console, defines
+    ):
+        raise _Incomplete(f"{doc['exit']['reason']}: {doc['exit']['detail']}")
+    return doc["stats"]["guest"], wall
+
+
+class _Incomplete(Exception):
+    """The workload did not finish with its expected output under this technique."""
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out[prefix] = float(value)
+
+
+def _per_iteration(lo: Mapping[str, Any], hi: Mapping[str, Any], dn: int) -> dict[str, float]:
+    a: dict[str, float] = {}
+    b: dict[str, float] = {}
+    _flatten("", lo, a)
+    _flatten("", hi, b)
+    return {k: (b[k] - a.get(k, 0.0)) / dn for k in b if b[k] != a.get(k, 0.0)}
+
+
+def run_one(bench: Benchmark, col: Column, runner: Runner) -> dict[str, Any]:
+    """One cell of the table: per-iteration cycles, wall time and event counts."""
+    n1, n2 = bench.counts
+    lo, wall1 = _measure(bench, col, n1, runner)
+    hi, wall2 = _measure(bench, col, n2, runner)
+    events = _per_iteration(lo, hi, n2 - n1)
+    cycles = events.pop("cycles", events.get("retired", 0.0))
+    return {
+        "iterations": n2 - n1,
+        "cycles_per_iter": cycles,
+        "wall_us_per_iter": max(0.0, (wall2 - wall1) / (n2 - n1) * 1e6),
+        "events": {k: round(v, 3) for k, v in sorted(events.items()) if k != "virtual_time"},
+    }
+
+
+def micro_suite(
+    benchmarks: Sequence[Benchmark] = BENCHMARKS,
+    columns: Sequence[Column] = COLUMNS,
+    runner: Runner | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``{"benchmarks": {NAME: {TECHNIQUE: cell}}, "skipped": {NAME: {TECHNIQUE: why}}}``.
+    A technique under which a workload does not complete (trap-emulate, typically) is left out
+    of ``benchmarks`` and says why under ``skipped``."""
+    run = runner or _default_runner()
+    table: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for bench in benchmarks:
+        for col in columns:
+            if progress:
+                progress(f"{bench.name} under {col.label}")
+            try:
+                table.setdefault(bench.name, {})[col.label] = run_one(bench, col, run)
+            except (_Incomplete, NotImplementedError) as exc:
+                skipped.setdefault(bench.name, {})[col.label] = str(exc) or "not available"
+    return {"benchmarks": table, "skipped": skipped}
+
+
+def dominant_events(cell: Mapping[str, Any], n: int = 2) -> str:
+    """The costliest-looking events of a cell, for the table."""
+    skip = ("retired", "retired_by_ring", "virtual_time")
+    events = {k: v for k, v in cell["events"].items() if not k.startswith(skip) and v > 0}
+    top = sorted(events.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in top)
+
+
+def plot(figures: Mapping[str, Any], path: str) -> None:
+    """A grouped bar chart (log scale) of cycles per iteration: one group per benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = figures["benchmarks"]
+    names = list(table)
+    labels = [c.label for c in COLUMNS if any(c.label in table[b] for b in names)]
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for i, label in enumerate(labels):
+        xs = [j + i * width for j, b in enumerate(names) if label in table[b]]
+        ys = [max(table[b][label]["cycles_per_iter"], 1.0) for b in names if label in table[b]]
+        ax.bar(xs, ys, width, label=label)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("simulated cycles per iteration (log)")
+    ax.set_title("Ringlab: what each virtualization technique costs (cost model: ASPLOS 2006, SOSP 2003)")
+    ax.legend(ncols=len(labels), fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
