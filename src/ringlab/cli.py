@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_parse_count, default=None, help="speed: FNV-1a rounds (default 64)")
     p.set_defaults(func=cmd_bench)
 
+    # The service commands (up, vm, top, ...) live beside their gRPC clients.
+    from ringlab.cli_services import add_service_commands
+
+    add_service_commands(sub)
+
     p = sub.add_parser("isa", help="print the RL-32 instruction table")
     p.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/isa.md")
     p.set_defaults(func=cmd_isa)
