@@ -903,3 +903,52 @@ def test_self_modifying_code_takes_effect_on_next_execution():
         mov ebx, 2
     """)
     assert r["edi"] == 3
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        ("add eax, 1", set()),
+        ("sub eax, 1", set()),
+        ("inc eax", {"CF"}),  # inc keeps CF, recomputes the rest
+        ("dec eax", {"CF"}),
+        ("neg eax", {"CF", "SF"}),
+        ("shl eax, 1", set()),
+        ("shr eax, 1", set()),  # OF = old MSB = 0
+        ("sar eax, 1", set()),
+        ("or eax, 0", set()),
+    ],
+)
+def test_flag_writers_clear_previously_set_flags(op, expected):
+    r = regs(f"""
+        push 0x8C1              ; CF ZF SF OF all set
+        popf
+        mov eax, 6
+        {op}
+        out 0xF4, eax
+    """)
+    assert arith_flags(r["eflags"]) == expected
+
+
+def test_store_into_the_next_instruction_in_straight_line_code_takes_effect():
+    # copy 8 bytes of `mov ebx, 2; nop x4` over `mov ebx, 1; nop x4` right before executing it
+    r = regs("""
+        mov eax, [new]
+        mov [old], eax
+        mov eax, [new + 4]
+        mov [old + 4], eax
+    old:
+        mov ebx, 1
+        nop
+        nop
+        nop
+        nop
+        out 0xF4, eax
+    new:
+        mov ebx, 2
+        nop
+        nop
+        nop
+        nop
+    """)
+    assert r["ebx"] == 2

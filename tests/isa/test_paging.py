@@ -711,3 +711,115 @@ def test_idt_and_tss_reads_during_delivery_are_supervisor_accesses():
     r = run(kernel(body, paging=True))
     assert r["rec"]["vec"] == 0x31, r["console"]
     assert r["rec"]["hcs"] == 0
+
+
+# ---------------------------------------------------------------- code, privilege and the TLB
+
+CODE_PAGES = """
+    .align 4096
+    code_a:
+        mov eax, 1
+        ret
+    .align 4096
+    code_b:
+        mov eax, 2
+        ret
+    .align 4096
+    code_l:
+        .space 4096               ; linear page remapped to code_a / code_b
+"""
+
+
+def test_remapping_a_code_page_with_invlpg_runs_the_new_code():
+    body = """
+        mov [rl_pt0 + (code_l >> 12) * 4], code_a + 7
+        invlpg [code_l]
+        call code_l
+        mov ebx, eax
+        call code_l
+        mov ecx, eax
+        mov [rl_pt0 + (code_l >> 12) * 4], code_b + 7
+        invlpg [code_l]
+        call code_l
+        mov edx, eax
+        out 0xF4, eax
+    """
+    reg = run(kernel(body + CODE_PAGES, paging=True))["registers"]
+    assert (reg["ebx"], reg["ecx"], reg["edx"]) == (1, 1, 2)
+
+
+def test_writing_code_through_a_paging_alias_takes_effect():
+    # code_l is an alias of code_a's frame; patching code_a's bytes through code_l's linear
+    # addresses changes what `call code_a` runs.
+    body = """
+        mov [rl_pt0 + (code_l >> 12) * 4], code_a + 7
+        invlpg [code_l]
+        call code_a
+        mov ebx, eax
+        mov esi, 0
+    .copy:
+        movzx eax, byte [code_b + esi]
+        mov byte [code_l + esi], eax
+        inc esi
+        cmp esi, 64
+        jne .copy
+        call code_a
+        mov ecx, eax
+        out 0xF4, eax
+    """
+    reg = run(kernel(body + CODE_PAGES, paging=True))["registers"]
+    assert (reg["ebx"], reg["ecx"]) == (1, 2)
+
+
+def test_code_run_at_ring0_still_needs_u_at_ring3():
+    # a supervisor-only code page executed first at ring 0, then jumped to from ring 3
+    body = f"""
+        mov [rl_pt0 + (code_a >> 12) * 4], code_a + 3
+        invlpg [code_a]
+        call code_a
+        call code_a
+{to_ring3("user")}
+    user:
+        call code_a
+        int 0x30
+    """
+    r = run(kernel(body + CODE_PAGES, paging=True))
+    rec = r["rec"]
+    assert rec["vec"] == 14, r["console"]
+    assert frame(rec, err=True)["err"] == 5
+    assert frame(rec, err=True)["eip"] == r["sym"]["code_a"]
+    assert rec["cr2"] == r["sym"]["code_a"]
+
+
+def test_data_page_accessed_at_ring0_still_needs_u_at_ring3():
+    src = at_ring(
+        3,
+        """
+        mov eax, [0x100000]
+    """,
+        pre=set_pte(0x100000, "0x100003")
+        + "    mov eax, [0x100000]\n    mov [0x100000], eax\n",  # cached by supervisor accesses
+        paging=True,
+    )
+    r = run(src)
+    assert r["rec"]["vec"] == 14
+    assert r["rec"]["s0"] == 5
+
+
+def test_setting_wp_applies_to_an_already_cached_read_only_page():
+    src = kernel(
+        set_pte(0x100000, "0x100001")
+        + """
+        mov [0x100000], 1          ; WP = 0: allowed (and now cached)
+        mov eax, cr0
+        or eax, 0x10000
+        mov cr0, eax               ; WP = 1, PG unchanged: no flush required
+    here:
+        mov [0x100000], 2
+    """,
+        paging=True,
+    )
+    r = run(src)
+    assert r["rec"]["vec"] == 14, r["console"]
+    assert r["rec"]["s0"] == 3
+    assert frame(r["rec"], err=True)["eip"] == r["sym"]["here"]

@@ -841,3 +841,24 @@ def test_faulting_in_at_ring3_leaves_destination_register():
     r = run(src)
     assert r["rec"]["vec"] == 13
     assert r["rec"]["ebx"] == 0x1234
+
+
+def test_idt_gates_are_read_at_delivery_time():
+    # lidt does not cache gates: rewriting gate 0x22's handler after lidt takes effect
+    src = kernel(
+        """
+        int 0x22
+        mov [rl_idt + 0x22 * 8], second
+        int 0x22
+        mov ebx, 3               ; reached only if the old gate (first) ran again
+        out 0xF4, eax
+    second:
+        mov ebx, 2
+        out 0xF4, eax
+    first:
+        mov ebx, 1
+        iret
+    """,
+        gates={0x22: gate("first")},
+    )
+    assert run(src)["registers"]["ebx"] == 2
