@@ -402,3 +402,34 @@ def test_faulting_add_to_memory_changes_no_flags():
     f = frame(r["rec"], err=False)
     assert r["rec"]["vec"] == 18
     assert f["eflags"] & 0x8C1 == 0x8C1
+
+
+def test_fault_mid_straight_line_code_keeps_earlier_effects_only():
+    src = kernel("""
+        mov eax, 1
+        mov ebx, 2
+        add eax, ebx
+        mov [rl_r_user], eax
+        mov ecx, 0
+        div ecx
+        mov edx, 9
+        mov [rl_r_user], 7
+    """)
+    rec = run(src)["rec"]
+    assert rec["vec"] == 0
+    assert (rec["eax"], rec["ebx"], rec["ecx"], rec["edx"]) == (3, 2, 0, 0)
+    assert rec["user"] == 3
+
+
+def test_page_fault_mid_straight_line_code_keeps_earlier_stores():
+    src = kernel(
+        """
+        mov [rl_r_user], 0x11
+        mov eax, [0x400000]        ; PDE 1 not present
+        mov [rl_r_user], 0x22
+    """,
+        paging=True,
+    )
+    rec = run(src)["rec"]
+    assert rec["vec"] == 14
+    assert rec["user"] == 0x11

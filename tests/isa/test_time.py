@@ -549,3 +549,23 @@ def test_fault_while_delivering_the_timer_is_delivered_as_itself():
     assert rec["esp"] == 0x3E000 - 12
     f = frame(rec, err=False)
     assert (f["eip"], f["cs"]) == (r["sym"]["spin3"], 3)
+
+
+def test_max_instructions_stops_mid_straight_line_code():
+    r = run(
+        """
+        inc eax
+        inc eax
+        inc eax
+        inc eax
+        inc eax
+    sixth:
+        inc eax
+        inc eax
+        out 0xF4, eax
+    """,
+        max_instructions=5,
+    )
+    assert r["exit"]["reason"] == "limit"
+    assert r["registers"]["eax"] == 5
+    assert r["registers"]["eip"] == r["sym"]["sixth"]
