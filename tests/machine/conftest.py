@@ -20,7 +20,7 @@ import pytest
 
 from ringlab.asm import assemble
 from ringlab.image import Image
-from ringlab.machine import Controls, Cpu, Exit, ExitReason
+from ringlab.machine import Controls, Cpu, Exit, ExitReason, blocks
 
 NVEC = 40
 PD, PT = 0x80000, 0x81000
@@ -29,7 +29,11 @@ ARITH = CF | ZF | SF | OF
 
 
 @pytest.fixture(params=[False, True], ids=["interp", "blocks"])
-def fast(request: pytest.FixtureRequest) -> Iterator[bool]:
+def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+    """Both engines; the block compiler compiles every block on first sight, so even the tests'
+    short programs run as compiled code (in production it waits until a block is hot)."""
+    if request.param:
+        monkeypatch.setattr(blocks, "HOT", 1)
     yield request.param
 
 

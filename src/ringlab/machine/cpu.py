@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
-from ringlab.isa import MASK32, Class
+from ringlab.isa import BY_OPCODE, MASK32, TABLE, Class, Instruction, decode
+from ringlab.machine.blocks import TranslationCache
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import DF, GP, HAS_ERROR_CODE, PF, TIMER, Fault
 from ringlab.machine.flags import IF
 from ringlab.machine.interpreter import HANDLERS
-from ringlab.machine.memory import Memory
+from ringlab.machine.memory import PAGE_SIZE, Memory
 from ringlab.machine.mmu import Mmu
 from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
@@ -50,8 +51,7 @@ class Cpu:
         self._controls = controls or Controls()
         self._intercepted = self._intercepted_opcodes()
         self._pending_in: int | None = None
-        from ringlab.machine.blocks import TranslationCache  # blocks imports this module
-
+        self._decoded: dict[int, tuple[Instruction, bytes]] = {}
         self.translation_cache = TranslationCache(self) if fast else None
 
     @classmethod
@@ -95,8 +95,6 @@ class Cpu:
             self.translation_cache.clear()  # compiled blocks embed which mnemonics exit
 
     def _intercepted_opcodes(self) -> frozenset[int]:
-        from ringlab.isa import TABLE
-
         return frozenset(spec.opcode for spec in TABLE if self._controls.intercepts(spec))
 
     def is_intercepted(self, opcode: int) -> bool:
@@ -139,7 +137,9 @@ class Cpu:
         eip = s.eip
         cpl = s.cs & 3
         try:
-            insn = self.mmu.fetch(eip, cpl == 3)
+            insn = self._fetch_cached(eip, cpl) if self.fast else None
+            if insn is None:
+                insn = self.mmu.fetch(eip, cpl == 3)
             spec = insn.spec
             if spec.opcode in self._intercepted:
                 return Exit(ExitReason.INSTRUCTION, instruction=insn, eip=eip)
@@ -159,6 +159,27 @@ class Cpu:
         assert isinstance(outcome, Exit)
         return outcome
 
+    def _fetch_cached(self, eip: int, cpl: int) -> Instruction | None:
+        """The fast path's instruction fetch: the page's translation from the read cache of
+        the current mode (fetch needs what a read needs), the decoding from a cache keyed by
+        physical address and checked against the bytes (self-modifying code stays exact)."""
+        cr0 = self._state.cr0
+        off = self.mmu.read_cache[(cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)].get(eip >> 12)
+        if off is None:
+            return None
+        pa = eip + off
+        data = self.memory.data
+        hit = self._decoded.get(pa)
+        if hit is not None and data[pa : pa + len(hit[1])] == hit[1]:
+            return hit[0]
+        spec = BY_OPCODE.get(data[pa])
+        if spec is None or (pa & 0xFFF) + spec.length > PAGE_SIZE:
+            return None  # undefined or crossing a page: the MMU's fetch decides
+        insn = decode(data, pa)
+        if insn is not None:
+            self._decoded[pa] = (insn, bytes(data[pa : pa + spec.length]))
+        return insn
+
     def retire(self, cpl: int, count: int = 1) -> None:
         """Count ``count`` retired instructions at ring ``cpl``; advance time and the timer.
         A VMM that emulates an instruction calls this after setting ``eip``."""
@@ -168,9 +189,9 @@ class Cpu:
         stats.retired += count
         stats.retired_by_ring[cpl] += count
         if s.timer_period and s.tsc >= s.timer_next:
-            self._tick()
+            self.tick()
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         # At most one tick is pending; lost ticks do not shift the next one (fixed multiples).
         s = self._state
         s.timer_pending = True
@@ -185,7 +206,7 @@ class Cpu:
             return
         self.stats.idle += s.timer_next - s.tsc
         s.tsc = s.timer_next
-        self._tick()
+        self.tick()
 
     def write_timer(self, period: int) -> None:
         """``out 0x40``: called before the ``out`` retires, so the first tick falls ``period``
