@@ -14,7 +14,7 @@ from ringlab.errors import RinglabError
 __all__ = ["speed_suite", "fnv1a_reference"]
 
 BUFFER_SIZE = 4096
-DEFAULT_ROUNDS = 64
+DEFAULT_ROUNDS = 256
 
 
 def fnv1a_reference(rounds: int, size: int = BUFFER_SIZE) -> int:
