@@ -1,0 +1,72 @@
+"""The VMM library: one VM on the RL-32 core under one of the virtualization techniques.
+
+    result = run_vm(image, technique="bt")          # native | trap-emulate | bt | pv | hw
+    result = run_vm(image, technique="hw", nested_paging=True)
+    result.to_json()                                # ISA.md's --json object, + VMM stats
+
+Domain code: no grpc, no redis.  docs/techniques.md explains each technique and its costs.
+"""
+
+from __future__ import annotations
+
+from ringlab.errors import UsageError
+from ringlab.image import Image
+from ringlab.vmm.technique import Stop, Technique
+from ringlab.vmm.vm import VM, VmRunResult
+
+__all__ = ["TECHNIQUES", "VM", "Stop", "Technique", "VmRunResult", "make_technique", "run_vm"]
+
+TECHNIQUES: tuple[str, ...] = ("native", "trap-emulate", "bt", "pv", "hw")
+
+
+def make_technique(technique: str, *, nested_paging: bool = False) -> Technique:
+    """The technique object for a name; UsageError for an unknown one."""
+    if nested_paging and technique != "hw":
+        raise UsageError(f"--nested-paging needs --technique hw, not {technique!r}")
+    match technique:
+        case "native":
+            from ringlab.vmm.native import Native
+
+            return Native()
+        case "hw":
+            from ringlab.vmm.hw import Hw
+
+            return Hw(nested_paging)
+        case "trap-emulate":
+            from ringlab.vmm.trap_emulate import TrapEmulate
+
+            return TrapEmulate()
+        case "bt":
+            from ringlab.vmm.bt import BinaryTranslation
+
+            return BinaryTranslation()
+        case "pv":
+            from ringlab.vmm.pv import Paravirt
+
+            return Paravirt()
+    raise UsageError(f"unknown technique {technique!r}; valid techniques: {', '.join(TECHNIQUES)}")
+
+
+def run_vm(
+    image: Image,
+    *,
+    technique: str,
+    nested_paging: bool = False,
+    memory_size: int = 4 << 20,
+    max_instructions: int | None = None,
+    input: bytes = b"",
+    fast: bool = True,
+) -> VmRunResult:
+    """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
+
+    Returns ``machine.RunResult``'s shape (``to_json()`` is ISA.md's object) with ``registers``
+    the guest-visible (virtual) state; exit reason ``refused`` when the technique will not run
+    this guest (a stock kernel under ``pv``)."""
+    vm = VM(
+        image,
+        make_technique(technique, nested_paging=nested_paging),
+        memory_size=memory_size,
+        input=input,
+        fast=fast,
+    )
+    return vm.run(max_instructions)

@@ -1,0 +1,61 @@
+"""Virtual event delivery: exceptions, interrupts and ``int n`` reflected into the guest.
+
+The VMM delivers through the guest's *virtual* IDT and TSS with the core's own ``deliver``
+(gate checks, stack switch, frame, #DF and triple-fault escalation), by running it inside
+``guest_view``; afterwards ``Deprivilege.apply`` compresses the new ring (guest ring 0 runs at
+real ring 1).  Before that, ``Paging.prepare_delivery`` fills the shadow entries the delivery
+touches, so with intercepts off the only faults left are the ones the guest would take natively.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ringlab.machine.exits import Exit
+from ringlab.machine.faults import Fault
+from ringlab.vmm.execute import no_intercepts
+from ringlab.vmm.vcpu import guest_view
+
+if TYPE_CHECKING:
+    from ringlab.vmm.vm import VM
+
+__all__ = ["reflect_exception", "reflect_interrupt", "reflect_software_interrupt"]
+
+
+def reflect_exception(vm: VM, fault: Fault, *, counted: bool) -> Exit | None:
+    """The guest's current instruction raised ``fault``: deliver it (``counted``: the core
+    already counted it when it exited; otherwise count it here, as the CPU would)."""
+    cpu = vm.cpu
+    if not counted:
+        cpu.stats.count_exception(fault.vector)
+    vm.counters.reflected += 1
+    with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
+        vm.paging.prepare_delivery(fault.vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
+        with no_intercepts(cpu):
+            return cpu.inject(fault.vector, error_code=fault.error_code, cr2=fault.cr2)
+
+
+def reflect_interrupt(vm: VM, vector: int) -> Exit | None:
+    """An external interrupt (the virtual timer) at the current ``eip``."""
+    cpu = vm.cpu
+    vm.counters.reflected += 1
+    with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
+        vm.paging.prepare_delivery(vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
+        with no_intercepts(cpu):
+            return cpu.inject_interrupt(vector)
+
+
+def reflect_software_interrupt(vm: VM, vector: int, eip: int, ring: int) -> Exit | None:
+    """``int n`` at ``eip`` (already counted by the core, or by the caller): deliver it and
+    retire it at real ring ``ring``; a fault while delivering it is raised as itself."""
+    cpu = vm.cpu
+    vm.counters.reflected += 1
+    with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
+        vm.paging.prepare_delivery(vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
+        with no_intercepts(cpu):
+            try:
+                cpu.deliver(vector, None, (eip + 2) & 0xFFFFFFFF, software=True)
+            except Fault as fault:
+                return cpu.exception(fault, eip)
+    cpu.retire(ring)
+    return None

@@ -1,0 +1,214 @@
+"""Shadow page tables, virtual-TLB style.
+
+The guest's cr0 and cr3 are virtual; the real cr3 points at a shadow page directory in VMM
+memory above the guest's RAM, and the real cr0 always has PG (a guest with paging off runs on
+an identity shadow).  The shadow starts empty and is filled one entry at a time on *hidden*
+page faults: the VMM walks the guest's own tables (with the core's MMU on a view of the virtual
+cr0/cr3, and the P2M as second stage, so the walk, its permission rules and its error codes are
+the hardware's), copies the guest's entry if there is one, and resumes; otherwise the fault
+was the guest's and is reflected with the guest's error code.
+
+That is exact under ISA.md's TLB rule: a changed PTE takes effect only after ``invlpg`` or a
+cr3 write, and both are intercepted and drop shadow entries, so the shadow never holds a
+translation the guest's TLB could not.
+
+Binary translation also uses the shadow to write-protect pages that hold translated code
+(``protect``): a write to one is a hidden fault that drops the page's translations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ringlab.machine.cpu import Cpu
+from ringlab.machine.exits import Exit
+from ringlab.machine.faults import Fault
+from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
+from ringlab.machine.mmu import Mmu
+from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
+from ringlab.machine.stats import Stats
+from ringlab.vmm.counters import EventCounter
+from ringlab.vmm.p2m import P2M
+
+__all__ = ["POOL_PAGES", "ShadowPageTables"]
+
+POOL_PAGES = 64
+"""Shadow pages (the directory and up to 63 page tables); when they run out, flush."""
+_P, _W, _U = 1, 2, 4
+_FRAME = 0xFFFFF000
+_DELIVERY_FRAME = 24
+"""Bytes an event delivery pushes at most (old esp, eflags, cs, eip, error code) + slack."""
+
+
+class ShadowPageTables:
+    def __init__(
+        self, cpu: Cpu, p2m: P2M, pool_base: int, counters: EventCounter, *, force_wp: bool = False
+    ) -> None:
+        self.cpu = cpu
+        self.memory = cpu.memory
+        self.counters = counters
+        self.force_wp = force_wp
+        """bt: supervisor writes must fault on write-protected (translated) pages."""
+        self.root = pool_base
+        self._free = [pool_base + (i + 1) * PAGE_SIZE for i in range(POOL_PAGES - 1)]
+        self._tables: dict[int, int] = {}
+        """Directory index -> address of its shadow page table."""
+        self._rmap: dict[int, set[int]] = {}
+        """Host frame number -> virtual page numbers mapping it in the shadow."""
+        self.protected: set[int] = set()
+        """Host frame numbers whose shadow entries are read-only (translated code)."""
+        self.on_protected_write: Callable[[int], None] | None = None
+        self.cr0 = cpu.state.cr0
+        self.cr3 = cpu.state.cr3
+        self._view = CpuState()
+        self._walker = Mmu(self.memory, self._view, Stats())
+        self._walker.second_stage = p2m
+        self.memory.write(self.root, bytes(PAGE_SIZE))
+        cpu.state.cr3 = self.root
+        cpu.state.cr0 = self._real_cr0()
+        cpu.flush_tlb()
+
+    # -- the guest's registers -------------------------------------------------------------
+    def _real_cr0(self) -> int:
+        return self.cr0 | CR0_PG | CR0_PE | (CR0_WP if self.force_wp else 0)
+
+    def guest_cr0(self) -> int:
+        return self.cr0
+
+    def guest_cr3(self) -> int:
+        return self.cr3
+
+    def read_cr(self, n: int) -> int:
+        if n == 0:
+            return self.cr0
+        if n == 3:
+            return self.cr3
+        return self.cpu.read_cr(n)
+
+    def write_cr(self, n: int, value: int) -> None:
+        if n == 0:
+            old = self.cr0
+            self.cr0 = (value & (CR0_WP | CR0_PG)) | CR0_PE  # ISA.md: only WP and PG are writable
+            self.cpu.state.cr0 = self._real_cr0()
+            if (old ^ self.cr0) & CR0_PG:
+                self.flush()
+        elif n == 3:
+            self.cr3 = value
+            self.flush()
+        else:
+            self.cpu.write_cr(n, value)
+
+    # -- the guest's tables, walked by the core's MMU ---------------------------------------
+    def walk(self, linear: int, write: bool, user: bool) -> tuple[int, int]:
+        """(host frame address, U|W bits) of the guest's mapping; raises the guest's fault."""
+        self._view.cr0, self._view.cr3 = self.cr0, self.cr3
+        self._walker.tlb.clear()
+        pa = self._walker.translate(linear & 0xFFFFFFFF, write, user)
+        entry = self._walker.tlb.get((linear & 0xFFFFFFFF) >> PAGE_SHIFT)
+        return pa & _FRAME, entry[1] if entry is not None else _U | _W
+
+    def read_guest(self, linear: int, n: int) -> bytes:
+        """Supervisor read through the guest's own tables (faults as the guest would)."""
+        self._view.cr0, self._view.cr3 = self.cr0, self.cr3
+        self._walker.tlb.clear()
+        return self._walker.read_bytes(linear, n, False)
+
+    # -- filling and dropping ---------------------------------------------------------------
+    def page_fault(self, exit: Exit) -> Fault | None:
+        linear = exit.cr2 or 0
+        code = exit.error_code or 0
+        try:
+            self.fill(linear, bool(code & _W), bool(code & _U))
+        except Fault as fault:
+            return fault
+        return None
+
+    def fill(self, linear: int, write: bool, user: bool) -> None:
+        frame, perm = self.walk(linear, write, user)
+        if write and frame >> PAGE_SHIFT in self.protected and self.on_protected_write is not None:
+            self.on_protected_write(frame >> PAGE_SHIFT)
+        self._install(linear, frame, perm)
+
+    def prepare_delivery(self, vector: int, cpl: int) -> None:
+        """Fill what delivering ``vector`` touches (gate, TSS slot, stack) when the guest maps
+        it, so the delivery faults only where it would natively."""
+        s = self.cpu.state
+        gate_at = s.idtr_base + vector * 8
+        self._prefill(gate_at, 8, write=False)
+        try:
+            attrs = int.from_bytes(self.read_guest(gate_at + 4, 4), "little")
+        except Fault:
+            return
+        esp = s.regs[4]
+        ring = attrs & 3
+        if ring < cpl:
+            slot = s.tr + 4 + 8 * ring
+            self._prefill(slot, 4, write=False)
+            try:
+                esp = int.from_bytes(self.read_guest(slot, 4), "little")
+            except Fault:
+                return
+        self._prefill(esp - _DELIVERY_FRAME, _DELIVERY_FRAME, write=True)
+
+    def _prefill(self, linear: int, n: int, *, write: bool) -> None:
+        for page in {(linear & 0xFFFFFFFF) >> PAGE_SHIFT, ((linear + n - 1) & 0xFFFFFFFF) >> PAGE_SHIFT}:
+            try:
+                frame, perm = self.walk(page << PAGE_SHIFT, False, False)
+            except Fault:
+                continue
+            if write and frame >> PAGE_SHIFT in self.protected and self.on_protected_write is not None:
+                self.on_protected_write(frame >> PAGE_SHIFT)
+            self._install(page << PAGE_SHIFT, frame, perm)
+
+    def _install(self, linear: int, frame: int, perm: int) -> None:
+        pdi, pti = (linear >> 22) & 0x3FF, (linear >> 12) & 0x3FF
+        table = self._tables.get(pdi)
+        if table is None:
+            if not self._free:
+                self.flush()  # like a TLB: out of room, start again
+            table = self._free.pop()
+            self.memory.write(table, bytes(PAGE_SIZE))
+            self._tables[pdi] = table
+            self.memory.write32(self.root + pdi * 4, table | _P | _W | _U)
+        if frame >> PAGE_SHIFT in self.protected:
+            perm &= ~_W
+        self.memory.write32(table + pti * 4, frame | _P | perm)
+        self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add((linear >> PAGE_SHIFT) & 0xFFFFF)
+        self.cpu.invalidate_page(linear)
+        self.counters.shadow_syncs += 1
+
+    def flush(self) -> None:
+        self.memory.write(self.root, bytes(PAGE_SIZE))
+        self._free.extend(self._tables.values())
+        self._tables.clear()
+        self._rmap.clear()
+        self.cpu.flush_tlb()
+        self.counters.shadow_flushes += 1
+
+    def invlpg(self, linear: int) -> None:
+        self._drop((linear & 0xFFFFFFFF) >> PAGE_SHIFT)
+        self.counters.shadow_invalidations += 1
+
+    def _drop(self, vpn: int) -> None:
+        table = self._tables.get(vpn >> 10)
+        if table is not None:
+            self.memory.write32(table + (vpn & 0x3FF) * 4, 0)
+        self.cpu.invalidate_page(vpn << PAGE_SHIFT)
+
+    # -- write protection of translated code (bt) -------------------------------------------
+    def protect(self, frame_number: int) -> None:
+        if frame_number in self.protected:
+            return
+        self.protected.add(frame_number)
+        for vpn in self._rmap.get(frame_number, ()):
+            table = self._tables.get(vpn >> 10)
+            if table is not None:
+                at = table + (vpn & 0x3FF) * 4
+                self.memory.write32(at, self.memory.read32(at) & ~_W)
+            self.cpu.invalidate_page(vpn << PAGE_SHIFT)
+
+    def unprotect(self, frame_number: int) -> None:
+        """The page's translations are gone: let writes through again (entries refill writable)."""
+        self.protected.discard(frame_number)
+        for vpn in self._rmap.pop(frame_number, set()):
+            self._drop(vpn)

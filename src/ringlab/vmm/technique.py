@@ -1,0 +1,50 @@
+"""The one small protocol every technique implements (Xen-style: one ops table per policy).
+
+A technique says how the guest is deprivileged, what the core must intercept, how a slice of
+guest execution runs, and handles every exit in ONE place (``handle``: one ``match`` over the
+exit reason, Firecracker-style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ringlab.machine.exits import Controls, Exit
+from ringlab.vmm.vcpu import Deprivilege
+
+if TYPE_CHECKING:
+    from ringlab.vmm.vm import VM
+
+__all__ = ["Stop", "Technique"]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The run is over: ISA.md's exit reason, code and detail."""
+
+    reason: str
+    code: int | None = None
+    detail: str = ""
+
+
+class Technique(Protocol):
+    name: str
+    deprivilege: Deprivilege | None
+    """Ring compression policy, or None when the guest kernel runs at its own ring 0."""
+    shadow_paging: bool
+    """Whether the VM needs shadow page tables (and so VMM memory above the guest's RAM)."""
+
+    def controls(self) -> Controls: ...
+
+    def attach(self, vm: VM) -> None:
+        """Set the VM up once the CPU exists (paging mode, real registers, hooks)."""
+        ...
+
+    def run(self, vm: VM, budget: int) -> Exit:
+        """Run the guest until an exit or ``budget`` more retired instructions."""
+        ...
+
+    def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
+        """Handle one exit: ``None`` resume, ``Stop`` end the run, an ``Exit`` handle that next."""
+        ...

@@ -1,0 +1,122 @@
+"""``trap-emulate``: the classical VMM (Popek and Goldberg), on a machine that breaks its rule.
+
+The guest kernel is deprivileged to ring 1 (real IF = 1 so the VMM keeps the timer, IOPL = 0 so
+port I/O traps, the real IDT/GDT/TR are the VMM's).  Every exception, interrupt and ``int n``
+exits, and is reflected through the guest's virtual IDT.  Privileged and IOPL-sensitive
+instructions trap (#GP) and are emulated against the virtual state.  The sensitive-unprivileged
+ones (``pushf popf sgdt sidt str smsw``, ``mov r, cs``, ``iret`` to ring 3) do not trap: they run
+against the real state and the guest visibly misbehaves; ``diagnostics.py`` records each.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ringlab.isa import Class
+from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.faults import GP, PF, TIMER, Fault
+from ringlab.vmm.diagnostics import PROBED, observe
+from ringlab.vmm.emulate import emulate
+from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
+from ringlab.vmm.execute import execute
+from ringlab.vmm.technique import Stop
+from ringlab.vmm.vcpu import Deprivilege
+
+if TYPE_CHECKING:
+    from ringlab.isa import Instruction
+    from ringlab.vmm.vm import VM
+
+__all__ = ["TrapEmulate", "instruction_at"]
+
+ALL_VECTORS = frozenset(range(256))
+
+
+def instruction_at(vm: VM, eip: int) -> Instruction | None:
+    try:
+        return vm.cpu.mmu.fetch(eip, vm.cpu.state.cs & 3 == 3)
+    except Fault:
+        return None
+
+
+def allowed_natively(vm: VM, insn: Instruction) -> bool:
+    """Would the guest's own CPL/IOPL let it run ``insn``?  Then a #GP is the VMM's to emulate."""
+    v = vm.vcpu
+    cls = insn.spec.cls
+    if cls is Class.PRIVILEGED:
+        return v.cpl == 0
+    if cls is Class.IOPL:
+        return v.cpl <= (v.flags >> 12) & 3
+    return insn.mnemonic == "iret" and v.cpl == 0  # iret to guest ring 0 = real ring 1 < ... traps
+
+
+class TrapEmulate:
+    name = "trap-emulate"
+    deprivilege: Deprivilege | None = Deprivilege(vmm_tables=True, user_flags_direct=False)
+    shadow_paging = True
+
+    def controls(self) -> Controls:
+        return Controls(intercept_vectors=ALL_VECTORS, intercept_mnemonics=PROBED)
+
+    def attach(self, vm: VM) -> None:
+        pass
+
+    def run(self, vm: VM, budget: int) -> Exit:
+        return vm.cpu.run(budget)
+
+    def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
+        cpu = vm.cpu
+        vm.sync()
+        match exit.reason:
+            case ExitReason.BUDGET:
+                return None
+            case ExitReason.IO_OUT:  # from an emulated out
+                return vm.device_out(exit)
+            case ExitReason.IO_IN:
+                vm.device_in(exit)
+                return None
+            case ExitReason.HALT:
+                return Stop("halt", None, exit.detail)
+            case ExitReason.SHUTDOWN:
+                return Stop("shutdown", None, exit.detail)
+            case ExitReason.INSTRUCTION:  # a probe: not a trap, not an exit, just watched
+                insn, eip = exit.instruction, exit.eip
+                assert insn is not None and eip is not None
+                observe(vm, insn, eip)
+                result = execute(cpu, insn, eip, cpu.state.cs & 3)
+                vm.sync()
+                return result
+            case ExitReason.EXCEPTION:
+                vm.counters.world_switches += 1
+                vector, eip = exit.vector, exit.eip
+                assert vector is not None and eip is not None
+                insn = instruction_at(vm, eip)
+                if vector == TIMER and not (
+                    insn is not None and insn.mnemonic == "int" and insn.operands == (TIMER,)
+                ):
+                    return vm.timer_tick()
+                if vector == PF:
+                    fault = vm.paging.page_fault(exit)
+                    if fault is None:
+                        vm.hide(PF)
+                        return None
+                    if fault.vector != PF:
+                        vm.hide(PF)
+                    return reflect_exception(vm, fault, counted=fault.vector == PF)
+                if (
+                    insn is not None
+                    and insn.mnemonic == "int"
+                    and insn.operands == (vector,)
+                    and exit.error_code is None
+                ):
+                    return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
+                if vector == GP and insn is not None and exit.error_code == 0 and allowed_natively(vm, insn):
+                    vm.hide(GP)
+                    vm.counters.traps[insn.mnemonic] += 1
+                    vm.counters.handled(insn.mnemonic, "trap")
+                    result = emulate(vm, insn, eip)
+                    if result is not None:
+                        return result
+                    return vm.deliver_pending()
+                return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
+            case _:
+                raise AssertionError(f"unexpected exit under trap-emulate: {exit}")

@@ -1,0 +1,110 @@
+"""Virtual CPU state: what the guest believes its privileged registers hold.
+
+Under ring compression (trap-emulate, bt, pv) the guest kernel runs at real ring 1, so the real
+``cs``, IF/IOPL and descriptor-table registers are the VMM's choice and the guest-visible ones
+live here.  ``guest_view`` swaps the guest-visible values into the real registers for the
+duration of one emulated instruction or one event delivery, so the core's own semantics
+(``iret``, ``lidt``, ``cli``, IDT delivery with its stack switch ...) run against the virtual
+state unchanged, and ``Deprivilege.apply`` puts the real values back.  cr0/cr3 are virtual only
+under shadow paging (``shadow.py``); cr2/cr8 are always the real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ringlab.isa import EFLAGS
+from ringlab.machine.state import CpuState
+
+__all__ = ["SYS_FLAGS", "VMM_IDT", "Deprivilege", "VirtualCpu", "guest_view"]
+
+SYS_FLAGS = EFLAGS.IF | EFLAGS.IOPL
+"""The eflags bits a deprivileged guest must not own: IF and IOPL."""
+VMM_IDT = (0xFFC00000, 0x7FF)
+"""Where the VMM's own IDT "is": what ``sidt`` shows a trap-and-emulate guest."""
+VMM_GDT = (0xFFC01000, 0xFF)
+VMM_TR = 0xFFC02000
+
+
+@dataclass
+class VirtualCpu:
+    cs: int = 0
+    flags: int = 0
+    """IF and IOPL as the guest sees them."""
+    idtr_base: int = 0
+    idtr_limit: int = 0
+    gdtr_base: int = 0
+    gdtr_limit: int = 0
+    tr: int = 0
+    pending_tick: bool = False
+    """A timer tick the VMM holds because the virtual IF was 0 when it fell."""
+
+    @property
+    def cpl(self) -> int:
+        return self.cs & 3
+
+    @property
+    def interrupts_enabled(self) -> bool:
+        return bool(self.flags & EFLAGS.IF)
+
+
+@dataclass(frozen=True)
+class Deprivilege:
+    """How real state looks while a deprivileged guest runs (ring compression)."""
+
+    vmm_tables: bool
+    """trap-emulate: the real idtr/gdtr/tr are the VMM's (so ``sidt`` leaks them); bt/pv: the
+    guest's, since every vector exits anyway and user code then sees the right values."""
+    user_flags_direct: bool
+    """bt/pv: in ring 3 the real IF/IOPL are the guest's (user code runs directly and exactly);
+    trap-emulate keeps IF = 1 so the VMM always gets the timer, and IOPL = 0 so I/O traps."""
+    kernel_ring: int = 1
+
+    def apply(self, s: CpuState, v: VirtualCpu) -> None:
+        s.cs = 3 if v.cpl == 3 else max(v.cpl, self.kernel_ring)
+        real = v.flags if v.cpl == 3 and self.user_flags_direct else EFLAGS.IF
+        s.eflags = (s.eflags & ~SYS_FLAGS) | real
+        if self.vmm_tables:
+            (s.idtr_base, s.idtr_limit), (s.gdtr_base, s.gdtr_limit), s.tr = VMM_IDT, VMM_GDT, VMM_TR
+        else:
+            s.idtr_base, s.idtr_limit = v.idtr_base, v.idtr_limit
+            s.gdtr_base, s.gdtr_limit, s.tr = v.gdtr_base, v.gdtr_limit, v.tr
+
+    def sync(self, s: CpuState, v: VirtualCpu) -> None:
+        """After the guest ran directly: only ring 3 is unambiguous (ring compression maps
+        guest rings 0 and 1 both to 1), and in ring 3 under bt/pv the real flags are the guest's."""
+        if s.cs & 3 == 3:
+            v.cs = 3
+            if self.user_flags_direct:
+                v.flags = s.eflags & SYS_FLAGS
+
+
+@contextmanager
+def guest_view(s: CpuState, v: VirtualCpu, policy: Deprivilege | None) -> Iterator[None]:
+    """Real registers = the guest-visible ones while the body runs; then back to real."""
+    if policy is None:  # hw: the guest runs at its own ring 0, real state is virtual state
+        yield
+        return
+    s.cs = v.cs
+    s.eflags = (s.eflags & ~SYS_FLAGS) | v.flags
+    s.idtr_base, s.idtr_limit, s.gdtr_base, s.gdtr_limit, s.tr = (
+        v.idtr_base,
+        v.idtr_limit,
+        v.gdtr_base,
+        v.gdtr_limit,
+        v.tr,
+    )
+    try:
+        yield
+    finally:
+        v.cs, v.flags = s.cs & 3, s.eflags & SYS_FLAGS
+        v.idtr_base, v.idtr_limit, v.gdtr_base, v.gdtr_limit, v.tr = (
+            s.idtr_base,
+            s.idtr_limit,
+            s.gdtr_base,
+            s.gdtr_limit,
+            s.tr,
+        )
+        policy.apply(s, v)

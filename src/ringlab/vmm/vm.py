@@ -1,0 +1,194 @@
+"""A VM: one vCPU on the core, its device back end, its paging, its counters, and the run loop.
+
+``VM.run`` is the VMM's main loop: let the technique run a slice of guest execution, hand the
+exit to the technique's single handler, repeat until the guest stops.  The services layer runs
+the same object with a slice per pCPU lease; in-process every exit is a function call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from typing import Any
+
+from ringlab.errors import ImageError
+from ringlab.image import Image
+from ringlab.machine.cpu import Cpu
+from ringlab.machine.exits import Exit
+from ringlab.machine.platform import RunResult
+from ringlab.machine.state import CpuState
+from ringlab.machine.stats import Stats
+from ringlab.vmm.counters import EventCounter
+from ringlab.vmm.devices import DeviceBackEnd
+from ringlab.vmm.p2m import P2M
+from ringlab.vmm.paging import DirectPaging, Paging
+from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
+from ringlab.vmm.technique import Stop, Technique
+from ringlab.vmm.vcpu import SYS_FLAGS, VirtualCpu
+
+__all__ = ["VM", "VmRunResult"]
+
+ESP = 4
+_SLICE = 1 << 40
+
+
+@dataclasses.dataclass
+class VmRunResult(RunResult):
+    """``machine.RunResult`` plus what the VMM adds; ``state`` is the guest-visible state."""
+
+    technique: str = "native"
+    nested_paging: bool = False
+    counters: EventCounter = dataclasses.field(default_factory=EventCounter)
+    diagnostics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    cycles: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["stats"]["guest"].update(self.counters.guest(), cycles=self.cycles)
+        out["stats"]["host"].update(self.counters.host(), technique=self.technique)
+        if self.nested_paging:
+            out["stats"]["host"]["nested_paging"] = True
+        if self.diagnostics:
+            out["diagnostics"] = self.diagnostics
+        return out
+
+
+class VM:
+    def __init__(
+        self,
+        image: Image,
+        technique: Technique,
+        *,
+        memory_size: int = 4 << 20,
+        input: bytes = b"",
+        fast: bool = True,
+    ) -> None:
+        if image.base < 0 or image.end > memory_size:
+            raise ImageError(
+                f"the image spans {image.base:#x}-{image.end:#x} but the VM's RAM is {memory_size:#x} "
+                f"bytes ({memory_size} B): load it lower or give the VM more memory"
+            )
+        pool_base = (memory_size + 0xFFF) & ~0xFFF
+        host_size = pool_base + POOL_PAGES * 0x1000 if technique.shadow_paging else memory_size
+        self.technique = technique
+        self.memory_size = memory_size
+        self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
+        self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM
+        self.p2m = P2M(memory_size)
+        self.counters = EventCounter()
+        self.devices = DeviceBackEnd(input)
+        self.vcpu = VirtualCpu()
+        self.deprivilege = technique.deprivilege
+        self.diagnostics: dict[tuple[int, str], dict[str, Any]] = {}
+        self.paging: Paging
+        if technique.shadow_paging:
+            self.shadow: ShadowPageTables | None = ShadowPageTables(
+                self.cpu, self.p2m, pool_base, self.counters, force_wp=technique.deprivilege is not None
+            )
+            self.paging = self.shadow
+        else:
+            self.shadow = None
+            self.paging = DirectPaging(self.cpu)
+        if self.deprivilege is not None:
+            self.deprivilege.apply(self.cpu.state, self.vcpu)
+        technique.attach(self)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, max_instructions: int | None = None) -> VmRunResult:
+        cpu = self.cpu
+        started = time.perf_counter()
+        stop: Stop
+        while True:
+            if max_instructions is None:
+                budget = _SLICE
+            else:
+                budget = max_instructions - cpu.stats.retired
+                if budget <= 0:
+                    stop = Stop("limit", None, f"{max_instructions} instructions retired")
+                    break
+            outcome: Exit | Stop | None = self.technique.run(self, budget)
+            while isinstance(outcome, Exit):
+                outcome = self.technique.handle(self, outcome)
+            if isinstance(outcome, Stop):
+                stop = outcome
+                break
+        wall = time.perf_counter() - started
+        from ringlab.vmm.costs import cycles  # costs reads counters; imported late to keep vm small
+
+        return VmRunResult(
+            console=bytes(self.devices.console),
+            reason=stop.reason,
+            code=stop.code,
+            detail=stop.detail,
+            state=self.guest_state(),
+            stats=self.guest_stats(),
+            wall_seconds=wall,
+            technique=self.technique.name,
+            nested_paging=getattr(self.technique, "nested_paging", False),
+            counters=self.counters,
+            diagnostics=list(self.diagnostics.values()),
+            cycles=cycles(self.technique.name, self.guest_stats(), self.counters),
+        )
+
+    # -- shared exit handling (called from each technique's one match) ------------------------
+    def device_out(self, exit: Exit) -> Stop | None:
+        assert exit.port is not None and exit.value is not None
+        off = self.devices.out(exit.port, exit.value)
+        if off is not None:
+            return Stop("poweroff", off.code, f"power off with code {off.code}")
+        return None
+
+    def device_in(self, exit: Exit) -> None:
+        assert exit.port is not None
+        self.cpu.complete_in(self.devices.in_(exit.port))
+
+    def timer_tick(self) -> Exit | None:
+        """A tick fell (the core exited on vector 32, or bt saw it pending): deliver it through
+        the virtual IDT if the virtual IF allows, else hold it until it does."""
+        self.vcpu.pending_tick = True
+        return self.deliver_pending()
+
+    def deliver_pending(self) -> Exit | None:
+        if self.vcpu.pending_tick and self.vcpu.interrupts_enabled:
+            self.vcpu.pending_tick = False
+            from ringlab.vmm.events import reflect_interrupt
+
+            return reflect_interrupt(self, 32)
+        return None
+
+    def sync(self) -> None:
+        """After guest code ran directly: what the real state says about the virtual one."""
+        if self.deprivilege is not None:
+            self.deprivilege.sync(self.cpu.state, self.vcpu)
+
+    def hide(self, vector: int) -> None:
+        """The core counted this exception but the guest never saw it (the VMM absorbed it)."""
+        self.counters.hidden[vector] += 1
+
+    # -- results ---------------------------------------------------------------------------
+    def guest_state(self) -> CpuState:
+        s = self.cpu.state.copy()
+        if self.deprivilege is not None:
+            v = self.vcpu
+            s.cs = v.cs
+            s.eflags = (s.eflags & ~SYS_FLAGS) | v.flags
+            s.idtr_base, s.idtr_limit, s.gdtr_base, s.gdtr_limit, s.tr = (
+                v.idtr_base,
+                v.idtr_limit,
+                v.gdtr_base,
+                v.gdtr_limit,
+                v.tr,
+            )
+        s.cr0, s.cr3 = self.paging.guest_cr0(), self.paging.guest_cr3()
+        return s
+
+    def guest_stats(self) -> Stats:
+        stats = self.cpu.stats
+        seen = Counter(stats.exceptions)
+        seen.subtract(self.counters.hidden)
+        return dataclasses.replace(
+            stats,
+            retired_by_ring=list(stats.retired_by_ring),
+            exceptions={v: n for v, n in sorted(seen.items()) if n > 0},
+        )
