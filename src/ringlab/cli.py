@@ -24,12 +24,26 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw")
-"""Every technique ``--technique`` names (DESIGN.md); ``available_techniques()`` says which run."""
+"""Every technique ``--technique`` names (DESIGN.md)."""
 
 
-def available_techniques() -> tuple[str, ...]:
-    """The techniques this build can run."""
-    return ("native",)
+def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
+    """Run ``image`` in-process under the technique the options name."""
+    from ringlab.vmm import run_vm
+
+    try:
+        return run_vm(
+            image,
+            technique=args.technique,
+            nested_paging=args.nested_paging,
+            memory_size=args.memory,
+            max_instructions=args.max_instructions,
+            input=input,
+        )
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("ringlab.vmm."):
+            raise
+        raise UsageError(f"technique {args.technique!r} is not available in this build of Ringlab") from None
 
 
 def _parse_define(text: str) -> tuple[str, int]:
@@ -69,16 +83,6 @@ def _parse_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
-
-
-def _check_technique(technique: str, nested_paging: bool) -> None:
-    if technique not in available_techniques():
-        raise UsageError(
-            f"technique {technique!r} is not available in this build of Ringlab "
-            f"(available: {', '.join(available_techniques())})"
-        )
-    if nested_paging and technique != "hw":
-        raise UsageError("--nested-paging applies to --technique hw only")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -149,27 +153,18 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ringlab.asm import assemble_file
-    from ringlab.machine import run_image
 
-    _check_technique(args.technique, args.nested_paging)
     image = assemble_file(args.program, defines=dict(args.defines))
-    result = run_image(
-        image,
-        memory_size=args.memory,
-        max_instructions=args.max_instructions,
-        input=args.input.encode("latin-1"),
-    )
+    result = _run(image, args, args.input.encode("latin-1"))
     _print_result(result, args.json)
     return EXIT_OK
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from ringlab.machine import run_image
     from ringlab_guest.build import build_image
 
-    _check_technique(args.technique, args.nested_paging)
     image = build_image(args.workload, args.kernel, dict(args.defines))
-    result = run_image(image, memory_size=args.memory, max_instructions=args.max_instructions)
+    result = _run(image, args)
     _print_result(result, args.json)
     return EXIT_OK
 
