@@ -388,12 +388,15 @@ class VmResult(_message.Message):
     REGISTERS_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
     console: _builtins.bytes
     reason: _builtins.str
     """poweroff | halt | shutdown | limit"""
     code: _builtins.int
     detail: _builtins.str
     wall_seconds: _builtins.float
+    result_json: _builtins.str
+    """the whole ISA.md --json object, as `ringlab run --json` prints it"""
     @_builtins.property
     def vm(self) -> Global___Vm: ...
     @_builtins.property
@@ -411,10 +414,11 @@ class VmResult(_message.Message):
         registers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         stats: _common_pb2.GuestStats | None = ...,
         wall_seconds: _builtins.float = ...,
+        result_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "stats", b"stats", "vm", b"vm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "console", b"console", "detail", b"detail", "reason", b"reason", "registers", b"registers", "stats", b"stats", "vm", b"vm", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "console", b"console", "detail", b"detail", "reason", b"reason", "registers", b"registers", "result_json", b"result_json", "stats", b"stats", "vm", b"vm", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
     _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015

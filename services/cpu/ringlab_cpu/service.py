@@ -1,0 +1,246 @@
+"""The cpu service: run a vCPU until an exit or the end of its slice (KVM_RUN), then say why.
+
+It keeps each VM's context (registers, memory, compiled blocks) cached between slices, tagged
+with the commit generation it came from.  The hypervisor names the generation it believes is
+the latest in every request, so the pCPU knows its cache is stale without asking Redis; only a
+miss costs a load (one MULTI/EXEC).  Commits are fenced by the grant's token in one Lua script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import grpc
+
+from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
+from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
+from ringlab.rpc.convert import (
+    controls_from_proto,
+    exit_to_proto,
+    guest_stats_to_proto,
+    stats_from_json,
+    stats_to_json,
+)
+from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
+from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
+
+__all__ = ["CpuServicer", "main", "serve"]
+
+log = logging.getLogger("ringlab.cpu")
+
+MAX_BUDGET = 50_000_000
+"""One call never runs longer than this many instructions (a few seconds): a pCPU stays responsive."""
+CACHE_SIZE = 64
+_SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
+
+
+@dataclass
+class CachedVcpu:
+    cpu: Cpu
+    generation: int
+    """The commit this context started from (or last committed)."""
+    token: int
+    """The grant that has been running it since then."""
+    clean: bool = True
+    """No progress since ``generation``: any holder of that generation may use it."""
+
+
+class CpuServicer(cpu_pb2_grpc.CpuServicer):
+    def __init__(self, state: SharedState, pcpu: str, address: str) -> None:
+        self.state = state
+        self.pcpu = pcpu
+        self.address = address
+        self._cache: OrderedDict[str, CachedVcpu] = OrderedDict()
+        self._lock = threading.Lock()  # one pCPU runs one vCPU at a time
+        self.runs = 0
+        self.cache_reloads = 0
+
+    # -- the cache -------------------------------------------------------------------------------
+    def _context(self, vm: str, token: int, generation: int) -> tuple[CachedVcpu, bool]:
+        cached = self._cache.get(vm)
+        if cached is not None and cached.generation == generation and (cached.clean or cached.token == token):
+            self._cache.move_to_end(vm)
+            cached.token = token
+            return cached, False
+        ctx = self.state.load_vcpu(vm)
+        if ctx.generation != generation:
+            self._cache.pop(vm, None)
+            raise WrongState(
+                f"VM {vm}: the caller expects commit {generation} but the latest is {ctx.generation}; "
+                "reload the VM's state and run again"
+            )
+        memory = Memory(ctx.memory_size)
+        for number, blob in ctx.pages.items():
+            memory.load(number << 12, blob)
+        memory.clear_dirty()
+        cpu = Cpu(memory, CpuState.from_dict(ctx.state), fast=True)
+        stats_from_json(ctx.stats, cpu.stats)
+        cached = CachedVcpu(cpu, ctx.generation, token)
+        self._cache[vm] = cached
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        self.cache_reloads += 1
+        return cached, True
+
+    # -- RPCs ------------------------------------------------------------------------------------
+    def RunVcpu(
+        self, request: cpu_pb2.RunVcpuRequest, context: grpc.ServicerContext
+    ) -> cpu_pb2.RunVcpuResponse:
+        if not request.vm:
+            raise InvalidRequest("RunVcpu needs the VM id in 'vm'")
+        if request.lease_token <= 0:
+            raise InvalidRequest("RunVcpu needs the fencing token of a grant in 'lease_token' (> 0)")
+        if request.budget > MAX_BUDGET:
+            raise InvalidRequest(f"budget {request.budget} is above the per-call maximum {MAX_BUDGET}")
+        with self._lock:
+            self.runs += 1
+            cached, reloaded = self._context(request.vm, request.lease_token, request.generation)
+            cpu = cached.cpu
+            if request.resume.HasField("in_value"):
+                if reloaded:
+                    self._cache.pop(request.vm, None)
+                    raise WrongState(
+                        f"VM {request.vm}: its context was reloaded from commit {request.generation}, so the "
+                        "IO_IN this resume completes is not pending here; restart the slice from that commit"
+                    )
+                try:
+                    cpu.complete_in(request.resume.in_value)
+                except RuntimeError as exc:
+                    raise WrongState(f"VM {request.vm}: {exc}") from None
+            controls = controls_from_proto(request.controls)
+            if cpu.controls != controls:
+                cpu.controls = controls
+            started = time.perf_counter()
+            before = cpu.stats.retired
+            exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+            run_seconds = time.perf_counter() - started
+            if request.budget:
+                cached.clean = False
+            generation = cached.generation
+            if request.HasField("commit") and (request.budget == 0 or exit.reason in _SLICE_END):
+                generation = self._commit(request, cached)
+            s = cpu.state
+            return cpu_pb2.RunVcpuResponse(
+                exit=exit_to_proto(exit),
+                registers={k: int(v) for k, v in s.to_dict().items()},
+                stats=guest_stats_to_proto(cpu.stats, s.tsc),
+                generation=generation,
+                cache_reloaded=reloaded,
+                retired=cpu.stats.retired - before,
+                run_seconds=run_seconds,
+            )
+
+    def _commit(self, request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu) -> int:
+        cpu = cached.cpu
+        memory = cpu.memory
+        c = request.commit
+        commit = Commit(
+            vm=request.vm,
+            token=request.lease_token,
+            base_generation=cached.generation,
+            state=cpu.state.to_dict(),
+            stats=stats_to_json(cpu.stats),
+            vmm={} if not c.vmm_state else _json(c.vmm_state),
+            console=c.console,
+            status=c.status,
+            code=c.code if c.HasField("code") else None,
+            detail=c.detail,
+            pages={p: memory.page(p) for p in memory.dirty_pages()},
+        )
+        try:
+            generation = self.state.commit(commit)
+        except StaleLease:
+            self._cache.pop(request.vm, None)  # a stale holder's progress must never be reused
+            raise
+        memory.clear_dirty()
+        cached.generation, cached.clean = generation, True
+        return generation
+
+    def DescribeCpu(
+        self, request: cpu_pb2.DescribeCpuRequest, context: grpc.ServicerContext
+    ) -> cpu_pb2.CpuInfo:
+        return cpu_pb2.CpuInfo(
+            pcpu=self.pcpu,
+            address=self.address,
+            cached_vms=list(self._cache),
+            runs=self.runs,
+            cache_reloads=self.cache_reloads,
+        )
+
+    def EvictVcpu(
+        self, request: cpu_pb2.EvictVcpuRequest, context: grpc.ServicerContext
+    ) -> cpu_pb2.EvictVcpuResponse:
+        with self._lock:
+            return cpu_pb2.EvictVcpuResponse(evicted=self._cache.pop(request.vm, None) is not None)
+
+    def Echo(self, request: cpu_pb2.EchoRequest, context: grpc.ServicerContext) -> cpu_pb2.EchoResponse:
+        return cpu_pb2.EchoResponse(payload=request.payload)
+
+
+def _json(text: str) -> dict[str, object]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"commit.vmm_state is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("commit.vmm_state must be a JSON object")
+    return value
+
+
+def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:
+    """Start the pCPU server (returns once it listens) and its registration heartbeat."""
+    state = SharedState.from_url(config.redis)
+    holder: dict[str, CpuServicer] = {}
+
+    def register(server: grpc.Server) -> None:
+        holder["s"] = CpuServicer(state, config.pcpu, config.advertise)
+        cpu_pb2_grpc.add_CpuServicer_to_server(holder["s"], server)
+
+    server = build_server(
+        config,
+        register,
+        ["ringlab.v1.Cpu"],
+        checks=[state.ping, lambda: state.pcpu_alive(config.pcpu)],
+    )
+    servicer = holder["s"]
+    if config.listen.endswith(":0"):  # an ephemeral port: advertise the one we got
+        host = config.advertise.rsplit(":", 1)[0]
+        servicer.address = f"{host}:{server.port}"
+        if config.pcpu.endswith("-0"):
+            servicer.pcpu = f"{config.pcpu[:-2]}-{server.port}"
+
+    def heartbeat() -> None:
+        while not server.stopping.is_set():
+            try:
+                state.register_pcpu(servicer.pcpu, servicer.address)
+            except Exception:
+                log.warning("cannot reach Redis at %s to register pCPU %s", config.redis, servicer.pcpu)
+            server.stopping.wait(1.0)
+
+    try:
+        state.register_pcpu(servicer.pcpu, servicer.address)
+    except Exception:
+        log.warning("Redis at %s is not reachable yet", config.redis)
+    threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+    server.start()
+    return server, servicer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ringlab-cpu", description="Serve one Ringlab pCPU over gRPC.")
+    add_service_flags(parser, "cpu")
+    config = config_from_args(parser.parse_args(argv), "cpu")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s cpu %(levelname)s %(message)s")
+    server, servicer = serve(config)
+    server.install_signal_handlers()
+    log.info("pCPU %s serving on %s (Redis %s)", servicer.pcpu, servicer.address, config.redis)
+    print(f"READY cpu {servicer.address} {servicer.pcpu}", flush=True)
+    server.wait()
+    return 0

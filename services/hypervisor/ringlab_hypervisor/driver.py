@@ -1,0 +1,257 @@
+"""Driving one pCPU: the scheduler loop (decide, grant, run a slice, account) and the slice loop
+(RunVcpu until the slice ends, handling each exit).
+
+Per slice the steady state costs two Redis round trips: the commit (done by the pCPU at the slice
+end, inside its RunVcpu) and the grant that accounts this slice and hands out the next (it also
+returns the fresh snapshot the next decision needs).  Exits inside a slice cost no Redis at all:
+runs are deterministic, so progress after the last commit is simply re-executed after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from ringlab.rpc import open_channel
+from ringlab.rpc.convert import REASON_NAMES, controls_to_proto
+from ringlab.sched import CreditPolicy, Entry, SliceOutcome
+from ringlab.store import SharedState
+from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
+from ringlab_hypervisor.platform import Platform, platform_for
+
+__all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
+
+log = logging.getLogger("ringlab.hypervisor")
+
+DRIVER_TTL_MS = 3_000
+IDLE_POLL = 0.01
+
+
+@dataclass
+class VmRuntime:
+    """What the hypervisor keeps per VM between slices (rebuilt from Redis when stale)."""
+
+    vm: str
+    definition: dict[str, Any]
+    platform: Platform
+    vmm: dict[str, Any]
+    generation: int
+    retired: int
+    controls: common_pb2.Controls = field(default_factory=common_pb2.Controls)
+
+
+class Runtimes:
+    """VM runtimes shared by this replica's drivers (a VM runs on one pCPU at a time)."""
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+        self._lock = threading.Lock()
+        self._by_vm: dict[str, VmRuntime] = {}
+
+    def get(self, vm: str) -> VmRuntime:
+        with self._lock:
+            rt = self._by_vm.get(vm)
+        if rt is not None:
+            return rt
+        definition, _ = self.state.vm_record(vm)
+        _state, stats, vmm, generation = self.state.vm_vcpu_summary(vm)
+        platform = platform_for(definition)
+        rt = VmRuntime(vm, definition, platform, vmm, generation, int(stats.get("retired", 0)))
+        rt.controls = controls_to_proto(platform.controls)
+        with self._lock:
+            self._by_vm[vm] = rt
+        return rt
+
+    def drop(self, vm: str) -> None:
+        with self._lock:
+            self._by_vm.pop(vm, None)
+
+
+class PcpuDriver(threading.Thread):
+    """Schedules VMs on one pCPU while this replica holds the pCPU's driver lease."""
+
+    def __init__(
+        self,
+        state: SharedState,
+        runtimes: Runtimes,
+        policy: CreditPolicy,
+        pcpu: str,
+        address: str,
+        owner: str,
+        token: str,
+        pcpus: Any,
+    ) -> None:
+        super().__init__(name=f"driver-{pcpu}", daemon=True)
+        self.state = state
+        self.runtimes = runtimes
+        self.policy = policy
+        self.pcpu = pcpu
+        self.address = address
+        self.owner = owner
+        self.stop_event = threading.Event()
+        self.channel = open_channel(address, token)
+        self.stub = cpu_pb2_grpc.CpuStub(self.channel)
+        self._pcpus = pcpus  # callable: how many pCPUs are alive (refill scales with it)
+        self._lease_renewed = 0.0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _hold_pcpu(self) -> bool:
+        now = time.monotonic()
+        if now - self._lease_renewed < DRIVER_TTL_MS / 3000:
+            return True
+        if self.state.renew_driver(self.pcpu, self.owner, DRIVER_TTL_MS):
+            self._lease_renewed = now
+            return True
+        return False
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("driver for %s stopped", self.pcpu)
+        finally:
+            with contextlib.suppress(Exception):
+                self.state.release_driver(self.pcpu, self.owner)
+            self.channel.close()
+
+    def _loop(self) -> None:
+        version, raw = self.state.sched_snapshot()
+        finished: SliceOutcome | None = None
+        busy = 0.0
+        switches = 0
+        while not self.stop_event.is_set():
+            try:
+                if not self._hold_pcpu():
+                    self.stop_event.wait(0.5)
+                    continue
+                t0 = time.perf_counter()
+                entries = {vm: Entry.from_dict(d) for vm, d in raw.items()}
+                now = time.time()
+                decision = self.policy.decide(entries, now, pcpus=max(1, self._pcpus()), finished=finished)
+                result = self.state.grant(
+                    version=version,
+                    pcpu=self.pcpu,
+                    now=now,
+                    lease_seconds=self.policy.lease_seconds,
+                    chosen=decision.chosen,
+                    updates=decision.updates,
+                    events=decision.events,
+                    busy_seconds=busy,
+                    scheduler_seconds=time.perf_counter() - t0,
+                    slices=1 if finished else 0,
+                    world_switches=switches,
+                )
+                version, raw = result.version, result.entries
+                if not result.applied:
+                    continue  # someone else changed the entries: decide again on the fresh ones
+                finished, busy, switches = None, 0.0, 0
+                if decision.chosen is None:
+                    self.stop_event.wait(IDLE_POLL)
+                    version, raw = self.state.sched_snapshot()
+                    continue
+                started = time.perf_counter()
+                ended, switches = self.run_slice(decision.chosen, result.token)
+                busy = time.perf_counter() - started
+                finished = SliceOutcome(decision.chosen, result.token, busy, ended)
+            except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
+                log.warning("pCPU %s: %s", self.pcpu, exc)
+                self.stop_event.wait(0.5)
+                with contextlib.suppress(Exception):
+                    version, raw = self.state.sched_snapshot()
+
+    # -- one slice ------------------------------------------------------------------------------
+    def run_slice(self, vm: str, token: int) -> tuple[str, int]:
+        """Run ``vm`` for one slice; returns (how it ended, world switches)."""
+        try:
+            rt = self.runtimes.get(vm)
+        except Exception as exc:
+            log.warning("VM %s cannot run: %s", vm, exc)
+            return "lost", 0
+        vmm = dict(rt.vmm)
+        vmm.setdefault("started", time.time())
+        console = bytearray()
+        left = self.policy.slice_instructions
+        limit = rt.definition.get("max_instructions")
+        resume = cpu_pb2.Resume()
+        generation = rt.generation
+        switches = 0
+        ended: tuple[str, int | None, str] | None = None
+        try:
+            while True:
+                budget = left
+                if limit is not None:
+                    budget = min(budget, int(limit) - rt.retired)
+                    if budget <= 0:
+                        ended = ("limit", None, f"{limit} instructions retired")
+                        break
+                request = cpu_pb2.RunVcpuRequest(
+                    vm=vm,
+                    lease_token=token,
+                    generation=generation,
+                    budget=budget,
+                    controls=rt.controls,
+                    resume=resume,
+                    commit=cpu_pb2.CommitRequest(console=bytes(console), vmm_state=json.dumps(vmm)),
+                )
+                response = self.stub.RunVcpu(request, timeout=60)
+                switches += 1
+                rt.retired = response.stats.retired
+                left -= response.retired
+                resume = cpu_pb2.Resume()
+                if response.generation != generation:  # the pCPU committed at the slice end
+                    generation = response.generation
+                    console.clear()
+                    rt.vmm, rt.generation = dict(vmm), generation
+                reason = response.exit.reason
+                if reason == common_pb2.EXIT_REASON_BUDGET:
+                    if left <= 0 and not (limit is not None and rt.retired >= int(limit)):
+                        return "preempted", switches
+                    continue
+                if reason == common_pb2.EXIT_REASON_IDLE:
+                    return "idle", switches
+                exits = vmm.setdefault("exits_by_reason", {})
+                name = REASON_NAMES.get(reason, str(reason))
+                exits[name] = exits.get(name, 0) + 1
+                vmm["exits"] = int(vmm.get("exits", 0)) + 1
+                handled = rt.platform.handle(response.exit, vmm)
+                console += handled.console
+                if handled.in_value is not None:
+                    resume.in_value = handled.in_value & 0xFFFFFFFF
+                if handled.ended is not None:
+                    ended = handled.ended
+                    break
+            status, code, detail = ended
+            vmm["ended"] = time.time()
+            commit = cpu_pb2.CommitRequest(
+                console=bytes(console), vmm_state=json.dumps(vmm), status=status, detail=detail
+            )
+            if code is not None:
+                commit.code = code
+            final = cpu_pb2.RunVcpuRequest(
+                vm=vm,
+                lease_token=token,
+                generation=generation,
+                budget=0,
+                controls=rt.controls,
+                resume=resume,
+                commit=commit,
+            )
+            self.stub.RunVcpu(final, timeout=60)
+            switches += 1
+            self.runtimes.drop(vm)
+            return "ended", switches
+        except grpc.RpcError as err:
+            # A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
+            # generation or a dead pCPU: drop what this slice did; the VM resumes from its commit.
+            log.info("VM %s slice on %s abandoned: %s: %s", vm, self.pcpu, err.code(), err.details())
+            self.runtimes.drop(vm)
+            return "lost", switches

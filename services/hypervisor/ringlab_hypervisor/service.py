@@ -1,0 +1,438 @@
+"""The hypervisor's gRPC API: a thin servicer over ``SharedState`` (VMs, consoles, events,
+statistics) plus the pCPU drivers that schedule and run the VMs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from ringlab.errors import ImageError
+from ringlab.image import Image
+from ringlab.machine import Cpu
+from ringlab.machine.stats import Stats
+from ringlab.rpc import (
+    ServiceConfig,
+    ServiceServer,
+    StreamSlots,
+    add_service_flags,
+    build_server,
+    config_from_args,
+)
+from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json, stats_to_json
+from ringlab.sched import CreditPolicy, Entry
+from ringlab.sched.credit import TERMINAL
+from ringlab.store import Exhausted, InvalidRequest, SharedState
+from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab_hypervisor.driver import PcpuDriver, Runtimes
+from ringlab_hypervisor.platform import SERVICE_TECHNIQUES
+
+__all__ = ["HypervisorServicer", "main", "serve"]
+
+log = logging.getLogger("ringlab.hypervisor")
+
+MAX_MEMORY = 64 << 20
+DEFAULT_MEMORY = 4 << 20
+EXIT_CYCLES = 1_500
+"""Simulated cycles of one VM exit round trip (a 2006 VT-x exit, DESIGN.md) until the techniques
+library's cost model prices each event."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_TECHNIQUE_NAMES = {v: k for k, v in TECHNIQUES.items()}
+_KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
+STATUSES = {
+    "created": hypervisor_pb2.VM_STATUS_CREATED,
+    "runnable": hypervisor_pb2.VM_STATUS_RUNNABLE,
+    "running": hypervisor_pb2.VM_STATUS_RUNNING,
+    "blocked": hypervisor_pb2.VM_STATUS_BLOCKED,
+    "paused": hypervisor_pb2.VM_STATUS_PAUSED,
+    "stopped": hypervisor_pb2.VM_STATUS_STOPPED,
+    "poweroff": hypervisor_pb2.VM_STATUS_POWEROFF,
+    "halted": hypervisor_pb2.VM_STATUS_HALTED,
+    "shutdown": hypervisor_pb2.VM_STATUS_SHUTDOWN,
+    "limit": hypervisor_pb2.VM_STATUS_LIMIT,
+}
+RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
+
+
+def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any], Image]:
+    """Validate a CreateVm request into the VM's definition and image."""
+    if not _NAME.match(request.name):
+        raise InvalidRequest(
+            f"VM name {request.name!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    technique = _TECHNIQUE_NAMES.get(request.technique)
+    if technique is None:
+        raise InvalidRequest(f"choose a technique: one of {', '.join(TECHNIQUES)}")
+    if technique not in SERVICE_TECHNIQUES:
+        raise InvalidRequest(
+            f"technique {technique!r} is not available in this hypervisor yet "
+            f"(available: {', '.join(SERVICE_TECHNIQUES)})"
+        )
+    if request.nested_paging and technique != "hw":
+        raise InvalidRequest("nested_paging applies to technique hw only")
+    kernel = _KERNEL_NAMES.get(request.kernel, "none" if request.kernel == 0 else "")
+    if not kernel:
+        raise InvalidRequest(f"unknown kernel flavour {request.kernel}")
+    memory = request.memory_size or DEFAULT_MEMORY
+    if memory > MAX_MEMORY:
+        raise Exhausted(f"memory_size {memory} is above this hypervisor's per-VM limit of {MAX_MEMORY} bytes")
+    if memory % 4096:
+        raise InvalidRequest(f"memory_size {memory} must be a multiple of 4096 (one page)")
+    if request.cap > 100:
+        raise InvalidRequest(f"cap {request.cap} is a percent of one pCPU: 0 (none) to 100")
+    if not request.image:
+        raise InvalidRequest("image is empty: send Image.to_bytes() of the kernel+workload or program")
+    try:
+        image = Image.from_bytes(request.image)
+    except ImageError as exc:
+        raise InvalidRequest(f"image is not a Ringlab image: {exc}") from None
+    if image.base < 0 or image.end > memory:
+        raise InvalidRequest(f"the image spans {image.base:#x}-{image.end:#x} but memory_size is {memory:#x}")
+    definition = {
+        "name": request.name,
+        "technique": technique,
+        "nested_paging": request.nested_paging,
+        "kernel": kernel,
+        "workload": request.workload,
+        "memory_size": memory,
+        "weight": request.weight or 256,
+        "cap": request.cap,
+        "max_instructions": request.max_instructions if request.HasField("max_instructions") else None,
+        "input": request.input.decode("latin-1"),
+        "created": time.time(),
+    }
+    return definition, image
+
+
+class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
+    def __init__(self, state: SharedState, streams: StreamSlots) -> None:
+        self.state = state
+        self.streams = streams
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def CreateVm(
+        self, request: hypervisor_pb2.CreateVmRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.Vm:
+        definition, image = _definition(request)
+        cpu = Cpu.boot(image, memory_size=definition["memory_size"])
+        pages = {p: cpu.memory.page(p) for p in range(image.base >> 12, (image.end + 4095) >> 12)}
+        entry = Entry(
+            status="runnable" if request.start else "created", weight=definition["weight"], cap=request.cap
+        )
+        created, vm = self.state.create_vm(
+            request.name,
+            definition,
+            request.image,
+            cpu.state.to_dict(),
+            stats_to_json(Stats()),
+            entry.to_dict(),
+            pages,
+        )
+        if not created and request.start:
+            self.state.control(vm, "start")
+        return self._vm(vm)
+
+    def _act(self, request: hypervisor_pb2.VmRef, action: str) -> hypervisor_pb2.Vm:
+        vm = self.state.resolve(request.vm)
+        self.state.control(vm, action)
+        return self._vm(vm)
+
+    def StartVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
+        return self._act(request, "start")
+
+    def PauseVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
+        return self._act(request, "pause")
+
+    def ResumeVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
+        return self._act(request, "resume")
+
+    def StopVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
+        return self._act(request, "stop")
+
+    def DestroyVm(
+        self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.DestroyVmResponse:
+        vm = self.state.resolve(request.vm)
+        destroyed = self.state.destroy_vm(vm)
+        for _pcpu, (address, alive) in self.state.pcpus().items():
+            if alive:  # free the pCPUs' cached copies (best effort: a stale cache is never used)
+                try:
+                    with grpc.insecure_channel(address) as ch:
+                        cpu_pb2_grpc.CpuStub(ch).EvictVcpu(cpu_pb2.EvictVcpuRequest(vm=vm), timeout=2)
+                except grpc.RpcError:
+                    pass
+        return hypervisor_pb2.DestroyVmResponse(destroyed=destroyed)
+
+    def ListVms(
+        self, request: hypervisor_pb2.ListVmsRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.ListVmsResponse:
+        return hypervisor_pb2.ListVmsResponse(vms=self._vms())
+
+    def DescribeVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
+        return self._vm(self.state.resolve(request.vm))
+
+    def WaitVm(
+        self, request: hypervisor_pb2.WaitVmRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.VmResult:
+        vm = self.state.resolve(request.vm)
+        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds > 0 else None
+        delay = 0.005
+        while True:
+            record = self.state.vm_record(vm)[1]
+            if record["status"] in TERMINAL:
+                return self._result(vm)
+            if (deadline is not None and time.monotonic() > deadline) or not context.is_active():
+                raise_timeout(vm, record["status"])
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    # -- streams ----------------------------------------------------------------------------------
+    def StreamConsole(
+        self, request: hypervisor_pb2.StreamConsoleRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.ConsoleChunk]:
+        vm = self.state.resolve(request.vm)
+        with self.streams.hold():
+            cursor = request.after or "0-0"
+            while context.is_active():
+                chunks = self.state.console_read(vm, cursor, block_ms=250 if request.follow else None)
+                for cursor, data in chunks:
+                    yield common_pb2.ConsoleChunk(vm=vm, data=data, cursor=cursor)
+                if not request.follow:
+                    if not chunks:
+                        return
+                    continue
+                ended = not chunks and self.state.vm_record(vm)[1]["status"] in TERMINAL
+                if ended and not self.state.console_read(vm, cursor):
+                    return
+
+    def StreamEvents(
+        self, request: hypervisor_pb2.StreamEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[hypervisor_pb2.Event]:
+        vm = self.state.resolve(request.vm) if request.vm else ""
+        with self.streams.hold():
+            cursor = request.after or ("$" if request.follow else "0-0")
+            if cursor == "$":
+                cursor = self.state.events_last_id()
+            while context.is_active():
+                events = self.state.events_read(cursor, block_ms=250 if request.follow else None)
+                for e in events:
+                    cursor = e["cursor"]
+                    if vm and e.get("vm") != vm:
+                        continue
+                    yield hypervisor_pb2.Event(
+                        cursor=cursor,
+                        kind=e.get("kind", ""),
+                        vm=e.get("vm", ""),
+                        pcpu=e.get("pcpu", ""),
+                        detail=e.get("detail", ""),
+                        time=float(e.get("time") or 0),
+                    )
+                if not request.follow and not events:
+                    return
+
+    def GetStats(
+        self, request: hypervisor_pb2.GetStatsRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.StatsResponse:
+        _version, entries = self.state.sched_snapshot()
+        pcpus = []
+        for pcpu, (address, alive) in sorted(self.state.pcpus().items()):
+            st = self.state.pcpu_stats(pcpu)
+            running = next((vm for vm, e in entries.items() if e.get("pcpu") == pcpu), "")
+            pcpus.append(
+                hypervisor_pb2.PcpuStats(
+                    pcpu=pcpu,
+                    address=address,
+                    alive=alive,
+                    busy_seconds=st.get("busy_seconds", 0.0),
+                    scheduler_seconds=st.get("scheduler_seconds", 0.0),
+                    slices=int(st.get("slices", 0)),
+                    world_switches=int(st.get("world_switches", 0)),
+                    running=running,
+                )
+            )
+        return hypervisor_pb2.StatsResponse(vms=self._vms(), pcpus=pcpus)
+
+    # -- building replies -------------------------------------------------------------------------
+    def _vms(self) -> list[hypervisor_pb2.Vm]:
+        _version, entries = self.state.sched_snapshot()
+        total = sum(float(e.get("cpu_seconds", 0.0)) for e in entries.values())
+        out = []
+        for vm in sorted(entries, key=int):
+            try:
+                out.append(self._vm(vm, entries[vm], total))
+            except Exception:
+                continue  # destroyed while we listed
+        return out
+
+    def _vm(
+        self, vm: str, entry: dict[str, Any] | None = None, total: float | None = None
+    ) -> hypervisor_pb2.Vm:
+        definition, record = self.state.vm_record(vm)
+        if entry is None or total is None:
+            _version, entries = self.state.sched_snapshot()
+            entry = entries.get(vm, {})
+            total = sum(float(e.get("cpu_seconds", 0.0)) for e in entries.values())
+        state, stats_json, vmm, _gen = self.state.vm_vcpu_summary(vm)
+        stats = stats_from_json(stats_json)
+        status = record["status"] if record["status"] in TERMINAL else entry.get("status", record["status"])
+        cpu_seconds = float(entry.get("cpu_seconds", 0.0))
+        exits = int(vmm.get("exits", 0))
+        out = hypervisor_pb2.Vm(
+            id=vm,
+            name=definition["name"],
+            technique=TECHNIQUES[definition["technique"]],
+            nested_paging=bool(definition.get("nested_paging")),
+            kernel=KERNELS.get(definition.get("kernel", "none"), common_pb2.KERNEL_FLAVOUR_NONE),
+            workload=definition.get("workload", ""),
+            memory_size=int(definition["memory_size"]),
+            weight=int(definition.get("weight", 256)),
+            cap=int(definition.get("cap", 0)),
+            status=STATUSES.get(status, hypervisor_pb2.VM_STATUS_UNSPECIFIED),
+            detail=record.get("detail", ""),
+            stats=hypervisor_pb2.VmStats(
+                cpu_seconds=cpu_seconds,
+                cpu_share=cpu_seconds / total if total else 0.0,
+                exits=exits,
+                exits_by_reason={k: int(v) for k, v in vmm.get("exits_by_reason", {}).items()},
+                slices=int(entry.get("slices", 0)),
+                simulated_cycles=stats.retired + EXIT_CYCLES * exits,
+                guest=guest_stats_to_proto(stats, int(state.get("tsc", 0))),
+                credit=float(entry.get("credit", 0.0)),
+            ),
+        )
+        if record.get("code"):
+            out.exit_code = int(record["code"])
+        return out
+
+    def _result(self, vm: str) -> hypervisor_pb2.VmResult:
+        record = self.state.vm_record(vm)[1]
+        state, stats_json, vmm, _gen = self.state.vm_vcpu_summary(vm)
+        stats = stats_from_json(stats_json)
+        console = self.state.console_all(vm)
+        registers = {
+            name: int(state[name]) for name in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+        }
+        registers |= {k: int(state[k]) for k in ("eip", "eflags", "cs", "cr0", "cr2", "cr3")}
+        code = int(record["code"]) if record.get("code") else None
+        reason = RESULT_REASONS.get(record["status"], record["status"])
+        wall = float(vmm.get("ended", 0.0)) - float(vmm.get("started", 0.0)) if vmm.get("ended") else 0.0
+        doc = {
+            "console": console.decode("latin-1"),
+            "exit": {"reason": reason, "code": code, "detail": record.get("detail", "")},
+            "registers": registers,
+            "stats": {
+                "guest": stats.guest(int(state.get("tsc", 0))),
+                "host": {"wall_seconds": wall, **stats.host(), "exits": int(vmm.get("exits", 0))},
+            },
+        }
+        result = hypervisor_pb2.VmResult(
+            vm=self._vm(vm),
+            console=console,
+            reason=reason,
+            detail=record.get("detail", ""),
+            registers=registers,
+            stats=guest_stats_to_proto(stats, int(state.get("tsc", 0))),
+            wall_seconds=wall,
+            result_json=json.dumps(doc),
+        )
+        if code is not None:
+            result.code = code
+        return result
+
+
+def raise_timeout(vm: str, status: str) -> None:
+    from ringlab.store import WrongState
+
+    raise WrongState(
+        f"VM {vm} is still {status} after the requested wait: wait longer or check 'ringlab vm list'"
+    )
+
+
+class DriverManager(threading.Thread):
+    """Starts a driver for every live pCPU registered in Redis, and stops those that died."""
+
+    def __init__(self, state: SharedState, config: ServiceConfig, policy: CreditPolicy) -> None:
+        super().__init__(name="drivers", daemon=True)
+        self.state = state
+        self.config = config
+        self.policy = policy
+        self.owner = f"hypervisor-{uuid.uuid4().hex[:8]}"
+        self.runtimes = Runtimes(state)
+        self.drivers: dict[str, PcpuDriver] = {}
+        self.stop_event = threading.Event()
+        self.alive = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                pcpus = self.state.pcpus()
+                self.alive = sum(1 for _a, alive in pcpus.values() if alive)
+                for pcpu, (address, alive) in pcpus.items():
+                    driver = self.drivers.get(pcpu)
+                    if alive and (driver is None or not driver.is_alive()):
+                        driver = PcpuDriver(
+                            self.state,
+                            self.runtimes,
+                            self.policy,
+                            pcpu,
+                            address,
+                            self.owner,
+                            self.config.token,
+                            lambda: self.alive,
+                        )
+                        self.drivers[pcpu] = driver
+                        driver.start()
+                    elif not alive and driver is not None:
+                        driver.stop()
+                        del self.drivers[pcpu]
+            except Exception as exc:
+                log.warning("cannot list pCPUs: %s", exc)
+            self.stop_event.wait(0.5)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for driver in self.drivers.values():
+            driver.stop()
+        for driver in self.drivers.values():
+            driver.join(timeout=5)
+
+
+def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
+    state = SharedState.from_url(config.redis)
+    streams = StreamSlots(config.max_streams)
+
+    def register(server: grpc.Server) -> None:
+        hypervisor_pb2_grpc.add_HypervisorServicer_to_server(HypervisorServicer(state, streams), server)
+
+    server = build_server(config, register, ["ringlab.v1.Hypervisor"], checks=[state.ping])
+    manager = DriverManager(state, config, CreditPolicy(slice_instructions=config.slice))
+    server.on_stop.append(manager.stop)
+    manager.start()
+    server.start()
+    return server, manager
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ringlab-hypervisor", description="Serve the Ringlab hypervisor over gRPC."
+    )
+    add_service_flags(parser, "hypervisor")
+    config = config_from_args(parser.parse_args(argv), "hypervisor")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hypervisor %(levelname)s %(message)s")
+    server, _manager = serve(config)
+    server.install_signal_handlers()
+    log.info(
+        "hypervisor serving on %s:%d (Redis %s)", config.listen.rsplit(":", 1)[0], server.port, config.redis
+    )
+    print(f"READY hypervisor {config.listen.rsplit(':', 1)[0]}:{server.port}", flush=True)
+    server.wait()
+    return 0

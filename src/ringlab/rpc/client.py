@@ -1,0 +1,82 @@
+"""Client side: channels that carry the bearer token and retry UNAVAILABLE, and one function that
+says what a failed call means and what to do about it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+__all__ = ["describe_error", "open_channel"]
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "loadBalancingConfig": [{"round_robin": {}}],
+    }
+)
+
+
+class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._md]
+        return details._replace(metadata=metadata)  # type: ignore[attr-defined,no-any-return]
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def open_channel(target: str, token: str | None = None) -> grpc.Channel:
+    """An insecure channel to ``target`` (HOST:PORT, or dns:///NAME:PORT for a scaled service)
+    sending ``token`` (default: $RINGLAB_TOKEN) as a bearer token."""
+    if token is None:
+        token = os.environ.get("RINGLAB_TOKEN", "")
+    channel = grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    if token:
+        return grpc.intercept_channel(channel, _Auth(token))
+    return channel
+
+
+_ADVICE = {
+    grpc.StatusCode.UNAVAILABLE: "nothing answers there: start a deployment with 'ringlab up' (or check "
+    "the address; a TLS mismatch also shows as UNAVAILABLE)",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the deployment did not answer in time: is it overloaded or stuck?",
+    grpc.StatusCode.UNAUTHENTICATED: "set RINGLAB_TOKEN to the deployment's token",
+    grpc.StatusCode.UNIMPLEMENTED: "the server there is not a Ringlab hypervisor of this version",
+}
+
+
+def describe_error(err: grpc.RpcError, target: str) -> str:
+    """``TARGET: STATUS: server message (what to do)``."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    advice = _ADVICE.get(code, "")
+    return f"{target}: {code.name}: {details}" + (f" ({advice})" if advice else "")

@@ -1,0 +1,372 @@
+"""``SharedState``: the Redis side of a deployment (VM records, vCPU contexts, memory pages,
+consoles, events, the scheduler's entries, pCPU registrations and leases).
+
+Every multi-key change is one Lua script in ``lua/`` (see each file's header); single-key
+changes are plain commands; reads that must agree are one MULTI/EXEC round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ringlab.store import keys
+from ringlab.store.errors import InvalidRequest, StaleLease, VmNotFound, WrongState
+from ringlab.store.scripts import Scripts
+
+__all__ = ["Commit", "GrantResult", "SharedState", "VcpuContext", "connect"]
+
+PCPU_TTL_MS = 5_000
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` (redis://host:port/db or unix:///path) with short timeouts, so a dead
+    server shows as an error in seconds rather than a hang."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class VcpuContext:
+    """A VM's committed execution context, as a pCPU loads it."""
+
+    generation: int
+    state: dict[str, Any]
+    stats: dict[str, Any]
+    vmm: dict[str, Any]
+    pages: dict[int, bytes]
+    memory_size: int
+
+
+@dataclass
+class Commit:
+    """What one commit carries (see lua/commit.lua)."""
+
+    vm: str
+    token: int
+    base_generation: int
+    state: dict[str, Any]
+    stats: dict[str, Any]
+    vmm: dict[str, Any]
+    console: bytes = b""
+    status: str = ""
+    code: int | None = None
+    detail: str = ""
+    pages: dict[int, bytes] | None = None
+
+
+@dataclass
+class GrantResult:
+    applied: bool
+    token: int
+    version: int
+    entries: dict[str, dict[str, Any]]
+
+
+def _entries(flat: list[Any]) -> dict[str, dict[str, Any]]:
+    it = iter(flat)
+    return {_s(k): json.loads(v) for k, v in zip(it, it)}
+
+
+class SharedState:
+    """Typed access to one deployment's Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types replies as unions over decode_responses; ours are always bytes.
+        self.r: Any = client
+        self.scripts = Scripts(client)
+
+    @classmethod
+    def from_url(cls, url: str) -> SharedState:
+        return cls(connect(url))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.RedisError:
+            return False
+
+    # -- VMs ---------------------------------------------------------------------------------
+    def create_vm(
+        self,
+        name: str,
+        definition: dict[str, Any],
+        image: bytes,
+        state: dict[str, Any],
+        stats: dict[str, Any],
+        entry: dict[str, Any],
+        pages: dict[int, bytes],
+    ) -> tuple[bool, str]:
+        """Define a VM; returns (created, id).  Idempotent by name: an existing name returns its
+        id with created False and changes nothing."""
+        existing = self.r.hget(keys.VM_NAMES, name)
+        if existing is not None:
+            return False, _s(existing)
+        vm = str(self.r.incr(keys.VM_SEQ))  # a retried INCR only leaves a gap in the ids
+        args: list[Any] = [
+            name,
+            vm,
+            json.dumps(definition),
+            image,
+            json.dumps(state),
+            json.dumps(stats),
+            json.dumps(entry),
+            time.time(),
+        ]
+        for number, blob in sorted(pages.items()):
+            args += [number, blob]
+        created, vid = self.scripts(
+            "create_vm",
+            [
+                keys.VM_NAMES,
+                keys.vm_record(vm),
+                keys.vm_image(vm),
+                keys.vm_vcpu(vm),
+                keys.vm_pages(vm),
+                keys.SCHED_VMS,
+                keys.SCHED_META,
+                keys.EVENTS,
+            ],
+            args,
+        )
+        return bool(created), _s(vid)
+
+    def resolve(self, ref: str) -> str:
+        """The id of the VM named or numbered ``ref``."""
+        if not ref:
+            raise InvalidRequest("name the VM: give its name or id (see 'ringlab vm list')")
+        by_name = self.r.hget(keys.VM_NAMES, ref)
+        if by_name is not None:
+            return _s(by_name)
+        if self.r.hexists(keys.SCHED_VMS, ref):
+            return ref
+        raise VmNotFound(ref)
+
+    def vm_ids(self) -> list[str]:
+        return sorted((_s(k) for k in self.r.hkeys(keys.SCHED_VMS)), key=int)
+
+    def vm_record(self, vm: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """(definition, {status, code, detail}) from the VM's record."""
+        raw = self.r.hgetall(keys.vm_record(vm))
+        if not raw:
+            raise VmNotFound(vm)
+        rec = {_s(k): _s(v) for k, v in raw.items()}
+        return json.loads(rec.pop("def")), rec
+
+    def vm_image(self, vm: str) -> bytes:
+        blob = self.r.get(keys.vm_image(vm))
+        if blob is None:
+            raise VmNotFound(vm)
+        return bytes(blob)
+
+    def vm_vcpu_summary(self, vm: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]:
+        """(state, stats, vmm, generation) without the pages."""
+        raw = self.r.hgetall(keys.vm_vcpu(vm))
+        if not raw:
+            raise VmNotFound(vm)
+        rec = {_s(k): v for k, v in raw.items()}
+        return (
+            json.loads(rec["state"]),
+            json.loads(rec["stats"]),
+            json.loads(rec["vmm"]),
+            int(rec["generation"]),
+        )
+
+    def control(self, vm: str, action: str) -> str:
+        """start / pause / resume / stop; returns the new status."""
+        ok, what = self.scripts(
+            "control",
+            [keys.SCHED_VMS, keys.SCHED_META, keys.vm_record(vm), keys.EVENTS],
+            [vm, action, time.time()],
+        )
+        if not ok:
+            if _s(what) == "no such VM":
+                raise VmNotFound(vm)
+            raise WrongState(f"cannot {action} VM {vm}: {_s(what)}")
+        return _s(what)
+
+    def destroy_vm(self, vm: str) -> bool:
+        definition, _ = self.vm_record(vm)
+        done = self.scripts(
+            "destroy_vm",
+            [keys.VM_NAMES, keys.SCHED_VMS, keys.SCHED_META, keys.EVENTS, *keys.vm_keys(vm)],
+            [vm, definition.get("name", ""), time.time()],
+        )
+        return bool(done)
+
+    # -- vCPU contexts and commits ---------------------------------------------------------------
+    def generation(self, vm: str) -> int:
+        return int(self.r.hget(keys.vm_vcpu(vm), "generation") or 0)
+
+    def load_vcpu(self, vm: str) -> VcpuContext:
+        """The VM's last commit: registers, statistics, VMM state and every stored page, read in
+        one MULTI/EXEC so they belong to the same commit."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(keys.vm_vcpu(vm))
+        pipe.hgetall(keys.vm_pages(vm))
+        pipe.hget(keys.vm_record(vm), "def")
+        vcpu, pages, definition = pipe.execute()
+        if not vcpu or definition is None:
+            raise VmNotFound(vm)
+        rec = {_s(k): v for k, v in vcpu.items()}
+        return VcpuContext(
+            generation=int(rec["generation"]),
+            state=json.loads(rec["state"]),
+            stats=json.loads(rec["stats"]),
+            vmm=json.loads(rec["vmm"]),
+            pages={int(k): bytes(v) for k, v in pages.items()},
+            memory_size=int(json.loads(definition)["memory_size"]),
+        )
+
+    def commit(self, c: Commit) -> int:
+        """Apply one fenced commit; returns the new generation.  Raises ``StaleLease`` when the
+        token is no longer the VM's grant (nothing is written then)."""
+        args: list[Any] = [
+            c.vm,
+            c.token,
+            c.base_generation,
+            json.dumps(c.state),
+            json.dumps(c.stats),
+            json.dumps(c.vmm),
+            c.console,
+            c.status,
+            "" if c.code is None else c.code,
+            c.detail,
+            time.time(),
+        ]
+        for number, blob in sorted((c.pages or {}).items()):
+            args += [number, blob]
+        result = self.scripts(
+            "commit",
+            [
+                keys.SCHED_VMS,
+                keys.SCHED_META,
+                keys.vm_vcpu(c.vm),
+                keys.vm_pages(c.vm),
+                keys.vm_console(c.vm),
+                keys.vm_record(c.vm),
+                keys.EVENTS,
+            ],
+            args,
+        )
+        if not result[0]:
+            raise StaleLease(f"commit for VM {c.vm} refused: {_s(result[1])}")
+        return int(result[1])
+
+    # -- scheduler -------------------------------------------------------------------------------
+    def sched_snapshot(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hget(keys.SCHED_META, "version")
+        pipe.hgetall(keys.SCHED_VMS)
+        version, flat = pipe.execute()
+        return int(version or 0), {_s(k): json.loads(v) for k, v in flat.items()}
+
+    def grant(
+        self,
+        *,
+        version: int,
+        pcpu: str,
+        now: float,
+        lease_seconds: float,
+        chosen: str | None,
+        updates: dict[str, dict[str, Any]],
+        events: list[dict[str, str]],
+        busy_seconds: float = 0.0,
+        scheduler_seconds: float = 0.0,
+        slices: int = 0,
+        world_switches: int = 0,
+    ) -> GrantResult:
+        args: list[Any] = [
+            version,
+            pcpu,
+            now,
+            lease_seconds,
+            chosen or "",
+            repr(busy_seconds),
+            repr(scheduler_seconds),
+            slices,
+            world_switches,
+            len(updates),
+        ]
+        for vm, entry in updates.items():
+            args += [vm, json.dumps(entry)]
+        args += [json.dumps(e) for e in events]
+        result = self.scripts(
+            "grant",
+            [keys.SCHED_VMS, keys.SCHED_META, keys.FENCE, keys.EVENTS, keys.pcpu_stats(pcpu)],
+            args,
+        )
+        if result[0]:
+            return GrantResult(True, int(result[1]), int(result[2]), _entries(result[3]))
+        return GrantResult(False, 0, int(result[2]), _entries(result[3]))
+
+    # -- consoles and events ---------------------------------------------------------------------
+    def console_read(
+        self, vm: str, after: str = "0-0", block_ms: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        reply = self.r.xread({keys.vm_console(vm): after or "0-0"}, count=1000, block=block_ms)
+        out: list[tuple[str, bytes]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                out.append((_s(entry_id), bytes(fields[b"data"])))
+        return out
+
+    def console_all(self, vm: str) -> bytes:
+        return b"".join(bytes(f[b"data"]) for _id, f in self.r.xrange(keys.vm_console(vm)))
+
+    def events_read(self, after: str, block_ms: int | None = None, count: int = 1000) -> list[dict[str, str]]:
+        reply = self.r.xread({keys.EVENTS: after}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                out.append({"cursor": _s(entry_id)} | {_s(k): _s(v) for k, v in fields.items()})
+        return out
+
+    def events_last_id(self) -> str:
+        info = self.r.xrevrange(keys.EVENTS, count=1)
+        return _s(info[0][0]) if info else "0-0"
+
+    # -- pCPUs -----------------------------------------------------------------------------------
+    def register_pcpu(self, pcpu: str, address: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.PCPUS, pcpu, address)
+        pipe.set(keys.pcpu_alive(pcpu), address, px=PCPU_TTL_MS)
+        pipe.execute()
+
+    def pcpu_alive(self, pcpu: str) -> bool:
+        return bool(self.r.exists(keys.pcpu_alive(pcpu)))
+
+    def pcpus(self) -> dict[str, tuple[str, bool]]:
+        """pcpu id -> (address, alive)."""
+        found = {_s(k): _s(v) for k, v in self.r.hgetall(keys.PCPUS).items()}
+        if not found:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for pcpu in found:
+            pipe.exists(keys.pcpu_alive(pcpu))
+        alive = pipe.execute()
+        return {p: (addr, bool(a)) for (p, addr), a in zip(found.items(), alive)}
+
+    def pcpu_stats(self, pcpu: str) -> dict[str, float]:
+        return {_s(k): float(v) for k, v in self.r.hgetall(keys.pcpu_stats(pcpu)).items()}
+
+    def renew_driver(self, pcpu: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self.scripts("renew_driver", [keys.pcpu_driver(pcpu)], [owner, ttl_ms]))
+
+    def release_driver(self, pcpu: str, owner: str) -> None:
+        if _s(self.r.get(keys.pcpu_driver(pcpu))) == owner:
+            self.r.delete(keys.pcpu_driver(pcpu))
+
+    # -- guests ----------------------------------------------------------------------------------
+    def next_mix_index(self, name: str) -> int:
+        """0, 1, 2, ... across identical guest replicas (one atomic INCR)."""
+        return int(self.r.incr(keys.guest_mix(name))) - 1
