@@ -1,0 +1,300 @@
+"""The compose deployment, end to end, on a real Docker engine.
+
+Builds every image locally (no registry here: scripts/docker-images makes a debootstrap base, a
+Redis image and a wheelhouse), brings up ``docker-compose.yml`` with three guest replicas, waits for
+every health check, drives the deployment from the host over the published port (as a person
+would: the ``ringlab`` CLI for the VMs the test adds, the generated gRPC stubs to read consoles),
+kills the ``cpu`` container with SIGKILL while VMs run, starts it again, and checks that every VM
+still ends with exactly its workload's expected console output. Everything is torn down, whatever
+happens.
+
+Marked ``docker``: the default ``pytest`` run deselects it; ``.ci/run`` runs it on its own with
+RINGLAB_REQUIRE_DOCKER=1, where a machine that cannot run an engine is a failure, not a skip.
+
+Knobs (environment): RINGLAB_COMPOSE (default ``docker-compose``, Debian's 1.29; ``docker compose``
+for v2), RINGLAB_E2E_MIX (the guest replicas' mix), RINGLAB_E2E_SLICE (the hypervisor's slice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab_guest.build import WORKLOADS
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+REDIS_IMAGE = "ringlab-redis:bookworm"
+APP_IMAGE = "ringlab:e2e"
+# Replicas take these in turn (TECHNIQUE:KERNEL:WORKLOAD); the test adds one VM per technique.
+GUEST_MIX = os.environ.get(
+    "RINGLAB_E2E_MIX", "native:stock:multi,hw:stock:compute,trap-emulate:stock:syscall"
+)
+ADDED_VMS = {"e2e-native": "native", "e2e-trap-emulate": "trap-emulate", "e2e-hw": "hw"}
+ADDED_WORKLOAD = "compute"
+# A short slice: more world switches, so the VMs are still running when the cpu is killed.
+SLICE = os.environ.get("RINGLAB_E2E_SLICE", "5000")
+ENDED = {"poweroff", "halted", "shutdown", "limit", "stopped"}
+
+HEALTH_TIMEOUT = 300.0
+RUN_TIMEOUT = 300.0
+
+
+def _unavailable(reason: str) -> None:
+    """No engine here: a skip that says why, or a failure where CI requires Docker."""
+    if os.environ.get("RINGLAB_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"RINGLAB_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Timings:
+    """Phase durations, printed at the end of the run whatever the outcome (for the CI log)."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+        self._t0 = time.monotonic()
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append((phase, now - self._t0))
+        self._t0 = now
+
+    def report(self) -> str:
+        total = sum(seconds for _, seconds in self.phases)
+        parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases)
+        return f"compose e2e: {total:.1f}s total ({parts})"
+
+
+def _host_env() -> dict[str, str]:
+    """The environment for Docker's command-line tools: without the project's venv, because
+    Debian's docker-compose 1.29 must run on Debian's own Python packages (ECOSYSTEM.md)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        env["PATH"] = os.pathsep.join(
+            p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(venv)
+        )
+    return env
+
+
+def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    done = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{shlex.join(cmd)} exited {done.returncode}\n--- stdout\n{done.stdout[-3000:]}"
+            f"\n--- stderr\n{done.stderr[-3000:]}"
+        )
+    return done.stdout
+
+
+class Deployment:
+    """One compose project, named for this test run, and how to talk to it."""
+
+    def __init__(self, timings: Timings) -> None:
+        self.timings = timings
+        self.project = f"ringlab-e2e-{os.getpid()}"
+        self.port = _free_port()
+        self.env = _host_env() | {
+            "REDIS_IMAGE": REDIS_IMAGE,
+            "RINGLAB_IMAGE": APP_IMAGE,
+            "RINGLAB_PORT": str(self.port),
+            "RINGLAB_MIX": GUEST_MIX,
+            "RINGLAB_SLICE": SLICE,
+            "RINGLAB_TOKEN": "",
+        }
+        self.compose_cmd = shlex.split(os.environ.get("RINGLAB_COMPOSE", "docker-compose"))
+        self.target = f"127.0.0.1:{self.port}"
+        self._channel: grpc.Channel | None = None
+
+    def compose(self, *args: str, timeout: float = 900) -> str:
+        cmd = [*self.compose_cmd, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        return _run(cmd, env=self.env, timeout=timeout)
+
+    def container_ids(self, service: str | None = None) -> list[str]:
+        out = self.compose("ps", "-q", *([service] if service else []))
+        return out.split()
+
+    def health(self) -> dict[str, str]:
+        ids = self.container_ids()
+        if not ids:
+            return {}
+        fmt = "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+        out = _run(["docker", "inspect", "-f", fmt, *ids], env=self.env)
+        return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+    def wait_healthy(self, expected: int) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.health()
+            if len(states) == expected and all(s == "healthy" for s in states.values()):
+                return
+            time.sleep(1)
+        logs = self.compose("logs", "--tail", "30")
+        raise AssertionError(
+            f"not every container became healthy within {HEALTH_TIMEOUT:.0f}s: {states}\n{logs}"
+        )
+
+    @property
+    def stub(self) -> hypervisor_pb2_grpc.HypervisorStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return hypervisor_pb2_grpc.HypervisorStub(self._channel)
+
+    def ringlab(self, *args: str) -> str:
+        """The ringlab CLI from the host, over the published port (a client as a person runs it)."""
+        return _run(["ringlab", *args], env=os.environ | {"RINGLAB_HYPERVISOR": self.target}, timeout=120)
+
+    def vms(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.ringlab("vm", "list", "--json"))
+        return rows
+
+    def console(self, name: str) -> bytes:
+        chunks = self.stub.StreamConsole(
+            hypervisor_pb2.StreamConsoleRequest(vm=name, follow=False), timeout=30
+        )
+        return b"".join(chunk.data for chunk in chunks)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+@pytest.fixture(scope="module")
+def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(t.report())
+
+
+@pytest.fixture(scope="module")
+def engine(timings: Timings) -> None:
+    """A Docker engine that answers (scripts/docker-engine installs and starts one if it can)."""
+    if os.geteuid() != 0 and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+        _unavailable("no Docker engine answers and starting one needs root")
+    done = subprocess.run(
+        [str(REPO / "scripts" / "docker-engine"), "start"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        _unavailable(f"no Docker engine could be started here: {done.stderr.strip()[-2000:]}")
+    timings.mark("engine")
+
+
+@pytest.fixture(scope="module")
+def images(engine: None, timings: Timings) -> None:
+    """The base, Redis and Ringlab images, built locally (cached base images are reused)."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "docker-images")],
+        cwd=REPO,
+        env=_host_env() | {"REDIS_IMAGE": REDIS_IMAGE, "RINGLAB_IMAGE": APP_IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, f"scripts/docker-images failed:\n{done.stderr[-4000:]}"
+    # Its own per-phase lines ("phase debootstrap 43.8s") go into the report too.
+    for line in done.stderr.splitlines():
+        if " phase " in f" {line}":
+            name, seconds = line.split("phase", 1)[1].split()
+            timings.phases.append((name, float(seconds.rstrip("s"))))
+    timings.mark("images-other")
+
+
+@pytest.fixture(scope="module")
+def deployment(images: None, timings: Timings) -> Iterator[Deployment]:
+    d = Deployment(timings)
+    try:
+        d.compose("up", "-d", "--scale", "guest=3", timeout=900)
+        timings.mark("compose-up")
+        d.wait_healthy(expected=1 + 1 + 1 + 3)
+        timings.mark("healthy")
+        yield d
+    finally:
+        d.close()
+        # Always: containers (launched guests too: they carry the project's labels), the network,
+        # and Redis' volume.
+        try:
+            d.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=300)
+        finally:
+            timings.mark("down")
+
+
+def _wait_ended(d: Deployment, names: set[str]) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    rows: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        rows = {r["name"]: r for r in d.vms() if r["name"] in names}
+        if len(rows) == len(names) and all(r["status"] in ENDED for r in rows.values()):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(
+        f"VMs did not all end within {RUN_TIMEOUT:.0f}s: {rows}\n{d.compose('logs', '--tail', '40')}"
+    )
+
+
+def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings: Timings) -> None:
+    d = deployment
+    guests = {r["name"]: r for r in d.vms() if r["name"].startswith("guest-")}
+    assert len(guests) == 3, f"three guest replicas, three VMs: {guests}"
+
+    # The client adds one VM per technique, all contending with the guests' VMs for the pCPU.
+    for name, technique in ADDED_VMS.items():
+        d.ringlab("vm", "create", name, "--technique", technique, "--workload", ADDED_WORKLOAD, "--start")
+    names = set(guests) | set(ADDED_VMS)
+    workloads = {name: ADDED_WORKLOAD for name in ADDED_VMS} | {n: r["workload"] for n, r in guests.items()}
+
+    # Mid-run: some VM has retired instructions and some VM has not ended yet.
+    deadline = time.monotonic() + RUN_TIMEOUT
+    mid_run: list[str] = []
+    while time.monotonic() < deadline and not mid_run:
+        now = [r for r in d.vms() if r["name"] in names]
+        started = any(r["retired"] > 0 for r in now)
+        mid_run = [r["name"] for r in now if r["status"] not in ENDED] if started else []
+        if not mid_run:
+            time.sleep(0.2)
+    assert mid_run, "every VM ended before the cpu could be killed mid-run: lengthen the runs"
+    [cpu] = d.container_ids("cpu")
+    _run(["docker", "kill", "--signal", "KILL", cpu], env=d.env)
+    timings.mark("run-to-kill")
+    time.sleep(2)
+    # The restart policy may already have brought it back; `start` is a no-op then.
+    d.compose("start", "cpu")
+
+    ended = _wait_ended(d, names)
+    timings.mark("run-after-kill")
+    failures = []
+    for name in sorted(names):
+        console = d.console(name)
+        if ended[name]["status"] != "poweroff" or not WORKLOADS[workloads[name]].check_output(console):
+            failures.append(f"{name} ({workloads[name]}): {ended[name]['status']} console={console!r}")
+    assert not failures, "VMs that did not finish as expected after the cpu kill (mid-run: " + (
+        ", ".join(mid_run) + "):\n" + "\n".join(failures)
+    )
+    # The cpu came back and says so.
+    d.wait_healthy(expected=1 + 1 + 1 + 3)
