@@ -1,0 +1,154 @@
+"""Binary translation of guest kernel code, at the RL-32 level (DESIGN.md).
+
+A guest kernel block (straight-line code up to a control transfer, a callout or ``MAX_BLOCK``
+instructions) is translated into a ``Block``: a tuple of ``Op``s, each the original instruction
+tagged with how it runs in the translation:
+
+* ``DIRECT``: innocuous code, copied as is (it runs unchanged at ring 1);
+* ``INLINE``: a sensitive instruction rewritten into an operation on the virtual CPU state
+  (``cli sti pushf popf sgdt sidt str smsw``, ``mov r, cs``): no exit;
+* ``CALLOUT``: an instruction the translation replaces by a call into the VMM (port I/O, control
+  registers, descriptor-table loads, ``invlpg``, ``iret``, ``int n``, ``hlt``).
+
+Blocks live in a cache keyed by (virtual eip, host address of eip) and are chained to the blocks
+that follow them.  The pages they were translated from are write-protected through the shadow
+page tables; a write to one drops every block translated from it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringlab.isa import MASK32, Class, Form, Instruction
+from ringlab.machine.cpu import Cpu
+from ringlab.machine.faults import Fault
+from ringlab.machine.interpreter import HANDLERS
+from ringlab.machine.memory import PAGE_SHIFT
+
+__all__ = ["MAX_BLOCK", "Block", "Kind", "Op", "TranslationCache", "kind_of"]
+
+MAX_BLOCK = 32
+
+
+class Kind(enum.Enum):
+    DIRECT = "direct"
+    INLINE = "inline"
+    CALLOUT = "callout"
+
+
+_INLINE = frozenset({"cli", "sti", "pushf", "popf", "sgdt", "sidt", "str", "smsw"})
+_ENDS_BLOCK = frozenset({"jmp", "call", "ret", "int", "iret", "hlt"})
+
+
+def kind_of(insn: Instruction) -> Kind:
+    """How the translator handles an instruction (the table docs/techniques.md shows)."""
+    spec = insn.spec
+    if spec.mnemonic in _INLINE or spec.form is Form.RCS:
+        return Kind.INLINE
+    if spec.cls in (Class.PRIVILEGED, Class.IOPL, Class.CONTROL):
+        return Kind.CALLOUT
+    return Kind.DIRECT
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: Kind
+    insn: Instruction
+    eip: int
+    nxt: int
+    handler: Callable[..., Any]
+
+
+@dataclass(eq=False)
+class Block:
+    eip: int
+    ops: tuple[Op, ...]
+    frames: frozenset[int]
+    valid: bool = True
+    links: dict[int, Block] = field(default_factory=dict)
+    epoch: int = 0
+
+
+class TranslationCache:
+    def __init__(self, cpu: Cpu, protect: Callable[[int], None]) -> None:
+        self.cpu = cpu
+        self._protect = protect
+        self._blocks: dict[tuple[int, int], Block] = {}
+        self._by_frame: dict[int, list[Block]] = {}
+        self.translations = 0
+        self.translated_instructions = 0
+        self.hits = 0
+        self.chained = 0
+        self.invalidations = 0
+
+    def lookup(self, eip: int, previous: Block | None, epoch: int) -> Block:
+        """The block at ``eip``: by the previous block's chain link, the cache, or a fresh
+        translation.  Raises ``Fault`` if the first instruction cannot be fetched."""
+        if previous is not None and previous.epoch == epoch:
+            linked = previous.links.get(eip)
+            if linked is not None and linked.valid:
+                self.chained += 1
+                return linked
+        key = (eip, self.cpu.mmu.translate(eip, False, False))
+        block = self._blocks.get(key)
+        if block is not None and block.valid:
+            self.hits += 1
+        else:
+            block = self._translate(eip)
+            self._blocks[key] = block
+        block.epoch = epoch
+        if previous is not None:
+            if previous.epoch != epoch:
+                previous.links.clear()
+                previous.epoch = epoch
+            previous.links[eip] = block
+        return block
+
+    def single(self, eip: int) -> Block:
+        """One instruction, translated but neither cached nor write-protected: how the VMM
+        steps over a write into the very page being translated (self-modifying code, or code
+        sharing a page with data) without protecting it again before the write happens."""
+        return self._translate(eip, limit=1, keep=False)
+
+    def _translate(self, start: int, *, limit: int = MAX_BLOCK, keep: bool = True) -> Block:
+        mmu = self.cpu.mmu
+        ops: list[Op] = []
+        frames: set[int] = set()
+        eip = start
+        while len(ops) < limit:
+            try:
+                insn = mmu.fetch(eip, False)
+                first = mmu.translate(eip, False, False) >> PAGE_SHIFT
+                last = mmu.translate((eip + insn.length - 1) & MASK32, False, False) >> PAGE_SHIFT
+            except Fault:
+                if not ops:
+                    raise
+                break  # the block ends before an instruction that cannot be fetched
+            kind = kind_of(insn)
+            nxt = (eip + insn.length) & MASK32
+            ops.append(Op(kind, insn, eip, nxt, HANDLERS[insn.spec.opcode]))
+            frames.update((first, last))
+            eip = nxt
+            if kind is Kind.CALLOUT or insn.mnemonic in _ENDS_BLOCK or insn.mnemonic.startswith("j"):
+                break
+        block = Block(start, tuple(ops), frozenset(frames))
+        if not keep:
+            return block
+        for frame in frames:
+            self._by_frame.setdefault(frame, []).append(block)
+            self._protect(frame)
+        self.translations += 1
+        self.translated_instructions += len(ops)
+        return block
+
+    def invalidate_frame(self, frame: int) -> None:
+        """The guest wrote a page translated code came from: drop its blocks."""
+        for block in self._by_frame.pop(frame, []):
+            if block.valid:
+                block.valid = False
+                self.invalidations += 1
+        for key in [k for k, b in self._blocks.items() if not b.valid]:
+            del self._blocks[key]
