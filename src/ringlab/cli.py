@@ -104,6 +104,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="stop after N retired instructions (exit reason 'limit'; default: no limit)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (ISA.md contract)")
+    p.add_argument(
+        "--via",
+        metavar="HOST:PORT",
+        default=None,
+        help="run on the hypervisor of a deployment ('ringlab up') instead of in-process",
+    )
 
 
 def _add_defines(p: argparse.ArgumentParser) -> None:
@@ -155,6 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ringlab.asm import assemble_file
 
     image = assemble_file(args.program, defines=dict(args.defines))
+    if args.via:
+        return _via(image, args, kernel="none", workload=Path(args.program).stem)
     result = _run(image, args, args.input.encode("latin-1"))
     _print_result(result, args.json)
     return EXIT_OK
@@ -164,7 +172,20 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from ringlab_guest.build import build_image
 
     image = build_image(args.workload, args.kernel, dict(args.defines))
+    if args.via:
+        return _via(image, args, kernel=args.kernel, workload=args.workload)
     result = _run(image, args)
+    _print_result(result, args.json)
+    return EXIT_OK
+
+
+def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) -> int:
+    """The same run through a deployment: same output, or exit status 3 saying why not."""
+    from ringlab.cli_services import run_via
+
+    result = run_via(args, image, kernel=kernel, workload=workload)
+    if isinstance(result, int):
+        return result
     _print_result(result, args.json)
     return EXIT_OK
 

@@ -14,9 +14,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
+from ringlab.image import Image
 from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
@@ -28,6 +30,8 @@ from ringlab.rpc.convert import (
 )
 from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
+from ringlab.vmm import Stop
+from ringlab_cpu.hosted import HostedVm
 
 __all__ = ["CpuServicer", "main", "serve"]
 
@@ -37,11 +41,14 @@ MAX_BUDGET = 50_000_000
 """One call never runs longer than this many instructions (a few seconds): a pCPU stays responsive."""
 CACHE_SIZE = 64
 _SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
+RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
 
 
 @dataclass
 class CachedVcpu:
     cpu: Cpu
+    hosted: HostedVm | None
+    """Set for techniques whose exits are still handled beside the core (``hosted.py``)."""
     generation: int
     """The commit this context started from (or last committed)."""
     token: int
@@ -74,13 +81,20 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 f"VM {vm}: the caller expects commit {generation} but the latest is {ctx.generation}; "
                 "reload the VM's state and run again"
             )
-        memory = Memory(ctx.memory_size)
-        for number, blob in ctx.pages.items():
-            memory.load(number << 12, blob)
-        memory.clear_dirty()
-        cpu = Cpu(memory, CpuState.from_dict(ctx.state), fast=True)
-        stats_from_json(ctx.stats, cpu.stats)
-        cached = CachedVcpu(cpu, ctx.generation, token)
+        hosted: HostedVm | None = None
+        if ctx.definition.get("technique", "native") == "native":
+            memory = Memory(ctx.memory_size)
+            for number, blob in ctx.pages.items():
+                memory.load(number << 12, blob)
+            memory.clear_dirty()
+            cpu = Cpu(memory, CpuState.from_dict(ctx.state), fast=True)
+            stats_from_json(ctx.stats, cpu.stats)
+        else:
+            hosted = HostedVm(Image.from_bytes(self.state.vm_image(vm)), ctx.definition)
+            hosted.replay(int(ctx.stats.get("retired", 0)))
+            cpu = hosted.cpu
+            cpu.memory.clear_dirty()
+        cached = CachedVcpu(cpu, hosted, ctx.generation, token)
         self._cache[vm] = cached
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -112,12 +126,20 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                     cpu.complete_in(request.resume.in_value)
                 except RuntimeError as exc:
                     raise WrongState(f"VM {request.vm}: {exc}") from None
-            controls = controls_from_proto(request.controls)
-            if cpu.controls != controls:
-                cpu.controls = controls
+            if cached.hosted is None:  # a hosted VM's technique sets its own controls
+                controls = controls_from_proto(request.controls)
+                if cpu.controls != controls:
+                    cpu.controls = controls
             started = time.perf_counter()
             before = cpu.stats.retired
-            exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+            stop, console = None, b""
+            if cached.hosted is not None:
+                exit = Exit(ExitReason.BUDGET)
+                if request.budget:
+                    outcome = cached.hosted.run(request.budget)
+                    exit, stop, console = outcome.exit, outcome.stop, outcome.console
+            else:
+                exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
             run_seconds = time.perf_counter() - started
             if request.budget:
                 cached.clean = False
@@ -133,20 +155,34 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 cache_reloaded=reloaded,
                 retired=cpu.stats.retired - before,
                 run_seconds=run_seconds,
+                console=console,
+                stop=None if stop is None else _stop_to_proto(stop),
             )
 
     def _commit(self, request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu) -> int:
         cpu = cached.cpu
         memory = cpu.memory
         c = request.commit
+        console = c.console
+        stats = stats_to_json(cpu.stats)
+        if cached.hosted is not None:
+            console += cached.hosted.uncommitted_console()
+            vm = cached.hosted.vm
+            stats["world_switches"] = vm.counters.world_switches
+            from ringlab.vmm.costs import cycles
+
+            stats["cycles"] = cycles(vm.technique.name, vm.guest_stats(), vm.counters)
+        if c.status:
+            # The run is over: keep ISA.md's JSON object as the in-process run builds it.
+            stats["result"] = self._result_doc(cached, c)
         commit = Commit(
             vm=request.vm,
             token=request.lease_token,
             base_generation=cached.generation,
             state=cpu.state.to_dict(),
-            stats=stats_to_json(cpu.stats),
+            stats=stats,
             vmm={} if not c.vmm_state else _json(c.vmm_state),
-            console=c.console,
+            console=console,
             status=c.status,
             code=c.code if c.HasField("code") else None,
             detail=c.detail,
@@ -159,7 +195,21 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             raise
         memory.clear_dirty()
         cached.generation, cached.clean = generation, True
+        if cached.hosted is not None:
+            cached.hosted.console_committed = len(cached.hosted.vm.devices.console)
         return generation
+
+    def _result_doc(self, cached: CachedVcpu, c: cpu_pb2.CommitRequest) -> dict[str, Any]:
+        reason = RESULT_REASONS.get(c.status, c.status)
+        code = c.code if c.HasField("code") else None
+        if cached.hosted is not None:
+            stop = cached.hosted.stop
+            if stop is not None:
+                reason, code, detail = stop.reason, stop.code, stop.detail
+            else:
+                detail = c.detail
+            return cached.hosted.result_doc(reason, code, detail)
+        return native_result_doc(cached.cpu, reason, code, c.detail)
 
     def DescribeCpu(
         self, request: cpu_pb2.DescribeCpuRequest, context: grpc.ServicerContext
@@ -180,6 +230,36 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
 
     def Echo(self, request: cpu_pb2.EchoRequest, context: grpc.ServicerContext) -> cpu_pb2.EchoResponse:
         return cpu_pb2.EchoResponse(payload=request.payload)
+
+
+def _stop_to_proto(stop: Stop) -> cpu_pb2.VmStop:
+    out = cpu_pb2.VmStop(reason=stop.reason, detail=stop.detail)
+    if stop.code is not None:
+        out.code = stop.code
+    return out
+
+
+def native_result_doc(cpu: Cpu, reason: str, code: int | None, detail: str) -> dict[str, Any]:
+    """ISA.md's JSON object for a VM run natively through the services, built by the same
+    code as ``run_vm(..., technique="native").to_json()`` (no VMM events, the same cost model)."""
+    from ringlab.vmm.costs import cycles
+    from ringlab.vmm.counters import EventCounter
+    from ringlab.vmm.vm import VmRunResult
+
+    counters = EventCounter()
+    result = VmRunResult(
+        console=b"",
+        reason=reason,
+        code=code,
+        detail=detail,
+        state=cpu.state.copy(),
+        stats=cpu.stats,
+        wall_seconds=0.0,
+        technique="native",
+        counters=counters,
+        cycles=cycles("native", cpu.stats, counters),
+    )
+    return result.to_json()
 
 
 def _json(text: str) -> dict[str, object]:

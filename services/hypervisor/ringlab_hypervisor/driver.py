@@ -24,7 +24,7 @@ from ringlab.rpc.convert import REASON_NAMES, controls_to_proto
 from ringlab.sched import CreditPolicy, Entry, SliceOutcome
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
-from ringlab_hypervisor.platform import Platform, platform_for
+from ringlab_hypervisor.platform import STOP_STATUS, Platform, platform_for
 
 __all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
 
@@ -211,6 +211,15 @@ class PcpuDriver(threading.Thread):
                     generation = response.generation
                     console.clear()
                     rt.vmm, rt.generation = dict(vmm), generation
+                if response.HasField("stop"):  # a hosted VM's run is over
+                    stop = response.stop
+                    detail = stop.detail if stop.reason in STOP_STATUS else f"{stop.reason}: {stop.detail}"
+                    ended = (
+                        STOP_STATUS.get(stop.reason, "shutdown"),
+                        stop.code if stop.HasField("code") else None,
+                        detail,
+                    )
+                    break
                 reason = response.exit.reason
                 if reason == common_pb2.EXIT_REASON_BUDGET:
                     if left <= 0 and not (limit is not None and rt.retired >= int(limit)):

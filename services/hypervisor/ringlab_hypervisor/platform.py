@@ -21,8 +21,12 @@ from ringlab.v1 import common_pb2, cpu_pb2
 
 __all__ = ["SERVICE_TECHNIQUES", "Handled", "Platform", "platform_for"]
 
-SERVICE_TECHNIQUES = ("native",)
-"""The techniques whose exit handlers run in this service today."""
+SERVICE_TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw")
+"""Every technique runs through the services: ``native`` with each exit crossing to this
+service, the others *hosted* (their software exits handled beside the core in the pCPU until
+``ringlab.vmm`` can handle exits against a remote vCPU)."""
+HOSTED = frozenset(SERVICE_TECHNIQUES) - {"native"}
+STOP_STATUS = {"poweroff": "poweroff", "halt": "halted", "shutdown": "shutdown", "limit": "limit"}
 
 
 @dataclass
@@ -70,6 +74,10 @@ class Platform:
 
 def platform_for(definition: dict[str, Any]) -> Platform:
     technique = definition.get("technique", "native")
+    if technique in HOSTED:
+        hosted = Platform(definition)
+        hosted.technique = technique
+        return hosted
     if technique not in SERVICE_TECHNIQUES:
         raise InvalidRequest(
             f"technique {technique!r} is not available through the services yet "

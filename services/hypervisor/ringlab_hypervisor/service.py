@@ -285,7 +285,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         stats = stats_from_json(stats_json)
         status = record["status"] if record["status"] in TERMINAL else entry.get("status", record["status"])
         cpu_seconds = float(entry.get("cpu_seconds", 0.0))
-        exits = int(vmm.get("exits", 0))
+        exits = int(vmm.get("exits", 0)) + int(stats_json.get("world_switches", 0))
+        cycles = int(stats_json.get("cycles", 0)) or stats.retired + EXIT_CYCLES * exits
         out = hypervisor_pb2.Vm(
             id=vm,
             name=definition["name"],
@@ -304,7 +305,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                 exits=exits,
                 exits_by_reason={k: int(v) for k, v in vmm.get("exits_by_reason", {}).items()},
                 slices=int(entry.get("slices", 0)),
-                simulated_cycles=stats.retired + EXIT_CYCLES * exits,
+                simulated_cycles=cycles,
                 guest=guest_stats_to_proto(stats, int(state.get("tsc", 0))),
                 credit=float(entry.get("credit", 0.0)),
             ),
@@ -325,20 +326,19 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         code = int(record["code"]) if record.get("code") else None
         reason = RESULT_REASONS.get(record["status"], record["status"])
         wall = float(vmm.get("ended", 0.0)) - float(vmm.get("started", 0.0)) if vmm.get("ended") else 0.0
-        doc = {
-            "console": console.decode("latin-1"),
-            "exit": {"reason": reason, "code": code, "detail": record.get("detail", "")},
-            "registers": registers,
-            "stats": {
-                "guest": stats.guest(int(state.get("tsc", 0))),
-                "host": {"wall_seconds": wall, **stats.host(), "exits": int(vmm.get("exits", 0))},
-            },
-        }
+        doc = stats_json.get("result")
+        if doc is not None:  # the pCPU kept the in-process run's JSON object at the final commit
+            doc["console"] = console.decode("latin-1")
+            doc["stats"]["host"]["wall_seconds"] = wall
+            registers = {k: int(v) for k, v in doc["registers"].items()}
+            reason, code = doc["exit"]["reason"], doc["exit"]["code"]
+        else:
+            doc = self._plain_doc(console, reason, code, record, registers, stats, state, vmm, wall)
         result = hypervisor_pb2.VmResult(
             vm=self._vm(vm),
             console=console,
             reason=reason,
-            detail=record.get("detail", ""),
+            detail=doc["exit"]["detail"],
             registers=registers,
             stats=guest_stats_to_proto(stats, int(state.get("tsc", 0))),
             wall_seconds=wall,
@@ -347,6 +347,29 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         if code is not None:
             result.code = code
         return result
+
+    @staticmethod
+    def _plain_doc(
+        console: bytes,
+        reason: str,
+        code: int | None,
+        record: dict[str, str],
+        registers: dict[str, int],
+        stats: Stats,
+        state: dict[str, Any],
+        vmm: dict[str, Any],
+        wall: float,
+    ) -> dict[str, Any]:
+        """The JSON object of a VM that ended without a final commit of its own (stopped)."""
+        return {
+            "console": console.decode("latin-1"),
+            "exit": {"reason": reason, "code": code, "detail": record.get("detail", "")},
+            "registers": registers,
+            "stats": {
+                "guest": stats.guest(int(state.get("tsc", 0))),
+                "host": {"wall_seconds": wall, **stats.host(), "exits": int(vmm.get("exits", 0))},
+            },
+        }
 
 
 def raise_timeout(vm: str, status: str) -> None:

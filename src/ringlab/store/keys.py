@@ -20,7 +20,7 @@ keep them on one shard; the scheduler's keys are global because one decision spa
     rl:pcpu:ID:alive             string with a TTL: the cpu service's heartbeat
     rl:pcpu:ID:driver            string with a TTL: the hypervisor replica driving this pCPU
     rl:pcpu:ID:stats             hash  busy_seconds, scheduler_seconds, slices, world_switches
-    rl:guest:mix:NAME            INCR: identical guest replicas take mix entries in turn
+    rl:guest:mix:NAME            hash  next, replica:HOST -> index: replicas take mix entries in turn
 """
 
 from __future__ import annotations

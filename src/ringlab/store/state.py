@@ -45,6 +45,7 @@ class VcpuContext:
     vmm: dict[str, Any]
     pages: dict[int, bytes]
     memory_size: int
+    definition: dict[str, Any]
 
 
 @dataclass
@@ -218,13 +219,15 @@ class SharedState:
         if not vcpu or definition is None:
             raise VmNotFound(vm)
         rec = {_s(k): v for k, v in vcpu.items()}
+        definition = json.loads(definition)
         return VcpuContext(
             generation=int(rec["generation"]),
             state=json.loads(rec["state"]),
             stats=json.loads(rec["stats"]),
             vmm=json.loads(rec["vmm"]),
             pages={int(k): bytes(v) for k, v in pages.items()},
-            memory_size=int(json.loads(definition)["memory_size"]),
+            memory_size=int(definition["memory_size"]),
+            definition=definition,
         )
 
     def commit(self, c: Commit) -> int:
@@ -367,6 +370,7 @@ class SharedState:
             self.r.delete(keys.pcpu_driver(pcpu))
 
     # -- guests ----------------------------------------------------------------------------------
-    def next_mix_index(self, name: str) -> int:
-        """0, 1, 2, ... across identical guest replicas (one atomic INCR)."""
-        return int(self.r.incr(keys.guest_mix(name))) - 1
+    def claim_mix_index(self, name: str, replica: str) -> int:
+        """0, 1, 2, ... across identical guest replicas in order of arrival; a replica that
+        restarts with the same identity gets its index back (and so re-attaches to its VM)."""
+        return int(self.scripts("claim_mix", [keys.guest_mix(name)], [replica]))

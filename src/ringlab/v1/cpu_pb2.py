@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ringlab.v1 import common_pb2 as ringlab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\",\n\x06Resume\x12\x15\n\x08in_value\x18\x01 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_in_value\"o\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\tB\x07\n\x05_code\"\xcc\x01\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12\"\n\x06resume\x18\x06 \x01(\x0b\x32\x12.ringlab.v1.Resume\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\"\xb1\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\tB\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eip\"\x9f\x02\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x14\n\x12\x44\x65scribeCpuRequest\"a\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\",\n\x06Resume\x12\x15\n\x08in_value\x18\x01 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_in_value\"o\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\tB\x07\n\x05_code\"\xcc\x01\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12\"\n\x06resume\x18\x06 \x01(\x0b\x32\x12.ringlab.v1.Resume\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\"\xb1\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\tB\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eip\"\xd2\x02\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x63onsole\x18\x08 \x01(\x0c\x12 \n\x04stop\x18\t \x01(\x0b\x32\x12.ringlab.v1.VmStop\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"D\n\x06VmStop\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x11\n\x04\x63ode\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x07\n\x05_code\"\x14\n\x12\x44\x65scribeCpuRequest\"a\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,21 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VCPUEXIT']._serialized_start=428
   _globals['_VCPUEXIT']._serialized_end=733
   _globals['_RUNVCPURESPONSE']._serialized_start=736
-  _globals['_RUNVCPURESPONSE']._serialized_end=1023
-  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_start=975
-  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_end=1023
-  _globals['_DESCRIBECPUREQUEST']._serialized_start=1025
-  _globals['_DESCRIBECPUREQUEST']._serialized_end=1045
-  _globals['_CPUINFO']._serialized_start=1047
-  _globals['_CPUINFO']._serialized_end=1144
-  _globals['_EVICTVCPUREQUEST']._serialized_start=1146
-  _globals['_EVICTVCPUREQUEST']._serialized_end=1176
-  _globals['_EVICTVCPURESPONSE']._serialized_start=1178
-  _globals['_EVICTVCPURESPONSE']._serialized_end=1214
-  _globals['_ECHOREQUEST']._serialized_start=1216
-  _globals['_ECHOREQUEST']._serialized_end=1246
-  _globals['_ECHORESPONSE']._serialized_start=1248
-  _globals['_ECHORESPONSE']._serialized_end=1279
-  _globals['_CPU']._serialized_start=1282
-  _globals['_CPU']._serialized_end=1556
+  _globals['_RUNVCPURESPONSE']._serialized_end=1074
+  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_start=1026
+  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_end=1074
+  _globals['_VMSTOP']._serialized_start=1076
+  _globals['_VMSTOP']._serialized_end=1144
+  _globals['_DESCRIBECPUREQUEST']._serialized_start=1146
+  _globals['_DESCRIBECPUREQUEST']._serialized_end=1166
+  _globals['_CPUINFO']._serialized_start=1168
+  _globals['_CPUINFO']._serialized_end=1265
+  _globals['_EVICTVCPUREQUEST']._serialized_start=1267
+  _globals['_EVICTVCPUREQUEST']._serialized_end=1297
+  _globals['_EVICTVCPURESPONSE']._serialized_start=1299
+  _globals['_EVICTVCPURESPONSE']._serialized_end=1335
+  _globals['_ECHOREQUEST']._serialized_start=1337
+  _globals['_ECHOREQUEST']._serialized_end=1367
+  _globals['_ECHORESPONSE']._serialized_start=1369
+  _globals['_ECHORESPONSE']._serialized_end=1400
+  _globals['_CPU']._serialized_start=1403
+  _globals['_CPU']._serialized_end=1677
 # @@protoc_insertion_point(module_scope)

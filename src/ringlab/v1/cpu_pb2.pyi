@@ -235,6 +235,8 @@ class RunVcpuResponse(_message.Message):
     CACHE_RELOADED_FIELD_NUMBER: _builtins.int
     RETIRED_FIELD_NUMBER: _builtins.int
     RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """the VM's latest commit after this call"""
     cache_reloaded: _builtins.bool
@@ -243,6 +245,10 @@ class RunVcpuResponse(_message.Message):
     """instructions retired by this call"""
     run_seconds: _builtins.float
     """host time spent executing guest code in this call"""
+    console: _builtins.bytes
+    """Techniques whose exit handlers still run beside the core (see docs: hosted techniques):
+    console bytes the guest wrote during this call
+    """
     @_builtins.property
     def exit(self) -> Global___VcpuExit: ...
     @_builtins.property
@@ -251,6 +257,10 @@ class RunVcpuResponse(_message.Message):
 
     @_builtins.property
     def stats(self) -> _common_pb2.GuestStats: ...
+    @_builtins.property
+    def stop(self) -> Global___VmStop:
+        """set when the VM's run is over"""
+
     def __init__(
         self,
         *,
@@ -261,14 +271,45 @@ class RunVcpuResponse(_message.Message):
         cache_reloaded: _builtins.bool = ...,
         retired: _builtins.int = ...,
         run_seconds: _builtins.float = ...,
+        console: _builtins.bytes = ...,
+        stop: Global___VmStop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "console", b"console", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunVcpuResponse: _TypeAlias = RunVcpuResponse  # noqa: Y015
+
+@_typing.final
+class VmStop(_message.Message):
+    """How a hosted VM's run ended (ISA.md exit reason, code and detail)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    code: _builtins.int
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        code: _builtins.int | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "detail", b"detail", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
+    _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__code) -> _WhichOneofReturnType__code | None: ...
+
+Global___VmStop: _TypeAlias = VmStop  # noqa: Y015
 
 @_typing.final
 class DescribeCpuRequest(_message.Message):

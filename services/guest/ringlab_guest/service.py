@@ -1,0 +1,187 @@
+"""The guest service: one guest OS, the owner (not the executor) of one VM.
+
+On start it works out its configuration (flags and RINGLAB_* variables; identical replicas each
+take the next entry of ``--mix`` by an atomic counter in Redis, and a restarted replica gets its
+entry back), builds the kernel and workload image, creates its VM on the hypervisor (idempotently
+by name, so a restarted guest re-attaches) and serves the VM's console.
+
+    --name NAME          RINGLAB_GUEST_NAME   VM name (default "guest"; with --mix, NAME-INDEX)
+    --technique T        RINGLAB_TECHNIQUE    native | trap-emulate | bt | pv | hw (native)
+    --kernel K           RINGLAB_KERNEL       stock | paravirt (stock; paravirt under pv)
+    --workload W         RINGLAB_WORKLOAD     a workload of build.WORKLOADS (hello)
+    --weight N           RINGLAB_WEIGHT       scheduler weight (256)
+    --mix LIST           RINGLAB_MIX          TECHNIQUE:KERNEL:WORKLOAD[:WEIGHT],... for replicas
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from ringlab.rpc import (
+    ServiceConfig,
+    ServiceServer,
+    StreamSlots,
+    add_service_flags,
+    build_server,
+    config_from_args,
+    open_channel,
+)
+from ringlab.rpc.config import env_default
+from ringlab.rpc.convert import KERNELS, TECHNIQUES
+from ringlab.store import InvalidRequest, SharedState
+from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab_guest.build import WORKLOADS, build_image
+
+__all__ = ["GuestConfig", "GuestServicer", "main", "parse_mix"]
+
+log = logging.getLogger("ringlab.guest")
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    name: str
+    technique: str
+    kernel: str
+    workload: str
+    weight: int
+    replica: int = 0
+
+
+def parse_mix(text: str) -> list[tuple[str, str, str, int]]:
+    """``native:stock:hello,pv:paravirt:compute:512`` -> [(technique, kernel, workload, weight)]."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        fields = item.split(":")
+        if len(fields) not in (3, 4):
+            raise InvalidRequest(f"mix entry {item!r}: want TECHNIQUE:KERNEL:WORKLOAD[:WEIGHT]")
+        weight = int(fields[3]) if len(fields) == 4 else 256
+        out.append((fields[0], fields[1], fields[2], weight))
+    return out
+
+
+def resolve_config(args: argparse.Namespace, state: SharedState | None) -> GuestConfig:
+    if args.mix:
+        mix = parse_mix(args.mix)
+        if state is None:
+            raise InvalidRequest("--mix needs Redis (RINGLAB_REDIS) for the replica counter")
+        index = state.claim_mix_index(args.name, socket.gethostname() + ":" + args.replica_id)
+        technique, kernel, workload, weight = mix[index % len(mix)]
+        return GuestConfig(f"{args.name}-{index}", technique, kernel, workload, weight, index)
+    return GuestConfig(args.name, args.technique, args.kernel, args.workload, args.weight)
+
+
+def validate(config: GuestConfig) -> None:
+    if config.technique not in TECHNIQUES:
+        raise InvalidRequest(f"technique {config.technique!r}: choose one of {', '.join(TECHNIQUES)}")
+    if config.kernel not in ("stock", "paravirt"):
+        raise InvalidRequest(f"kernel {config.kernel!r}: choose stock or paravirt")
+    if config.workload not in WORKLOADS:
+        raise InvalidRequest(f"workload {config.workload!r}: choose one of {', '.join(sorted(WORKLOADS))}")
+
+
+class GuestServicer(guest_pb2_grpc.GuestServicer):
+    def __init__(self, config: GuestConfig, hypervisor: str, token: str, streams: StreamSlots) -> None:
+        self.config = config
+        self.hypervisor = hypervisor
+        self.stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(hypervisor, token))
+        self.streams = streams
+        self.vm = ""
+
+    def register(self) -> str:
+        """Create (or find, by name) this guest's VM; returns its id."""
+        c = self.config
+        image = build_image(c.workload, c.kernel)
+        vm = self.stub.CreateVm(
+            hypervisor_pb2.CreateVmRequest(
+                name=c.name,
+                technique=TECHNIQUES[c.technique],
+                kernel=KERNELS[c.kernel],
+                workload=c.workload,
+                image=image.to_bytes(),
+                weight=c.weight,
+                start=True,
+            ),
+            timeout=30,
+        )
+        self.vm = vm.id
+        return vm.id
+
+    def DescribeGuest(
+        self, request: guest_pb2.DescribeGuestRequest, context: grpc.ServicerContext
+    ) -> guest_pb2.GuestInfo:
+        c = self.config
+        return guest_pb2.GuestInfo(
+            name=c.name,
+            vm=self.vm,
+            technique=TECHNIQUES[c.technique],
+            kernel=KERNELS[c.kernel],
+            workload=c.workload,
+            weight=c.weight,
+            hypervisor=self.hypervisor,
+            replica=c.replica,
+        )
+
+    def StreamConsole(
+        self, request: guest_pb2.GuestConsoleRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.ConsoleChunk]:
+        with self.streams.hold():
+            yield from self.stub.StreamConsole(
+                hypervisor_pb2.StreamConsoleRequest(
+                    vm=self.config.name, after=request.after, follow=request.follow
+                )
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ringlab-guest", description="One Ringlab guest OS owning one VM.")
+    add_service_flags(parser, "guest")
+    parser.add_argument("--name", default=env_default("GUEST_NAME", "guest"))
+    parser.add_argument("--technique", default=env_default("TECHNIQUE", "native"))
+    parser.add_argument("--kernel", default=env_default("KERNEL", "stock"))
+    parser.add_argument("--workload", default=env_default("WORKLOAD", "hello"))
+    parser.add_argument("--weight", type=int, default=int(env_default("WEIGHT", "256")))
+    parser.add_argument("--mix", default=env_default("MIX", ""))
+    parser.add_argument("--replica-id", default=env_default("REPLICA_ID", ""), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    service = config_from_args(args, "guest")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s guest %(levelname)s %(message)s")
+    state = SharedState.from_url(service.redis) if args.mix else None
+    config = resolve_config(args, state)
+    validate(config)
+    servicer = GuestServicer(config, service.hypervisor, service.token, StreamSlots(service.max_streams))
+    server = serve(service, servicer)
+    server.install_signal_handlers()
+
+    def attach() -> None:  # the hypervisor may start after us: keep trying
+        while not server.stopping.is_set():
+            try:
+                vm = servicer.register()
+                log.info("guest %s owns VM %s on %s", config.name, vm, service.hypervisor)
+                return
+            except grpc.RpcError as err:
+                log.warning(
+                    "cannot register with the hypervisor at %s: %s", service.hypervisor, err.details()
+                )
+                time.sleep(1)
+
+    threading.Thread(target=attach, name="attach", daemon=True).start()
+    print(f"READY guest {service.listen.rsplit(':', 1)[0]}:{server.port} {config.name}", flush=True)
+    server.wait()
+    return 0
+
+
+def serve(service: ServiceConfig, servicer: GuestServicer) -> ServiceServer:
+    def register(server: grpc.Server) -> None:
+        guest_pb2_grpc.add_GuestServicer_to_server(servicer, server)
+
+    server = build_server(service, register, ["ringlab.v1.Guest"], checks=[lambda: bool(servicer.vm)])
+    server.start()
+    return server
