@@ -1,58 +1,196 @@
-"""``ringlab demo``: boot the Ringlab guest OS with each workload and show what happened.
+"""``ringlab demo``: several VMs under every technique contending for one pCPU, through the
+real services.
 
-This is the in-process demo: one machine per workload, run natively.  It prints each console,
-then a table with how each run ended and what it cost.
+It starts a real Redis, one cpu service (one pCPU) and the hypervisor on loopback, creates one VM
+per (technique, workload) pair of ``DEMO_VMS`` with the kernel flavour each technique needs, shows
+their progress while the credit scheduler shares the pCPU among them, prints a table of what
+happened, draws which VM held the pCPU over time, and shuts everything down.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-__all__ = ["run_demo", "DEMO_WORKLOADS"]
+__all__ = ["CHART", "DEMO_VMS", "run_demo"]
 
-DEMO_WORKLOADS = ("hello", "compute", "syscall", "divzero", "spawnwait", "multi")
+DEMO_VMS = (
+    ("native", "hello"),
+    ("native", "compute"),
+    ("trap-emulate", "hello"),
+    ("trap-emulate", "syscall"),
+    ("bt", "compute"),
+    ("bt", "spawnwait"),
+    ("pv", "hello"),
+    ("pv", "compute"),
+    ("hw", "syscall"),
+    ("hw", "multi"),
+)
+"""(technique, workload): every technique, a mix of workloads."""
+CHART = "ringlab-demo-pcpu.png"
+TERMINAL = {"poweroff", "halted", "shutdown", "limit", "stopped"}
+
+
+def _kernel(technique: str) -> str:
+    return "paravirt" if technique == "pv" else "stock"
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ringlab.machine import run_image
+    from ringlab.cli_services import vm_row
+    from ringlab.rpc import open_channel
+    from ringlab.rpc.convert import KERNELS, TECHNIQUES
+    from ringlab.rpc.local import LocalDeployment
+    from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
     from ringlab_guest.build import build_image
 
     console = Console()
-    rows = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("booting workloads", total=len(DEMO_WORKLOADS))
-        for name in DEMO_WORKLOADS:
-            progress.update(task, description=f"booting {name}")
-            start = time.perf_counter()
-            result = run_image(build_image(name, "stock"))
-            wall = time.perf_counter() - start
-            doc = result.to_json()
-            console.rule(f"[bold]{name}[/] console")
-            console.print(doc["console"], end="", markup=False, highlight=False)
-            rows.append((name, doc, wall))
-            progress.advance(task)
-
-    table = Table(title="Ringlab demo: the stock kernel, natively (technique native)")
-    for col in ("workload", "result", "instructions", "ring 0", "ring 3", "virtual time", "wall ms"):
-        table.add_column(col, justify="left" if col in ("workload", "result") else "right")
-    for name, doc, wall in rows:
-        g = doc["stats"]["guest"]
-        by_ring = g.get("retired_by_ring", {})
-        ex = doc["exit"]
-        table.add_row(
-            name,
-            f"{ex['reason']} {ex['code'] if ex['code'] is not None else ''}".strip(),
-            f"{g['retired']:,}",
-            f"{by_ring.get('0', 0):,}",
-            f"{by_ring.get('3', 0):,}",
-            f"{g['virtual_time']:,}",
-            f"{wall * 1000:.0f}",
-        )
-    console.print(table)
-    console.print("Next: 'ringlab boot --workload NAME', 'ringlab run PROGRAM.s', 'ringlab bench'.")
+    chart = getattr(args, "chart", None) or CHART
+    console.print(
+        "[bold]Ringlab demo[/]: starting Redis, one pCPU (cpu service) and the hypervisor on loopback ..."
+    )
+    started = time.monotonic()
+    with LocalDeployment.start(pcpus=1) as d:
+        hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
+        skipped: list[str] = []
+        names: list[str] = []
+        for technique, workload in DEMO_VMS:
+            kernel = _kernel(technique)
+            try:
+                image = build_image(workload, kernel)
+            except Exception as exc:  # e.g. the paravirt kernel before the pv technique lands
+                skipped.append(f"{technique}/{workload}: {exc}")
+                continue
+            name = f"{technique}-{workload}"
+            hv.CreateVm(
+                hypervisor_pb2.CreateVmRequest(
+                    name=name,
+                    technique=TECHNIQUES[technique],
+                    kernel=KERNELS[kernel],
+                    workload=workload,
+                    image=image.to_bytes(),
+                    start=False,
+                ),
+                timeout=30,
+            )
+            names.append(name)
+        for name in names:  # start them together so they contend from the first slice
+            hv.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        console.print(f"{len(names)} VMs contend for pcpu0 (credit scheduler, equal weights)")
+        rows = _watch(console, hv, names)
+        stats = hv.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10)
+        slices = _slices(hv)
+        by_id = {vm.id: vm.name for vm in stats.vms}
+        table = Table(title="Ringlab demo: VMs contending for one pCPU through the services")
+        for col in (
+            "VM",
+            "technique",
+            "kernel",
+            "workload",
+            "result",
+            "CPU share",
+            "exits",
+            "simulated cycles",
+        ):
+            table.add_column(
+                col, justify="right" if col in ("CPU share", "exits", "simulated cycles") else "left"
+            )
+        for vm in stats.vms:
+            r = vm_row(vm)
+            result = r["status"] + ("" if r["code"] is None else f" {r['code']}")
+            table.add_row(
+                r["name"], r["technique"], r["kernel"], r["workload"], result,
+                f"{r['cpu_share'] * 100:.1f}%", f"{r['exits']:,}", f"{r['simulated_cycles']:,}",
+            )  # fmt: skip
+        console.print(table)
+        for p in stats.pcpus:
+            overhead = p.scheduler_seconds / p.busy_seconds * 100 if p.busy_seconds else 0.0
+            console.print(
+                f"{p.pcpu}: {p.slices:,} slices, {p.world_switches:,} world switches, busy {p.busy_seconds:.2f} s, "
+                f"scheduler {p.scheduler_seconds * 1000:.1f} ms ({overhead:.2f}% of busy time)"
+            )
+        for line in skipped:
+            console.print(f"[yellow]skipped[/] {line}")
+        _chart(slices, by_id, chart)
+        console.print(f"chart of who held the pCPU over time: {chart}")
+        del rows
+    console.print(f"everything shut down; the demo took {time.monotonic() - started:.1f} s")
+    console.print("Next: 'ringlab up', then 'ringlab vm create NAME --technique bt --start', 'ringlab top'.")
     return 0
+
+
+def _watch(console: Console, hv: Any, names: list[str]) -> list[Any]:
+    """Progress bars (instructions retired, slices) until every VM has ended (or 50 s passed)."""
+    from ringlab.cli_services import vm_row
+    from ringlab.v1 import hypervisor_pb2
+
+    deadline = time.monotonic() + 50
+    rows: list[Any] = []
+    with Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]:<10} share {task.fields[share]:>5}  exits {task.fields[exits]:>6}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        tasks = {n: progress.add_task(n, total=None, status="created", share="-", exits="0") for n in names}
+        while time.monotonic() < deadline:
+            vms = hv.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms
+            rows = [vm_row(vm) for vm in vms]
+            done = 0
+            for r in rows:
+                task = tasks.get(r["name"])
+                if task is None:
+                    continue
+                ended = r["status"] in TERMINAL
+                done += ended
+                progress.update(
+                    task,
+                    completed=r["retired"],
+                    total=r["retired"] if ended else None,
+                    status=r["status"],
+                    share=f"{r['cpu_share'] * 100:.0f}%",
+                    exits=f"{r['exits']:,}",
+                )
+            if done == len(names):
+                break
+            time.sleep(0.2)
+    return rows
+
+
+def _slices(hv: Any) -> list[tuple[str, str, float, float]]:
+    """(vm id, pcpu, start, end) of every slice, from the hypervisor's event stream."""
+    from ringlab.v1 import hypervisor_pb2
+
+    out = []
+    for e in hv.StreamEvents(hypervisor_pb2.StreamEventsRequest(follow=False), timeout=30):
+        if e.kind == "descheduled":
+            _how, start, end = e.detail.split()
+            out.append((e.vm, e.pcpu, float(start), float(end)))
+    return out
+
+
+def _chart(slices: list[tuple[str, str, float, float]], names: dict[str, str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vms = sorted({vm for vm, *_ in slices}, key=int)
+    t0 = min((s for _vm, _p, s, _e in slices), default=0.0)
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(vms) + 1.5))
+    colours = plt.get_cmap("tab10")
+    for row, vm in enumerate(vms):
+        bars = [(s - t0, e - s) for v, _p, s, e in slices if v == vm]
+        ax.broken_barh(bars, (row - 0.4, 0.8), color=colours(row % 10))
+    ax.set_yticks(range(len(vms)), [names.get(vm, vm) for vm in vms])
+    ax.set_xlabel("host seconds since the first slice")
+    ax.set_title("Which VM held pcpu0 over time (one bar per slice)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

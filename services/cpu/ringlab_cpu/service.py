@@ -172,6 +172,11 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             from ringlab.vmm.costs import cycles
 
             stats["cycles"] = cycles(vm.technique.name, vm.guest_stats(), vm.counters)
+        else:
+            from ringlab.vmm.costs import cycles
+            from ringlab.vmm.counters import EventCounter
+
+            stats["cycles"] = cycles("native", cpu.stats, EventCounter())
         if c.status:
             # The run is over: keep ISA.md's JSON object as the in-process run builds it.
             stats["result"] = self._result_doc(cached, c)
