@@ -9,6 +9,9 @@ interpreter's ``step``, so both modes give the same results to the bit and the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.isa import BY_OPCODE, MASK32, TABLE, Class, Instruction, decode
@@ -23,6 +26,8 @@ from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
 
 __all__ = ["Cpu"]
+
+_BARE = Controls()
 
 ESP = 4
 _NAMES = {0: "#DE", 6: "#UD", 8: "#DF", 13: "#GP", 14: "#PF", 18: "#MC", 32: "timer"}
@@ -93,6 +98,18 @@ class Cpu:
         self._intercepted = self._intercepted_opcodes()
         if self.translation_cache is not None:
             self.translation_cache.clear()  # compiled blocks embed which mnemonics exit
+
+    @contextmanager
+    def without_intercepts(self) -> Iterator[None]:
+        """Deliver events as the bare machine would (#DF, triple fault) while the body runs:
+        how a VMM reflects an event it intercepted into the guest.  Unlike setting
+        ``controls``, this keeps the compiled blocks (intercepted *mnemonics* do not change)."""
+        saved = self._controls
+        self._controls = _BARE
+        try:
+            yield
+        finally:
+            self._controls = saved
 
     def _intercepted_opcodes(self) -> frozenset[int]:
         return frozenset(spec.opcode for spec in TABLE if self._controls.intercepts(spec))

@@ -8,7 +8,7 @@ and power (0xF4).  ``RunResult.to_json()`` is ISA.md's ``--json`` object.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ringlab.image import Image
@@ -18,12 +18,44 @@ from ringlab.machine.exits import ExitReason
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
 
-__all__ = ["CONSOLE_PORT", "POWER_PORT", "RunResult", "run_image"]
+__all__ = ["CONSOLE_PORT", "POWER_PORT", "DeviceBackEnd", "PowerOff", "RunResult", "run_image"]
 
 CONSOLE_PORT = 0x3F8
 POWER_PORT = 0xF4
 NO_INPUT = 0xFFFFFFFF
 _SLICE = 1 << 40
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    code: int
+
+
+@dataclass
+class DeviceBackEnd:
+    """The console (0x3F8) and power (0xF4): the devices the core leaves to its platform.
+    The native platform and every hypervisor technique use this one back end."""
+
+    input: bytes = b""
+    console: bytearray = field(default_factory=bytearray)
+    _read: int = 0
+
+    def out(self, port: int, value: int) -> PowerOff | None:
+        """An ``out`` the core did not handle; unknown ports ignore writes."""
+        if port == CONSOLE_PORT:
+            self.console.append(value & 0xFF)
+        elif port == POWER_PORT:
+            return PowerOff(value & 0xFF)
+        return None
+
+    def in_(self, port: int) -> int:
+        """The value of an ``in`` the core did not handle."""
+        if port == CONSOLE_PORT:
+            if self._read < len(self.input):
+                self._read += 1
+                return self.input[self._read - 1]
+            return NO_INPUT
+        return 0 if port == POWER_PORT else NO_INPUT
 
 
 @dataclass
@@ -68,8 +100,7 @@ def run_image(
 ) -> RunResult:
     """Boot ``image`` natively and run it until power-off, halt, shutdown or the limit."""
     cpu = Cpu.boot(image, memory_size=memory_size, fast=fast)
-    console = bytearray()
-    pending_input = memoryview(input)
+    devices = DeviceBackEnd(input)
     started = time.perf_counter()
     reason, code, detail = "limit", None, ""
     while True:
@@ -84,25 +115,15 @@ def run_image(
         if exit.reason is ExitReason.BUDGET:
             continue
         if exit.reason is ExitReason.IO_OUT:
-            assert exit.value is not None
-            if exit.port == CONSOLE_PORT:
-                console.append(exit.value & 0xFF)
-            elif exit.port == POWER_PORT:
-                reason, code = "poweroff", exit.value & 0xFF
-                detail = f"power off with code {code}"
+            assert exit.port is not None and exit.value is not None
+            off = devices.out(exit.port, exit.value)
+            if off is not None:
+                reason, code, detail = "poweroff", off.code, f"power off with code {off.code}"
                 break
-            continue  # unknown ports ignore writes
+            continue
         if exit.reason is ExitReason.IO_IN:
-            if exit.port == CONSOLE_PORT:
-                if pending_input:
-                    value, pending_input = pending_input[0], pending_input[1:]
-                else:
-                    value = NO_INPUT
-            elif exit.port == POWER_PORT:
-                value = 0
-            else:
-                value = NO_INPUT
-            cpu.complete_in(value)
+            assert exit.port is not None
+            cpu.complete_in(devices.in_(exit.port))
             continue
         if exit.reason is ExitReason.HALT:
             reason, detail = "halt", exit.detail
@@ -112,7 +133,7 @@ def run_image(
             raise AssertionError(f"unexpected exit {exit}")
         break
     return RunResult(
-        console=bytes(console),
+        console=bytes(devices.console),
         reason=reason,
         code=code,
         detail=detail,

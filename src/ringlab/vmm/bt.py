@@ -59,14 +59,14 @@ class BinaryTranslation:
         shadow.on_protected_write = written
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, vm: VM, budget: int) -> Exit:
+    def run(self, vm: VM, budget: int) -> Exit | Stop:
         if vm.vcpu.cpl == 3:
             return vm.cpu.run(budget)  # user code: directly on the core
         exit = self._run_translated(vm, vm.cpu.stats.retired + budget)
         self._publish(vm)
         return exit
 
-    def _run_translated(self, vm: VM, end: int) -> Exit:
+    def _run_translated(self, vm: VM, end: int) -> Exit | Stop:
         """Execute the guest kernel's translation until it leaves ring 0, exits or ``end``."""
         cpu, vcpu, counters = vm.cpu, vm.vcpu, vm.counters
         s, stats = cpu.state, cpu.stats
@@ -117,7 +117,7 @@ class BinaryTranslation:
                         break
                     if outcome is None:
                         cpu.retire(1)
-                    elif outcome is not True:
+                    elif isinstance(outcome, Exit):
                         return outcome  # pragma: no cover - innocuous handlers do not exit
                     continue
                 counters.handled(op.insn.mnemonic, kind.value)

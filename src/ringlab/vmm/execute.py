@@ -8,18 +8,15 @@ checks, and retires it at the ring the caller names (the real ring it ran at).  
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from ringlab.isa import MASK32, Instruction
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Controls, Exit
+from ringlab.machine.exits import Exit
 from ringlab.machine.faults import Fault
 from ringlab.machine.interpreter import HANDLERS
 
 __all__ = ["execute", "no_intercepts"]
-
-_BARE = Controls()
 
 
 def execute(cpu: Cpu, insn: Instruction, eip: int, ring: int) -> Exit | None:
@@ -37,16 +34,6 @@ def execute(cpu: Cpu, insn: Instruction, eip: int, ring: int) -> Exit | None:
     return outcome
 
 
-@contextmanager
-def no_intercepts(cpu: Cpu) -> Iterator[None]:
-    """Deliver events as bare hardware would (#DF, triple fault) while the VMM reflects one.
-
-    The intercept set is swapped directly rather than through ``Cpu.controls``, whose setter
-    also drops the core's compiled blocks (they embed the intercepted *mnemonics*, which this
-    does not change)."""
-    saved = cpu._controls
-    cpu._controls = _BARE
-    try:
-        yield
-    finally:
-        cpu._controls = saved
+def no_intercepts(cpu: Cpu) -> AbstractContextManager[None]:
+    """Deliver events as bare hardware would (#DF, triple fault) while the VMM reflects one."""
+    return cpu.without_intercepts()

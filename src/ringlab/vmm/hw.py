@@ -100,7 +100,6 @@ class Hw:
         vm.counters.world_switches += 1
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
-        cpu = vm.cpu
         match exit.reason:
             case ExitReason.BUDGET:
                 return None
@@ -129,7 +128,6 @@ class Hw:
                 return Stop("shutdown", None, exit.detail)
             case _:
                 raise AssertionError(f"unexpected exit under hw: {exit}")
-        _ = cpu
 
     def _page_fault(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         """#PF is the only vector in the exception bitmap (shadow paging)."""

@@ -41,7 +41,7 @@ class Technique(Protocol):
         """Set the VM up once the CPU exists (paging mode, real registers, hooks)."""
         ...
 
-    def run(self, vm: VM, budget: int) -> Exit:
+    def run(self, vm: VM, budget: int) -> Exit | Stop:
         """Run the guest until an exit or ``budget`` more retired instructions."""
         ...
 

@@ -16,11 +16,10 @@ from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Exit
-from ringlab.machine.platform import RunResult
+from ringlab.machine.platform import DeviceBackEnd, RunResult
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
-from ringlab.vmm.devices import DeviceBackEnd
 from ringlab.vmm.p2m import P2M
 from ringlab.vmm.paging import DirectPaging, Paging
 from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
@@ -72,6 +71,7 @@ class VM:
         pool_base = (memory_size + 0xFFF) & ~0xFFF
         host_size = pool_base + POOL_PAGES * 0x1000 if technique.shadow_paging else memory_size
         self.technique = technique
+        self.image = image
         self.memory_size = memory_size
         self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
         self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM

@@ -6,22 +6,228 @@
 ; the TSS, port I/O, hlt) is a macro here; the rest of the kernel uses only these macros and
 ; innocuous instructions.  This is Linux's pv_ops idea: one kernel source, two flavours:
 ;
-;   stock     (this file's native branch)  the real instructions, so the kernel runs on bare
+;   stock     (this file's .else branch)  the real instructions, so the kernel runs on bare
 ;             RL-32 and, unmodified, under trap-and-emulate, binary translation and VT-x.
-;   paravirt  (-D PARAVIRT)  hypercalls (`int 0x82`, number in eax) instead, for the pv
-;             technique.  NOT BUILT YET: the pv technique's issue replaces the stub below with
-;             `.ifdef PARAVIRT <hypercall macros> .else <the macros below> .endif`.
+;   paravirt  (-D PARAVIRT)  hypercalls (`int 0x82`, number in eax, arguments in ebx ecx edx)
+;             and the shared page instead, for the pv technique (docs/pv-abi.md).  The kernel
+;             runs in ring 1; the hypervisor owns ring 0, the real IDT, the TSS and IF.
 ;
 ; Macro arguments are registers (or an immediate port / a label where the name says so), never
 ; memory operands, so a hypercall version can pass them in registers.  The stock macros clobber
 ; nothing but their named outputs.
 
 .ifdef PARAVIRT
-    ; Deliberately unresolvable: selecting the paravirt flavour before it exists must fail
-    ; assembly with this name in the message, never produce a silently native kernel.
-    .dword paravirt_flavour_not_built_yet
-.endif
+; ======== paravirt: the pv ABI of docs/pv-abi.md (modelled on Xen's) ========
+.equ KERNEL_RING, 1
 
+.equ HYPERVISOR_set_trap_table, 0
+.equ HYPERVISOR_mmu_update,     1
+.equ HYPERVISOR_stack_switch,   3
+.equ HYPERVISOR_multicall,      13
+.equ HYPERVISOR_set_timer_op,   15
+.equ HYPERVISOR_xen_version,    17
+.equ HYPERVISOR_console_io,     18
+.equ HYPERVISOR_iret,           23
+.equ HYPERVISOR_mmuext_op,      26
+.equ HYPERVISOR_sched_op,       29
+.equ HYPERVISOR_physdev_op,     33
+.equ MMUEXT_NEW_BASEPTR,        5
+.equ MMUEXT_INVLPG_LOCAL,       7
+.equ MMUEXT_SET_CR0,            64
+.equ SCHEDOP_block,             1
+.equ SCHEDOP_shutdown,          2
+.equ SHUTDOWN_poweroff,         0
+.equ SHUTDOWN_crash,            3
+.equ PHYSDEVOP_port_out,        0
+.equ PHYSDEVOP_port_in,         1
+
+; The shared page (Xen's shared_info/vcpu_info): the hypervisor finds it by its label.
+.equ PV_VIF,      0               ; virtual IF: 0x200 = events enabled, 0 = masked
+.equ PV_PENDING,  4               ; non-zero: the hypervisor holds an event (a timer tick)
+.equ PV_CR2,      8               ; the address of the last page fault delivered
+.equ PV_TPR,      12              ; the task priority (cr8): no hypercall needed
+.equ PV_SCRATCH,  44              ; PV_IN's result travels here
+    jmp kernel_entry              ; (the image starts here: step over the page)
+.align 4096
+pv_shared:
+    .space 4096
+
+; ---- the interrupt flag: plain stores into the shared page, no hypercall ----
+; Re-enabling checks for an event the hypervisor held and asks for it (xen_version is the
+; cheapest hypercall; events are delivered on the way back from any hypercall).
+.macro PV_CHECK_EVENTS
+    cmp [pv_shared + PV_PENDING], 0
+    je .no_event\@
+    push eax
+    mov eax, HYPERVISOR_xen_version
+    int 0x82
+    pop eax
+.no_event\@:
+.endm
+.macro PV_CLI
+    mov [pv_shared + PV_VIF], 0
+.endm
+.macro PV_STI
+    mov [pv_shared + PV_VIF], 0x200
+    PV_CHECK_EVENTS
+.endm
+.macro PV_IRQ_SAVE reg
+    mov \reg, [pv_shared + PV_VIF]
+    mov [pv_shared + PV_VIF], 0
+.endm
+.macro PV_IRQ_RESTORE reg
+    mov [pv_shared + PV_VIF], \reg
+    cmp \reg, 0
+    je .masked\@
+    PV_CHECK_EVENTS
+.masked\@:
+.endm
+
+; ---- hypercall helpers: arguments in ebx, ecx, edx; every register but the output kept ----
+.macro PV_HYPERCALL1 nr, a1
+    push eax
+    push ebx
+    mov ebx, \a1
+    mov eax, \nr
+    int 0x82
+    pop ebx
+    pop eax
+.endm
+.macro PV_HYPERCALL2 nr, a1, a2
+    push eax
+    push ebx
+    push ecx
+    mov ecx, \a2
+    mov ebx, \a1
+    mov eax, \nr
+    int 0x82
+    pop ecx
+    pop ebx
+    pop eax
+.endm
+.macro PV_HYPERCALL3 nr, a1, a2, a3
+    push eax
+    push ebx
+    push ecx
+    push edx
+    mov edx, \a3
+    mov ecx, \a2
+    mov ebx, \a1
+    mov eax, \nr
+    int 0x82
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+.endm
+
+; ---- halting ----
+.macro PV_SAFE_HALT
+    PV_HYPERCALL1 HYPERVISOR_sched_op, SCHEDOP_block
+.endm
+.macro PV_HALT
+    PV_HYPERCALL2 HYPERVISOR_sched_op, SCHEDOP_shutdown, SHUTDOWN_crash
+.endm
+
+; ---- returning from a trap: Xen's HYPERVISOR_iret (eax saved on the frame, never returns) ----
+.macro PV_IRET
+    push eax
+    mov eax, HYPERVISOR_iret
+    int 0x82
+.endm
+
+; ---- descriptor tables and the kernel stack ----
+.macro PV_LIDT desc
+    PV_HYPERCALL1 HYPERVISOR_set_trap_table, \desc
+.endm
+; No TSS under pv: the hypervisor owns it; the kernel stack is set with stack_switch.
+.macro PV_LTR reg
+.endm
+.macro PV_SET_ESP0 reg
+    PV_HYPERCALL1 HYPERVISOR_stack_switch, \reg
+.endm
+
+; ---- control registers, TLB and page tables ----
+.macro PV_WRITE_CR0 reg
+    PV_HYPERCALL2 HYPERVISOR_mmuext_op, MMUEXT_SET_CR0, \reg
+.endm
+.macro PV_READ_CR2 reg
+    mov \reg, [pv_shared + PV_CR2]
+.endm
+.macro PV_LOAD_CR3 reg
+    PV_HYPERCALL2 HYPERVISOR_mmuext_op, MMUEXT_NEW_BASEPTR, \reg
+.endm
+.macro PV_WRITE_CR8 reg
+    mov [pv_shared + PV_TPR], \reg
+.endm
+.macro PV_INVLPG reg
+    PV_HYPERCALL2 HYPERVISOR_mmuext_op, MMUEXT_INVLPG_LOCAL, \reg
+.endm
+; One validated update: the request (ptr, val) is built on the stack (mmu_update takes a batch).
+.macro PV_SET_PTE ptr, val
+    push \val
+    push \ptr
+    push eax
+    push ebx
+    push ecx
+    push edx
+    lea ebx, [esp + 16]
+    mov ecx, 1
+    mov edx, 0
+    mov eax, HYPERVISOR_mmu_update
+    int 0x82
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    add esp, 8
+.endm
+
+; ---- devices ----
+.macro PV_OUT port, reg
+    PV_HYPERCALL3 HYPERVISOR_physdev_op, PHYSDEVOP_port_out, \port, \reg
+.endm
+.macro PV_IN reg, port
+    push eax
+    push ebx
+    push ecx
+    mov ecx, \port
+    mov ebx, PHYSDEVOP_port_in
+    mov eax, HYPERVISOR_physdev_op
+    int 0x82
+    mov [pv_shared + PV_SCRATCH], eax
+    pop ecx
+    pop ebx
+    pop eax
+    mov \reg, [pv_shared + PV_SCRATCH]
+.endm
+; console_io(CONSOLEIO_write = 0, count, buffer): the byte is passed on the stack.
+.macro PV_CONSOLE_PUTC reg
+    push \reg
+    push eax
+    push ebx
+    push ecx
+    push edx
+    lea edx, [esp + 16]
+    mov ecx, 1
+    mov ebx, 0
+    mov eax, HYPERVISOR_console_io
+    int 0x82
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    add esp, 4
+.endm
+.macro PV_TIMER_SET reg
+    PV_HYPERCALL1 HYPERVISOR_set_timer_op, \reg
+.endm
+.macro PV_POWEROFF reg
+    PV_HYPERCALL3 HYPERVISOR_sched_op, SCHEDOP_shutdown, SHUTDOWN_poweroff, \reg
+.endm
+
+.else
+; ======== stock: the native instructions ========
 ; The ring the kernel runs in: its IDT gates name it (bits 0-1 of a gate's attributes).
 ; A paravirt kernel runs in ring 1 under the hypervisor.
 .equ KERNEL_RING, 0
@@ -121,3 +327,5 @@
 .macro PV_POWEROFF reg
     out 0xF4, \reg
 .endm
+
+.endif

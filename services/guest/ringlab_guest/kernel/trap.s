@@ -93,8 +93,8 @@ trap_dispatch:
     ; (Linux's need_resched check on the way back to user mode), so a process that spends its
     ; time in system calls is preempted like one that computes.
     mov eax, [ebx + F_CS]
-    and eax, 3
-    jz .out
+    cmp eax, USER_CS
+    jne .out
     cmp [need_resched], 0
     je .out
     call schedule
@@ -110,8 +110,8 @@ timer_interrupt:
     cmp [idling], 0                 ; the idle loop in schedule() was waiting for this tick
     jne .done
     mov eax, [ebx + F_CS]
-    and eax, 3
-    jz .in_kernel
+    cmp eax, USER_CS
+    jne .in_kernel
     call schedule                   ; preempt: the current process stays runnable
     ret
 .in_kernel:
@@ -125,8 +125,8 @@ page_fault:
     PV_READ_CR2 eax
     mov [fault_addr], eax
     mov ecx, [ebx + F_CS]
-    and ecx, 3
-    jz exception                    ; a fault in the kernel: panic
+    cmp ecx, USER_CS
+    jne exception                    ; a fault in the kernel: panic
     test [ebx + F_ERR], PTE_P       ; error bit 0: the page was present (a protection fault)
     jnz exception
     cmp eax, USER_HEAP              ; only the heap/stack region is demand-zero
@@ -145,8 +145,8 @@ page_fault:
 ; exception(ebx = frame).  Never returns.
 exception:
     mov eax, [ebx + F_CS]
-    and eax, 3
-    jz kernel_fault
+    cmp eax, USER_CS
+    jne kernel_fault
     mov eax, msg_pid
     call kputs
     mov eax, [current]
