@@ -22,6 +22,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,13 @@ GUEST_MIX = os.environ.get(
 )
 ADDED_VMS = {"e2e-native": "native", "e2e-trap-emulate": "trap-emulate", "e2e-hw": "hw"}
 ADDED_WORKLOAD = "compute"
+# The client script from examples/ (stubs, no CLI) and the techniques it creates VMs under.
+EXAMPLE = REPO / "examples" / "create_vms.py"
+EXAMPLE_TECHNIQUES = ("native", "trap-emulate", "bt", "hw")
 # A short slice: more world switches, so the VMs are still running when the cpu is killed.
-SLICE = os.environ.get("RINGLAB_E2E_SLICE", "5000")
+SLICE = os.environ.get("RINGLAB_E2E_SLICE", "2000")
 ENDED = {"poweroff", "halted", "shutdown", "limit", "stopped"}
+STATUS_NAMES = {7: "poweroff", 8: "halted", 9: "shutdown", 10: "limit", 6: "stopped"}
 
 HEALTH_TIMEOUT = 300.0
 RUN_TIMEOUT = 300.0
@@ -263,23 +268,49 @@ def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings:
     guests = {r["name"]: r for r in d.vms() if r["name"].startswith("guest-")}
     assert len(guests) == 3, f"three guest replicas, three VMs: {guests}"
 
-    # The client adds one VM per technique, all contending with the guests' VMs for the pCPU.
+    # The client adds one VM per technique, all contending with the guests' VMs for the pCPU. The
+    # cpu is stopped while they are created, so that they all start together when it comes back
+    # and the kill below lands while they run.
+    [cpu] = d.container_ids("cpu")
+    d.compose("stop", "-t", "10", "cpu")
     for name, technique in ADDED_VMS.items():
         d.ringlab("vm", "create", name, "--technique", technique, "--workload", ADDED_WORKLOAD, "--start")
     names = set(guests) | set(ADDED_VMS)
     workloads = {name: ADDED_WORKLOAD for name in ADDED_VMS} | {n: r["workload"] for n, r in guests.items()}
+    # And the teacher's example client, as written for the classroom: it creates a VM under each
+    # technique with the generated stubs and waits for them all (through the kill below).
+    example = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), d.target], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not {f"example-{t}" for t in EXAMPLE_TECHNIQUES} <= {
+            r["name"] for r in d.vms()
+        }:
+            time.sleep(0.5)
+    except BaseException:
+        example.kill()
+        raise
+    names |= {f"example-{t}" for t in EXAMPLE_TECHNIQUES}
+    workloads |= {f"example-{t}": "hello" for t in EXAMPLE_TECHNIQUES}
+    d.compose("start", "cpu")
 
-    # Mid-run: some VM has retired instructions and some VM has not ended yet.
+    # Mid-run: one of the client's VMs has retired instructions and has not ended yet. Polled
+    # through the stubs, not the CLI: a CLI start takes longer than the window.
     deadline = time.monotonic() + RUN_TIMEOUT
     mid_run: list[str] = []
     while time.monotonic() < deadline and not mid_run:
-        now = [r for r in d.vms() if r["name"] in names]
-        started = any(r["retired"] > 0 for r in now)
-        mid_run = [r["name"] for r in now if r["status"] not in ENDED] if started else []
-        if not mid_run:
-            time.sleep(0.2)
+        now = [
+            vm
+            for vm in d.stub.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms
+            if vm.name in ADDED_VMS
+        ]
+        if any(vm.stats.guest.retired > 0 for vm in now):
+            mid_run = [vm.name for vm in now if STATUS_NAMES.get(vm.status) not in ENDED]
+            if not mid_run:
+                break
+        time.sleep(0.05)
     assert mid_run, "every VM ended before the cpu could be killed mid-run: lengthen the runs"
-    [cpu] = d.container_ids("cpu")
     _run(["docker", "kill", "--signal", "KILL", cpu], env=d.env)
     timings.mark("run-to-kill")
     time.sleep(2)
@@ -288,6 +319,8 @@ def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings:
 
     ended = _wait_ended(d, names)
     timings.mark("run-after-kill")
+    output, _ = example.communicate(timeout=120)
+    assert example.returncode == 0, f"{EXAMPLE.name} failed:\n{output.decode(errors='replace')}"
     failures = []
     for name in sorted(names):
         console = d.console(name)
