@@ -63,6 +63,7 @@ class ShadowPageTables:
         self._view = CpuState()
         self._walker = Mmu(self.memory, self._view, Stats())
         self._walker.second_stage = p2m
+        self.p2m = p2m
         self.memory.write(self.root, bytes(PAGE_SIZE))
         cpu.state.cr3 = self.root
         cpu.state.cr0 = self._real_cr0()
@@ -127,7 +128,52 @@ class ShadowPageTables:
         frame, perm = self.walk(linear, write, user)
         if write and frame >> PAGE_SHIFT in self.protected and self.on_protected_write is not None:
             self.on_protected_write(frame >> PAGE_SHIFT)
+        if (linear >> 22) & 0x3FF not in self._tables:
+            self._prefetch((linear >> 22) & 0x3FF)
         self._install(linear, frame, perm)
+
+    def _prefetch(self, pdi: int) -> None:
+        """Fill a fresh shadow page table with every present entry of the guest's (the whole
+        identity region when the guest's paging is off), in one hidden fault instead of one
+        per page: what shadow-paging VMMs do when they first shadow a guest page table.  Only
+        present entries are copied, so the TLB rule still holds (a not-present entry is never
+        cached, natively or here)."""
+        base = pdi << 22
+        entries = [0] * 1024
+        if not self.cr0 & CR0_PG:
+            for i in range(min(1024, max(0, (self.p2m.ram_size - base) >> PAGE_SHIFT))):
+                entries[i] = (base + (i << PAGE_SHIFT)) | _P | _U | _W
+        else:
+            try:
+                pde = int.from_bytes(self._read_physical((self.cr3 & _FRAME) + pdi * 4, 4), "little")
+                if not pde & _P:
+                    return
+                table = self._read_physical(pde & _FRAME, PAGE_SIZE)
+            except Fault:
+                return
+            limit = self.p2m.ram_size
+            for i in range(1024):
+                pte = int.from_bytes(table[i * 4 : i * 4 + 4], "little")
+                if pte & _P and (pte & _FRAME) + PAGE_SIZE <= limit:
+                    entries[i] = (pte & _FRAME) | _P | (pde & pte & (_U | _W))
+        if not any(entries):
+            return
+        if not self._free:
+            self.flush()
+        shadow_table = self._free.pop()
+        for i, entry in enumerate(entries):
+            if entry:
+                frame_number = entry >> PAGE_SHIFT
+                if frame_number in self.protected:
+                    entries[i] = entry & ~_W
+                self._rmap.setdefault(frame_number, set()).add((pdi << 10) | i)
+        self.memory.write(shadow_table, b"".join(e.to_bytes(4, "little") for e in entries))
+        self._tables[pdi] = shadow_table
+        self.memory.write32(self.root + pdi * 4, shadow_table | _P | _W | _U)
+        self.counters.shadow_syncs += 1
+
+    def _read_physical(self, gpa: int, n: int) -> bytes:
+        return self.memory.read(self.p2m.translate(gpa, False), n)
 
     def prepare_delivery(self, vector: int, cpl: int) -> None:
         """Fill what delivering ``vector`` touches (gate, TSS slot, stack) when the guest maps

@@ -12,7 +12,11 @@ tagged with how it runs in the translation:
 
 Blocks live in a cache keyed by (virtual eip, host address of eip) and are chained to the blocks
 that follow them.  The pages they were translated from are write-protected through the shadow
-page tables; a write to one drops every block translated from it.
+page tables; a write to one drops every block translated from it.  A page written again and
+again (code sharing a page with the kernel's variables) would thrash that way, so after
+``VOLATILE_AFTER`` invalidations it is left writable and its blocks become *self-checking*:
+they keep a copy of their source bytes and are compared with memory before each use (VMware's
+answer to the same problem, Adams & Agesen 2006, section 3.3 "adaptive binary translation").
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ringlab.machine.memory import PAGE_SHIFT
 __all__ = ["MAX_BLOCK", "Block", "Kind", "Op", "TranslationCache", "kind_of"]
 
 MAX_BLOCK = 32
+VOLATILE_AFTER = 4
+"""Invalidations of one page after which its translations stop relying on write protection."""
 
 
 class Kind(enum.Enum):
@@ -70,6 +76,8 @@ class Block:
     valid: bool = True
     links: dict[int, Block] = field(default_factory=dict)
     epoch: int = 0
+    source: tuple[int, bytes] | None = None
+    """Self-checking blocks (from a volatile page): host address and the bytes translated."""
 
 
 class TranslationCache:
@@ -83,18 +91,22 @@ class TranslationCache:
         self.hits = 0
         self.chained = 0
         self.invalidations = 0
+        self.self_checks = 0
+        self._written: dict[int, int] = {}
+        self.volatile: set[int] = set()
+        """Host frames whose translations are self-checking instead of write-protected."""
 
     def lookup(self, eip: int, previous: Block | None, epoch: int) -> Block:
         """The block at ``eip``: by the previous block's chain link, the cache, or a fresh
         translation.  Raises ``Fault`` if the first instruction cannot be fetched."""
         if previous is not None and previous.epoch == epoch:
             linked = previous.links.get(eip)
-            if linked is not None and linked.valid:
+            if linked is not None and linked.valid and self._unchanged(linked):
                 self.chained += 1
                 return linked
         key = (eip, self.cpu.mmu.translate(eip, False, False))
         block = self._blocks.get(key)
-        if block is not None and block.valid:
+        if block is not None and block.valid and self._unchanged(block):
             self.hits += 1
         else:
             block = self._translate(eip)
@@ -107,6 +119,17 @@ class TranslationCache:
             previous.links[eip] = block
         return block
 
+    def _unchanged(self, block: Block) -> bool:
+        if block.source is None:
+            return True
+        self.self_checks += 1
+        pa, data = block.source
+        if self.cpu.memory.data[pa : pa + len(data)] == data:
+            return True
+        block.valid = False
+        self.invalidations += 1
+        return False
+
     def single(self, eip: int) -> Block:
         """One instruction, translated but neither cached nor write-protected: how the VMM
         steps over a write into the very page being translated (self-modifying code, or code
@@ -118,6 +141,8 @@ class TranslationCache:
         ops: list[Op] = []
         frames: set[int] = set()
         eip = start
+        start_pa = mmu.translate(start, False, False)
+        volatile = start_pa >> PAGE_SHIFT in self.volatile
         while len(ops) < limit:
             try:
                 insn = mmu.fetch(eip, False)
@@ -127,6 +152,8 @@ class TranslationCache:
                 if not ops:
                     raise
                 break  # the block ends before an instruction that cannot be fetched
+            if ops and last != start_pa >> PAGE_SHIFT and (volatile or last in self.volatile):
+                break  # a self-checking block stays in its page: one compare covers it
             kind = kind_of(insn)
             nxt = (eip + insn.length) & MASK32
             ops.append(Op(kind, insn, eip, nxt, HANDLERS[insn.spec.opcode]))
@@ -137,6 +164,10 @@ class TranslationCache:
         block = Block(start, tuple(ops), frozenset(frames))
         if not keep:
             return block
+        if volatile:
+            size = (eip - start) & MASK32
+            block.source = (start_pa, bytes(self.cpu.memory.data[start_pa : start_pa + size]))
+            frames = frames - self.volatile
         for frame in frames:
             self._by_frame.setdefault(frame, []).append(block)
             self._protect(frame)
@@ -146,6 +177,9 @@ class TranslationCache:
 
     def invalidate_frame(self, frame: int) -> None:
         """The guest wrote a page translated code came from: drop its blocks."""
+        self._written[frame] = self._written.get(frame, 0) + 1
+        if self._written[frame] >= VOLATILE_AFTER:
+            self.volatile.add(frame)
         for block in self._by_frame.pop(frame, []):
             if block.valid:
                 block.valid = False

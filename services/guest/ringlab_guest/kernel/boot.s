@@ -78,6 +78,7 @@ paging_init:
     push edi
     mov edi, kpt + 4
     mov eax, PAGE_SIZE + PTE_KERNEL
+    PV_LAZY_MMU_BEGIN               ; a thousand PTE writes: a paravirt kernel batches them
 .fill:
     cmp eax, [mem_top]              ; (frame | flags) < mem_top  <=>  frame < mem_top
     jae .filled
@@ -86,6 +87,7 @@ paging_init:
     add edi, 4
     jmp .fill
 .filled:
+    PV_LAZY_MMU_END
     mov edi, boot_pgdir
     mov eax, kpt + PTE_KERNEL
     PV_SET_PTE edi, eax

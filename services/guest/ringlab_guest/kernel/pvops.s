@@ -47,10 +47,66 @@
 .equ PV_CR2,      8               ; the address of the last page fault delivered
 .equ PV_TPR,      12              ; the task priority (cr8): no hypercall needed
 .equ PV_SCRATCH,  44              ; PV_IN's result travels here
-    jmp kernel_entry              ; (the image starts here: step over the page)
+.equ PV_LAZY,     48              ; non-zero: page-table updates are queued (lazy MMU mode)
+.equ PV_QLEN,     52              ; queued updates
+.equ PV_QUEUE,    64              ; the queue: (ptr, val) pairs, one mmu_update flushes it
+.equ PV_QMAX,     256
+    jmp kernel_entry              ; (the image starts here: step over the page and helpers)
 .align 4096
 pv_shared:
     .space 4096
+
+; pv_set_pte([esp+4] = ptr, [esp+8] = val): one page-table update, queued in lazy MMU mode
+; (Linux's arch_enter_lazy_mmu_mode), else one mmu_update.  Every register is kept.
+pv_set_pte:
+    push eax
+    push ebx
+    push ecx
+    push edx
+    cmp [pv_shared + PV_LAZY], 0
+    je .now
+    mov ecx, [pv_shared + PV_QLEN]
+    cmp ecx, PV_QMAX
+    jb .queue
+    call pv_flush_ptes
+    mov ecx, 0
+.queue:
+    mov eax, [esp + 20]
+    mov edx, [esp + 24]
+    shl ecx, 3
+    mov ebx, pv_shared + PV_QUEUE
+    add ebx, ecx
+    mov [ebx], eax
+    mov [ebx + 4], edx
+    mov ecx, [pv_shared + PV_QLEN]
+    inc ecx
+    mov [pv_shared + PV_QLEN], ecx
+    jmp .done
+.now:
+    lea ebx, [esp + 20]
+    mov ecx, 1
+    mov edx, 0
+    mov eax, HYPERVISOR_mmu_update
+    int 0x82
+.done:
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+; pv_flush_ptes: hand the queued updates to the hypervisor in one batch.  Clobbers eax-edx.
+pv_flush_ptes:
+    mov ecx, [pv_shared + PV_QLEN]
+    cmp ecx, 0
+    je .empty
+    mov ebx, pv_shared + PV_QUEUE
+    mov edx, 0
+    mov eax, HYPERVISOR_mmu_update
+    int 0x82
+    mov [pv_shared + PV_QLEN], 0
+.empty:
+    ret
 
 ; ---- the interrupt flag: plain stores into the shared page, no hypercall ----
 ; Re-enabling checks for an event the hypervisor held and asks for it (xen_version is the
@@ -163,24 +219,28 @@ pv_shared:
 .macro PV_INVLPG reg
     PV_HYPERCALL2 HYPERVISOR_mmuext_op, MMUEXT_INVLPG_LOCAL, \reg
 .endm
-; One validated update: the request (ptr, val) is built on the stack (mmu_update takes a batch).
+; One validated update (mmu_update takes a batch; in lazy MMU mode they are queued).
 .macro PV_SET_PTE ptr, val
     push \val
     push \ptr
+    call pv_set_pte
+    add esp, 8
+.endm
+; A run of page-table writes nothing reads back until the end: batch them.
+.macro PV_LAZY_MMU_BEGIN
+    mov [pv_shared + PV_LAZY], 1
+.endm
+.macro PV_LAZY_MMU_END
     push eax
     push ebx
     push ecx
     push edx
-    lea ebx, [esp + 16]
-    mov ecx, 1
-    mov edx, 0
-    mov eax, HYPERVISOR_mmu_update
-    int 0x82
+    call pv_flush_ptes
     pop edx
     pop ecx
     pop ebx
     pop eax
-    add esp, 8
+    mov [pv_shared + PV_LAZY], 0
 .endm
 
 ; ---- devices ----
@@ -305,6 +365,11 @@ pv_shared:
 ; \ptr.  Every page-table write goes through here (Xen validates these as mmu_update).
 .macro PV_SET_PTE ptr, val
     mov [\ptr], \val
+.endm
+; Lazy MMU mode (Linux's arch_enter/leave_lazy_mmu_mode): nothing to batch natively.
+.macro PV_LAZY_MMU_BEGIN
+.endm
+.macro PV_LAZY_MMU_END
 .endm
 
 ; ---- devices ----
