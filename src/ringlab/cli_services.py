@@ -244,6 +244,10 @@ def cmd_vm(args: argparse.Namespace) -> int:
         action = args.vm_command
         if action == "list":
             _print_vms(list(stub.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms), args.json)
+        elif action == "create" and args.launcher:  # a launched guest service owns the VM
+            from ringlab.cli_launch import create_via_launcher
+
+            _print_vms([create_via_launcher(args, stub)], args.json)
         elif action == "create":
             from ringlab.rpc.convert import KERNELS, TECHNIQUES
             from ringlab_guest.build import build_image
@@ -270,6 +274,10 @@ def cmd_vm(args: argparse.Namespace) -> int:
             method = method or {"resume": stub.ResumeVm, "stop": stub.StopVm}[action]
             _print_vms([method(hypervisor_pb2.VmRef(vm=args.name), timeout=10)], args.json)
         elif action == "destroy":
+            from ringlab.cli_launch import remove_launched
+
+            for removed in remove_launched(args.name):  # its launched guest first: no re-attach
+                print(f"removed the guest {removed}")
             done = stub.DestroyVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10).destroyed
             print(f"VM {args.name} destroyed" if done else f"VM {args.name} was already gone")
         elif action == "wait":
@@ -359,6 +367,9 @@ def add_service_commands(sub: Any) -> None:
     q.add_argument("--cap", type=int, default=0, help="percent of one pCPU (0 = none)")
     q.add_argument("--start", action="store_true", help="start it at once")
     q.add_argument("--json", action="store_true")
+    from ringlab.cli_launch import add_launcher_flags
+
+    add_launcher_flags(q)  # --launcher process|docker, --image
     q = vm_sub.add_parser("list", help="every VM with its state, CPU share and exits")
     q.add_argument("--json", action="store_true")
     for action in ("describe", "start", "pause", "resume", "stop"):

@@ -1,0 +1,95 @@
+"""``ringlab vm create --launcher process|docker`` and the clean-up on ``vm destroy``.
+
+The glue between the ``vm`` commands (``cli_services.py``) and the launchers (``launch.py``): with
+a launcher, ``vm create`` does not create the VM itself; it starts a guest service (a local
+process, or a container on the compose deployment's network) that builds its image, creates its VM
+on the hypervisor and serves its console, and waits until the hypervisor knows the VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from ringlab.launch import LaunchError, guest_spec, make_launcher
+
+__all__ = ["add_launcher_flags", "create_via_launcher", "remove_launched"]
+
+REGISTER_TIMEOUT = 120.0
+"""A container on the vfs storage driver can take tens of seconds to start."""
+
+
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--launcher",
+        choices=["process", "docker"],
+        default=None,
+        help="start a guest service that owns the VM: a local process, or a container on the compose "
+        "deployment's network through the Docker SDK (default: create the VM from this CLI)",
+    )
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="--launcher docker: the Ringlab image (default: $RINGLAB_IMAGE or ringlab:latest)",
+    )
+
+
+def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
+    """Launch the guest service for ``args.name`` and return the VM it created (a hypervisor ``Vm``)."""
+    import grpc
+
+    from ringlab.v1 import hypervisor_pb2
+
+    if args.nested_paging or args.cap:
+        raise SystemExit(
+            "ringlab: --nested-paging and --cap are not guest service settings: create the VM without "
+            "--launcher to use them"
+        )
+    kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
+    spec = guest_spec(
+        args.name,
+        technique=args.technique,
+        kernel=kernel,
+        workload=args.workload,
+        weight=args.weight,
+        launcher=args.launcher,
+        hypervisor=args.hypervisor,
+        redis=os.environ.get("RINGLAB_REDIS"),
+        token=os.environ.get("RINGLAB_TOKEN"),
+    )
+    try:
+        launcher = make_launcher(args.launcher, image=args.image)
+        launched = launcher.launch(spec)
+    except LaunchError as err:
+        raise SystemExit(f"ringlab: {err}") from None
+    deadline = time.monotonic() + REGISTER_TIMEOUT
+    while True:
+        try:
+            return stub.DescribeVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                where = f"process {launched.ref}, log {launched.detail}"
+                if launched.launcher == "docker":
+                    where = f"container {launched.detail}: docker logs {launched.detail}"
+                raise SystemExit(
+                    f"ringlab: the guest for {args.name!r} started ({where}) but its VM did not "
+                    f"appear on the hypervisor within {REGISTER_TIMEOUT:.0f}s: {err.details()}"
+                ) from None
+        time.sleep(0.5)
+
+
+def remove_launched(name: str) -> list[str]:
+    """Stop and remove the guest services launched for ``name`` (either launcher); what was removed.
+
+    Quiet where there is nothing to remove: no record, no Docker SDK, or no engine."""
+    removed = []
+    for kind in ("process", "docker"):
+        try:
+            removed += [
+                f"{item.launcher} {item.detail or item.ref}" for item in make_launcher(kind).remove(name)
+            ]
+        except LaunchError:
+            continue
+    return removed
