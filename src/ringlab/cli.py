@@ -253,7 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="run a benchmark suite (default: the microbenchmarks under every technique)"
     )
-    p.add_argument("--suite", choices=("micro", "speed"), default="micro", help="which suite (default micro)")
+    p.add_argument(
+        "--suite",
+        choices=("micro", "speed", "contention", "services"),
+        default="micro",
+        help="which suite (default micro; contention and services run a local deployment)",
+    )
+    p.add_argument(
+        "--vms", type=_parse_count, default=16, help="contention: VMs sharing one pCPU (default 16)"
+    )
+    p.add_argument(
+        "--weights", metavar="W,W,...", default=None, help="contention: scheduler weights (default all equal)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="micro: also draw a chart of cycles per iteration")
     p.add_argument("--only", nargs="+", metavar="NAME", help="micro: run only these benchmarks")

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -40,6 +40,7 @@ log = logging.getLogger("ringlab.cpu")
 MAX_BUDGET = 50_000_000
 """One call never runs longer than this many instructions (a few seconds): a pCPU stays responsive."""
 CACHE_SIZE = 64
+ZERO_PAGE = bytes(4096)
 _SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
 RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
 
@@ -55,6 +56,9 @@ class CachedVcpu:
     """The grant that has been running it since then."""
     clean: bool = True
     """No progress since ``generation``: any holder of that generation may use it."""
+    committed: dict[int, bytes] = field(default_factory=dict)
+    """Each page as Redis holds it: a page written since but equal again is not sent (most of
+    a slice's dirty pages are stacks and counters that a commit would resend unchanged)."""
 
 
 class CpuServicer(cpu_pb2_grpc.CpuServicer):
@@ -94,7 +98,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             hosted.replay(int(ctx.stats.get("retired", 0)))
             cpu = hosted.cpu
             cpu.memory.clear_dirty()
-        cached = CachedVcpu(cpu, hosted, ctx.generation, token)
+        cached = CachedVcpu(cpu, hosted, ctx.generation, token, committed=dict(ctx.pages))
         self._cache[vm] = cached
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -180,6 +184,11 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         if c.status:
             # The run is over: keep ISA.md's JSON object as the in-process run builds it.
             stats["result"] = self._result_doc(cached, c)
+        changed = {}
+        for number in memory.dirty_pages():
+            page = memory.page(number)
+            if cached.committed.get(number, ZERO_PAGE) != page:  # absent from Redis = zeros
+                changed[number] = page
         commit = Commit(
             vm=request.vm,
             token=request.lease_token,
@@ -191,7 +200,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             status=c.status,
             code=c.code if c.HasField("code") else None,
             detail=c.detail,
-            pages={p: memory.page(p) for p in memory.dirty_pages()},
+            pages=changed,
         )
         try:
             generation = self.state.commit(commit)
@@ -199,6 +208,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             self._cache.pop(request.vm, None)  # a stale holder's progress must never be reused
             raise
         memory.clear_dirty()
+        cached.committed.update(changed)
         cached.generation, cached.clean = generation, True
         if cached.hosted is not None:
             cached.hosted.console_committed = len(cached.hosted.vm.devices.console)
@@ -225,6 +235,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             cached_vms=list(self._cache),
             runs=self.runs,
             cache_reloads=self.cache_reloads,
+            redis_round_trips=self.state.round_trips,
         )
 
     def EvictVcpu(

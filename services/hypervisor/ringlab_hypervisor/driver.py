@@ -55,13 +55,15 @@ class Runtimes:
         self._lock = threading.Lock()
         self._by_vm: dict[str, VmRuntime] = {}
 
-    def get(self, vm: str) -> VmRuntime:
+    def get(self, vm: str, state: SharedState) -> VmRuntime:
+        """The runtime of ``vm``, loaded through ``state`` (the caller's, which counts its round
+        trips) when this replica has none."""
         with self._lock:
             rt = self._by_vm.get(vm)
         if rt is not None:
             return rt
-        definition, _ = self.state.vm_record(vm)
-        _state, stats, vmm, generation = self.state.vm_vcpu_summary(vm)
+        definition, _ = state.vm_record(vm)
+        _state, stats, vmm, generation = state.vm_vcpu_summary(vm)
         platform = platform_for(definition)
         rt = VmRuntime(vm, definition, platform, vmm, generation, int(stats.get("retired", 0)))
         rt.controls = controls_to_proto(platform.controls)
@@ -89,7 +91,7 @@ class PcpuDriver(threading.Thread):
         pcpus: Any,
     ) -> None:
         super().__init__(name=f"driver-{pcpu}", daemon=True)
-        self.state = state
+        self.state = SharedState(state.r)  # its own round-trip counter, the same connection pool
         self.runtimes = runtimes
         self.policy = policy
         self.pcpu = pcpu
@@ -100,6 +102,7 @@ class PcpuDriver(threading.Thread):
         self.stub = cpu_pb2_grpc.CpuStub(self.channel)
         self._pcpus = pcpus  # callable: how many pCPUs are alive (refill scales with it)
         self._lease_renewed = 0.0
+        self._reported_trips = 0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -149,7 +152,9 @@ class PcpuDriver(threading.Thread):
                     scheduler_seconds=time.perf_counter() - t0,
                     slices=1 if finished else 0,
                     world_switches=switches,
+                    round_trips=self.state.round_trips - self._reported_trips + 1,  # + this grant
                 )
+                self._reported_trips = self.state.round_trips
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
@@ -172,7 +177,7 @@ class PcpuDriver(threading.Thread):
     def run_slice(self, vm: str, token: int) -> tuple[str, int]:
         """Run ``vm`` for one slice; returns (how it ended, world switches)."""
         try:
-            rt = self.runtimes.get(vm)
+            rt = self.runtimes.get(vm, self.state)
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
             return "lost", 0

@@ -193,7 +193,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             if (deadline is not None and time.monotonic() > deadline) or not context.is_active():
                 raise_timeout(vm, record["status"])
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
+            delay = min(delay * 1.5, 0.01)
 
     # -- streams ----------------------------------------------------------------------------------
     def StreamConsole(
@@ -257,6 +257,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                     slices=int(st.get("slices", 0)),
                     world_switches=int(st.get("world_switches", 0)),
                     running=running,
+                    redis_round_trips=int(st.get("redis_round_trips", 0)),
                 )
             )
         return hypervisor_pb2.StatsResponse(vms=self._vms(), pcpus=pcpus)

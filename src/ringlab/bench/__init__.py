@@ -4,6 +4,8 @@ same on a slow machine and a fast one.
 
 - ``micro`` (default): the nanobenchmarks under every technique (``micro.py``)
 - ``speed``: the simulated hardware's speed against plain Python (``speed.py``)
+- ``contention``: CPU shares of N VMs on one pCPU through the services (``services.py``)
+- ``services``: the cost of the service boundary against an echo and in-process (``services.py``)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = ["run_suite"]
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    if args.suite in ("contention", "services"):
+        return _run_services(args)
     if args.suite == "speed":
         from ringlab.bench.speed import speed_suite
 
@@ -90,3 +94,29 @@ def _print_speed(f: dict[str, float]) -> None:
     table.add_row("guest MIPS", f"{f['guest_mips']:.2f}")
     table.add_row("ratio python_seconds / guest_seconds (target >= 0.2)", f"{f['ratio']:.3f}")
     Console(file=sys.stdout).print(table)
+
+
+def _run_services(args: argparse.Namespace) -> int:
+    from ringlab.bench.services import contention_suite, services_suite
+
+    if args.suite == "contention":
+        weights = [int(w) for w in args.weights.split(",")] if args.weights else None
+        vms = len(weights) if weights else args.vms
+        figures = contention_suite(vms, weights)
+        targets = "Jain >= 0.99 (equal weights), each share within 5% of its target, overhead < 5%"
+    else:
+        figures = services_suite()
+        targets = "exit <= 1.5x echo, <= 2 Redis round trips per world switch, compute >= 0.9x in-process"
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.suite} (targets: {targets})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, str(value))
+    Console(file=sys.stdout).print(table)
+    return 0

@@ -85,6 +85,9 @@ class SharedState:
         # redis-py types replies as unions over decode_responses; ours are always bytes.
         self.r: Any = client
         self.scripts = Scripts(client)
+        self.round_trips = 0
+        """Round trips made by the hot-path methods (loads, commits, grants, snapshots): the
+        services benchmark divides them by world switches."""
 
     @classmethod
     def from_url(cls, url: str) -> SharedState:
@@ -157,6 +160,7 @@ class SharedState:
 
     def vm_record(self, vm: str) -> tuple[dict[str, Any], dict[str, str]]:
         """(definition, {status, code, detail}) from the VM's record."""
+        self.round_trips += 1
         raw = self.r.hgetall(keys.vm_record(vm))
         if not raw:
             raise VmNotFound(vm)
@@ -171,6 +175,7 @@ class SharedState:
 
     def vm_vcpu_summary(self, vm: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]:
         """(state, stats, vmm, generation) without the pages."""
+        self.round_trips += 1
         raw = self.r.hgetall(keys.vm_vcpu(vm))
         if not raw:
             raise VmNotFound(vm)
@@ -211,6 +216,7 @@ class SharedState:
     def load_vcpu(self, vm: str) -> VcpuContext:
         """The VM's last commit: registers, statistics, VMM state and every stored page, read in
         one MULTI/EXEC so they belong to the same commit."""
+        self.round_trips += 1
         pipe = self.r.pipeline(transaction=True)
         pipe.hgetall(keys.vm_vcpu(vm))
         pipe.hgetall(keys.vm_pages(vm))
@@ -233,6 +239,7 @@ class SharedState:
     def commit(self, c: Commit) -> int:
         """Apply one fenced commit; returns the new generation.  Raises ``StaleLease`` when the
         token is no longer the VM's grant (nothing is written then)."""
+        self.round_trips += 1
         args: list[Any] = [
             c.vm,
             c.token,
@@ -267,6 +274,7 @@ class SharedState:
 
     # -- scheduler -------------------------------------------------------------------------------
     def sched_snapshot(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        self.round_trips += 1
         pipe = self.r.pipeline(transaction=True)
         pipe.hget(keys.SCHED_META, "version")
         pipe.hgetall(keys.SCHED_VMS)
@@ -287,7 +295,9 @@ class SharedState:
         scheduler_seconds: float = 0.0,
         slices: int = 0,
         world_switches: int = 0,
+        round_trips: int = 0,
     ) -> GrantResult:
+        self.round_trips += 1
         args: list[Any] = [
             version,
             pcpu,
@@ -298,6 +308,7 @@ class SharedState:
             repr(scheduler_seconds),
             slices,
             world_switches,
+            round_trips,
             len(updates),
         ]
         for vm, entry in updates.items():
@@ -363,6 +374,7 @@ class SharedState:
         return {_s(k): float(v) for k, v in self.r.hgetall(keys.pcpu_stats(pcpu)).items()}
 
     def renew_driver(self, pcpu: str, owner: str, ttl_ms: int) -> bool:
+        self.round_trips += 1
         return bool(self.scripts("renew_driver", [keys.pcpu_driver(pcpu)], [owner, ttl_ms]))
 
     def release_driver(self, pcpu: str, owner: str) -> None:

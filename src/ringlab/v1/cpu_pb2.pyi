@@ -335,10 +335,13 @@ class CpuInfo(_message.Message):
     CACHED_VMS_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
     CACHE_RELOADS_FIELD_NUMBER: _builtins.int
+    REDIS_ROUND_TRIPS_FIELD_NUMBER: _builtins.int
     pcpu: _builtins.str
     address: _builtins.str
     runs: _builtins.int
     cache_reloads: _builtins.int
+    redis_round_trips: _builtins.int
+    """made by this pCPU for loads and commits since it started"""
     @_builtins.property
     def cached_vms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -349,10 +352,11 @@ class CpuInfo(_message.Message):
         cached_vms: _abc.Iterable[_builtins.str] | None = ...,
         runs: _builtins.int = ...,
         cache_reloads: _builtins.int = ...,
+        redis_round_trips: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cache_reloads", b"cache_reloads", "cached_vms", b"cached_vms", "pcpu", b"pcpu", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cache_reloads", b"cache_reloads", "cached_vms", b"cached_vms", "pcpu", b"pcpu", "redis_round_trips", b"redis_round_trips", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

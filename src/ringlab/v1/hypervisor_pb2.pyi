@@ -543,6 +543,7 @@ class PcpuStats(_message.Message):
     SLICES_FIELD_NUMBER: _builtins.int
     WORLD_SWITCHES_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    REDIS_ROUND_TRIPS_FIELD_NUMBER: _builtins.int
     pcpu: _builtins.str
     address: _builtins.str
     alive: _builtins.bool
@@ -554,6 +555,8 @@ class PcpuStats(_message.Message):
     world_switches: _builtins.int
     running: _builtins.str
     """the VM holding it now, "" if idle"""
+    redis_round_trips: _builtins.int
+    """made by the hypervisor driving it (grants, snapshots, loads)"""
     def __init__(
         self,
         *,
@@ -565,10 +568,11 @@ class PcpuStats(_message.Message):
         slices: _builtins.int = ...,
         world_switches: _builtins.int = ...,
         running: _builtins.str = ...,
+        redis_round_trips: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "busy_seconds", b"busy_seconds", "pcpu", b"pcpu", "running", b"running", "scheduler_seconds", b"scheduler_seconds", "slices", b"slices", "world_switches", b"world_switches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "busy_seconds", b"busy_seconds", "pcpu", b"pcpu", "redis_round_trips", b"redis_round_trips", "running", b"running", "scheduler_seconds", b"scheduler_seconds", "slices", b"slices", "world_switches", b"world_switches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,17 +5,17 @@
 -- KEYS[5] rl:pcpu:ID:stats
 -- ARGV[1] expected version  ARGV[2] pcpu id  ARGV[3] now  ARGV[4] lease seconds
 -- ARGV[5] VM to grant the pCPU to, or ''  ARGV[6] busy seconds  ARGV[7] scheduler seconds
--- ARGV[8] slices  ARGV[9] world switches (pCPU statistics increments)
--- ARGV[10] n = number of updated entries; ARGV[11 .. 10+2n] id, entry JSON, ...
--- ARGV[11+2n ..] events, each a JSON object {kind, vm, detail} (time and pcpu are added)
+-- ARGV[8] slices  ARGV[9] world switches  ARGV[10] Redis round trips (pCPU statistics increments)
+-- ARGV[11] n = number of updated entries; ARGV[12 .. 11+2n] id, entry JSON, ...
+-- ARGV[12+2n ..] events, each a JSON object {kind, vm, detail} (time and pcpu are added)
 -- Returns {1, token, version, snapshot} when applied (token 0 when no VM was chosen) or
 -- {0, 0, version, snapshot} on a conflict; snapshot is HGETALL rl:sched:vms.
 local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return {0, 0, version, redis.call('HGETALL', KEYS[1])}
 end
-local n = tonumber(ARGV[10])
-for i = 11, 10 + 2 * n, 2 do
+local n = tonumber(ARGV[11])
+for i = 12, 11 + 2 * n, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 local token = 0
@@ -32,7 +32,7 @@ if chosen ~= '' then
     redis.call('HSET', KEYS[1], chosen, cjson.encode(entry))
   end
 end
-for i = 11 + 2 * n, #ARGV do
+for i = 12 + 2 * n, #ARGV do
   local e = cjson.decode(ARGV[i])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'kind', e.kind, 'vm', e.vm,
     'pcpu', ARGV[2], 'detail', e.detail, 'time', ARGV[3])
@@ -41,5 +41,6 @@ redis.call('HINCRBYFLOAT', KEYS[5], 'busy_seconds', ARGV[6])
 redis.call('HINCRBYFLOAT', KEYS[5], 'scheduler_seconds', ARGV[7])
 redis.call('HINCRBY', KEYS[5], 'slices', ARGV[8])
 redis.call('HINCRBY', KEYS[5], 'world_switches', ARGV[9])
+redis.call('HINCRBY', KEYS[5], 'redis_round_trips', ARGV[10])
 version = redis.call('HINCRBY', KEYS[2], 'version', 1)
 return {1, token, version, redis.call('HGETALL', KEYS[1])}
