@@ -34,6 +34,8 @@ import pytest
 from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab_guest.build import WORKLOADS
 
+from .conftest import Timings
+
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,24 +72,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class Timings:
-    """Phase durations, printed at the end of the run whatever the outcome (for the CI log)."""
-
-    def __init__(self) -> None:
-        self.phases: list[tuple[str, float]] = []
-        self._t0 = time.monotonic()
-
-    def mark(self, phase: str) -> None:
-        now = time.monotonic()
-        self.phases.append((phase, now - self._t0))
-        self._t0 = now
-
-    def report(self) -> str:
-        total = sum(seconds for _, seconds in self.phases)
-        parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phases)
-        return f"compose e2e: {total:.1f}s total ({parts})"
 
 
 def _host_env() -> dict[str, str]:
@@ -170,7 +154,12 @@ class Deployment:
 
     def ringlab(self, *args: str) -> str:
         """The ringlab CLI from the host, over the published port (a client as a person runs it)."""
-        return _run(["ringlab", *args], env=os.environ | {"RINGLAB_HYPERVISOR": self.target}, timeout=120)
+        env = os.environ | {
+            "RINGLAB_HYPERVISOR": self.target,
+            "RINGLAB_COMPOSE_PROJECT": self.project,  # for --launcher docker
+            "RINGLAB_IMAGE": APP_IMAGE,
+        }
+        return _run(["ringlab", *args], env=env, timeout=180)
 
     def vms(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(self.ringlab("vm", "list", "--json"))
@@ -185,16 +174,6 @@ class Deployment:
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
-
-
-@pytest.fixture(scope="module")
-def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
-    t = Timings()
-    yield t
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(t.report())
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +206,8 @@ def images(engine: None, timings: Timings) -> None:
     for line in done.stderr.splitlines():
         if " phase " in f" {line}":
             name, seconds = line.split("phase", 1)[1].split()
-            timings.phases.append((name, float(seconds.rstrip("s"))))
-    timings.mark("images-other")
+            timings.add(f"  {name}", float(seconds.rstrip("s")))
+    timings.mark("images")
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +222,20 @@ def deployment(images: None, timings: Timings) -> Iterator[Deployment]:
     finally:
         d.close()
         # Always: containers (launched guests too: they carry the project's labels), the network,
-        # and Redis' volume.
+        # and Redis' volume. Whatever `down` missed is removed by label, then reported.
+        down_error = ""
         try:
-            d.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=300)
-        finally:
-            timings.mark("down")
+            d.compose("down", "-v", "-t", "5", timeout=300)
+        except AssertionError as err:
+            down_error = str(err)
+        timings.mark("down")
+        project_label = f"label=com.docker.compose.project={d.project}"
+        left = _run(["docker", "ps", "-aq", "--filter", project_label], env=d.env).split()
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], env=d.env, capture_output=True, check=False)
+            d.compose("down", "-v", "-t", "5", timeout=300)
+        assert not down_error, down_error
+        assert not left, f"docker compose down left containers of the project behind: {left}"
 
 
 def _wait_ended(d: Deployment, names: set[str]) -> dict[str, dict[str, Any]]:
@@ -331,3 +319,27 @@ def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings:
     )
     # The cpu came back and says so.
     d.wait_healthy(expected=1 + 1 + 1 + 3)
+
+
+def test_docker_launcher_starts_a_guest_container_that_down_removes(deployment: Deployment) -> None:
+    """`ringlab vm create --launcher docker` starts a guest container through the Docker SDK that
+    owns its VM; `vm destroy` removes it; one left running is removed by `docker compose down`
+    (the deployment fixture fails if anything of the project is left)."""
+    from ringlab.launch import DockerLauncher
+
+    d = deployment
+    d.ringlab(
+        "vm", "create", "e2e-launched", "--technique", "hw", "--workload", "hello", "--launcher", "docker"
+    )
+    launcher = DockerLauncher(image=APP_IMAGE, project=d.project)
+    [launched] = launcher.running()
+    assert launched.name == "e2e-launched" and launched.detail.startswith(d.project)
+    ended = _wait_ended(d, {"e2e-launched"})
+    assert ended["e2e-launched"]["status"] == "poweroff"
+    assert WORKLOADS["hello"].check_output(d.console("e2e-launched"))
+
+    out = d.ringlab("vm", "destroy", "e2e-launched")
+    assert f"removed the guest docker {launched.detail}" in out, out
+    assert launcher.running() == []
+    d.ringlab("vm", "create", "e2e-left", "--workload", "hello", "--launcher", "docker")
+    assert [item.name for item in launcher.running()] == ["e2e-left"]
