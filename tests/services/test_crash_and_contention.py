@@ -1,0 +1,139 @@
+"""Crash consistency (a pCPU dies mid-run: the VM finishes elsewhere from its last commit with
+byte-identical output) and contention (shares follow weights under the credit scheduler)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ringlab.rpc.convert import TECHNIQUES
+from ringlab.sched import CreditPolicy, Entry, SliceOutcome, jain_index
+from ringlab.store import LocalRedis
+from ringlab.v1 import common_pb2, hypervisor_pb2
+from ringlab.vmm import run_vm
+from ringlab_guest.build import build_image
+from tests.services.conftest import service_config, start_deployment, unique
+
+
+@pytest.mark.parametrize("technique", ["native", "bt"])
+def test_killing_the_pcpu_mid_run_loses_nothing_committed(redis_server: LocalRedis, technique: str) -> None:
+    from ringlab_cpu.service import serve as serve_cpu
+
+    d = start_deployment(redis_server, slice=20_000, db=5 if technique == "native" else 6)
+    spare = None
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("multi", "stock")
+        name = unique("crash")
+        hv.CreateVm(
+            hypervisor_pb2.CreateVmRequest(
+                name=name,
+                technique=TECHNIQUES[technique],
+                kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
+                workload="multi",
+                image=image.to_bytes(),
+                start=True,
+            ),
+            timeout=30,
+        )
+        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
+        deadline = time.monotonic() + 30
+        while d.state.generation(vm) < 2:  # let a few commits land first
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        d.cpu.stop(0)  # the pCPU dies between the first commit and the VM's end
+        url = d.redis.url.rsplit("/", 1)[0] + f"/{5 if technique == 'native' else 6}"
+        spare, _ = serve_cpu(service_config("cpu", url, pcpu=unique("spare")))
+        result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=90), timeout=120)
+        want = run_vm(image, technique=technique)
+        assert result.console == want.console
+        assert result.reason == want.reason
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(0)
+        if spare is not None:
+            spare.stop(1)
+
+
+def test_weighted_shares_on_one_pcpu(redis_server: LocalRedis) -> None:
+    d = start_deployment(redis_server, slice=100_000, db=7)
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("compute", "stock", {"ROUNDS": 100_000}).to_bytes()
+        weights = {unique("w1"): 256, unique("w3"): 768}
+        for name, weight in weights.items():
+            hv.CreateVm(
+                hypervisor_pb2.CreateVmRequest(
+                    name=name,
+                    technique=common_pb2.TECHNIQUE_NATIVE,
+                    kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
+                    workload="compute",
+                    image=image,
+                    weight=weight,
+                ),
+                timeout=30,
+            )
+        for name in weights:
+            hv.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        time.sleep(0.5)
+
+        def used() -> dict[str, float]:
+            return {
+                v.name: v.stats.cpu_seconds
+                for v in hv.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms
+            }
+
+        before = used()
+        time.sleep(4)
+        after = used()
+        delta = {n: after[n] - before[n] for n in weights}
+        share = delta[list(weights)[1]] / sum(delta.values())
+        assert 0.65 <= share <= 0.85  # target 0.75
+        for name in weights:
+            hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)
+
+
+# -- the credit policy on its own (no services) ---------------------------------------------------
+def test_credit_policy_shares_follow_weights() -> None:
+    policy = CreditPolicy()
+    entries = {"1": Entry(status="runnable", weight=100), "2": Entry(status="runnable", weight=300)}
+    finished = None
+    used = {"1": 0.0, "2": 0.0}
+    now = 0.0
+    for _ in range(400):
+        decision = policy.decide(entries, now, finished=finished)
+        for vm, d in decision.updates.items():
+            entries[vm] = Entry.from_dict(d)
+        assert decision.chosen is not None
+        entries[decision.chosen].status, entries[decision.chosen].token = "running", 1
+        now += 0.01
+        used[decision.chosen] += 0.01
+        finished = SliceOutcome(decision.chosen, 1, 0.01)
+    assert used["2"] / (used["1"] + used["2"]) == pytest.approx(0.75, abs=0.02)
+
+
+def test_a_vm_that_yielded_in_hlt_is_boosted_next() -> None:
+    policy = CreditPolicy()
+    entries = {
+        "1": Entry(status="runnable", credit=5.0),
+        "2": Entry(status="running", token=7, credit=-1.0),
+    }
+    decision = policy.decide(entries, 1.0, finished=SliceOutcome("2", 7, 0.001, "idle"))
+    assert decision.chosen == "2"  # boosted despite less credit
+    assert not entries["2"].boost  # the boost is spent by this grant
+
+
+def test_a_capped_vm_is_not_scheduled_past_its_cap() -> None:
+    policy = CreditPolicy(cap_window_seconds=1.0)
+    e = Entry(status="runnable", cap=10, cap_window=0.0, cap_used=0.2)
+    assert not policy.eligible(e, 0.5)
+    assert policy.eligible(e, 1.5)
+
+
+def test_jain_index() -> None:
+    assert jain_index([1, 1, 1, 1]) == 1.0
+    assert jain_index([1, 0, 0, 0]) == 0.25

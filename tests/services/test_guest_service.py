@@ -1,0 +1,57 @@
+"""The guest service: it owns one VM (created idempotently by name), serves its console, and
+identical replicas take the entries of a mix list in turn."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ringlab.rpc import StreamSlots, open_channel
+from ringlab.store import InvalidRequest
+from ringlab.v1 import guest_pb2, guest_pb2_grpc, hypervisor_pb2
+from ringlab_guest.service import GuestConfig, GuestServicer, parse_mix, resolve_config, serve, validate
+from tests.services.conftest import Deployment, service_config, unique
+
+
+def test_guest_registers_its_vm_idempotently_and_streams_its_console(deployment: Deployment) -> None:
+    name = unique("guest")
+    config = GuestConfig(name, "hw", "stock", "hello", 256)
+    servicer = GuestServicer(config, deployment.hypervisor_target, "", StreamSlots(2))
+    vm = servicer.register()
+    assert servicer.register() == vm  # a restarted guest re-attaches to the same VM
+    server = serve(service_config("guest", deployment.redis.url), servicer)
+    try:
+        stub = guest_pb2_grpc.GuestStub(open_channel(f"127.0.0.1:{server.port}"))
+        info = stub.DescribeGuest(guest_pb2.DescribeGuestRequest(), timeout=10)
+        assert info.vm == vm and info.workload == "hello"
+        hv = deployment.hypervisor_stub()
+        hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=60), timeout=90)
+        text = b"".join(
+            c.data for c in stub.StreamConsole(guest_pb2.GuestConsoleRequest(follow=True), timeout=30)
+        )
+        assert text == b"Hello from ring 3! I am pid 1.\n"
+    finally:
+        server.stop(1)
+
+
+def test_replicas_take_the_next_mix_entry_and_keep_it(deployment: Deployment) -> None:
+    mix = "native:stock:hello,bt:stock:compute:512"
+    name = unique("mix")
+
+    def args(replica: str) -> argparse.Namespace:
+        return argparse.Namespace(name=name, mix=mix, replica_id=replica)
+
+    first = resolve_config(args("a"), deployment.state)
+    second = resolve_config(args("b"), deployment.state)
+    again = resolve_config(args("a"), deployment.state)
+    assert (first.name, first.technique) == (f"{name}-0", "native")
+    assert (second.name, second.technique, second.weight) == (f"{name}-1", "bt", 512)
+    assert again == first
+
+
+def test_bad_guest_configuration_says_what_to_choose() -> None:
+    with pytest.raises(InvalidRequest, match="TECHNIQUE:KERNEL:WORKLOAD"):
+        parse_mix("native:stock")
+    with pytest.raises(InvalidRequest, match="choose one of"):
+        validate(GuestConfig("g", "native", "stock", "no-such-workload", 256))
