@@ -246,7 +246,7 @@ class RunVcpuResponse(_message.Message):
     run_seconds: _builtins.float
     """host time spent executing guest code in this call"""
     console: _builtins.bytes
-    """Techniques whose exit handlers still run beside the core (see docs: hosted techniques):
+    """Hosted techniques, whose exit handlers still run beside the core (docs/services.md):
     console bytes the guest wrote during this call
     """
     @_builtins.property
