@@ -26,6 +26,7 @@ from ringlab.rpc import (
     add_service_flags,
     build_server,
     config_from_args,
+    open_channel,
 )
 from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json, stats_to_json
 from ringlab.sched import CreditPolicy, Entry
@@ -114,9 +115,10 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
 
 
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
-    def __init__(self, state: SharedState, streams: StreamSlots) -> None:
+    def __init__(self, state: SharedState, streams: StreamSlots, token: str = "") -> None:
         self.state = state
         self.streams = streams
+        self.token = token  # for the calls this service makes to the pCPUs
 
     # -- lifecycle --------------------------------------------------------------------------------
     def CreateVm(
@@ -165,11 +167,13 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         destroyed = self.state.destroy_vm(vm)
         for _pcpu, (address, alive) in self.state.pcpus().items():
             if alive:  # free the pCPUs' cached copies (best effort: a stale cache is never used)
+                channel = open_channel(address, self.token)
                 try:
-                    with grpc.insecure_channel(address) as ch:
-                        cpu_pb2_grpc.CpuStub(ch).EvictVcpu(cpu_pb2.EvictVcpuRequest(vm=vm), timeout=2)
+                    cpu_pb2_grpc.CpuStub(channel).EvictVcpu(cpu_pb2.EvictVcpuRequest(vm=vm), timeout=2)
                 except grpc.RpcError:
                     pass
+                finally:
+                    channel.close()
         return hypervisor_pb2.DestroyVmResponse(destroyed=destroyed)
 
     def ListVms(
@@ -435,7 +439,9 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
     streams = StreamSlots(config.max_streams)
 
     def register(server: grpc.Server) -> None:
-        hypervisor_pb2_grpc.add_HypervisorServicer_to_server(HypervisorServicer(state, streams), server)
+        hypervisor_pb2_grpc.add_HypervisorServicer_to_server(
+            HypervisorServicer(state, streams, config.token), server
+        )
 
     server = build_server(config, register, ["ringlab.v1.Hypervisor"], checks=[state.ping])
     manager = DriverManager(state, config, CreditPolicy(slice_instructions=config.slice))
