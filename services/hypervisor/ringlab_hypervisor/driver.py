@@ -129,6 +129,7 @@ class PcpuDriver(threading.Thread):
     def _loop(self) -> None:
         version, raw = self.state.sched_snapshot()
         finished: SliceOutcome | None = None
+        slice_exits: dict[str, int] = {}
         busy = 0.0
         switches = 0
         while not self.stop_event.is_set():
@@ -140,6 +141,11 @@ class PcpuDriver(threading.Thread):
                 entries = {vm: Entry.from_dict(d) for vm, d in raw.items()}
                 now = time.time()
                 decision = self.policy.decide(entries, now, pcpus=max(1, self._pcpus()), finished=finished)
+                if finished is not None and slice_exits:
+                    # One "exit" event per slice (not per exit: a console byte is an exit), in the
+                    # same script as the grant, so it costs no round trip.
+                    counts = ", ".join(f"{name} x{n}" for name, n in sorted(slice_exits.items()))
+                    decision.events.insert(0, {"kind": "exit", "vm": finished.vm, "detail": counts})
                 result = self.state.grant(
                     version=version,
                     pcpu=self.pcpu,
@@ -164,7 +170,7 @@ class PcpuDriver(threading.Thread):
                     version, raw = self.state.sched_snapshot()
                     continue
                 started = time.perf_counter()
-                ended, switches = self.run_slice(decision.chosen, result.token)
+                ended, switches, slice_exits = self.run_slice(decision.chosen, result.token)
                 busy = time.perf_counter() - started
                 finished = SliceOutcome(decision.chosen, result.token, busy, ended)
             except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
@@ -174,13 +180,13 @@ class PcpuDriver(threading.Thread):
                     version, raw = self.state.sched_snapshot()
 
     # -- one slice ------------------------------------------------------------------------------
-    def run_slice(self, vm: str, token: int) -> tuple[str, int]:
-        """Run ``vm`` for one slice; returns (how it ended, world switches)."""
+    def run_slice(self, vm: str, token: int) -> tuple[str, int, dict[str, int]]:
+        """Run ``vm`` for one slice; returns (how it ended, world switches, exits by reason)."""
         try:
             rt = self.runtimes.get(vm, self.state)
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
-            return "lost", 0
+            return "lost", 0, {}
         vmm = dict(rt.vmm)
         vmm.setdefault("started", time.time())
         console = bytearray()
@@ -189,6 +195,7 @@ class PcpuDriver(threading.Thread):
         resume = cpu_pb2.Resume()
         generation = rt.generation
         switches = 0
+        seen: dict[str, int] = {}
         ended: tuple[str, int | None, str] | None = None
         try:
             while True:
@@ -228,13 +235,14 @@ class PcpuDriver(threading.Thread):
                 reason = response.exit.reason
                 if reason == common_pb2.EXIT_REASON_BUDGET:
                     if left <= 0 and not (limit is not None and rt.retired >= int(limit)):
-                        return "preempted", switches
+                        return "preempted", switches, seen
                     continue
                 if reason == common_pb2.EXIT_REASON_IDLE:
-                    return "idle", switches
+                    return "idle", switches, seen
                 exits = vmm.setdefault("exits_by_reason", {})
                 name = REASON_NAMES.get(reason, str(reason))
                 exits[name] = exits.get(name, 0) + 1
+                seen[name] = seen.get(name, 0) + 1
                 vmm["exits"] = int(vmm.get("exits", 0)) + 1
                 handled = rt.platform.handle(response.exit, vmm)
                 console += handled.console
@@ -262,10 +270,10 @@ class PcpuDriver(threading.Thread):
             self.stub.RunVcpu(final, timeout=60)
             switches += 1
             self.runtimes.drop(vm)
-            return "ended", switches
+            return "ended", switches, seen
         except grpc.RpcError as err:
             # A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
             # generation or a dead pCPU: drop what this slice did; the VM resumes from its commit.
             log.info("VM %s slice on %s abandoned: %s: %s", vm, self.pcpu, err.code(), err.details())
             self.runtimes.drop(vm)
-            return "lost", switches
+            return "lost", switches, seen

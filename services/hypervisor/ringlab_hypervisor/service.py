@@ -31,7 +31,7 @@ from ringlab.rpc import (
 from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json, stats_to_json
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
-from ringlab.store import Exhausted, InvalidRequest, SharedState
+from ringlab.store import Exhausted, InvalidRequest, SharedState, WrongState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
 from ringlab_hypervisor.platform import SERVICE_TECHNIQUES
@@ -195,7 +195,10 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             if record["status"] in TERMINAL:
                 return self._result(vm)
             if (deadline is not None and time.monotonic() > deadline) or not context.is_active():
-                raise_timeout(vm, record["status"])
+                raise WrongState(
+                    f"VM {vm} is still {record['status']} after the requested wait: wait longer "
+                    "or check 'ringlab vm list'"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.01)
 
@@ -375,14 +378,6 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                 "host": {"wall_seconds": wall, **stats.host(), "exits": int(vmm.get("exits", 0))},
             },
         }
-
-
-def raise_timeout(vm: str, status: str) -> None:
-    from ringlab.store import WrongState
-
-    raise WrongState(
-        f"VM {vm} is still {status} after the requested wait: wait longer or check 'ringlab vm list'"
-    )
 
 
 class DriverManager(threading.Thread):
