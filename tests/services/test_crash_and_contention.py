@@ -137,3 +137,44 @@ def test_a_capped_vm_is_not_scheduled_past_its_cap() -> None:
 def test_jain_index() -> None:
     assert jain_index([1, 1, 1, 1]) == 1.0
     assert jain_index([1, 0, 0, 0]) == 0.25
+
+
+def test_restarting_the_hypervisor_mid_run_loses_nothing(redis_server: LocalRedis) -> None:
+    from ringlab_hypervisor.service import serve as serve_hypervisor
+
+    d = start_deployment(redis_server, slice=20_000, db=9)
+    replacement = None
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("multi", "stock")
+        name = unique("hvcrash")
+        hv.CreateVm(
+            hypervisor_pb2.CreateVmRequest(
+                name=name,
+                technique=common_pb2.TECHNIQUE_HW,
+                kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
+                workload="multi",
+                image=image.to_bytes(),
+                start=True,
+            ),
+            timeout=30,
+        )
+        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
+        deadline = time.monotonic() + 30
+        while d.state.generation(vm) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        d.hypervisor.stop(0)  # SIGTERM's path: finish the slice, hand the VM back, stop
+        url = d.redis.url.rsplit("/", 1)[0] + "/9"
+        replacement, _ = serve_hypervisor(service_config("hypervisor", url, slice=20_000))
+        from ringlab.rpc import open_channel
+        from ringlab.v1 import hypervisor_pb2_grpc
+
+        stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{replacement.port}"))
+        result = stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=60), timeout=90)
+        assert result.console == run_vm(image, technique="hw").console
+    finally:
+        if replacement is not None:
+            replacement.stop(1)
+        d.hypervisor.stop(0)
+        d.cpu.stop(1)

@@ -103,6 +103,8 @@ class PcpuDriver(threading.Thread):
         self._pcpus = pcpus  # callable: how many pCPUs are alive (refill scales with it)
         self._lease_renewed = 0.0
         self._reported_trips = 0
+        self._unreleased: SliceOutcome | None = None
+        """A slice that ended but whose accounting (the next grant) has not been applied yet."""
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -123,8 +125,44 @@ class PcpuDriver(threading.Thread):
             log.exception("driver for %s stopped", self.pcpu)
         finally:
             with contextlib.suppress(Exception):
+                self._release_last_slice()
+            with contextlib.suppress(Exception):
                 self.state.release_driver(self.pcpu, self.owner)
             self.channel.close()
+
+    def _release_last_slice(self) -> None:
+        """On a graceful stop, account the slice that just ended and hand its VM back to the run
+        queue, so another replica runs it at once instead of waiting for the grant to expire."""
+        finished = self._unreleased
+        for _attempt in range(5):
+            if finished is None:
+                return
+            version, raw = self.state.sched_snapshot()
+            entries = {vm: Entry.from_dict(d) for vm, d in raw.items()}
+            if finished.vm not in entries:
+                return
+            now = time.time()
+            self.policy.account(entries, finished, now)
+            update = {finished.vm: entries[finished.vm].to_dict()}
+            result = self.state.grant(
+                version=version,
+                pcpu=self.pcpu,
+                now=now,
+                lease_seconds=self.policy.lease_seconds,
+                chosen=None,
+                updates=update,
+                events=[
+                    {
+                        "kind": "descheduled",
+                        "vm": finished.vm,
+                        "detail": f"{finished.ended} {now - finished.held_seconds:.6f} {now:.6f}",
+                    }
+                ],
+                busy_seconds=finished.held_seconds,
+                slices=1,
+            )
+            if result.applied:
+                return
 
     def _loop(self) -> None:
         version, raw = self.state.sched_snapshot()
@@ -165,6 +203,7 @@ class PcpuDriver(threading.Thread):
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
                 finished, busy, switches = None, 0.0, 0
+                self._unreleased = None
                 if decision.chosen is None:
                     self.stop_event.wait(IDLE_POLL)
                     version, raw = self.state.sched_snapshot()
@@ -173,6 +212,7 @@ class PcpuDriver(threading.Thread):
                 ended, switches, slice_exits = self.run_slice(decision.chosen, result.token)
                 busy = time.perf_counter() - started
                 finished = SliceOutcome(decision.chosen, result.token, busy, ended)
+                self._unreleased = finished
             except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
                 log.warning("pCPU %s: %s", self.pcpu, exc)
                 self.stop_event.wait(0.5)
