@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ringlab.machine.exits import Controls, Exit, ExitReason
-from ringlab.machine.faults import PF, TIMER, Fault
-from ringlab.vmm.emulate import emulate
+from ringlab.machine.faults import GP, PF, TIMER, Fault
+from ringlab.vmm.emulate import emulate, privilege_fault
 from ringlab.vmm.events import reflect_exception, reflect_interrupt, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.technique import Stop
@@ -122,6 +122,12 @@ class BinaryTranslation:
                     continue
                 counters.handled(op.insn.mnemonic, kind.value)
                 if kind is Kind.INLINE:
+                    if privilege_fault(vm, op.insn):  # cli/sti above the guest's IOPL
+                        result = reflect_exception(vm, Fault(GP, 0), counted=False)
+                        if result is not None:
+                            return result
+                        previous = None
+                        break
                     with guest_view(s, vcpu, self.deprivilege):
                         result = execute(cpu, op.insn, op.eip, 1)
                 else:

@@ -50,11 +50,10 @@ def observe(vm: VM, insn: Instruction, eip: int) -> None:
         offset = 0 if mnemonic == "popf" else 8
         try:
             popped = vm.cpu.mmu.read32((s.regs[4] + offset) & 0xFFFFFFFF, s.cs & 3 == 3)
-            new_cs = vm.cpu.mmu.read32((s.regs[4] + 4) & 0xFFFFFFFF, s.cs & 3 == 3)
+            if mnemonic == "iret" and vm.cpu.mmu.read32((s.regs[4] + 4) & 0xFFFFFFFF, s.cs & 3 == 3) & 3 != 3:
+                return  # an iret to the kernel traps (#GP at ring 1) and is emulated correctly
         except Fault:
             return
-        if mnemonic == "iret" and new_cs & 3 != 3:
-            return  # an iret to the kernel traps (#GP at ring 1) and is emulated correctly
         real_keep = s.eflags & SYS_FLAGS  # at ring 1 with IOPL 0: IF and IOPL are kept
         if v.cpl == 0:
             native_flags = popped & SYS_FLAGS

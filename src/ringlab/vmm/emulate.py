@@ -9,17 +9,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ringlab.isa import MASK32, Form, Instruction, Mem
+from ringlab.isa import MASK32, Class, Form, Instruction, Mem
 from ringlab.machine.exits import Exit
+from ringlab.machine.faults import GP, Fault
 from ringlab.machine.interpreter import effective_address
-from ringlab.vmm.events import reflect_software_interrupt
+from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.vcpu import guest_view
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["emulate"]
+__all__ = ["emulate", "privilege_fault"]
+
+
+def privilege_fault(vm: VM, insn: Instruction) -> bool:
+    """Would the guest's own CPL/IOPL make ``insn`` raise #GP(0)?  VM exits and translated code
+    come before the CPU's privilege checks, so the VMM makes them (VT-x checks CPL first too)."""
+    s = vm.cpu.state
+    flags = vm.vcpu.flags if vm.deprivilege is not None else s.eflags
+    cpl = vm.vcpu.cpl if vm.deprivilege is not None else s.cs & 3
+    cls = insn.spec.cls
+    return (cls is Class.PRIVILEGED and cpl > 0) or (cls is Class.IOPL and cpl > (flags >> 12) & 3)
 
 
 def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
@@ -29,6 +40,8 @@ def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
     s = cpu.state
     ring = s.cs & 3
     nxt = (eip + insn.length) & MASK32
+    if privilege_fault(vm, insn):
+        return reflect_exception(vm, Fault(GP, 0), counted=False)
     mnemonic, form, ops = insn.mnemonic, insn.spec.form, insn.operands
     if mnemonic == "mov" and form is Form.CRR:
         n, r = ops

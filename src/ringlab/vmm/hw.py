@@ -18,9 +18,10 @@ from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
 from ringlab.vmm.emulate import emulate
-from ringlab.vmm.events import reflect_exception
+from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.exit_reasons import VmxExitReason as R
 from ringlab.vmm.technique import Stop
+from ringlab.vmm.trap_emulate import instruction_at
 from ringlab.vmm.vcpu import Deprivilege
 
 if TYPE_CHECKING:
@@ -119,9 +120,13 @@ class Hw:
                 return emulate(vm, insn, eip)
             case ExitReason.EXCEPTION:
                 self._exit(vm, R.EXCEPTION_NMI)
+                eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
+                insn = instruction_at(vm, eip)
+                if insn is not None and insn.mnemonic == "int" and exit.error_code is None:
+                    # ``int 14`` exits too (the exception bitmap names the vector): deliver it
+                    return reflect_software_interrupt(vm, exit.vector or 0, eip, vm.cpu.state.cs & 3)
                 return self._page_fault(vm, exit)
-            case ExitReason.HALT:
-                self._exit(vm, R.HLT)
+            case ExitReason.HALT:  # from the emulated hlt: its HLT exit is counted already
                 return Stop("halt", None, exit.detail)
             case ExitReason.SHUTDOWN:
                 self._exit(vm, R.TRIPLE_FAULT)

@@ -2,16 +2,18 @@
 
 In-process a VM's RAM is the first ``ram_size`` bytes of its host memory, so the mapping is
 the identity below the limit; what matters is the limit: a guest-physical address beyond the
-VM's RAM is a machine check (#MC), exactly what the guest would get natively, and never reaches
-the VMM's own memory (the shadow page tables above it).  It is the MMU's second stage under
-nested paging and the walker's under shadow paging.
+VM's RAM maps to ``NOWHERE``, a host frame that does not exist, so touching it is a machine
+check (#MC) exactly as natively, and never reaches the VMM's own memory (the shadow page tables
+above the guest's RAM).  It is the MMU's second stage under nested paging and the walker's under
+shadow paging (a shadow entry may point at ``NOWHERE`` too).
 """
 
 from __future__ import annotations
 
-from ringlab.machine.faults import MC, Fault
+__all__ = ["NOWHERE", "P2M"]
 
-__all__ = ["P2M"]
+NOWHERE = 0xFFFFF000
+"""A host frame beyond any memory: accesses to it raise #MC."""
 
 
 class P2M:
@@ -20,5 +22,5 @@ class P2M:
 
     def translate(self, gpa: int, write: bool) -> int:
         if gpa >= self.ram_size:
-            raise Fault(MC)
+            return NOWHERE | (gpa & 0xFFF)
         return gpa

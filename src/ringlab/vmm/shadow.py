@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Exit
-from ringlab.machine.faults import Fault
+from ringlab.machine.faults import PF, Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
 from ringlab.machine.mmu import Mmu
 from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
@@ -60,6 +60,8 @@ class ShadowPageTables:
         self.on_protected_write: Callable[[int], None] | None = None
         self.cr0 = cpu.state.cr0
         self.cr3 = cpu.state.cr3
+        self._last_fault: tuple[int, int, int] | None = None
+        self._repeats = 0
         self._view = CpuState()
         self._walker = Mmu(self.memory, self._view, Stats())
         self._walker.second_stage = p2m
@@ -118,10 +120,18 @@ class ShadowPageTables:
     def page_fault(self, exit: Exit) -> Fault | None:
         linear = exit.cr2 or 0
         code = exit.error_code or 0
+        key = (linear >> PAGE_SHIFT, code, self.cpu.stats.retired)
+        self._repeats = self._repeats + 1 if key == self._last_fault else 0
+        self._last_fault = key
         try:
             self.fill(linear, bool(code & _W), bool(code & _U))
         except Fault as fault:
             return fault
+        if self._repeats > 8:
+            # The shadow cannot express what the guest's tables allow (a user read-only page
+            # the guest kernel writes with WP off, under bt): give the guest its fault rather
+            # than loop.  Documented as a limit in docs/techniques.md.
+            return Fault(PF, code, linear)
         return None
 
     def fill(self, linear: int, write: bool, user: bool) -> None:
@@ -141,8 +151,8 @@ class ShadowPageTables:
         base = pdi << 22
         entries = [0] * 1024
         if not self.cr0 & CR0_PG:
-            for i in range(min(1024, max(0, (self.p2m.ram_size - base) >> PAGE_SHIFT))):
-                entries[i] = (base + (i << PAGE_SHIFT)) | _P | _U | _W
+            for i in range(1024):
+                entries[i] = self.p2m.translate(base + (i << PAGE_SHIFT), False) | _P | _U | _W
         else:
             try:
                 pde = int.from_bytes(self._read_physical((self.cr3 & _FRAME) + pdi * 4, 4), "little")
@@ -151,11 +161,11 @@ class ShadowPageTables:
                 table = self._read_physical(pde & _FRAME, PAGE_SIZE)
             except Fault:
                 return
-            limit = self.p2m.ram_size
             for i in range(1024):
                 pte = int.from_bytes(table[i * 4 : i * 4 + 4], "little")
-                if pte & _P and (pte & _FRAME) + PAGE_SIZE <= limit:
-                    entries[i] = (pte & _FRAME) | _P | (pde & pte & (_U | _W))
+                if pte & _P:
+                    frame = self.p2m.translate(pte & _FRAME, False)
+                    entries[i] = frame | _P | self._real_perm(pde & pte & (_U | _W))
         if not any(entries):
             return
         if not self._free:
@@ -216,12 +226,20 @@ class ShadowPageTables:
             self.memory.write(table, bytes(PAGE_SIZE))
             self._tables[pdi] = table
             self.memory.write32(self.root + pdi * 4, table | _P | _W | _U)
+        perm = self._real_perm(perm)
         if frame >> PAGE_SHIFT in self.protected:
             perm &= ~_W
         self.memory.write32(table + pti * 4, frame | _P | perm)
         self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add((linear >> PAGE_SHIFT) & 0xFFFFF)
         self.cpu.invalidate_page(linear)
         self.counters.shadow_syncs += 1
+
+    def _real_perm(self, perm: int) -> int:
+        """bt runs with the real WP forced on (to catch writes to translated code); a guest with
+        WP off may still write its supervisor pages, so those are shadowed writable."""
+        if self.force_wp and not self.cr0 & CR0_WP and not perm & _U:
+            return perm | _W
+        return perm
 
     def flush(self) -> None:
         self.memory.write(self.root, bytes(PAGE_SIZE))
