@@ -296,6 +296,9 @@ class DockerLauncher:
         }
         env = {**self.peer_env(anchor), **spec.env}
         try:
+            # Looked up first: containers.run would otherwise try to pull it, and fail with a
+            # registry error that says nothing about the image.
+            self.client.images.get(self.image)
             container = self.client.containers.run(
                 self.image,
                 command=list(spec.command),

@@ -368,5 +368,16 @@ def test_docker_launcher_starts_a_guest_container_that_down_removes(
     assert f"removed the guest docker {launched.detail}" in out, out
     assert launcher.running() == []
     d.ringlab("vm", "create", "e2e-left", "--workload", "hello", "--launcher", "docker")
+    # An image that is not there: a message that says so and what to do, and nothing started.
+    missing = subprocess.run(
+        ["ringlab", "vm", "create", "e2e-noimage", "--launcher", "docker", "--image", "ringlab:missing"],
+        env=os.environ | {"RINGLAB_HYPERVISOR": d.target, "RINGLAB_COMPOSE_PROJECT": d.project},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "image 'ringlab:missing' is missing: build it" in missing.stderr, missing.stderr
     assert [item.name for item in launcher.running()] == ["e2e-left"]
     timings.mark("launcher")
