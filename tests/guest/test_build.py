@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from ringlab.asm import assemble
-from ringlab.errors import AssemblyError, UsageError
+from ringlab.errors import UsageError
 from ringlab.image import Image
 from ringlab.isa import TABLE, Class
 from ringlab_guest.build import (
@@ -19,8 +18,6 @@ from ringlab_guest.build import (
     WORKLOADS,
     build_image,
     build_programs,
-    generate_program_table,
-    kernel_source,
     source_dir,
 )
 
@@ -56,18 +53,12 @@ def test_unknown_flavour_lists_the_valid_ones() -> None:
         build_image("hello", "turbo")
 
 
-def test_paravirt_flavour_is_not_built_yet() -> None:
-    with pytest.raises(
-        UsageError, match=r"the paravirt kernel flavour comes with the pv technique \(not built yet\)"
-    ):
-        build_image("hello", "paravirt")
-
-
-def test_paravirt_branch_fails_assembly_loudly() -> None:
-    """kernel.s with -D PARAVIRT must not assemble (pvops.s's stub names an undefined symbol)."""
-    text, path = kernel_source()
-    with pytest.raises(AssemblyError, match="paravirt_flavour_not_built_yet"):
-        assemble(text + generate_program_table([]), filename=str(path), defines={"PARAVIRT": 1})
+def test_paravirt_flavour_is_a_different_kernel_binary_from_the_same_source() -> None:
+    """-D PARAVIRT swaps pvops.s's macros for hypercalls: same workload, another kernel image."""
+    stock = build_image("hello", "stock")
+    paravirt = build_image("hello", "paravirt")
+    assert paravirt.data != stock.data
+    assert "pv_shared" in paravirt.symbols  # the page the pv ABI shares (docs/pv-abi.md)
 
 
 def test_build_is_fast_and_cached() -> None:
