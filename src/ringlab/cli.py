@@ -135,6 +135,11 @@ def _print_result(result: Any, as_json: bool) -> None:
     ex = doc["exit"]
     code = "" if ex["code"] is None else f" code {ex['code']}"
     detail = f": {ex['detail']}" if ex["detail"] else ""
+    diagnostics = doc.get("diagnostics")
+    if diagnostics:
+        from ringlab.vmm.diagnostics import summary
+
+        print(summary(diagnostics), file=sys.stderr)
     retired = doc["stats"]["guest"].get("retired", "?")
     print(f"[ringlab] exit {ex['reason']}{code}{detail} after {retired} instructions", file=sys.stderr)
 
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--suite",
-        choices=("micro", "speed", "contention", "services"),
+        choices=("micro", "speed", "efficiency", "contention", "services"),
         default="micro",
         help="which suite (default micro; contention and services run a local deployment)",
     )

@@ -30,7 +30,31 @@ def run_suite(args: argparse.Namespace) -> int:
         else:
             _print_speed(figures)
         return 0
+    if args.suite == "efficiency":
+        from ringlab.bench.efficiency import efficiency_suite
+
+        eff = efficiency_suite()
+        if args.json:
+            print(json.dumps(eff))
+        else:
+            _print_efficiency(eff)
+        return 0
     return _run_micro(args)
+
+
+def _print_efficiency(eff: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lo, hi = eff["rounds"]
+    table = Table(
+        title=f"efficiency: compute ({hi - lo} FNV-1a rounds of work) against native, best of {eff['repeats']}"
+    )
+    for col in ("technique", "throughput vs native (target >= 0.95)", "whole run vs native (boot included)"):
+        table.add_column(col, justify="left" if col == "technique" else "right")
+    for label, f in eff["techniques"].items():
+        table.add_row(label, f"{f['throughput']:.3f}", f"{f['whole_run']:.3f}")
+    Console().print(table)
 
 
 def _run_micro(args: argparse.Namespace) -> int:
