@@ -3,10 +3,11 @@
 Builds every image locally (no registry here: scripts/docker-images makes a debootstrap base, a
 Redis image and a wheelhouse), brings up ``docker-compose.yml`` with three guest replicas, waits for
 every health check, drives the deployment from the host over the published port (as a person
-would: the ``ringlab`` CLI for the VMs the test adds, the generated gRPC stubs to read consoles),
-kills the ``cpu`` container with SIGKILL while VMs run, starts it again, and checks that every VM
-still ends with exactly its workload's expected console output. Everything is torn down, whatever
-happens.
+would: ``examples/create_vms.py`` and the ``ringlab`` CLI add VMs under every technique, the
+generated gRPC stubs read consoles), kills the ``cpu`` container with SIGKILL while VMs run, starts
+it again, and checks that every VM still ends with exactly its workload's expected console output.
+Then ``ringlab vm create --launcher docker`` starts guest containers through the Docker SDK.
+Everything is torn down, whatever happens, and the phases are timed in pytest's summary.
 
 Marked ``docker``: the default ``pytest`` run deselects it; ``.ci/run`` runs it on its own with
 RINGLAB_REQUIRE_DOCKER=1, where a machine that cannot run an engine is a failure, not a skip.
@@ -43,10 +44,8 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 REDIS_IMAGE = "ringlab-redis:bookworm"
 APP_IMAGE = "ringlab:e2e"
 # Replicas take these in turn (TECHNIQUE:KERNEL:WORKLOAD); the test adds one VM per technique.
-GUEST_MIX = os.environ.get(
-    "RINGLAB_E2E_MIX", "native:stock:multi,hw:stock:compute,trap-emulate:stock:syscall"
-)
-ADDED_VMS = {"e2e-native": "native", "e2e-trap-emulate": "trap-emulate", "e2e-hw": "hw"}
+GUEST_MIX = os.environ.get("RINGLAB_E2E_MIX", "pv:paravirt:compute,bt:stock:multi,hw:stock:syscall")
+ADDED_VMS = {f"e2e-{t}": t for t in ("native", "trap-emulate", "bt", "pv", "hw")}
 ADDED_WORKLOAD = "compute"
 # The client script from examples/ (stubs, no CLI) and the techniques it creates VMs under.
 EXAMPLE = REPO / "examples" / "create_vms.py"
