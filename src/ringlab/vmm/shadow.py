@@ -93,8 +93,8 @@ class ShadowPageTables:
             old = self.cr0
             self.cr0 = (value & (CR0_WP | CR0_PG)) | CR0_PE  # ISA.md: only WP and PG are writable
             self.cpu.state.cr0 = self._real_cr0()
-            if (old ^ self.cr0) & CR0_PG:
-                self.flush()
+            if (old ^ self.cr0) & (CR0_PG | CR0_WP):
+                self.flush()  # shadow permissions depend on WP too (see _real_perm, fill)
         elif n == 3:
             self.cr3 = value
             self.flush()
@@ -128,9 +128,8 @@ class ShadowPageTables:
         except Fault as fault:
             return fault
         if self._repeats > 8:
-            # The shadow cannot express what the guest's tables allow (a user read-only page
-            # the guest kernel writes with WP off, under bt): give the guest its fault rather
-            # than loop.  Documented as a limit in docs/techniques.md.
+            # A safety net: a hidden fault that repeats without progress would loop forever;
+            # give the guest its fault instead.
             return Fault(PF, code, linear)
         return None
 
@@ -140,6 +139,11 @@ class ShadowPageTables:
             self.on_protected_write(frame >> PAGE_SHIFT)
         if (linear >> 22) & 0x3FF not in self._tables:
             self._prefetch((linear >> 22) & 0x3FF)
+        if write and not user and self.force_wp and not self.cr0 & CR0_WP and perm & _U and not perm & _W:
+            # The guest kernel (WP off) writes a read-only user page, which the real WP would
+            # refuse.  Shadow it supervisor-only and writable until the next user access, whose
+            # hidden fault shadows it user read-only again: one entry cannot say both.
+            perm = _W
         self._install(linear, frame, perm)
 
     def _prefetch(self, pdi: int) -> None:
