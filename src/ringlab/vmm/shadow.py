@@ -233,7 +233,10 @@ class ShadowPageTables:
         perm = self._real_perm(perm)
         if frame >> PAGE_SHIFT in self.protected:
             perm &= ~_W
-        self.memory.write32(table + pti * 4, frame | _P | perm)
+        entry = frame | _P | perm
+        if self.memory.read32(table + pti * 4) == entry:
+            return  # already shadowed as it is (an event delivery prefills the same pages each time)
+        self.memory.write32(table + pti * 4, entry)
         self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add((linear >> PAGE_SHIFT) & 0xFFFFF)
         self.cpu.invalidate_page(linear)
         self.counters.shadow_syncs += 1
