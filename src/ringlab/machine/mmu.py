@@ -179,16 +179,43 @@ class Mmu:
             self.memory.write(pa, blob[done : done + size])
             done += size
 
+    # The one- and four-byte accesses first try the fast caches the block compiler uses (filled
+    # by ``translate``, dropped with the TLB, never holding a code page for writes), so the
+    # interpreter and a VMM's emulation skip the page walk and its checks when they can.
     def read32(self, linear: int, user: bool) -> int:
+        linear &= M
+        if self.fast_caches and linear & 0xFFF <= 0xFFC:
+            off = self.read_cache[mode_index(user, self.state.cr0)].get(linear >> PAGE_SHIFT)
+            if off is not None:
+                pa = linear + off
+                return int.from_bytes(self.memory.data[pa : pa + 4], "little")
         return int.from_bytes(self.read_bytes(linear, 4, user), "little")
 
     def read8(self, linear: int, user: bool) -> int:
+        linear &= M
+        if self.fast_caches:
+            off = self.read_cache[mode_index(user, self.state.cr0)].get(linear >> PAGE_SHIFT)
+            if off is not None:
+                return self.memory.data[linear + off]
         return self.read_bytes(linear, 1, user)[0]
 
     def write32(self, linear: int, value: int, user: bool) -> None:
+        linear &= M
+        if self.fast_caches and linear & 0xFFF <= 0xFFC:
+            off = self.write_cache[mode_index(user, self.state.cr0)].get(linear >> PAGE_SHIFT)
+            if off is not None:  # the page is dirty already and holds no compiled code
+                pa = linear + off
+                self.memory.data[pa : pa + 4] = (value & M).to_bytes(4, "little")
+                return
         self.write_bytes(linear, (value & M).to_bytes(4, "little"), user)
 
     def write8(self, linear: int, value: int, user: bool) -> None:
+        linear &= M
+        if self.fast_caches:
+            off = self.write_cache[mode_index(user, self.state.cr0)].get(linear >> PAGE_SHIFT)
+            if off is not None:
+                self.memory.data[linear + off] = value & 0xFF
+                return
         self.write_bytes(linear, bytes((value & 0xFF,)), user)
 
     def fetch(self, linear: int, user: bool) -> Instruction:
