@@ -158,7 +158,18 @@ def dominant_events(cell: Mapping[str, Any], n: int = 2) -> str:
     skip = ("retired", "retired_by_ring", "virtual_time")
     events = {k: v for k, v in cell["events"].items() if not k.startswith(skip) and v > 0}
     top = sorted(events.items(), key=lambda kv: -kv[1])[:n]
-    return ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in top)
+    return ", ".join(f"{_event_label(k)} {v:g}" for k, v in top)
+
+
+def _event_label(key: str) -> str:
+    """``exceptions.14`` -> ``vector 14``; ``vm_exits.HLT (12)`` -> ``HLT (12)``; ``traps.in`` ->
+    ``traps in``."""
+    group, _, name = key.rpartition(".")
+    if group == "exceptions":
+        return f"vector {name}"
+    if group in ("vm_exits", "hypercalls"):
+        return name
+    return f"{group} {name}" if group else name
 
 
 def plot(figures: Mapping[str, Any], path: str) -> None:
