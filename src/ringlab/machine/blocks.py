@@ -282,6 +282,51 @@ class TranslationCache:
             if exit is not None:
                 return exit
 
+    def run_straight(self, count: int) -> int:
+        """Run at most ``count`` instructions from ``eip`` as compiled code, when the block
+        there is compiled (or hot enough to be); return how many retired (0: the caller runs
+        them itself).  For a VMM executing translated code whose next ``count`` instructions
+        are innocuous: the limit stops the block before anything else, and a tick stops it
+        where it falls, as ``run`` does."""
+        cpu = self.cpu
+        s = cpu.state
+        cpu.mmu.sync()
+        cpl = s.cs & 3
+        cr0 = s.cr0
+        mode = (cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)
+        mmu = cpu.mmu
+        rc = mmu.read_cache[mode]
+        eip = s.eip
+        off = rc.get(eip >> PAGE_SHIFT)
+        if off is None:
+            return 0
+        pa = eip + off
+        key = (eip << 32) | pa
+        block = self.blocks.get(key)
+        if block is None:
+            block = self._lookup(key, eip, pa)
+        if block is None or block.fn is None:
+            return 0
+        t = s.tsc
+        limit = t + count
+        if s.timer_period and s.timer_next < limit:
+            limit = s.timer_next
+        t2 = block.fn(
+            s, s.regs, cpu.memory.data, self._m32, rc, mmu.write_cache[mode], t, limit, self.write_probe
+        )
+        if t2 < 0:
+            t2 = ~t2
+        done = t2 - t
+        if done:
+            stats = cpu.stats
+            stats.block_cache_hits += 1
+            s.tsc = t2
+            stats.retired += done
+            stats.retired_by_ring[cpl] += done
+            if s.timer_period and t2 >= s.timer_next:
+                cpu.tick()
+        return done
+
     def _lookup(self, key: int, eip: int, pa: int) -> Block | None:
         heat = self.heat.get(key, 0) + 1
         if heat < HOT:

@@ -132,6 +132,14 @@ class Cpu:
             return self.translation_cache.run(end)
         return self.interpret(end)
 
+    def run_straight(self, count: int) -> int:
+        """Run up to ``count`` innocuous instructions from ``eip`` on the fast path; return how
+        many retired (0 without the fast path, or when the code there is not compiled)."""
+        if self.translation_cache is None:
+            return 0
+        self.stats.runs += 1
+        return self.translation_cache.run_straight(count)
+
     def interpret(self, end: int) -> Exit:
         """The pure interpreter's run loop, until an exit or ``stats.retired`` reaches ``end``."""
         s = self._state

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BinaryTranslation"]
 
+_STRAIGHT = 3
+"""Runs of at least this many innocuous kernel instructions go to the core's compiled code."""
 _YIELD = Exit(ExitReason.BUDGET)
 """Back to the VMM loop (the guest changed mode, or the budget ran out)."""
 
@@ -91,7 +93,9 @@ class BinaryTranslation:
                     return _YIELD
                 continue
             previous = block
-            for op in block.ops:
+            ops, runs, i = block.ops, block.direct_runs, 0
+            while i < len(ops):
+                op = ops[i]
                 if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
                     s.timer_pending = False
                     vcpu.pending_tick = True
@@ -107,6 +111,15 @@ class BinaryTranslation:
                     break
                 kind = op.kind
                 if kind is Kind.DIRECT:
+                    if runs[i] >= _STRAIGHT or block.all_direct:
+                        # Innocuous instructions translate to themselves: run them on the core's
+                        # compiled code (the simulated hardware's speed, not the VMM's work); a
+                        # block of nothing else may loop there until it branches elsewhere.
+                        count = end - stats.retired if block.all_direct else min(runs[i], end - stats.retired)
+                        done = cpu.run_straight(count)
+                        if done:
+                            i += done
+                            continue
                     try:
                         outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
                     except Fault as fault:
@@ -119,7 +132,9 @@ class BinaryTranslation:
                         cpu.retire(1)
                     elif isinstance(outcome, Exit):
                         return outcome  # pragma: no cover - innocuous handlers do not exit
+                    i += 1
                     continue
+                i += 1
                 counters.handled(op.insn.mnemonic, kind.value)
                 if kind is Kind.INLINE:
                     if privilege_fault(vm, op.insn):  # cli/sti above the guest's IOPL

@@ -78,6 +78,19 @@ class Block:
     epoch: int = 0
     source: tuple[int, bytes] | None = None
     """Self-checking blocks (from a volatile page): host address and the bytes translated."""
+    direct_runs: tuple[int, ...] = field(init=False)
+    """For each op, how many DIRECT ops start there in a row (0 for the others)."""
+    all_direct: bool = field(init=False)
+    """Every op is DIRECT and the last is a jump: run on the core's compiled code, the block can
+    loop on itself (its own branch) but never run past that branch into anything else."""
+
+    def __post_init__(self) -> None:
+        runs = [0] * len(self.ops)
+        for i in range(len(self.ops) - 1, -1, -1):
+            if self.ops[i].kind is Kind.DIRECT:
+                runs[i] = 1 + (runs[i + 1] if i + 1 < len(runs) else 0)
+        self.direct_runs = tuple(runs)
+        self.all_direct = bool(runs) and runs[0] == len(runs) and self.ops[-1].insn.mnemonic.startswith("j")
 
 
 class TranslationCache:
