@@ -32,13 +32,17 @@ def _created_vm(deployment: Deployment, workload: str = "hello") -> str:
 
 
 def _grant(deployment: Deployment, vm: str) -> int:
-    """Grant ``vm`` by hand (it is 'created', so the hypervisor's scheduler leaves it alone)."""
-    version, _ = deployment.state.sched_snapshot()
-    result = deployment.state.grant(
-        version=version, pcpu="test", now=time.time(), lease_seconds=60, chosen=vm, updates={}, events=[]
-    )
-    assert result.applied
-    return result.token
+    """Grant ``vm`` by hand (it is 'created', so the hypervisor's scheduler leaves it alone).
+    The live scheduler may move the snapshot between our read and our grant: a grant based on
+    an old snapshot is refused (that is the optimistic check), so try again on a fresh one."""
+    for _ in range(50):
+        version, _ = deployment.state.sched_snapshot()
+        result = deployment.state.grant(
+            version=version, pcpu="test", now=time.time(), lease_seconds=60, chosen=vm, updates={}, events=[]
+        )
+        if result.applied:
+            return result.token
+    raise AssertionError("the grant never applied: the snapshot kept moving")
 
 
 def test_run_vcpu_runs_until_the_first_console_exit(deployment: Deployment) -> None:
