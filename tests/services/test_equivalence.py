@@ -22,10 +22,7 @@ def _kernel(technique: str) -> str:
 
 
 def _image(workload: str, technique: str) -> object:
-    try:
-        return build_image(workload, _kernel(technique))
-    except Exception as exc:  # the paravirt kernel lands with the pv technique
-        pytest.skip(f"{_kernel(technique)} kernel not available: {exc}")
+    return build_image(workload, _kernel(technique))
 
 
 def run_through_services(
