@@ -251,6 +251,11 @@ class Cpu:
         self._state.regs[self._pending_in] = value & MASK32
         self._pending_in = None
 
+    def cancel_in(self) -> None:
+        """Forget a pending ``IO_IN``: the VMM completed it on its own copy of the vCPU, whose
+        registers arrive with the next world switch (``context.py``)."""
+        self._pending_in = None
+
     # -- control registers ---------------------------------------------------------------------
     def read_cr(self, n: int) -> int:
         s = self._state

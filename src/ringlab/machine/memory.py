@@ -3,10 +3,12 @@
 Addresses are physical.  An access that reaches beyond ``size`` is a machine check (#MC).
 Two pieces of bookkeeping serve the layers above:
 
-* dirty pages, for crash-consistent commits (``dirty_pages`` / ``clear_dirty``).  The block
-  compiler writes through a fast path that bypasses ``write``; it marks a page dirty when it
-  first enters the page in its write cache, and ``clear_dirty`` tells it (through
-  ``on_clear_dirty``) to forget those entries, so the next write to the page is seen again.
+* dirty pages, for crash-consistent commits (``dirty_pages`` / ``clear_dirty``), and the pages
+  written since the last world switch (``take_recent``: what crosses to the other side of the
+  boundary, ``context.py``).  The block compiler writes through a fast path that bypasses
+  ``write``; it marks a page dirty when it first enters the page in its write cache, and both
+  ``clear_dirty`` and ``take_recent`` tell it (through ``on_clear_dirty``) to forget those
+  entries, so the next write to the page is seen again.
 * code pages: pages holding compiled blocks.  A write into one calls ``on_code_write`` so the
   translation cache can drop the blocks the write overlaps.
 """
@@ -32,6 +34,7 @@ class Memory:
         self.size = size
         self.data = bytearray(size)
         self._dirty: set[int] = set()
+        self._recent: set[int] = set()
         self.code_pages: set[int] = set()
         """Page numbers that hold compiled code (maintained by the translation cache)."""
         self.on_code_write: Callable[[int, int], None] | None = None
@@ -64,6 +67,7 @@ class Memory:
         self.data[pa : pa + n] = blob
         first, last = pa >> PAGE_SHIFT, (pa + n - 1) >> PAGE_SHIFT
         self._dirty.update(range(first, last + 1))
+        self._recent.update(range(first, last + 1))
         if (
             self.code_pages
             and self.on_code_write is not None
@@ -84,6 +88,7 @@ class Memory:
     # -- dirty tracking ------------------------------------------------------------------
     def mark_dirty(self, page: int) -> None:
         self._dirty.add(page)
+        self._recent.add(page)
 
     def dirty_pages(self) -> frozenset[int]:
         """Page numbers (physical address >> 12) written since the last ``clear_dirty``."""
@@ -91,8 +96,18 @@ class Memory:
 
     def clear_dirty(self) -> None:
         self._dirty.clear()
+        self._recent.clear()
         for callback in self.on_clear_dirty:
             callback()
+
+    def take_recent(self) -> frozenset[int]:
+        """Page numbers written since the last ``take_recent`` (or ``clear_dirty``), and forget
+        them; the commit's dirty set is kept."""
+        recent = frozenset(self._recent)
+        self._recent.clear()
+        for callback in self.on_clear_dirty:
+            callback()
+        return recent
 
     def page(self, number: int) -> bytes:
         """The bytes of page ``number`` (the last page may be short)."""

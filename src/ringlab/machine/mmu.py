@@ -30,9 +30,11 @@ from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE, Memory
 from ringlab.machine.state import CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
 
-__all__ = ["Mmu", "SecondStage", "mode_index"]
+__all__ = ["TLB_FLUSH", "Mmu", "SecondStage", "mode_index"]
 
 M = 0xFFFFFFFF
+TLB_FLUSH = -1
+"""In ``Mmu.log``: the whole TLB was flushed."""
 _FRAME = 0xFFFFF000
 _P, _W, _U = 1, 2, 4
 
@@ -59,6 +61,9 @@ class Mmu:
         self.read_cache: list[dict[int, int]] = [{} for _ in range(8)]
         self.write_cache: list[dict[int, int]] = [{} for _ in range(8)]
         self.second_stage: SecondStage | None = None
+        self.log: list[int] | None = None
+        """When a list, TLB maintenance is recorded in it (``TLB_FLUSH`` or the linear address
+        invalidated) so the other side of a world switch can replay it (``context.py``)."""
         self._cr3 = state.cr3
         self._pg = state.cr0 & CR0_PG
         memory.on_clear_dirty.append(self.forget_writes)
@@ -69,6 +74,8 @@ class Mmu:
         self.tlb.clear()
         for cache in (*self.read_cache, *self.write_cache):
             cache.clear()
+        if self.log is not None:
+            self.log.append(TLB_FLUSH)
         self.stats.tlb_flushes += 1
         self._cr3 = self.state.cr3
         self._pg = self.state.cr0 & CR0_PG
@@ -76,6 +83,8 @@ class Mmu:
     def invalidate(self, linear: int) -> None:
         """Drop the translation of one page (``invlpg``)."""
         vpn = (linear & M) >> PAGE_SHIFT
+        if self.log is not None:
+            self.log.append(linear & M)
         self.tlb.pop(vpn, None)
         for cache in (*self.read_cache, *self.write_cache):
             cache.pop(vpn, None)

@@ -7,10 +7,10 @@ on how it ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Stats"]
+__all__ = ["Stats", "stats_from_json", "stats_to_json"]
 
 
 @dataclass
@@ -55,3 +55,23 @@ class Stats:
             "tlb_flushes": self.tlb_flushes,
             "tlb_misses": self.tlb_misses,
         }
+
+
+def stats_to_json(stats: Stats) -> dict[str, Any]:
+    d = asdict(stats)
+    d["exceptions"] = {str(k): v for k, v in stats.exceptions.items()}
+    return d
+
+
+def stats_from_json(d: dict[str, Any], stats: Stats | None = None) -> Stats:
+    """Counters from their JSON form, into ``stats`` (updated in place: the CPU, its MMU and its
+    compiled blocks share one ``Stats`` object) or a new one."""
+    stats = stats if stats is not None else Stats()
+    for key, value in d.items():
+        if key == "exceptions":
+            stats.exceptions = {int(k): int(v) for k, v in value.items()}
+        elif key == "retired_by_ring":
+            stats.retired_by_ring = [int(v) for v in value]
+        elif hasattr(stats, key):
+            setattr(stats, key, int(value))
+    return stats

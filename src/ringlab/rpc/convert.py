@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from ringlab.machine import Controls, Exit, ExitReason
-from ringlab.machine.stats import Stats
+from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
 
 __all__ = [
@@ -78,26 +77,6 @@ def exit_to_proto(e: Exit) -> cpu_pb2.VcpuExit:
     if e.instruction is not None:
         out.instruction = str(e.instruction)
     return out
-
-
-def stats_to_json(stats: Stats) -> dict[str, Any]:
-    d = asdict(stats)
-    d["exceptions"] = {str(k): v for k, v in stats.exceptions.items()}
-    return d
-
-
-def stats_from_json(d: dict[str, Any], stats: Stats | None = None) -> Stats:
-    """Counters from their JSON form, into ``stats`` (updated in place: the CPU, its MMU and its
-    compiled blocks share one ``Stats`` object) or a new one."""
-    stats = stats if stats is not None else Stats()
-    for key, value in d.items():
-        if key == "exceptions":
-            stats.exceptions = {int(k): int(v) for k, v in value.items()}
-        elif key == "retired_by_ring":
-            stats.retired_by_ring = [int(v) for v in value]
-        elif hasattr(stats, key):
-            setattr(stats, key, int(value))
-    return stats
 
 
 def guest_stats_to_proto(stats: Stats, virtual_time: int) -> common_pb2.GuestStats:

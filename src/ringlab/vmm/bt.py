@@ -63,7 +63,7 @@ class BinaryTranslation:
     # -- running -------------------------------------------------------------------------------
     def run(self, vm: VM, budget: int) -> Exit | Stop:
         if vm.vcpu.cpl == 3:
-            return vm.cpu.run(budget)  # user code: directly on the core
+            return vm.run_core(budget)  # user code: directly on the core
         exit = self._run_translated(vm, vm.cpu.stats.retired + budget)
         self._publish(vm)
         return exit

@@ -30,7 +30,7 @@ class Native:
         pass
 
     def run(self, vm: VM, budget: int) -> Exit:
-        return vm.cpu.run(budget)
+        return vm.run_core(budget)
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit.reason:

@@ -57,7 +57,7 @@ class Paravirt:
         vm.deprivilege.apply(vm.cpu.state, vm.vcpu)
 
     def run(self, vm: VM, budget: int) -> Exit | Stop:
-        return vm.cpu.run(budget)
+        return vm.run_core(budget)
 
     # -- the shared page -------------------------------------------------------------------------
     def _load(self, vm: VM) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ringlab.errors import ImageError
@@ -74,6 +75,10 @@ class VM:
         self.image = image
         self.memory_size = memory_size
         self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
+        self.run_core: Callable[[int], Exit] = self.cpu.run
+        """Run the guest on the core until an exit (``Cpu.run``).  In-process it is a call; the
+        hypervisor service makes it a world switch to the pCPU that holds the other copy of
+        this vCPU (``machine.context``), so every exit is handled here all the same."""
         self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM
         self.p2m = P2M(memory_size)
         self.counters = EventCounter()
