@@ -70,6 +70,10 @@ def test_run_vcpu_runs_until_the_first_console_exit(deployment: Deployment) -> N
         ({"vm": "", "lease_token": 1}, "needs the VM id"),
         ({"vm": "1", "lease_token": 0}, "fencing token"),
         ({"vm": "1", "lease_token": 1, "budget": 10**12}, "per-call maximum"),
+        (
+            {"vm": "1", "lease_token": 1, "budget": 5, "commit": cpu_pb2.CommitRequest()},
+            "commit only with budget 0",
+        ),
     ],
 )
 def test_run_vcpu_rejects_bad_requests(
@@ -92,6 +96,22 @@ def test_run_vcpu_of_an_unknown_vm_or_stale_generation(deployment: Deployment) -
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "latest is 0" in (
         err.value.details() or ""
     )
+
+
+def test_a_sync_made_for_another_copy_of_the_vcpu_is_refused(deployment: Deployment) -> None:
+    """The hypervisor's changes apply only to the copy they were made against: a pCPU that
+    reloaded an older commit says so instead of running from a mix of two states."""
+    cpu = deployment.cpu_stub()
+    vm = _created_vm(deployment)
+    request = cpu_pb2.RunVcpuRequest(
+        vm=vm, lease_token=1, generation=0, budget=10, sync=cpu_pb2.VcpuSync(base=500, registers={"eax": 1})
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        cpu.RunVcpu(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "at 0 retired instructions but the delta was made for one at 500" in (err.value.details() or "")
+    fresh = cpu.RunVcpu(cpu_pb2.RunVcpuRequest(vm=vm, lease_token=1, generation=0, budget=10), timeout=10)
+    assert fresh.cache_reloaded and fresh.stats.retired == 10  # nothing of the refused sync stayed
 
 
 def test_a_stale_lease_holders_commit_is_refused(deployment: Deployment) -> None:

@@ -15,12 +15,14 @@ from ringlab.vmm import run_vm
 from ringlab_guest.build import build_image
 from tests.services.conftest import service_config, start_deployment, unique
 
+CRASH_DB = {"native": 5, "bt": 6, "trap-emulate": 10}
 
-@pytest.mark.parametrize("technique", ["native", "bt"])
+
+@pytest.mark.parametrize("technique", list(CRASH_DB))
 def test_killing_the_pcpu_mid_run_loses_nothing_committed(redis_server: LocalRedis, technique: str) -> None:
     from ringlab_cpu.service import serve as serve_cpu
 
-    d = start_deployment(redis_server, slice=20_000, db=5 if technique == "native" else 6)
+    d = start_deployment(redis_server, slice=20_000, db=CRASH_DB[technique])
     spare = None
     try:
         hv = d.hypervisor_stub()
@@ -43,7 +45,7 @@ def test_killing_the_pcpu_mid_run_loses_nothing_committed(redis_server: LocalRed
             assert time.monotonic() < deadline
             time.sleep(0.01)
         d.cpu.stop(0)  # the pCPU dies between the first commit and the VM's end
-        url = d.redis.url.rsplit("/", 1)[0] + f"/{5 if technique == 'native' else 6}"
+        url = d.redis.url.rsplit("/", 1)[0] + f"/{CRASH_DB[technique]}"
         spare, _ = serve_cpu(service_config("cpu", url, pcpu=unique("spare")))
         result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=90), timeout=120)
         want = run_vm(image, technique=technique)

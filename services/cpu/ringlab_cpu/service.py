@@ -1,5 +1,10 @@
 """The cpu service: run a vCPU until an exit or the end of its slice (KVM_RUN), then say why.
 
+It does only what hardware does: it runs guest code on the RL-32 core with the controls (the
+VMCS, the intercepts) and the tables the hypervisor installed, and returns at every exit.  Each
+call carries the vCPU context both ways (``ringlab.machine.context``): the hypervisor's changes
+in, this run's changes out, so the hypervisor handles every exit on its own copy.
+
 It keeps each VM's context (registers, memory, compiled blocks) cached between slices, tagged
 with the commit generation it came from.  The hypervisor names the generation it believes is
 the latest in every request, so the pCPU knows its cache is stale without asking Redis; only a
@@ -9,6 +14,7 @@ miss costs a load (one MULTI/EXEC).  Commits are fenced by the grant's token in 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 import time
@@ -18,11 +24,13 @@ from typing import Any
 
 import grpc
 
-from ringlab.image import Image
 from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
+from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, track
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
     controls_from_proto,
+    delta_from_proto,
+    delta_to_proto,
     exit_to_proto,
     guest_stats_to_proto,
     stats_from_json,
@@ -30,8 +38,7 @@ from ringlab.rpc.convert import (
 )
 from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
-from ringlab.vmm import Stop
-from ringlab_cpu.hosted import HostedVm
+from ringlab.vmm.p2m import P2M
 
 __all__ = ["CpuServicer", "main", "serve"]
 
@@ -41,15 +48,11 @@ MAX_BUDGET = 50_000_000
 """One call never runs longer than this many instructions (a few seconds): a pCPU stays responsive."""
 CACHE_SIZE = 64
 ZERO_PAGE = bytes(4096)
-_SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
-RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
 
 
 @dataclass
 class CachedVcpu:
     cpu: Cpu
-    hosted: HostedVm | None
-    """Set for techniques whose exits are still handled beside the core (``hosted.py``)."""
     generation: int
     """The commit this context started from (or last committed)."""
     token: int
@@ -85,20 +88,14 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 f"VM {vm}: the caller expects commit {generation} but the latest is {ctx.generation}; "
                 "reload the VM's state and run again"
             )
-        hosted: HostedVm | None = None
-        if ctx.definition.get("technique", "native") == "native":
-            memory = Memory(ctx.memory_size)
-            for number, blob in ctx.pages.items():
-                memory.load(number << 12, blob)
-            memory.clear_dirty()
-            cpu = Cpu(memory, CpuState.from_dict(ctx.state), fast=True)
-            stats_from_json(ctx.stats, cpu.stats)
-        else:
-            hosted = HostedVm(Image.from_bytes(self.state.vm_image(vm)), ctx.definition)
-            hosted.replay(int(ctx.stats.get("retired", 0)))
-            cpu = hosted.cpu
-            cpu.memory.clear_dirty()
-        cached = CachedVcpu(cpu, hosted, ctx.generation, token, committed=dict(ctx.pages))
+        memory = Memory(int(ctx.definition.get("host_memory_size", ctx.memory_size)))
+        for number, blob in ctx.pages.items():
+            memory.load(number << 12, blob)
+        memory.clear_dirty()
+        cpu = Cpu(memory, CpuState.from_dict(ctx.state), fast=True)
+        stats_from_json(ctx.stats, cpu.stats)
+        track(cpu)
+        cached = CachedVcpu(cpu, ctx.generation, token, committed=dict(ctx.pages))
         self._cache[vm] = cached
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -115,40 +112,39 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             raise InvalidRequest("RunVcpu needs the fencing token of a grant in 'lease_token' (> 0)")
         if request.budget > MAX_BUDGET:
             raise InvalidRequest(f"budget {request.budget} is above the per-call maximum {MAX_BUDGET}")
+        if request.budget and request.HasField("commit"):
+            raise InvalidRequest(
+                "commit only with budget 0: the hypervisor commits once it has handled the slice's last exit"
+            )
         with self._lock:
             self.runs += 1
             cached, reloaded = self._context(request.vm, request.lease_token, request.generation)
             cpu = cached.cpu
-            if request.resume.HasField("in_value"):
-                if reloaded:
+            if request.HasField("sync"):
+                try:
+                    apply_delta(cpu, delta_from_proto(request.sync))
+                except ContextMismatch as exc:
                     self._cache.pop(request.vm, None)
                     raise WrongState(
-                        f"VM {request.vm}: its context was reloaded from commit {request.generation}, so the "
-                        "IO_IN this resume completes is not pending here; restart the slice from that commit"
-                    )
-                try:
-                    cpu.complete_in(request.resume.in_value)
-                except RuntimeError as exc:
-                    raise WrongState(f"VM {request.vm}: {exc}") from None
-            if cached.hosted is None:  # a hosted VM's technique sets its own controls
-                controls = controls_from_proto(request.controls)
-                if cpu.controls != controls:
-                    cpu.controls = controls
+                        f"VM {request.vm}: {exc} (this pCPU reloaded commit {cached.generation}); "
+                        "restart the slice from that commit"
+                    ) from None
+                except (ValueError, KeyError) as exc:
+                    self._cache.pop(request.vm, None)
+                    raise InvalidRequest(f"VM {request.vm}: the sync cannot be applied: {exc}") from None
+                cached.clean = False
+            self._second_stage(cpu, request.nested_ram_size)
+            controls = controls_from_proto(request.controls)
+            if cpu.controls != controls:
+                cpu.controls = controls
             started = time.perf_counter()
             before = cpu.stats.retired
-            stop, console = None, b""
-            if cached.hosted is not None:
-                exit = Exit(ExitReason.BUDGET)
-                if request.budget:
-                    outcome = cached.hosted.run(request.budget)
-                    exit, stop, console = outcome.exit, outcome.stop, outcome.console
-            else:
-                exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+            exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
             run_seconds = time.perf_counter() - started
             if request.budget:
                 cached.clean = False
             generation = cached.generation
-            if request.HasField("commit") and (request.budget == 0 or exit.reason in _SLICE_END):
+            if request.HasField("commit"):
                 generation = self._commit(request, cached)
             s = cpu.state
             return cpu_pb2.RunVcpuResponse(
@@ -159,31 +155,26 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 cache_reloaded=reloaded,
                 retired=cpu.stats.retired - before,
                 run_seconds=run_seconds,
-                console=console,
-                stop=None if stop is None else _stop_to_proto(stop),
+                sync=delta_to_proto(take_delta(cpu, before)),
             )
+
+    @staticmethod
+    def _second_stage(cpu: Cpu, ram_size: int) -> None:
+        """Nested paging: the MMU walks the guest's tables, then the P2M the hypervisor names."""
+        current = cpu.mmu.second_stage
+        if ram_size == 0:
+            if current is not None:
+                cpu.mmu.second_stage = None
+                cpu.flush_tlb()
+        elif not isinstance(current, P2M) or current.ram_size != ram_size:
+            cpu.mmu.second_stage = P2M(ram_size)
+            cpu.flush_tlb()
 
     def _commit(self, request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu) -> int:
         cpu = cached.cpu
         memory = cpu.memory
         c = request.commit
-        console = c.console
-        stats = stats_to_json(cpu.stats)
-        if cached.hosted is not None:
-            console += cached.hosted.uncommitted_console()
-            vm = cached.hosted.vm
-            stats["world_switches"] = vm.counters.world_switches
-            from ringlab.vmm.costs import cycles
-
-            stats["cycles"] = cycles(vm.technique.name, vm.guest_stats(), vm.counters)
-        else:
-            from ringlab.vmm.costs import cycles
-            from ringlab.vmm.counters import EventCounter
-
-            stats["cycles"] = cycles("native", cpu.stats, EventCounter())
-        if c.status:
-            # The run is over: keep ISA.md's JSON object as the in-process run builds it.
-            stats["result"] = self._result_doc(cached, c)
+        stats = stats_to_json(cpu.stats) | _json(c.stats_json, "commit.stats_json")
         changed = {}
         for number in memory.dirty_pages():
             page = memory.page(number)
@@ -195,8 +186,8 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             base_generation=cached.generation,
             state=cpu.state.to_dict(),
             stats=stats,
-            vmm={} if not c.vmm_state else _json(c.vmm_state),
-            console=console,
+            vmm=_json(c.vmm_state, "commit.vmm_state"),
+            console=c.console,
             status=c.status,
             code=c.code if c.HasField("code") else None,
             detail=c.detail,
@@ -210,21 +201,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         memory.clear_dirty()
         cached.committed.update(changed)
         cached.generation, cached.clean = generation, True
-        if cached.hosted is not None:
-            cached.hosted.console_committed = len(cached.hosted.vm.devices.console)
         return generation
-
-    def _result_doc(self, cached: CachedVcpu, c: cpu_pb2.CommitRequest) -> dict[str, Any]:
-        reason = RESULT_REASONS.get(c.status, c.status)
-        code = c.code if c.HasField("code") else None
-        if cached.hosted is not None:
-            stop = cached.hosted.stop
-            if stop is not None:
-                reason, code, detail = stop.reason, stop.code, stop.detail
-            else:
-                detail = c.detail
-            return cached.hosted.result_doc(reason, code, detail)
-        return native_result_doc(cached.cpu, reason, code, c.detail)
 
     def DescribeCpu(
         self, request: cpu_pb2.DescribeCpuRequest, context: grpc.ServicerContext
@@ -248,45 +225,15 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         return cpu_pb2.EchoResponse(payload=request.payload)
 
 
-def _stop_to_proto(stop: Stop) -> cpu_pb2.VmStop:
-    out = cpu_pb2.VmStop(reason=stop.reason, detail=stop.detail)
-    if stop.code is not None:
-        out.code = stop.code
-    return out
-
-
-def native_result_doc(cpu: Cpu, reason: str, code: int | None, detail: str) -> dict[str, Any]:
-    """ISA.md's JSON object for a VM run natively through the services, built by the same
-    code as ``run_vm(..., technique="native").to_json()`` (no VMM events, the same cost model)."""
-    from ringlab.vmm.costs import cycles
-    from ringlab.vmm.counters import EventCounter
-    from ringlab.vmm.vm import VmRunResult
-
-    counters = EventCounter()
-    result = VmRunResult(
-        console=b"",
-        reason=reason,
-        code=code,
-        detail=detail,
-        state=cpu.state.copy(),
-        stats=cpu.stats,
-        wall_seconds=0.0,
-        technique="native",
-        counters=counters,
-        cycles=cycles("native", cpu.stats, counters),
-    )
-    return result.to_json()
-
-
-def _json(text: str) -> dict[str, object]:
-    import json
-
+def _json(text: str, name: str) -> dict[str, Any]:
+    if not text:
+        return {}
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise InvalidRequest(f"commit.vmm_state is not JSON: {exc}") from None
+        raise InvalidRequest(f"{name} is not JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidRequest("commit.vmm_state must be a JSON object")
+        raise InvalidRequest(f"{name} must be a JSON object")
     return value
 
 

@@ -1,10 +1,12 @@
 """Driving one pCPU: the scheduler loop (decide, grant, run a slice, account) and the slice loop
-(RunVcpu until the slice ends, handling each exit).
+(the VM's own loop, ``VM.advance``, whose every core run is a ``RunVcpu`` world switch and whose
+every exit is handled here, ``remote.py``).
 
-Per slice the steady state costs two Redis round trips: the commit (done by the pCPU at the slice
-end, inside its RunVcpu) and the grant that accounts this slice and hands out the next (it also
-returns the fresh snapshot the next decision needs).  Exits inside a slice cost no Redis at all:
-runs are deterministic, so progress after the last commit is simply re-executed after a crash.
+Per slice the steady state costs two Redis round trips: the commit (done by the pCPU in the
+slice's last RunVcpu, with the hypervisor's last changes) and the grant that accounts this slice
+and hands out the next (it also returns the fresh snapshot the next decision needs).  Exits inside
+a slice cost no Redis at all: runs are deterministic, so progress after the last commit is simply
+re-executed after a crash.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from ringlab.image import Image
 from ringlab.rpc import open_channel
 from ringlab.rpc.convert import REASON_NAMES, controls_to_proto
 from ringlab.sched import CreditPolicy, Entry, SliceOutcome
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
-from ringlab_hypervisor.platform import STOP_STATUS, Platform, platform_for
+from ringlab.vmm import Stop
+from ringlab_hypervisor.remote import RemoteVm, stop_status
 
 __all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
 
@@ -40,11 +44,9 @@ class VmRuntime:
 
     vm: str
     definition: dict[str, Any]
-    platform: Platform
+    remote: RemoteVm
     vmm: dict[str, Any]
     generation: int
-    retired: int
-    controls: common_pb2.Controls = field(default_factory=common_pb2.Controls)
 
 
 class Runtimes:
@@ -57,16 +59,17 @@ class Runtimes:
 
     def get(self, vm: str, state: SharedState) -> VmRuntime:
         """The runtime of ``vm``, loaded through ``state`` (the caller's, which counts its round
-        trips) when this replica has none."""
+        trips) and replayed to its last commit when this replica has none."""
         with self._lock:
             rt = self._by_vm.get(vm)
         if rt is not None:
             return rt
         definition, _ = state.vm_record(vm)
         _state, stats, vmm, generation = state.vm_vcpu_summary(vm)
-        platform = platform_for(definition)
-        rt = VmRuntime(vm, definition, platform, vmm, generation, int(stats.get("retired", 0)))
-        rt.controls = controls_to_proto(platform.controls)
+        image = Image.from_bytes(state.vm_image(vm))
+        rt = VmRuntime(
+            vm, definition, RemoteVm(definition, image, int(stats.get("retired", 0))), vmm, generation
+        )
         with self._lock:
             self._by_vm[vm] = rt
         return rt
@@ -227,93 +230,93 @@ class PcpuDriver(threading.Thread):
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
             return "lost", 0, {}
+        remote = rt.remote
+        guest = remote.vm
         vmm = dict(rt.vmm)
         vmm.setdefault("started", time.time())
-        console = bytearray()
-        left = self.policy.slice_instructions
-        limit = rt.definition.get("max_instructions")
-        resume = cpu_pb2.Resume()
-        generation = rt.generation
-        switches = 0
+        exits = vmm.setdefault("exits_by_reason", {})
         seen: dict[str, int] = {}
-        ended: tuple[str, int | None, str] | None = None
-        try:
-            while True:
-                budget = left
-                if limit is not None:
-                    budget = min(budget, int(limit) - rt.retired)
-                    if budget <= 0:
-                        ended = ("limit", None, f"{limit} instructions retired")
-                        break
-                request = cpu_pb2.RunVcpuRequest(
-                    vm=vm,
-                    lease_token=token,
-                    generation=generation,
-                    budget=budget,
-                    controls=rt.controls,
-                    resume=resume,
-                    commit=cpu_pb2.CommitRequest(console=bytes(console), vmm_state=json.dumps(vmm)),
-                )
-                response = self.stub.RunVcpu(request, timeout=60)
-                switches += 1
-                rt.retired = response.stats.retired
-                left -= response.retired
-                resume = cpu_pb2.Resume()
-                if response.generation != generation:  # the pCPU committed at the slice end
-                    generation = response.generation
-                    console.clear()
-                    rt.vmm, rt.generation = dict(vmm), generation
-                if response.HasField("stop"):  # a hosted VM's run is over
-                    stop = response.stop
-                    detail = stop.detail if stop.reason in STOP_STATUS else f"{stop.reason}: {stop.detail}"
-                    ended = (
-                        STOP_STATUS.get(stop.reason, "shutdown"),
-                        stop.code if stop.HasField("code") else None,
-                        detail,
-                    )
-                    break
-                reason = response.exit.reason
-                if reason == common_pb2.EXIT_REASON_BUDGET:
-                    if left <= 0 and not (limit is not None and rt.retired >= int(limit)):
-                        return "preempted", switches, seen
-                    continue
-                if reason == common_pb2.EXIT_REASON_IDLE:
-                    return "idle", switches, seen
-                exits = vmm.setdefault("exits_by_reason", {})
-                name = REASON_NAMES.get(reason, str(reason))
+        switches = 0
+
+        def link(
+            budget: int, sync: cpu_pb2.VcpuSync, controls: common_pb2.Controls, nested: int
+        ) -> cpu_pb2.RunVcpuResponse:
+            nonlocal switches
+            request = cpu_pb2.RunVcpuRequest(
+                vm=vm,
+                lease_token=token,
+                generation=rt.generation,
+                budget=budget,
+                controls=controls,
+                sync=sync,
+                nested_ram_size=nested,
+            )
+            response = self.stub.RunVcpu(request, timeout=60)
+            switches += 1
+            if response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
+                name = REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
                 exits[name] = exits.get(name, 0) + 1
                 seen[name] = seen.get(name, 0) + 1
                 vmm["exits"] = int(vmm.get("exits", 0)) + 1
-                handled = rt.platform.handle(response.exit, vmm)
-                console += handled.console
-                if handled.in_value is not None:
-                    resume.in_value = handled.in_value & 0xFFFFFFFF
-                if handled.ended is not None:
-                    ended = handled.ended
-                    break
-            status, code, detail = ended
+            return response
+
+        remote.link = link
+        limit = rt.definition.get("max_instructions")
+        budget = self.policy.slice_instructions
+        if limit is not None:
+            budget = min(budget, int(limit) - guest.cpu.stats.retired)
+        stop: Stop | None = None
+        how = "preempted"
+        failed = False
+        try:
+            outcome = guest.advance(budget) if budget > 0 else None
+            if isinstance(outcome, Stop):
+                stop = outcome
+            elif outcome is not None:
+                how = "idle"  # the guest idles in hlt: it yields the rest of its slice
+            elif limit is not None and guest.cpu.stats.retired >= int(limit):
+                stop = Stop("limit", None, f"{limit} instructions retired")
+        except grpc.RpcError as err:
+            return self._lost(vm, err, switches, seen)
+        except Exception as exc:  # a fault in the VMM itself: end this VM, keep the pCPU going
+            log.exception("VM %s: the hypervisor failed handling its exit", vm)
+            failed = True  # its copy may be half-changed: commit the pCPU's state as it is
+            stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
+        commit = cpu_pb2.CommitRequest(
+            console=remote.new_console(), stats_json=remote.statistics(stop), vmm_state=""
+        )
+        if stop is not None:
             vmm["ended"] = time.time()
-            commit = cpu_pb2.CommitRequest(
-                console=bytes(console), vmm_state=json.dumps(vmm), status=status, detail=detail
-            )
+            commit.status, code, commit.detail = stop_status(stop)
             if code is not None:
                 commit.code = code
-            final = cpu_pb2.RunVcpuRequest(
-                vm=vm,
-                lease_token=token,
-                generation=generation,
-                budget=0,
-                controls=rt.controls,
-                resume=resume,
-                commit=commit,
-            )
-            self.stub.RunVcpu(final, timeout=60)
-            switches += 1
+        commit.vmm_state = json.dumps(vmm)
+        final = cpu_pb2.RunVcpuRequest(
+            vm=vm,
+            lease_token=token,
+            generation=rt.generation,
+            budget=0,
+            controls=controls_to_proto(guest.cpu.controls),
+            sync=None if failed else remote.sync(),
+            commit=commit,
+        )
+        try:
+            response = self.stub.RunVcpu(final, timeout=60)
+        except grpc.RpcError as err:
+            return self._lost(vm, err, switches + 1, seen)
+        switches += 1
+        rt.generation, rt.vmm = response.generation, vmm
+        remote.console_committed = len(guest.devices.console)
+        if stop is not None:
             self.runtimes.drop(vm)
             return "ended", switches, seen
-        except grpc.RpcError as err:
-            # A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
-            # generation or a dead pCPU: drop what this slice did; the VM resumes from its commit.
-            log.info("VM %s slice on %s abandoned: %s: %s", vm, self.pcpu, err.code(), err.details())
-            self.runtimes.drop(vm)
-            return "lost", switches, seen
+        return how, switches, seen
+
+    def _lost(
+        self, vm: str, err: grpc.RpcError, switches: int, seen: dict[str, int]
+    ) -> tuple[str, int, dict[str, int]]:
+        """A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
+        generation or a dead pCPU: drop what this slice did; the VM resumes from its commit."""
+        log.info("VM %s slice on %s abandoned: %s: %s", vm, self.pcpu, err.code(), err.details())
+        self.runtimes.drop(vm)
+        return "lost", switches, seen

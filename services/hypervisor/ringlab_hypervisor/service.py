@@ -17,7 +17,6 @@ import grpc
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
-from ringlab.machine import Cpu
 from ringlab.machine.stats import Stats
 from ringlab.rpc import (
     ServiceConfig,
@@ -34,7 +33,7 @@ from ringlab.sched.credit import TERMINAL
 from ringlab.store import Exhausted, InvalidRequest, SharedState, WrongState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
-from ringlab_hypervisor.platform import SERVICE_TECHNIQUES
+from ringlab_hypervisor.remote import SERVICE_TECHNIQUES, new_vm
 
 __all__ = ["HypervisorServicer", "main", "serve"]
 
@@ -125,8 +124,10 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         self, request: hypervisor_pb2.CreateVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.Vm:
         definition, image = _definition(request)
-        cpu = Cpu.boot(image, memory_size=definition["memory_size"])
-        pages = {p: cpu.memory.page(p) for p in range(image.base >> 12, (image.end + 4095) >> 12)}
+        booted = new_vm(definition, image)  # commit 0: the VM as its technique sets it up
+        memory = booted.cpu.memory
+        definition["host_memory_size"] = memory.size  # RAM, plus the shadow tables' pool above it
+        pages = {p: memory.page(p) for p in range(memory.pages) if any(memory.page(p))}
         entry = Entry(
             status="runnable" if request.start else "created", weight=definition["weight"], cap=request.cap
         )
@@ -134,7 +135,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             request.name,
             definition,
             request.image,
-            cpu.state.to_dict(),
+            booted.cpu.state.to_dict(),
             stats_to_json(Stats()),
             entry.to_dict(),
             pages,
@@ -293,7 +294,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         stats = stats_from_json(stats_json)
         status = record["status"] if record["status"] in TERMINAL else entry.get("status", record["status"])
         cpu_seconds = float(entry.get("cpu_seconds", 0.0))
-        exits = int(vmm.get("exits", 0)) + int(stats_json.get("world_switches", 0))
+        exits = int(vmm.get("exits", 0))
         cycles = int(stats_json.get("cycles", 0)) or stats.retired + EXIT_CYCLES * exits
         out = hypervisor_pb2.Vm(
             id=vm,

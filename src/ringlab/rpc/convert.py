@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
+from ringlab.isa import decode, encode
 from ringlab.machine import Controls, Exit, ExitReason
+from ringlab.machine.context import ContextDelta
 from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
 
@@ -14,6 +17,9 @@ __all__ = [
     "TECHNIQUES",
     "controls_from_proto",
     "controls_to_proto",
+    "delta_from_proto",
+    "delta_to_proto",
+    "exit_from_proto",
     "exit_to_proto",
     "guest_stats_to_proto",
     "guest_stats_to_json",
@@ -68,15 +74,58 @@ def controls_to_proto(c: Controls) -> common_pb2.Controls:
     )
 
 
+_EXIT_FIELDS: tuple[
+    Literal["port", "value", "register", "vector", "error_code", "cr2", "delivering", "eip"], ...
+] = (
+    "port",
+    "value",
+    "register",
+    "vector",
+    "error_code",
+    "cr2",
+    "delivering",
+    "eip",
+)
+_REASON_OF = {v: k for k, v in EXIT_REASONS.items()}
+
+
 def exit_to_proto(e: Exit) -> cpu_pb2.VcpuExit:
     out = cpu_pb2.VcpuExit(reason=EXIT_REASONS[e.reason], detail=e.detail)
-    for name in ("port", "value", "register", "vector", "error_code", "cr2", "eip"):
+    for name in _EXIT_FIELDS:
         value = getattr(e, name)
         if value is not None:
             setattr(out, name, value & 0xFFFFFFFF)
     if e.instruction is not None:
         out.instruction = str(e.instruction)
+        out.instruction_bytes = encode(e.instruction.spec, e.instruction.operands)
     return out
+
+
+def exit_from_proto(e: cpu_pb2.VcpuExit) -> Exit:
+    """The exit as the core returned it (the instruction decoded from its encoding)."""
+    values = {name: getattr(e, name) for name in _EXIT_FIELDS if e.HasField(name)}
+    instruction = decode(e.instruction_bytes) if e.instruction_bytes else None
+    return Exit(_REASON_OF[e.reason], instruction=instruction, detail=e.detail, **values)
+
+
+def delta_to_proto(d: ContextDelta) -> cpu_pb2.VcpuSync:
+    return cpu_pb2.VcpuSync(
+        base=d.base,
+        registers={k: int(v) for k, v in d.state.items()},
+        stats_json=json.dumps(d.stats),
+        pages=d.pages,
+        tlb=d.tlb,
+    )
+
+
+def delta_from_proto(s: cpu_pb2.VcpuSync) -> ContextDelta:
+    return ContextDelta(
+        base=s.base,
+        state=dict(s.registers),
+        stats=json.loads(s.stats_json) if s.stats_json else {},
+        pages=dict(s.pages),
+        tlb=list(s.tlb),
+    )
 
 
 def guest_stats_to_proto(stats: Stats, virtual_time: int) -> common_pb2.GuestStats:

@@ -25,41 +25,47 @@ _sym_db = _symbol_database.Default()
 from ringlab.v1 import common_pb2 as ringlab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\",\n\x06Resume\x12\x15\n\x08in_value\x18\x01 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_in_value\"o\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\tB\x07\n\x05_code\"\xcc\x01\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12\"\n\x06resume\x18\x06 \x01(\x0b\x32\x12.ringlab.v1.Resume\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\"\xb1\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\tB\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eip\"\xd2\x02\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07\x63onsole\x18\x08 \x01(\x0c\x12 \n\x04stop\x18\t \x01(\x0b\x32\x12.ringlab.v1.VmStop\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"D\n\x06VmStop\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x11\n\x04\x63ode\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x07\n\x05_code\"\x14\n\x12\x44\x65scribeCpuRequest\"|\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\x12\x19\n\x11redis_round_trips\x18\x06 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\"\x81\x02\n\x08VcpuSync\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\x04\x12\x36\n\tregisters\x18\x02 \x03(\x0b\x32#.ringlab.v1.VcpuSync.RegistersEntry\x12\x12\n\nstats_json\x18\x03 \x01(\t\x12.\n\x05pages\x18\x04 \x03(\x0b\x32\x1f.ringlab.v1.VcpuSync.PagesEntry\x12\x0b\n\x03tlb\x18\x05 \x03(\x03\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nPagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x83\x01\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nstats_json\x18\x06 \x01(\tB\x07\n\x05_code\"\xf3\x01\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\x12\"\n\x04sync\x18\x08 \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x12\x17\n\x0fnested_ram_size\x18\t \x01(\x04J\x04\x08\x06\x10\x07R\x06resume\"\xf4\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x19\n\x11instruction_bytes\x18\x0b \x01(\x0c\x12\x17\n\ndelivering\x18\x0c \x01(\rH\x07\x88\x01\x01\x42\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eipB\r\n\x0b_delivering\"\xde\x02\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x12\"\n\x04sync\x18\n \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nR\x07\x63onsoleR\x04stop\"\x14\n\x12\x44\x65scribeCpuRequest\"|\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\x12\x19\n\x11redis_round_trips\x18\x06 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringlab.v1.cpu_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VCPUSYNC_REGISTERSENTRY']._loaded_options = None
+  _globals['_VCPUSYNC_REGISTERSENTRY']._serialized_options = b'8\001'
+  _globals['_VCPUSYNC_PAGESENTRY']._loaded_options = None
+  _globals['_VCPUSYNC_PAGESENTRY']._serialized_options = b'8\001'
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._loaded_options = None
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_options = b'8\001'
-  _globals['_RESUME']._serialized_start=61
-  _globals['_RESUME']._serialized_end=105
-  _globals['_COMMITREQUEST']._serialized_start=107
-  _globals['_COMMITREQUEST']._serialized_end=218
-  _globals['_RUNVCPUREQUEST']._serialized_start=221
-  _globals['_RUNVCPUREQUEST']._serialized_end=425
-  _globals['_VCPUEXIT']._serialized_start=428
-  _globals['_VCPUEXIT']._serialized_end=733
-  _globals['_RUNVCPURESPONSE']._serialized_start=736
-  _globals['_RUNVCPURESPONSE']._serialized_end=1074
-  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_start=1026
-  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_end=1074
-  _globals['_VMSTOP']._serialized_start=1076
-  _globals['_VMSTOP']._serialized_end=1144
-  _globals['_DESCRIBECPUREQUEST']._serialized_start=1146
-  _globals['_DESCRIBECPUREQUEST']._serialized_end=1166
-  _globals['_CPUINFO']._serialized_start=1168
-  _globals['_CPUINFO']._serialized_end=1292
-  _globals['_EVICTVCPUREQUEST']._serialized_start=1294
-  _globals['_EVICTVCPUREQUEST']._serialized_end=1324
-  _globals['_EVICTVCPURESPONSE']._serialized_start=1326
-  _globals['_EVICTVCPURESPONSE']._serialized_end=1362
-  _globals['_ECHOREQUEST']._serialized_start=1364
-  _globals['_ECHOREQUEST']._serialized_end=1394
-  _globals['_ECHORESPONSE']._serialized_start=1396
-  _globals['_ECHORESPONSE']._serialized_end=1427
-  _globals['_CPU']._serialized_start=1430
-  _globals['_CPU']._serialized_end=1704
+  _globals['_VCPUSYNC']._serialized_start=62
+  _globals['_VCPUSYNC']._serialized_end=319
+  _globals['_VCPUSYNC_REGISTERSENTRY']._serialized_start=225
+  _globals['_VCPUSYNC_REGISTERSENTRY']._serialized_end=273
+  _globals['_VCPUSYNC_PAGESENTRY']._serialized_start=275
+  _globals['_VCPUSYNC_PAGESENTRY']._serialized_end=319
+  _globals['_COMMITREQUEST']._serialized_start=322
+  _globals['_COMMITREQUEST']._serialized_end=453
+  _globals['_RUNVCPUREQUEST']._serialized_start=456
+  _globals['_RUNVCPUREQUEST']._serialized_end=699
+  _globals['_VCPUEXIT']._serialized_start=702
+  _globals['_VCPUEXIT']._serialized_end=1074
+  _globals['_RUNVCPURESPONSE']._serialized_start=1077
+  _globals['_RUNVCPURESPONSE']._serialized_end=1427
+  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_start=225
+  _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_end=273
+  _globals['_DESCRIBECPUREQUEST']._serialized_start=1429
+  _globals['_DESCRIBECPUREQUEST']._serialized_end=1449
+  _globals['_CPUINFO']._serialized_start=1451
+  _globals['_CPUINFO']._serialized_end=1575
+  _globals['_EVICTVCPUREQUEST']._serialized_start=1577
+  _globals['_EVICTVCPUREQUEST']._serialized_end=1607
+  _globals['_EVICTVCPURESPONSE']._serialized_start=1609
+  _globals['_EVICTVCPURESPONSE']._serialized_end=1645
+  _globals['_ECHOREQUEST']._serialized_start=1647
+  _globals['_ECHOREQUEST']._serialized_end=1677
+  _globals['_ECHORESPONSE']._serialized_start=1679
+  _globals['_ECHORESPONSE']._serialized_end=1710
+  _globals['_CPU']._serialized_start=1713
+  _globals['_CPU']._serialized_end=1987
 # @@protoc_insertion_point(module_scope)

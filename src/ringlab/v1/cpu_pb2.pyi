@@ -23,28 +23,90 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class Resume(_message.Message):
-    """What the hypervisor did about the previous exit, applied before the vCPU runs again."""
+class VcpuSync(_message.Message):
+    """The vCPU context that crosses the world switch (ringlab.machine.context): what one side
+    changed since the last switch, so the other side's copy equals it again.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    IN_VALUE_FIELD_NUMBER: _builtins.int
-    in_value: _builtins.int
-    """completes a pending IO_IN"""
+    @_typing.final
+    class RegistersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BASE_FIELD_NUMBER: _builtins.int
+    REGISTERS_FIELD_NUMBER: _builtins.int
+    STATS_JSON_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    TLB_FIELD_NUMBER: _builtins.int
+    base: _builtins.int
+    """retired instructions of the copy this applies to"""
+    stats_json: _builtins.str
+    """the CPU's counters (machine.stats.stats_to_json)"""
+    @_builtins.property
+    def registers(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """CpuState.to_dict(): registers, control state, timer"""
+
+    @_builtins.property
+    def pages(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """page number -> bytes, every page written since the last switch"""
+
+    @_builtins.property
+    def tlb(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """TLB maintenance to replay in order: -1 flush, else invlpg address"""
+
     def __init__(
         self,
         *,
-        in_value: _builtins.int | None = ...,
+        base: _builtins.int = ...,
+        registers: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        stats_json: _builtins.str = ...,
+        pages: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        tlb: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_in_value", b"_in_value", "in_value", b"in_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_in_value", b"_in_value", "in_value", b"in_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "pages", b"pages", "registers", b"registers", "stats_json", b"stats_json", "tlb", b"tlb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__in_value: _TypeAlias = _typing.Literal["in_value"]  # noqa: Y015
-    _WhichOneofArgType__in_value: _TypeAlias = _typing.Literal["_in_value", b"_in_value"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__in_value) -> _WhichOneofReturnType__in_value | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Resume: _TypeAlias = Resume  # noqa: Y015
+Global___VcpuSync: _TypeAlias = VcpuSync  # noqa: Y015
 
 @_typing.final
 class CommitRequest(_message.Message):
@@ -59,6 +121,7 @@ class CommitRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    STATS_JSON_FIELD_NUMBER: _builtins.int
     console: _builtins.bytes
     """console bytes the device back end produced since the last commit"""
     vmm_state: _builtins.str
@@ -67,6 +130,8 @@ class CommitRequest(_message.Message):
     """the VM status to record ("" = leave as is), e.g. "poweroff" """
     code: _builtins.int
     detail: _builtins.str
+    stats_json: _builtins.str
+    """the VMM's statistics to record beside the CPU's (JSON object)"""
     def __init__(
         self,
         *,
@@ -75,10 +140,11 @@ class CommitRequest(_message.Message):
         status: _builtins.str = ...,
         code: _builtins.int | None = ...,
         detail: _builtins.str = ...,
+        stats_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "console", b"console", "detail", b"detail", "status", b"status", "vmm_state", b"vmm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "console", b"console", "detail", b"detail", "stats_json", b"stats_json", "status", b"status", "vmm_state", b"vmm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
     _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015
@@ -95,21 +161,26 @@ class RunVcpuRequest(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     CONTROLS_FIELD_NUMBER: _builtins.int
-    RESUME_FIELD_NUMBER: _builtins.int
     COMMIT_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
+    NESTED_RAM_SIZE_FIELD_NUMBER: _builtins.int
     vm: _builtins.str
     lease_token: _builtins.int
     """fencing token of the grant that lets this caller run the VM"""
     generation: _builtins.int
     """the commit the caller believes is the VM's latest"""
     budget: _builtins.int
+    nested_ram_size: _builtins.int
+    """nested paging: the guest RAM the P2M maps (the EPT); 0 = none"""
     @_builtins.property
     def controls(self) -> _common_pb2.Controls: ...
     @_builtins.property
-    def resume(self) -> Global___Resume: ...
-    @_builtins.property
     def commit(self) -> Global___CommitRequest:
         """unset = do not commit"""
+
+    @_builtins.property
+    def sync(self) -> Global___VcpuSync:
+        """unset = the hypervisor changed nothing since the last exit"""
 
     def __init__(
         self,
@@ -119,12 +190,13 @@ class RunVcpuRequest(_message.Message):
         generation: _builtins.int = ...,
         budget: _builtins.int = ...,
         controls: _common_pb2.Controls | None = ...,
-        resume: Global___Resume | None = ...,
         commit: Global___CommitRequest | None = ...,
+        sync: Global___VcpuSync | None = ...,
+        nested_ram_size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "controls", b"controls", "resume", b"resume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "controls", b"controls", "sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "commit", b"commit", "controls", b"controls", "generation", b"generation", "lease_token", b"lease_token", "resume", b"resume", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "commit", b"commit", "controls", b"controls", "generation", b"generation", "lease_token", b"lease_token", "nested_ram_size", b"nested_ram_size", "sync", b"sync", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -144,6 +216,8 @@ class VcpuExit(_message.Message):
     EIP_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_BYTES_FIELD_NUMBER: _builtins.int
+    DELIVERING_FIELD_NUMBER: _builtins.int
     reason: _common_pb2.ExitReason.ValueType
     port: _builtins.int
     value: _builtins.int
@@ -155,6 +229,10 @@ class VcpuExit(_message.Message):
     instruction: _builtins.str
     """the intercepted instruction, disassembled"""
     detail: _builtins.str
+    instruction_bytes: _builtins.bytes
+    """and encoded, for the VMM to decode"""
+    delivering: _builtins.int
+    """the vector whose delivery faulted (EXCEPTION)"""
     def __init__(
         self,
         *,
@@ -168,13 +246,17 @@ class VcpuExit(_message.Message):
         eip: _builtins.int | None = ...,
         instruction: _builtins.str = ...,
         detail: _builtins.str = ...,
+        instruction_bytes: _builtins.bytes = ...,
+        delivering: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "eip", b"eip", "error_code", b"error_code", "port", b"port", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_delivering", b"_delivering", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "delivering", b"delivering", "eip", b"eip", "error_code", b"error_code", "port", b"port", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "detail", b"detail", "eip", b"eip", "error_code", b"error_code", "instruction", b"instruction", "port", b"port", "reason", b"reason", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_delivering", b"_delivering", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "delivering", b"delivering", "detail", b"detail", "eip", b"eip", "error_code", b"error_code", "instruction", b"instruction", "instruction_bytes", b"instruction_bytes", "port", b"port", "reason", b"reason", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cr2: _TypeAlias = _typing.Literal["cr2"]  # noqa: Y015
     _WhichOneofArgType__cr2: _TypeAlias = _typing.Literal["_cr2", b"_cr2"]  # noqa: Y015
+    _WhichOneofReturnType__delivering: _TypeAlias = _typing.Literal["delivering"]  # noqa: Y015
+    _WhichOneofArgType__delivering: _TypeAlias = _typing.Literal["_delivering", b"_delivering"]  # noqa: Y015
     _WhichOneofReturnType__eip: _TypeAlias = _typing.Literal["eip"]  # noqa: Y015
     _WhichOneofArgType__eip: _TypeAlias = _typing.Literal["_eip", b"_eip"]  # noqa: Y015
     _WhichOneofReturnType__error_code: _TypeAlias = _typing.Literal["error_code"]  # noqa: Y015
@@ -189,6 +271,8 @@ class VcpuExit(_message.Message):
     _WhichOneofArgType__vector: _TypeAlias = _typing.Literal["_vector", b"_vector"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cr2) -> _WhichOneofReturnType__cr2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivering) -> _WhichOneofReturnType__delivering | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__eip) -> _WhichOneofReturnType__eip | None: ...
     @_typing.overload
@@ -235,8 +319,7 @@ class RunVcpuResponse(_message.Message):
     CACHE_RELOADED_FIELD_NUMBER: _builtins.int
     RETIRED_FIELD_NUMBER: _builtins.int
     RUN_SECONDS_FIELD_NUMBER: _builtins.int
-    CONSOLE_FIELD_NUMBER: _builtins.int
-    STOP_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """the VM's latest commit after this call"""
     cache_reloaded: _builtins.bool
@@ -245,10 +328,6 @@ class RunVcpuResponse(_message.Message):
     """instructions retired by this call"""
     run_seconds: _builtins.float
     """host time spent executing guest code in this call"""
-    console: _builtins.bytes
-    """Hosted techniques, whose exit handlers still run beside the core (docs/services.md):
-    console bytes the guest wrote during this call
-    """
     @_builtins.property
     def exit(self) -> Global___VcpuExit: ...
     @_builtins.property
@@ -258,8 +337,8 @@ class RunVcpuResponse(_message.Message):
     @_builtins.property
     def stats(self) -> _common_pb2.GuestStats: ...
     @_builtins.property
-    def stop(self) -> Global___VmStop:
-        """set when the VM's run is over"""
+    def sync(self) -> Global___VcpuSync:
+        """what this run changed: pages written, TLB maintenance, counters"""
 
     def __init__(
         self,
@@ -271,45 +350,15 @@ class RunVcpuResponse(_message.Message):
         cache_reloaded: _builtins.bool = ...,
         retired: _builtins.int = ...,
         run_seconds: _builtins.float = ...,
-        console: _builtins.bytes = ...,
-        stop: Global___VmStop | None = ...,
+        sync: Global___VcpuSync | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats", "sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "console", b"console", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats", "sync", b"sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunVcpuResponse: _TypeAlias = RunVcpuResponse  # noqa: Y015
-
-@_typing.final
-class VmStop(_message.Message):
-    """How a hosted VM's run ended (ISA.md exit reason, code and detail)."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REASON_FIELD_NUMBER: _builtins.int
-    CODE_FIELD_NUMBER: _builtins.int
-    DETAIL_FIELD_NUMBER: _builtins.int
-    reason: _builtins.str
-    code: _builtins.int
-    detail: _builtins.str
-    def __init__(
-        self,
-        *,
-        reason: _builtins.str = ...,
-        code: _builtins.int | None = ...,
-        detail: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "code", b"code", "detail", b"detail", "reason", b"reason"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
-    _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__code) -> _WhichOneofReturnType__code | None: ...
-
-Global___VmStop: _TypeAlias = VmStop  # noqa: Y015
 
 @_typing.final
 class DescribeCpuRequest(_message.Message):

@@ -61,8 +61,9 @@ class CpuServicer:
 
     def RunVcpu(self, request, context):
         """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
-        holds `generation`, applies `resume`, commits first when `commit` is set (fenced by
-        `lease_token`), then runs for at most `budget` instructions (0 = commit only).
+        holds `generation`, applies `sync` (what the hypervisor changed while handling the last
+        exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
+        With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

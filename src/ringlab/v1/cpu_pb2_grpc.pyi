@@ -36,8 +36,9 @@ class CpuStub:
     def __new__(cls, channel: _aio.Channel) -> CpuAsyncStub: ...
     RunVcpu: _grpc.UnaryUnaryMultiCallable[_cpu_pb2.RunVcpuRequest, _cpu_pb2.RunVcpuResponse]
     """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
-    holds `generation`, applies `resume`, commits first when `commit` is set (fenced by
-    `lease_token`), then runs for at most `budget` instructions (0 = commit only).
+    holds `generation`, applies `sync` (what the hypervisor changed while handling the last
+    exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
+    With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
     """
     DescribeCpu: _grpc.UnaryUnaryMultiCallable[_cpu_pb2.DescribeCpuRequest, _cpu_pb2.CpuInfo]
     """What this pCPU is and what it has cached."""
@@ -53,8 +54,9 @@ class CpuAsyncStub(CpuStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunVcpu: _aio.UnaryUnaryMultiCallable[_cpu_pb2.RunVcpuRequest, _cpu_pb2.RunVcpuResponse]  # type: ignore[assignment]
     """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
-    holds `generation`, applies `resume`, commits first when `commit` is set (fenced by
-    `lease_token`), then runs for at most `budget` instructions (0 = commit only).
+    holds `generation`, applies `sync` (what the hypervisor changed while handling the last
+    exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
+    With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
     """
     DescribeCpu: _aio.UnaryUnaryMultiCallable[_cpu_pb2.DescribeCpuRequest, _cpu_pb2.CpuInfo]  # type: ignore[assignment]
     """What this pCPU is and what it has cached."""
@@ -73,8 +75,9 @@ class CpuServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cpu_pb2.RunVcpuResponse, _abc.Awaitable[_cpu_pb2.RunVcpuResponse]]:
         """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
-        holds `generation`, applies `resume`, commits first when `commit` is set (fenced by
-        `lease_token`), then runs for at most `budget` instructions (0 = commit only).
+        holds `generation`, applies `sync` (what the hypervisor changed while handling the last
+        exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
+        With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
         """
 
     @_abc_1.abstractmethod

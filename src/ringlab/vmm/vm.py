@@ -16,7 +16,7 @@ from typing import Any
 from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Exit
+from ringlab.machine.exits import Exit, ExitReason
 from ringlab.machine.platform import DeviceBackEnd, RunResult
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
@@ -101,39 +101,54 @@ class VM:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> VmRunResult:
-        cpu = self.cpu
         started = time.perf_counter()
-        stop: Stop
         while True:
-            if max_instructions is None:
-                budget = _SLICE
-            else:
-                budget = max_instructions - cpu.stats.retired
-                if budget <= 0:
-                    stop = Stop("limit", None, f"{max_instructions} instructions retired")
-                    break
-            outcome: Exit | Stop | None = self.technique.run(self, budget)
-            while isinstance(outcome, Exit):
-                outcome = self.technique.handle(self, outcome)
+            budget = _SLICE if max_instructions is None else max_instructions - self.cpu.stats.retired
+            if budget <= 0:
+                stop = Stop("limit", None, f"{max_instructions} instructions retired")
+                break
+            outcome = self.advance(budget)
             if isinstance(outcome, Stop):
                 stop = outcome
                 break
-        wall = time.perf_counter() - started
+        return self.result(stop, time.perf_counter() - started)
+
+    def advance(self, budget: int) -> Stop | Exit | None:
+        """Run the guest for ``budget`` more retired instructions, handling every exit: the
+        VMM's main loop (the technique runs a stretch of guest code, its one handler takes the
+        exit, repeat).  Returns the ``Stop`` when the run is over, an ``IDLE`` exit when the core
+        idles in ``hlt`` (only if its controls ask for that: the services yield the pCPU then),
+        or None once ``budget`` instructions have retired."""
+        cpu = self.cpu
+        end = cpu.stats.retired + budget
+        while cpu.stats.retired < end:
+            outcome: Exit | Stop | None = self.technique.run(self, end - cpu.stats.retired)
+            if isinstance(outcome, Exit) and outcome.reason is ExitReason.IDLE:
+                return outcome
+            while isinstance(outcome, Exit):
+                outcome = self.technique.handle(self, outcome)
+            if isinstance(outcome, Stop):
+                return outcome
+        return None
+
+    def result(self, stop: Stop, wall_seconds: float) -> VmRunResult:
+        """The run's result (``to_json()`` is ISA.md's object plus the VMM's statistics)."""
         from ringlab.vmm.costs import cycles  # costs reads counters; imported late to keep vm small
 
+        stats = self.guest_stats()
         return VmRunResult(
             console=bytes(self.devices.console),
             reason=stop.reason,
             code=stop.code,
             detail=stop.detail,
             state=self.guest_state(),
-            stats=self.guest_stats(),
-            wall_seconds=wall,
+            stats=stats,
+            wall_seconds=wall_seconds,
             technique=self.technique.name,
             nested_paging=getattr(self.technique, "nested_paging", False),
             counters=self.counters,
             diagnostics=list(self.diagnostics.values()),
-            cycles=cycles(self.technique.name, self.guest_stats(), self.counters),
+            cycles=cycles(self.technique.name, stats, self.counters),
         )
 
     # -- shared exit handling (called from each technique's one match) ------------------------

@@ -1,0 +1,118 @@
+"""A VM as the hypervisor holds it: the VMM's whole state for one VM and its copy of the vCPU.
+
+``ringlab.vmm.VM`` is the VMM of one VM (virtual CPU, shadow page tables, P2M, translation
+cache, device back end, counters).  ``VM.run_core``, the one place a technique runs guest code on
+the core, becomes a world switch here: what the handlers changed since the last exit goes to the
+pCPU with ``RunVcpu``, the pCPU runs the guest until its next exit, and what that run changed
+comes back (``ringlab.machine.context``).  The technique's one handler then handles the exit
+here, on this copy, exactly as in-process: emulation, hypercalls, shadow syncs, translation and
+devices all happen in the hypervisor; the pCPU only does what hardware does.
+
+Under ``bt`` the guest kernel's translated code is executed by this process against its copy
+(``BinaryTranslation.run``); user code runs on the pCPU (docs/services.md).
+
+The VMM's state is not in Redis.  A hypervisor that has no copy of a VM (it restarted, another
+replica ran the VM, a slice was lost) rebuilds it by *replaying* the VM in-process from its image
+to the committed instruction count: runs are deterministic (DESIGN.md), so the state is the same,
+and the first switch hands the pCPU every page the replay wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ringlab.image import Image
+from ringlab.machine import Exit, ExitReason
+from ringlab.machine.context import apply_delta, take_delta
+from ringlab.machine.mmu import TLB_FLUSH
+from ringlab.rpc.convert import controls_to_proto, delta_from_proto, delta_to_proto, exit_from_proto
+from ringlab.v1 import common_pb2, cpu_pb2
+from ringlab.vmm import TECHNIQUES, VM, Stop, make_technique
+
+__all__ = ["SERVICE_TECHNIQUES", "STOP_STATUS", "Link", "RemoteVm", "new_vm", "stop_status"]
+
+SERVICE_TECHNIQUES = TECHNIQUES
+STOP_STATUS = {"poweroff": "poweroff", "halt": "halted", "shutdown": "shutdown", "limit": "limit"}
+"""ISA.md exit reason -> VM status; any other reason (``refused``) ends the VM as shut down."""
+
+Link = Callable[[int, cpu_pb2.VcpuSync, common_pb2.Controls, int], cpu_pb2.RunVcpuResponse]
+"""One world switch: (budget, the hypervisor's changes, controls, nested RAM) -> the pCPU's run."""
+
+
+def new_vm(definition: dict[str, Any], image: Image) -> VM:
+    """The VM a definition describes, booted (the state ``CreateVm`` stores as commit 0)."""
+    technique = make_technique(definition["technique"], nested_paging=bool(definition.get("nested_paging")))
+    return VM(
+        image,
+        technique,
+        memory_size=int(definition["memory_size"]),
+        input=str(definition.get("input", "")).encode("latin-1"),
+    )
+
+
+class RemoteVm:
+    def __init__(self, definition: dict[str, Any], image: Image, retired: int) -> None:
+        self.vm = vm = new_vm(definition, image)
+        if retired:
+            outcome = vm.advance(retired)  # the replay: in-process, on this copy's own core
+            if vm.cpu.stats.retired != retired or isinstance(outcome, Stop):
+                raise RuntimeError(
+                    f"replaying VM {definition.get('name')!r} to its commit at {retired} instructions "
+                    f"reached {vm.cpu.stats.retired} ({outcome}): the run is not deterministic"
+                )
+        vm.cpu.mmu.log = [TLB_FLUSH]  # the pCPU's copy starts with whatever TLB it has
+        self.base = retired
+        """Retired instructions of the pCPU's copy as of the last switch."""
+        self.console_committed = len(vm.devices.console)
+        self.link: Link | None = None
+        self._controls: tuple[Any, common_pb2.Controls] | None = None
+        vm.run_core = self._run_core
+
+    def _run_core(self, budget: int) -> Exit:
+        """A world switch: the guest runs on the pCPU until its next exit."""
+        assert self.link is not None, "no pCPU to run on: set link for the slice"
+        cpu = self.vm.cpu
+        controls = cpu.controls
+        if self._controls is None or self._controls[0] is not controls:
+            # idle hlt exits so the vCPU yields its slice (DESIGN: boosted when it wakes)
+            self._controls = (
+                controls,
+                controls_to_proto(dataclasses.replace(controls, exit_on_idle_hlt=True)),
+            )
+        nested = self.vm.p2m.ram_size if cpu.mmu.second_stage is not None else 0
+        response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self._controls[1], nested)
+        apply_delta(cpu, delta_from_proto(response.sync))
+        self.base = cpu.stats.retired
+        exit = exit_from_proto(response.exit)
+        if exit.reason is ExitReason.IO_IN:
+            assert exit.register is not None
+            cpu.expect_in(exit.register)
+        return exit
+
+    def sync(self) -> cpu_pb2.VcpuSync:
+        """What the handlers changed since the last switch (sent with the slice's commit)."""
+        delta = take_delta(self.vm.cpu, self.base)
+        return delta_to_proto(delta)
+
+    def new_console(self) -> bytes:
+        return bytes(self.vm.devices.console[self.console_committed :])
+
+    def statistics(self, stop: Stop | None) -> str:
+        """The VMM's statistics for a commit: simulated cycles, world switches, and at the end
+        ISA.md's JSON object as ``run_vm(...).to_json()`` builds it (console and wall time are
+        filled in from the committed stream and the clock when it is read)."""
+        result = self.vm.result(stop or Stop("running"), 0.0)
+        out: dict[str, Any] = {"cycles": result.cycles, "world_switches": self.vm.counters.world_switches}
+        if stop is not None:
+            out["result"] = result.to_json()
+        return json.dumps(out)
+
+
+def stop_status(stop: Stop) -> tuple[str, int | None, str]:
+    """(VM status, code, detail) for how a run ended."""
+    if stop.reason in STOP_STATUS:
+        return STOP_STATUS[stop.reason], stop.code, stop.detail
+    return "shutdown", stop.code, f"{stop.reason}: {stop.detail}"

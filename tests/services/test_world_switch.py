@@ -1,0 +1,58 @@
+"""The service boundary is the world switch (DESIGN.md): the pCPU runs guest code only, and
+every exit it takes crosses to the hypervisor, which handles it (emulation, hypercalls, shadow
+syncs, devices) on its copy of the vCPU.  So the exits the hypervisor counts for a VM are exactly
+the exits its core takes in-process, reason by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from ringlab.machine import Exit, ExitReason
+from ringlab.rpc.convert import KERNELS, TECHNIQUES
+from ringlab.v1 import hypervisor_pb2
+from ringlab.vmm import VM, make_technique
+from ringlab_guest.build import build_image
+from tests.services.conftest import Deployment, unique
+
+
+def _core_exits_in_process(technique: str, workload: str) -> Counter[str]:
+    kernel = "paravirt" if technique == "pv" else "stock"
+    vm = VM(build_image(workload, kernel), make_technique(technique))
+    exits: Counter[str] = Counter()
+    core = vm.run_core
+
+    def counted(budget: int) -> Exit:
+        exit = core(budget)
+        if exit.reason is not ExitReason.BUDGET:
+            exits[exit.reason.value] += 1
+        return exit
+
+    vm.run_core = counted
+    assert vm.run().reason == "poweroff"
+    return exits
+
+
+@pytest.mark.parametrize("technique", ["trap-emulate", "bt", "pv", "hw"])
+def test_every_exit_of_the_core_crosses_to_the_hypervisor(deployment: Deployment, technique: str) -> None:
+    kernel = "paravirt" if technique == "pv" else "stock"
+    hv = deployment.hypervisor_stub()
+    name = unique(f"switch-{technique}")
+    hv.CreateVm(
+        hypervisor_pb2.CreateVmRequest(
+            name=name,
+            technique=TECHNIQUES[technique],
+            kernel=KERNELS[kernel],
+            workload="syscall",
+            image=build_image("syscall", kernel).to_bytes(),
+            start=True,
+        ),
+        timeout=30,
+    )
+    result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
+    assert result.reason == "poweroff"
+    crossed = dict(result.vm.stats.exits_by_reason)
+    want = _core_exits_in_process(technique, "syscall")
+    assert crossed == dict(want)
+    assert sum(crossed.values()) == result.vm.stats.exits > 0
