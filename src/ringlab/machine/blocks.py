@@ -282,48 +282,78 @@ class TranslationCache:
             if exit is not None:
                 return exit
 
-    def run_straight(self, count: int) -> int:
+    def run_straight(self, count: int, follow: Callable[[int, int], bool] | None = None) -> int:
         """Run at most ``count`` instructions from ``eip`` as compiled code, when the block
         there is compiled (or hot enough to be); return how many retired (0: the caller runs
         them itself).  For a VMM executing translated code whose next ``count`` instructions
         are innocuous: the limit stops the block before anything else, and a tick stops it
-        where it falls, as ``run`` does."""
+        where it falls, as ``run`` does.
+
+        ``follow(eip, pa)``, when given, is asked each time a block has run to its end (no
+        side exit, no tick, budget left) whether the run may go on with the block at ``eip``
+        (physical ``pa``): how a VMM chains innocuous translations that it has vouched for
+        without coming back to its dispatcher.  It is never asked after a side exit, so the
+        instruction that needs the interpreter (a fault, a write to write-protected code) is
+        always the caller's to run."""
         cpu = self.cpu
         s = cpu.state
-        cpu.mmu.sync()
+        mmu = cpu.mmu
+        mmu.sync()
         cpl = s.cs & 3
         cr0 = s.cr0
         mode = (cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)
-        mmu = cpu.mmu
         rc = mmu.read_cache[mode]
+        wc = mmu.write_cache[mode]
+        blocks = self.blocks
+        data = cpu.memory.data
+        regs = s.regs
+        m32 = self._m32
+        probe = self.write_probe
+        # Innocuous code changes neither the timer nor the mode: one deadline (the budget's end
+        # or the next tick) holds for the whole run, and time is accounted once at its end.
+        t = start = s.tsc
+        deadline = t + count
+        if s.timer_period and s.timer_next < deadline:
+            deadline = s.timer_next
+        ran = 0
         eip = s.eip
         off = rc.get(eip >> PAGE_SHIFT)
-        if off is None:
-            return 0
-        pa = eip + off
-        key = (eip << 32) | pa
-        block = self.blocks.get(key)
-        if block is None:
-            block = self._lookup(key, eip, pa)
-        if block is None or block.fn is None:
-            return 0
-        t = s.tsc
-        limit = t + count
-        if s.timer_period and s.timer_next < limit:
-            limit = s.timer_next
-        t2 = block.fn(
-            s, s.regs, cpu.memory.data, self._m32, rc, mmu.write_cache[mode], t, limit, self.write_probe
-        )
-        if t2 < 0:
-            t2 = ~t2
-        done = t2 - t
+        while off is not None:
+            pa = eip + off
+            key = (eip << 32) | pa
+            block = blocks.get(key)
+            if block is None:
+                block = self._lookup(key, eip, pa)
+                if block is None:
+                    break
+            fn = block.fn
+            if fn is None:
+                break
+            t2 = fn(s, regs, data, m32, rc, wc, t, deadline, probe)
+            if t2 < 0:  # a side exit: the next instruction is the interpreter's (the caller's)
+                t2 = ~t2
+                if t2 != t:
+                    ran += 1
+                    t = t2
+                break
+            if t2 == t:
+                break
+            ran += 1
+            t = t2
+            if t >= deadline or follow is None:
+                break
+            eip = s.eip
+            off = rc.get(eip >> PAGE_SHIFT)
+            if off is None or not follow(eip, eip + off):
+                break
+        done = t - start
         if done:
             stats = cpu.stats
-            stats.block_cache_hits += 1
-            s.tsc = t2
+            stats.block_cache_hits += ran
+            s.tsc = t
             stats.retired += done
             stats.retired_by_ring[cpl] += done
-            if s.timer_period and t2 >= s.timer_next:
+            if s.timer_period and t >= s.timer_next:
                 cpu.tick()
         return done
 

@@ -9,7 +9,7 @@ interpreter's ``step``, so both modes give the same results to the bit and the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ringlab.errors import ImageError
@@ -132,13 +132,15 @@ class Cpu:
             return self.translation_cache.run(end)
         return self.interpret(end)
 
-    def run_straight(self, count: int) -> int:
+    def run_straight(self, count: int, follow: Callable[[int, int], bool] | None = None) -> int:
         """Run up to ``count`` innocuous instructions from ``eip`` on the fast path; return how
-        many retired (0 without the fast path, or when the code there is not compiled)."""
+        many retired (0 without the fast path, or when the code there is not compiled).
+        ``follow(eip, pa)`` lets the run go on from one compiled block to the next while it
+        says yes (``blocks.TranslationCache.run_straight``)."""
         if self.translation_cache is None:
             return 0
         self.stats.runs += 1
-        return self.translation_cache.run_straight(count)
+        return self.translation_cache.run_straight(count, follow)
 
     def interpret(self, end: int) -> Exit:
         """The pure interpreter's run loop, until an exit or ``stats.retired`` reaches ``end``."""

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ringlab.isa import TABLE
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, PF, TIMER, Fault
+from ringlab.machine.memory import PAGE_SHIFT
+from ringlab.machine.mmu import mode_index
 from ringlab.vmm.emulate import emulate, privilege_fault
 from ringlab.vmm.events import reflect_exception, reflect_interrupt, reflect_software_interrupt
 from ringlab.vmm.execute import execute
@@ -32,6 +35,8 @@ _STRAIGHT = 3
 """Runs of at least this many innocuous kernel instructions go to the core's compiled code."""
 _YIELD = Exit(ExitReason.BUDGET)
 """Back to the VMM loop (the guest changed mode, or the budget ran out)."""
+_DIRECT = Kind.DIRECT
+_INT = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
 
 
 class BinaryTranslation:
@@ -74,6 +79,7 @@ class BinaryTranslation:
         s, stats = cpu.state, cpu.stats
         cache = self.cache
         assert cache is not None
+        follow, run_straight = cache.follow, cpu.run_straight
         previous: Block | None = None
         while True:
             if stats.retired >= end:
@@ -93,7 +99,7 @@ class BinaryTranslation:
                     return _YIELD
                 continue
             previous = block
-            ops, runs, i = block.ops, block.direct_runs, 0
+            ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
             while i < len(ops):
                 op = ops[i]
                 if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
@@ -106,17 +112,34 @@ class BinaryTranslation:
                         return result
                     previous = None
                     break
-                if stats.retired >= end or not block.valid or s.eip != op.eip:
+                if (
+                    stats.retired >= end
+                    or not block.valid
+                    or s.eip != op.eip
+                    or (i and block.source is not None and not cache.unchanged(block))
+                ):
+                    # (a self-checking block is compared again once some of it has run: an
+                    # instruction may have written the block's own code, with no fault to say so)
                     previous = None
                     break
                 kind = op.kind
-                if kind is Kind.DIRECT:
-                    if runs[i] >= _STRAIGHT or block.all_direct:
-                        # Innocuous instructions translate to themselves: run them on the core's
-                        # compiled code (the simulated hardware's speed, not the VMM's work); a
-                        # block of nothing else may loop there until it branches elsewhere.
-                        count = end - stats.retired if block.all_direct else min(runs[i], end - stats.retired)
-                        done = cpu.run_straight(count)
+                if kind is _DIRECT:
+                    if tails[i]:
+                        # Innocuous instructions translate to themselves: the rest of a block
+                        # of nothing else up to its branch runs on the core's compiled code (the
+                        # simulated hardware's speed, not the VMM's work), may loop there, and
+                        # goes on into the blocks it is chained to while they are all DIRECT
+                        # too (``cache.follow``).
+                        cache.current = block
+                        if run_straight(end - stats.retired, follow):
+                            block = previous = cache.current
+                            j = block.index.get(s.eip)
+                            if j is None:  # it branched out of its last block
+                                break
+                            ops, runs, tails, i = block.ops, block.direct_runs, block.tails, j
+                            continue
+                    elif runs[i] >= _STRAIGHT:  # a run of innocuous instructions in a block
+                        done = run_straight(min(runs[i], end - stats.retired))
                         if done:
                             i += done
                             continue
@@ -200,6 +223,8 @@ class BinaryTranslation:
                 vm.counters.world_switches += 1
                 vector, eip = exit.vector, exit.eip
                 assert vector is not None and eip is not None
+                if vector == TIMER and not _may_be_int(vm, eip):
+                    return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)
                 is_int = insn is not None and insn.mnemonic == "int" and insn.operands == (vector,)
                 if vector == TIMER and not is_int:
@@ -220,3 +245,13 @@ class BinaryTranslation:
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
             case _:
                 raise AssertionError(f"unexpected exit under bt: {exit}")
+
+
+def _may_be_int(vm: VM, eip: int) -> bool:
+    """Could the instruction at ``eip`` be an ``int n``?  False only when its first byte, read
+    through the MMU's cache for the current mode, is another opcode (a timer tick, then, not
+    ``int 0x20``); True when it is ``int``'s or the page is not in that cache."""
+    s = vm.cpu.state
+    mmu = vm.cpu.mmu
+    off = mmu.read_cache[mode_index(s.cs & 3 == 3, s.cr0)].get(eip >> PAGE_SHIFT)
+    return off is None or vm.cpu.memory.data[eip + off] == _INT

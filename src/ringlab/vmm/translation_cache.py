@@ -31,6 +31,7 @@ from ringlab.machine.cpu import Cpu
 from ringlab.machine.faults import Fault
 from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
+from ringlab.machine.mmu import mode_index
 
 __all__ = ["MAX_BLOCK", "Block", "Kind", "Op", "TranslationCache", "kind_of"]
 
@@ -73,6 +74,8 @@ class Block:
     eip: int
     ops: tuple[Op, ...]
     frames: frozenset[int]
+    pa: int = -1
+    """Host address of ``eip`` when translated (-1: not cached)."""
     valid: bool = True
     links: dict[int, Block] = field(default_factory=dict)
     epoch: int = 0
@@ -80,22 +83,37 @@ class Block:
     """Self-checking blocks (from a volatile page): host address and the bytes translated."""
     direct_runs: tuple[int, ...] = field(init=False)
     """For each op, how many DIRECT ops start there in a row (0 for the others)."""
+    tails: tuple[bool, ...] = field(init=False)
+    """For each op, whether it and every op after it are DIRECT and the last is a branch
+    (``jmp``, ``jcc``, ``call``, ``ret``): from there the block runs on the core's compiled
+    code, which stops at that branch (or loops on it) and never runs past it into anything
+    else; the core may then go on into the blocks it is chained to (``TranslationCache.follow``)."""
     all_direct: bool = field(init=False)
-    """Every op is DIRECT and the last is a jump: run on the core's compiled code, the block can
-    loop on itself (its own branch) but never run past that branch into anything else."""
+    """``tails[0]``: the whole block is innocuous and ends in a branch."""
+    index: dict[int, int] = field(init=False)
+    """eip -> position of its op."""
 
     def __post_init__(self) -> None:
-        runs = [0] * len(self.ops)
-        for i in range(len(self.ops) - 1, -1, -1):
+        n = len(self.ops)
+        runs = [0] * n
+        for i in range(n - 1, -1, -1):
             if self.ops[i].kind is Kind.DIRECT:
-                runs[i] = 1 + (runs[i + 1] if i + 1 < len(runs) else 0)
+                runs[i] = 1 + (runs[i + 1] if i + 1 < n else 0)
         self.direct_runs = tuple(runs)
-        self.all_direct = bool(runs) and runs[0] == len(runs) and self.ops[-1].insn.mnemonic.startswith("j")
+        branch = bool(n) and _is_branch(self.ops[-1].insn.mnemonic)
+        self.tails = tuple(branch and runs[i] == n - i for i in range(n))
+        self.all_direct = bool(n) and self.tails[0]
+        self.index = {op.eip: i for i, op in enumerate(self.ops)}
+
+
+def _is_branch(mnemonic: str) -> bool:
+    return mnemonic in ("jmp", "call", "ret") or mnemonic.startswith("j")
 
 
 class TranslationCache:
     def __init__(self, cpu: Cpu, protect: Callable[[int], None]) -> None:
         self.cpu = cpu
+        self._data = cpu.memory.data
         self._protect = protect
         self._blocks: dict[tuple[int, int], Block] = {}
         self._by_frame: dict[int, list[Block]] = {}
@@ -108,6 +126,8 @@ class TranslationCache:
         self._written: dict[int, int] = {}
         self.volatile: set[int] = set()
         """Host frames whose translations are self-checking instead of write-protected."""
+        self.current: Block | None = None
+        """The block the core is running for the VMM (``follow`` moves it along its links)."""
 
     def lookup(self, eip: int, previous: Block | None, epoch: int) -> Block:
         """The block at ``eip``: by the previous block's chain link, the cache, or a fresh
@@ -116,15 +136,21 @@ class TranslationCache:
             linked = previous.links.get(eip)
             if linked is not None and linked.valid and self._unchanged(linked):
                 self.chained += 1
+                if linked.epoch != epoch:
+                    linked.links.clear()
+                    linked.epoch = epoch
                 return linked
-        key = (eip, self.cpu.mmu.translate(eip, False, False))
+        key = (eip, self._host(eip))
         block = self._blocks.get(key)
         if block is not None and block.valid and self._unchanged(block):
             self.hits += 1
         else:
             block = self._translate(eip)
+            block.pa = key[1]
             self._blocks[key] = block
-        block.epoch = epoch
+        if block.epoch != epoch:  # its links were made under other page tables
+            block.links.clear()
+            block.epoch = epoch
         if previous is not None:
             if previous.epoch != epoch:
                 previous.links.clear()
@@ -132,12 +158,53 @@ class TranslationCache:
             previous.links[eip] = block
         return block
 
+    def _host(self, eip: int) -> int:
+        """The host address of the code at ``eip`` (a supervisor fetch): from the MMU's cache
+        of supervisor reads when it holds the page (what a walk would give), else by a walk,
+        which raises the fetch's ``Fault``."""
+        mmu = self.cpu.mmu
+        off = mmu.read_cache[mode_index(False, self.cpu.state.cr0)].get(eip >> PAGE_SHIFT)
+        return eip + off if off is not None else mmu.translate(eip, False, False)
+
+    def follow(self, eip: int, pa: int) -> bool:
+        """``Cpu.run_straight``'s hook: the core ran ``current`` (all DIRECT: its own
+        translation) to its end and is at ``eip`` (host ``pa``); it may go on if ``current`` is
+        chained to a valid all-DIRECT block translated from that very code (a self-checking one
+        is compared with memory first, as before every use).  The link is followed as
+        ``lookup`` follows one (``chained`` counts it), without the VMM's dispatch loop.  No
+        page-table change can happen inside such a run, so ``current``'s links are current."""
+        current = self.current
+        assert current is not None
+        linked = current.links.get(eip)
+        if linked is None or linked.pa != pa or not linked.all_direct or not linked.valid:
+            return False
+        source = linked.source
+        if source is not None:  # _unchanged, inline: this is the core's inner loop
+            self.self_checks += 1
+            at, code = source
+            if self._data[at : at + len(code)] != code:
+                linked.valid = False
+                self.invalidations += 1
+                return False
+        self.chained += 1
+        if linked.epoch != current.epoch:
+            linked.links.clear()
+            linked.epoch = current.epoch
+        self.current = linked
+        return True
+
+    def unchanged(self, block: Block) -> bool:
+        """True if ``block`` still matches the code it was translated from: always for a
+        write-protected block (a write drops it); a self-checking one is compared with memory,
+        and dropped (counted as an invalidation) if it differs."""
+        return self._unchanged(block)
+
     def _unchanged(self, block: Block) -> bool:
         if block.source is None:
             return True
         self.self_checks += 1
         pa, data = block.source
-        if self.cpu.memory.data[pa : pa + len(data)] == data:
+        if self._data[pa : pa + len(data)] == data:
             return True
         block.valid = False
         self.invalidations += 1
