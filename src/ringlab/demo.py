@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     # Short slices (100,000 instructions) so the chart shows the VMs taking turns even though the
-    # hosted techniques run far slower than native.
+    # techniques that exit often (every exit is a world switch to the hypervisor) run slower.
     with LocalDeployment.start(pcpus=1, slice=100_000) as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
         skipped: list[str] = []

@@ -58,6 +58,16 @@ def test_a_delta_makes_the_other_copy_equal_after_each_exit() -> None:
     assert a.memory.read32(0x9000 - 4) & 0xFF == 0x41  # ... with the value b supplied
 
 
+def test_a_commit_between_the_run_and_the_switch_keeps_the_pages_for_the_switch() -> None:
+    """The pCPU commits a slice's end (``clear_dirty``) before it answers the exit: what the run
+    wrote must still cross to the hypervisor's copy."""
+    a, _b = _pair()
+    a.run(1_000)
+    a.memory.clear_dirty()
+    assert a.memory.dirty_pages() == frozenset()
+    assert sorted(take_delta(a, 0).pages) == [5, 6, 7]
+
+
 def test_nothing_written_sends_no_pages() -> None:
     a, b = _pair()
     apply_delta(b, take_delta(a, 0))

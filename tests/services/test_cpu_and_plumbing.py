@@ -70,10 +70,6 @@ def test_run_vcpu_runs_until_the_first_console_exit(deployment: Deployment) -> N
         ({"vm": "", "lease_token": 1}, "needs the VM id"),
         ({"vm": "1", "lease_token": 0}, "fencing token"),
         ({"vm": "1", "lease_token": 1, "budget": 10**12}, "per-call maximum"),
-        (
-            {"vm": "1", "lease_token": 1, "budget": 5, "commit": cpu_pb2.CommitRequest()},
-            "commit only with budget 0",
-        ),
     ],
 )
 def test_run_vcpu_rejects_bad_requests(

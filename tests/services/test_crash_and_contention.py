@@ -174,7 +174,7 @@ def test_restarting_the_hypervisor_mid_run_loses_nothing(redis_server: LocalRedi
 
         stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{replacement.port}"))
         result = stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=60), timeout=90)
-        assert result.console == run_vm(image, technique="hw").console
+        assert result.console == run_vm(image, technique="hw").console, (result.reason, result.detail)
     finally:
         if replacement is not None:
             replacement.stop(1)

@@ -23,7 +23,7 @@ import grpc
 
 from ringlab.image import Image
 from ringlab.rpc import open_channel
-from ringlab.rpc.convert import REASON_NAMES, controls_to_proto
+from ringlab.rpc.convert import REASON_NAMES
 from ringlab.sched import CreditPolicy, Entry, SliceOutcome
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
@@ -237,11 +237,32 @@ class PcpuDriver(threading.Thread):
         exits = vmm.setdefault("exits_by_reason", {})
         seen: dict[str, int] = {}
         switches = 0
+        limit = rt.definition.get("max_instructions")
+        budget = self.policy.slice_instructions
+        if limit is not None:
+            budget = min(budget, int(limit) - guest.cpu.stats.retired)
+        slice_end = guest.cpu.stats.retired + budget
+        committed_at_switch = False
+        """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
+
+        def commit_request(stop: Stop | None = None) -> cpu_pb2.CommitRequest:
+            commit = cpu_pb2.CommitRequest(console=remote.new_console(), stats_json=remote.statistics(stop))
+            if stop is not None:
+                vmm["ended"] = time.time()
+                commit.status, code, commit.detail = stop_status(stop)
+                if code is not None:
+                    commit.code = code
+            commit.vmm_state = json.dumps(vmm)
+            return commit
+
+        def committed(response: cpu_pb2.RunVcpuResponse, vmm_state: str, console_end: int) -> None:
+            rt.generation, rt.vmm = response.generation, json.loads(vmm_state)
+            remote.console_committed = console_end
 
         def link(
             budget: int, sync: cpu_pb2.VcpuSync, controls: common_pb2.Controls, nested: int
         ) -> cpu_pb2.RunVcpuResponse:
-            nonlocal switches
+            nonlocal switches, committed_at_switch
             request = cpu_pb2.RunVcpuRequest(
                 vm=vm,
                 lease_token=token,
@@ -251,8 +272,13 @@ class PcpuDriver(threading.Thread):
                 sync=sync,
                 nested_ram_size=nested,
             )
+            if guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
+                request.commit.CopyFrom(commit_request())
             response = self.stub.RunVcpu(request, timeout=60)
             switches += 1
+            committed_at_switch = response.generation != rt.generation
+            if committed_at_switch:
+                committed(response, request.commit.vmm_state, len(guest.devices.console))
             if response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
                 name = REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
                 exits[name] = exits.get(name, 0) + 1
@@ -261,10 +287,6 @@ class PcpuDriver(threading.Thread):
             return response
 
         remote.link = link
-        limit = rt.definition.get("max_instructions")
-        budget = self.policy.slice_instructions
-        if limit is not None:
-            budget = min(budget, int(limit) - guest.cpu.stats.retired)
         stop: Stop | None = None
         how = "preempted"
         failed = False
@@ -282,21 +304,15 @@ class PcpuDriver(threading.Thread):
             log.exception("VM %s: the hypervisor failed handling its exit", vm)
             failed = True  # its copy may be half-changed: commit the pCPU's state as it is
             stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
-        commit = cpu_pb2.CommitRequest(
-            console=remote.new_console(), stats_json=remote.statistics(stop), vmm_state=""
-        )
-        if stop is not None:
-            vmm["ended"] = time.time()
-            commit.status, code, commit.detail = stop_status(stop)
-            if code is not None:
-                commit.code = code
-        commit.vmm_state = json.dumps(vmm)
+        if stop is None and committed_at_switch and not remote.changed_since_switch():
+            return how, switches, seen  # the slice's last run committed it, and nothing came after
+        commit = commit_request(stop)
         final = cpu_pb2.RunVcpuRequest(
             vm=vm,
             lease_token=token,
             generation=rt.generation,
             budget=0,
-            controls=controls_to_proto(guest.cpu.controls),
+            controls=remote.controls(),
             sync=None if failed else remote.sync(),
             commit=commit,
         )
@@ -305,8 +321,7 @@ class PcpuDriver(threading.Thread):
         except grpc.RpcError as err:
             return self._lost(vm, err, switches + 1, seen)
         switches += 1
-        rt.generation, rt.vmm = response.generation, vmm
-        remote.console_committed = len(guest.devices.console)
+        committed(response, commit.vmm_state, len(guest.devices.console))
         if stop is not None:
             self.runtimes.drop(vm)
             return "ended", switches, seen

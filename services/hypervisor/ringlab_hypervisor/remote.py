@@ -28,9 +28,11 @@ from ringlab.image import Image
 from ringlab.machine import Exit, ExitReason
 from ringlab.machine.context import apply_delta, take_delta
 from ringlab.machine.mmu import TLB_FLUSH
+from ringlab.machine.stats import stats_to_json
 from ringlab.rpc.convert import controls_to_proto, delta_from_proto, delta_to_proto, exit_from_proto
 from ringlab.v1 import common_pb2, cpu_pb2
 from ringlab.vmm import TECHNIQUES, VM, Stop, make_technique
+from ringlab.vmm.costs import vmm_cycles
 
 __all__ = ["SERVICE_TECHNIQUES", "STOP_STATUS", "Link", "RemoteVm", "new_vm", "stop_status"]
 
@@ -68,6 +70,8 @@ class RemoteVm:
         """Retired instructions of the pCPU's copy as of the last switch."""
         self.console_committed = len(vm.devices.console)
         self.link: Link | None = None
+        self._as_sent: tuple[dict[str, Any], dict[str, Any]] | None = None
+        """Registers and counters as the pCPU returned them at the last switch."""
         self._controls: tuple[Any, common_pb2.Controls] | None = None
         vm.run_core = self._run_core
 
@@ -75,39 +79,58 @@ class RemoteVm:
         """A world switch: the guest runs on the pCPU until its next exit."""
         assert self.link is not None, "no pCPU to run on: set link for the slice"
         cpu = self.vm.cpu
-        controls = cpu.controls
-        if self._controls is None or self._controls[0] is not controls:
-            # idle hlt exits so the vCPU yields its slice (DESIGN: boosted when it wakes)
-            self._controls = (
-                controls,
-                controls_to_proto(dataclasses.replace(controls, exit_on_idle_hlt=True)),
-            )
         nested = self.vm.p2m.ram_size if cpu.mmu.second_stage is not None else 0
-        response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self._controls[1], nested)
-        apply_delta(cpu, delta_from_proto(response.sync))
+        response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self.controls(), nested)
+        delta = delta_from_proto(response.sync)
+        apply_delta(cpu, delta)
         self.base = cpu.stats.retired
+        self._as_sent = (delta.state, delta.stats)
         exit = exit_from_proto(response.exit)
         if exit.reason is ExitReason.IO_IN:
             assert exit.register is not None
             cpu.expect_in(exit.register)
         return exit
 
+    def controls(self) -> common_pb2.Controls:
+        """The technique's intercepts, as the pCPU runs with them (a change of controls drops
+        the pCPU's compiled code, so they are sent identical while the technique keeps them)."""
+        controls = self.vm.cpu.controls
+        if self._controls is None or self._controls[0] is not controls:
+            # idle hlt exits so the vCPU yields its slice (DESIGN: boosted when it wakes)
+            self._controls = (
+                controls,
+                controls_to_proto(dataclasses.replace(controls, exit_on_idle_hlt=True)),
+            )
+        return self._controls[1]
+
     def sync(self) -> cpu_pb2.VcpuSync:
         """What the handlers changed since the last switch (sent with the slice's commit)."""
         delta = take_delta(self.vm.cpu, self.base)
         return delta_to_proto(delta)
 
+    def changed_since_switch(self) -> bool:
+        """Whether the handlers changed anything since the last switch (after which a commit the
+        pCPU made at that switch is not the whole story)."""
+        cpu = self.vm.cpu
+        return (
+            self._as_sent is None
+            or bool(cpu.mmu.log)
+            or cpu.memory.has_recent()
+            or self._as_sent != (cpu.state.to_dict(), stats_to_json(cpu.stats))
+        )
+
     def new_console(self) -> bytes:
         return bytes(self.vm.devices.console[self.console_committed :])
 
     def statistics(self, stop: Stop | None) -> str:
-        """The VMM's statistics for a commit: simulated cycles, world switches, and at the end
-        ISA.md's JSON object as ``run_vm(...).to_json()`` builds it (console and wall time are
-        filled in from the committed stream and the clock when it is read)."""
-        result = self.vm.result(stop or Stop("running"), 0.0)
-        out: dict[str, Any] = {"cycles": result.cycles, "world_switches": self.vm.counters.world_switches}
+        """The VMM's statistics for a commit: the cycles its events add (constant while the
+        guest runs on the pCPU), its world switches, and at the end ISA.md's JSON object as
+        ``run_vm(...).to_json()`` builds it (console and wall time are filled in from the
+        committed stream and the clock when it is read)."""
+        counters = self.vm.counters
+        out: dict[str, Any] = {"vmm_cycles": vmm_cycles(counters), "world_switches": counters.world_switches}
         if stop is not None:
-            out["result"] = result.to_json()
+            out["result"] = self.vm.result(stop, 0.0).to_json()
         return json.dumps(out)
 
 

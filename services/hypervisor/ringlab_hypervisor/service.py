@@ -32,6 +32,7 @@ from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
 from ringlab.store import Exhausted, InvalidRequest, SharedState, WrongState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm.costs import COSTS
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
 from ringlab_hypervisor.remote import SERVICE_TECHNIQUES, new_vm
 
@@ -41,9 +42,6 @@ log = logging.getLogger("ringlab.hypervisor")
 
 MAX_MEMORY = 64 << 20
 DEFAULT_MEMORY = 4 << 20
-EXIT_CYCLES = 1_500
-"""Simulated cycles of one VM exit round trip (a 2006 VT-x exit, DESIGN.md) until the techniques
-library's cost model prices each event."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TECHNIQUE_NAMES = {v: k for k, v in TECHNIQUES.items()}
 _KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
@@ -295,7 +293,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         status = record["status"] if record["status"] in TERMINAL else entry.get("status", record["status"])
         cpu_seconds = float(entry.get("cpu_seconds", 0.0))
         exits = int(vmm.get("exits", 0))
-        cycles = int(stats_json.get("cycles", 0)) or stats.retired + EXIT_CYCLES * exits
+        cycles = stats.retired * COSTS["instruction"] + int(stats_json.get("vmm_cycles", 0))
         out = hypervisor_pb2.Vm(
             id=vm,
             name=definition["name"],

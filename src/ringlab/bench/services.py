@@ -21,6 +21,8 @@ __all__ = ["contention_suite", "services_suite"]
 
 _LONG_COMPUTE = {"ROUNDS": 100_000}
 """Long enough that no VM finishes inside the measured window."""
+COMPUTE_RUNS = 3
+"""The services suite times compute this many times each way and keeps the best of each."""
 
 
 def _create(
@@ -142,15 +144,20 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
         switches = after.world_switches - before.world_switches
         trips = (after.redis_round_trips - before.redis_round_trips) + (cpu_trips1 - cpu_trips0)
 
-        # 3. compute through the services vs in-process (same image, same technique).
-        t = time.perf_counter()
-        local = run_vm(compute, technique="native")
-        in_process = time.perf_counter() - t
-        t = time.perf_counter()
-        _create(hv, "compute", compute.to_bytes())
-        remote = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm="compute", timeout_seconds=300), timeout=330)
-        through = time.perf_counter() - t
-        assert remote.console == local.console, "compute printed something else through the services"
+        # 3. compute through the services vs in-process (same image, same technique), best of
+        #    ``COMPUTE_RUNS`` each, interleaved so both see the same load on the machine.
+        in_process = through = float("inf")
+        for i in range(COMPUTE_RUNS):
+            t = time.perf_counter()
+            local = run_vm(compute, technique="native")
+            in_process = min(in_process, time.perf_counter() - t)
+            t = time.perf_counter()
+            _create(hv, f"compute-{i}", compute.to_bytes())
+            remote = hv.WaitVm(
+                hypervisor_pb2.WaitVmRequest(vm=f"compute-{i}", timeout_seconds=300), timeout=330
+            )
+            through = min(through, time.perf_counter() - t)
+            assert remote.console == local.console, "compute printed something else through the services"
     return {
         "exit_round_trip_us": round(exit_p50 * 1e6, 1),
         "echo_round_trip_us": round(echo_p50 * 1e6, 1),

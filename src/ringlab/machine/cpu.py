@@ -72,6 +72,7 @@ class Cpu:
         memory = Memory(memory_size)
         memory.load(image.base, image.data)
         memory.clear_dirty()
+        memory.take_recent()  # the image is where both sides of a world switch start
         state = CpuState(eip=image.entry & MASK32)
         state.regs[ESP] = memory_size & MASK32  # esp = top of RAM
         return cls(memory, state, controls=controls, fast=fast)

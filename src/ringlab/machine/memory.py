@@ -95,14 +95,17 @@ class Memory:
         return frozenset(self._dirty)
 
     def clear_dirty(self) -> None:
+        """Forget the commit's dirty set (the pages written since the last switch stay)."""
         self._dirty.clear()
-        self._recent.clear()
         for callback in self.on_clear_dirty:
             callback()
 
+    def has_recent(self) -> bool:
+        return bool(self._recent)
+
     def take_recent(self) -> frozenset[int]:
-        """Page numbers written since the last ``take_recent`` (or ``clear_dirty``), and forget
-        them; the commit's dirty set is kept."""
+        """Page numbers written since the last ``take_recent``, and forget them; the commit's
+        dirty set is kept."""
         recent = frozenset(self._recent)
         self._recent.clear()
         for callback in self.on_clear_dirty:

@@ -176,7 +176,7 @@ class RunVcpuRequest(_message.Message):
     def controls(self) -> _common_pb2.Controls: ...
     @_builtins.property
     def commit(self) -> Global___CommitRequest:
-        """unset = do not commit"""
+        """unset = do not commit (see RunVcpu)"""
 
     @_builtins.property
     def sync(self) -> Global___VcpuSync:

@@ -63,7 +63,8 @@ class CpuServicer:
         """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
         holds `generation`, applies `sync` (what the hypervisor changed while handling the last
         exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
-        With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
+        With `commit` set it commits (fenced by `lease_token`) after a run that ends the slice
+        (BUDGET or IDLE: nothing left for the hypervisor to handle), or at once when `budget` is 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

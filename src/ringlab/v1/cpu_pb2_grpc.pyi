@@ -38,7 +38,8 @@ class CpuStub:
     """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
     holds `generation`, applies `sync` (what the hypervisor changed while handling the last
     exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
-    With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
+    With `commit` set it commits (fenced by `lease_token`) after a run that ends the slice
+    (BUDGET or IDLE: nothing left for the hypervisor to handle), or at once when `budget` is 0.
     """
     DescribeCpu: _grpc.UnaryUnaryMultiCallable[_cpu_pb2.DescribeCpuRequest, _cpu_pb2.CpuInfo]
     """What this pCPU is and what it has cached."""
@@ -56,7 +57,8 @@ class CpuAsyncStub(CpuStub):
     """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
     holds `generation`, applies `sync` (what the hypervisor changed while handling the last
     exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
-    With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
+    With `commit` set it commits (fenced by `lease_token`) after a run that ends the slice
+    (BUDGET or IDLE: nothing left for the hypervisor to handle), or at once when `budget` is 0.
     """
     DescribeCpu: _aio.UnaryUnaryMultiCallable[_cpu_pb2.DescribeCpuRequest, _cpu_pb2.CpuInfo]  # type: ignore[assignment]
     """What this pCPU is and what it has cached."""
@@ -77,7 +79,8 @@ class CpuServicer(metaclass=_abc_1.ABCMeta):
         """Run one vCPU. The pCPU loads the VM's committed state from Redis unless its cache already
         holds `generation`, applies `sync` (what the hypervisor changed while handling the last
         exit), runs for at most `budget` instructions, and returns the exit with its own `sync`.
-        With `budget` 0 and `commit` set it only applies `sync` and commits (fenced by `lease_token`).
+        With `commit` set it commits (fenced by `lease_token`) after a run that ends the slice
+        (BUDGET or IDLE: nothing left for the hypervisor to handle), or at once when `budget` is 0.
         """
 
     @_abc_1.abstractmethod

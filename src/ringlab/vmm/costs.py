@@ -24,7 +24,7 @@ from __future__ import annotations
 from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
 
-__all__ = ["COSTS", "cycles"]
+__all__ = ["COSTS", "cycles", "vmm_cycles"]
 
 COSTS: dict[str, int] = {
     # One retired guest instruction: CPI 1 (the unit; virtual time counts instructions too).
@@ -64,13 +64,17 @@ COSTS: dict[str, int] = {
 
 def cycles(technique: str, stats: Stats, counters: EventCounter) -> int:
     """Simulated cycles of a run (``stats.guest.cycles``)."""
+    return stats.retired * COSTS["instruction"] + vmm_cycles(counters)
+
+
+def vmm_cycles(counters: EventCounter) -> int:
+    """The cycles the hypervisor's events add to the guest's instructions."""
     c = COSTS
-    total = stats.retired * c["instruction"]
     exits = sum(counters.vm_exits.values())
     traps = sum(counters.traps.values())
     inline = sum(n for how in counters.sensitive.values() for k, n in how.items() if k == "inline")
     hypercalls = sum(counters.hypercalls.values())
-    total += exits * (c["vm_exit"] + c["emulation"])
+    total = exits * (c["vm_exit"] + c["emulation"])
     total += traps * (c["trap"] + c["emulation"])
     total += inline * c["inline"]
     total += counters.callouts * (c["callout"] + c["emulation"])
