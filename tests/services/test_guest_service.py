@@ -4,13 +4,22 @@ identical replicas take the entries of a mix list in turn."""
 from __future__ import annotations
 
 import argparse
+import threading
 
 import pytest
 
 from ringlab.rpc import StreamSlots, open_channel
 from ringlab.store import InvalidRequest
 from ringlab.v1 import guest_pb2, guest_pb2_grpc, hypervisor_pb2
-from ringlab_guest.service import GuestConfig, GuestServicer, parse_mix, resolve_config, serve, validate
+from ringlab_guest.service import (
+    GuestConfig,
+    GuestServicer,
+    parse_mix,
+    register_until_done,
+    resolve_config,
+    serve,
+    validate,
+)
 from tests.services.conftest import Deployment, service_config, unique
 
 
@@ -55,3 +64,32 @@ def test_bad_guest_configuration_says_what_to_choose() -> None:
         parse_mix("native:stock")
     with pytest.raises(InvalidRequest, match="choose one of"):
         validate(GuestConfig("g", "native", "stock", "no-such-workload", 256))
+
+
+def test_a_guest_the_hypervisor_refuses_stops_retrying_and_says_why(deployment: Deployment) -> None:
+    servicer = GuestServicer(
+        GuestConfig("not a valid name!", "native", "stock", "hello", 256),
+        deployment.hypervisor_target,
+        "",
+        StreamSlots(1),
+    )
+    failed: list[str] = []
+    assert not register_until_done(servicer, threading.Event(), failed)
+    assert len(failed) == 1 and failed[0].startswith("INVALID_ARGUMENT") and "name" in failed[0]
+    assert servicer.vm == ""
+
+
+def test_a_guest_keeps_trying_while_the_hypervisor_is_not_up() -> None:
+    servicer = GuestServicer(
+        GuestConfig("later", "native", "stock", "hello", 256), "127.0.0.1:1", "", StreamSlots(1)
+    )
+    stopping = threading.Event()
+    failed: list[str] = []
+    done: list[bool] = []
+    worker = threading.Thread(target=lambda: done.append(register_until_done(servicer, stopping, failed)))
+    worker.start()
+    worker.join(timeout=2.5)
+    assert worker.is_alive()  # still retrying: an unreachable hypervisor may come up
+    stopping.set()
+    worker.join(timeout=10)
+    assert done == [False] and failed == []

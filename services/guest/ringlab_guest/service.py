@@ -19,12 +19,12 @@ import argparse
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 
+from ringlab.errors import RinglabError
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -94,11 +94,13 @@ class GuestServicer(guest_pb2_grpc.GuestServicer):
         self.stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(hypervisor, token))
         self.streams = streams
         self.vm = ""
+        self.image = build_image(config.workload, config.kernel)
+        """Built before the service starts: a kernel that cannot be built stops the guest at once."""
 
     def register(self) -> str:
         """Create (or find, by name) this guest's VM; returns its id."""
         c = self.config
-        image = build_image(c.workload, c.kernel)
+        image = self.image
         vm = self.stub.CreateVm(
             hypervisor_pb2.CreateVmRequest(
                 name=c.name,
@@ -156,26 +158,65 @@ def main(argv: list[str] | None = None) -> int:
     state = SharedState.from_url(service.redis) if args.mix else None
     config = resolve_config(args, state)
     validate(config)
-    servicer = GuestServicer(config, service.hypervisor, service.token, StreamSlots(service.max_streams))
+    try:
+        servicer = GuestServicer(config, service.hypervisor, service.token, StreamSlots(service.max_streams))
+    except RinglabError as exc:
+        log.error(
+            "guest %s: cannot build its %s kernel with workload %s: %s",
+            config.name,
+            config.kernel,
+            config.workload,
+            exc,
+        )
+        return 2
     server = serve(service, servicer)
     server.install_signal_handlers()
+    failed: list[str] = []
 
-    def attach() -> None:  # the hypervisor may start after us: keep trying
-        while not server.stopping.is_set():
-            try:
-                vm = servicer.register()
-                log.info("guest %s owns VM %s on %s", config.name, vm, service.hypervisor)
-                return
-            except grpc.RpcError as err:
-                log.warning(
-                    "cannot register with the hypervisor at %s: %s", service.hypervisor, err.details()
-                )
-                time.sleep(1)
+    def attach() -> None:
+        if not register_until_done(servicer, server.stopping, failed):
+            server.stop(0)  # a refusal no retry can change: stop, and say why (exit status 1)
 
     threading.Thread(target=attach, name="attach", daemon=True).start()
     print(f"READY guest {service.listen.rsplit(':', 1)[0]}:{server.port} {config.name}", flush=True)
     server.wait()
-    return 0
+    return 1 if failed else 0
+
+
+PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Refusals of CreateVm that no retry changes; anything else (the hypervisor is not up yet, a
+timeout, Redis away) is retried every second."""
+
+
+def register_until_done(servicer: GuestServicer, stopping: threading.Event, failed: list[str]) -> bool:
+    """Create this guest's VM on the hypervisor, retrying while it may come up later; False (and
+    the reason in ``failed``) when the hypervisor refused it for good."""
+    target = servicer.hypervisor
+    while not stopping.is_set():
+        try:
+            vm = servicer.register()
+            log.info("guest %s owns VM %s on %s", servicer.config.name, vm, target)
+            return True
+        except grpc.RpcError as err:
+            if err.code() in PERMANENT:
+                failed.append(f"{err.code().name}: {err.details()}")
+                log.error(
+                    "the hypervisor at %s refused guest %s: %s", target, servicer.config.name, failed[-1]
+                )
+                return False
+            log.warning("cannot register with the hypervisor at %s yet: %s", target, err.details())
+        except Exception as exc:  # never die silently: say why, and keep trying
+            log.exception("guest %s: registering failed: %s", servicer.config.name, exc)
+        stopping.wait(1.0)
+    return False
 
 
 def serve(service: ServiceConfig, servicer: GuestServicer) -> ServiceServer:
