@@ -76,6 +76,9 @@ class Block:
     frames: frozenset[int]
     pa: int = -1
     """Host address of ``eip`` when translated (-1: not cached)."""
+    entry: int = -1
+    """``pa`` while the core may enter this block straight from a chained predecessor (valid,
+    cached, all DIRECT); -1 otherwise.  One compare in ``TranslationCache.follow``."""
     valid: bool = True
     links: dict[int, Block] = field(default_factory=dict)
     epoch: int = 0
@@ -105,6 +108,11 @@ class Block:
         self.all_direct = bool(n) and self.tails[0]
         self.index = {op.eip: i for i, op in enumerate(self.ops)}
 
+    def drop(self) -> None:
+        """The code it came from changed: never run it again."""
+        self.valid = False
+        self.entry = -1
+
 
 def _is_branch(mnemonic: str) -> bool:
     return mnemonic in ("jmp", "call", "ret") or mnemonic.startswith("j")
@@ -126,7 +134,7 @@ class TranslationCache:
         self._written: dict[int, int] = {}
         self.volatile: set[int] = set()
         """Host frames whose translations are self-checking instead of write-protected."""
-        self.current: Block | None = None
+        self.current = Block(0, (), frozenset())
         """The block the core is running for the VMM (``follow`` moves it along its links)."""
 
     def lookup(self, eip: int, previous: Block | None, epoch: int) -> Block:
@@ -147,6 +155,8 @@ class TranslationCache:
         else:
             block = self._translate(eip)
             block.pa = key[1]
+            if block.all_direct:
+                block.entry = block.pa
             self._blocks[key] = block
         if block.epoch != epoch:  # its links were made under other page tables
             block.links.clear()
@@ -174,22 +184,21 @@ class TranslationCache:
         ``lookup`` follows one (``chained`` counts it), without the VMM's dispatch loop.  No
         page-table change can happen inside such a run, so ``current``'s links are current."""
         current = self.current
-        assert current is not None
         linked = current.links.get(eip)
-        if linked is None or linked.pa != pa or not linked.all_direct or not linked.valid:
+        if linked is None or linked.entry != pa:  # valid, all DIRECT, for this very code
             return False
         source = linked.source
         if source is not None:  # _unchanged, inline: this is the core's inner loop
             self.self_checks += 1
-            at, code = source
-            if self._data[at : at + len(code)] != code:
-                linked.valid = False
+            if not self._data.startswith(source[1], source[0]):
+                linked.drop()
                 self.invalidations += 1
                 return False
         self.chained += 1
-        if linked.epoch != current.epoch:
+        epoch = current.epoch
+        if linked.epoch != epoch:
             linked.links.clear()
-            linked.epoch = current.epoch
+            linked.epoch = epoch
         self.current = linked
         return True
 
@@ -204,9 +213,9 @@ class TranslationCache:
             return True
         self.self_checks += 1
         pa, data = block.source
-        if self._data[pa : pa + len(data)] == data:
+        if self._data.startswith(data, pa):
             return True
-        block.valid = False
+        block.drop()
         self.invalidations += 1
         return False
 
@@ -262,7 +271,7 @@ class TranslationCache:
             self.volatile.add(frame)
         for block in self._by_frame.pop(frame, []):
             if block.valid:
-                block.valid = False
+                block.drop()
                 self.invalidations += 1
         for key in [k for k, b in self._blocks.items() if not b.valid]:
             del self._blocks[key]
