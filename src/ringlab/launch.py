@@ -8,8 +8,9 @@ can find and remove what it started by that name. Two implementations behind one
 - ``DockerLauncher``: a container on a running compose deployment's network, started through the
   Docker SDK for Python the way OpenStack's container drivers do. It carries the compose project's
   labels (as a one-off container of the ``guest`` service, like ``docker compose run``), so
-  ``docker compose down`` removes it with the rest, plus ``ringlab.*`` labels so ``ringlab`` finds
-  it by VM name. It runs on the operator's side: no container ever gets the Docker socket.
+  ``docker-compose down`` (1.29) and ``docker compose down --remove-orphans`` (v2, which treats
+  its own ``run`` containers so too) remove it with the rest, plus ``ringlab.*`` labels so
+  ``ringlab`` finds it by VM name. It runs on the operator's side: no container ever gets the Docker socket.
 
 Engine trouble (no SDK, no engine, no deployment, image missing) becomes a ``LaunchError`` whose
 message says what to do.
@@ -17,6 +18,7 @@ message says what to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -284,17 +286,21 @@ class DockerLauncher:
         if not networks:
             raise LaunchError(f"the {self.anchor_service} container of {project!r} is on no network")
         container_name = f"{project}-{self.service}-vm-{name}"
+        env = {**self.peer_env(anchor), **spec.env}
+        config = json.dumps({"image": self.image, "env": env, "command": spec.command}, sort_keys=True)
         labels = {
             COMPOSE_PROJECT: project,
             COMPOSE_SERVICE: self.service,
-            # A one-off container of the service, like `docker compose run`: `down` removes it,
-            # `up --scale` neither counts nor recreates it.
+            # A one-off container of the service, as `docker compose run` makes: `up --scale`
+            # neither counts nor recreates it; `docker-compose down` (1.29) removes it, and so
+            # does `docker compose down --remove-orphans` (v2), which only considers containers
+            # that carry a config hash, as every container compose itself creates does.
             "com.docker.compose.oneoff": "True",
             "com.docker.compose.container-number": "1",
+            "com.docker.compose.config-hash": hashlib.sha256(config.encode()).hexdigest(),
             LABEL_LAUNCHER: self.kind,
             LABEL_NAME: name,
         }
-        env = {**self.peer_env(anchor), **spec.env}
         try:
             # Looked up first: containers.run would otherwise try to pull it, and fail with a
             # registry error that says nothing about the image.

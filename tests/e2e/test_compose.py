@@ -12,8 +12,11 @@ Everything is torn down, whatever happens, and the phases are timed in pytest's 
 Marked ``docker``: the default ``pytest`` run deselects it; ``.ci/run`` runs it on its own with
 RINGLAB_REQUIRE_DOCKER=1, where a machine that cannot run an engine is a failure, not a skip.
 
-Knobs (environment): RINGLAB_COMPOSE (default ``docker-compose``, Debian's 1.29; ``docker compose``
-for v2), RINGLAB_E2E_MIX (the guest replicas' mix), RINGLAB_E2E_SLICE (the hypervisor's slice).
+The whole module runs once per compose implementation the deployment must work with: Debian's
+``docker-compose`` 1.29 and ``docker compose`` v2 (scripts/docker-engine installs both).
+
+Knobs (environment): RINGLAB_COMPOSE (one compose command to use instead of both, e.g.
+``docker compose``), RINGLAB_E2E_MIX (the guest replicas' mix), RINGLAB_E2E_SLICE (the slice).
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ SLICE = os.environ.get("RINGLAB_E2E_SLICE", "2000")
 ENDED = {"poweroff", "halted", "shutdown", "limit", "stopped"}
 STATUS_NAMES = {7: "poweroff", 8: "halted", 9: "shutdown", 10: "limit", 6: "stopped"}
 
+COMPOSE_COMMANDS = (
+    [os.environ["RINGLAB_COMPOSE"]]
+    if os.environ.get("RINGLAB_COMPOSE")
+    else ["docker-compose", "docker compose"]
+)
 HEALTH_TIMEOUT = 300.0
 RUN_TIMEOUT = 300.0
 
@@ -100,9 +108,10 @@ def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 
 class Deployment:
     """One compose project, named for this test run, and how to talk to it."""
 
-    def __init__(self, timings: Timings) -> None:
+    def __init__(self, timings: Timings, compose: str) -> None:
         self.timings = timings
-        self.project = f"ringlab-e2e-{os.getpid()}"
+        self.compose_cmd = shlex.split(compose)
+        self.project = f"ringlab-e2e-{os.getpid()}-{'-'.join(self.compose_cmd)}"
         self.port = _free_port()
         self.env = _host_env() | {
             "REDIS_IMAGE": REDIS_IMAGE,
@@ -112,7 +121,6 @@ class Deployment:
             "RINGLAB_SLICE": SLICE,
             "RINGLAB_TOKEN": "",
         }
-        self.compose_cmd = shlex.split(os.environ.get("RINGLAB_COMPOSE", "docker-compose"))
         self.target = f"127.0.0.1:{self.port}"
         self._channel: grpc.Channel | None = None
 
@@ -232,9 +240,15 @@ def _remove_stale_projects(d: Deployment) -> None:
                 )
 
 
-@pytest.fixture(scope="module")
-def deployment(images: None, timings: Timings) -> Iterator[Deployment]:
-    d = Deployment(timings)
+@pytest.fixture(scope="module", params=COMPOSE_COMMANDS)
+def deployment(images: None, timings: Timings, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    compose: str = request.param
+    probe = subprocess.run([*shlex.split(compose), "version"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        _unavailable(
+            f"{compose!r} does not run here ({probe.stderr.strip()[-200:]}): scripts/docker-engine installs it"
+        )
+    d = Deployment(timings, compose)
     _remove_stale_projects(d)
     try:
         d.compose("up", "-d", "--scale", "guest=3", timeout=900)
@@ -245,10 +259,12 @@ def deployment(images: None, timings: Timings) -> Iterator[Deployment]:
     finally:
         d.close()
         # Always: containers (launched guests too: they carry the project's labels), the network,
-        # and Redis' volume. Whatever `down` missed is removed by label, then reported.
+        # and Redis' volume. Whatever `down` missed is removed by label, then reported. (Launched
+        # guests are one-off containers, as `docker compose run`'s are: v2 removes those only with
+        # --remove-orphans, which 1.29 accepts too.)
         down_error = ""
         try:
-            d.compose("down", "-v", "-t", "5", timeout=300)
+            d.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=300)
         except AssertionError as err:
             down_error = str(err)
         timings.mark("down")
@@ -256,7 +272,7 @@ def deployment(images: None, timings: Timings) -> Iterator[Deployment]:
         left = _run(["docker", "ps", "-aq", "--filter", project_label], env=d.env).split()
         if left:
             subprocess.run(["docker", "rm", "-f", *left], env=d.env, capture_output=True, check=False)
-            d.compose("down", "-v", "-t", "5", timeout=300)
+            d.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=300)
         assert not down_error, down_error
         assert not left, f"docker compose down left containers of the project behind: {left}"
 
@@ -348,8 +364,9 @@ def test_docker_launcher_starts_a_guest_container_that_down_removes(
     deployment: Deployment, timings: Timings
 ) -> None:
     """`ringlab vm create --launcher docker` starts a guest container through the Docker SDK that
-    owns its VM; `vm destroy` removes it; one left running is removed by `docker compose down`
-    (the deployment fixture fails if anything of the project is left)."""
+    owns its VM; `vm destroy` removes it; one left running is removed by `docker compose down
+    --remove-orphans` as a `docker compose run` container is (the deployment fixture fails if
+    anything of the project is left)."""
     from ringlab.launch import DockerLauncher
 
     d = deployment

@@ -56,6 +56,9 @@ def new_vm(definition: dict[str, Any], image: Image) -> VM:
 
 
 class RemoteVm:
+    """The hypervisor's VMM for one VM, rebuilt at its commit of ``retired`` instructions; its
+    core runs cross to the pCPU through ``link`` (set per slice by the driver)."""
+
     def __init__(self, definition: dict[str, Any], image: Image, retired: int) -> None:
         self.vm = vm = new_vm(definition, image)
         if retired:
