@@ -98,3 +98,13 @@ def test_a_delta_for_another_copy_is_refused_and_changes_nothing() -> None:
     ):
         apply_delta(b, take_delta(a, 5))
     assert b.stats.retired == 0 and not any(b.memory.data[0x5000:0x8000])
+
+
+def test_a_delta_with_a_page_outside_memory_is_refused_before_anything_changes() -> None:
+    a, b = _pair()
+    a.run(1_000)
+    delta = take_delta(a, 0)
+    delta.pages[b.memory.pages + 3] = bytes(4096)
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_delta(b, delta)
+    assert b.state.to_dict() != a.state.to_dict() and not any(b.memory.data[0x5000:0x8000])

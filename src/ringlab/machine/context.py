@@ -69,6 +69,12 @@ def apply_delta(cpu: Cpu, delta: ContextDelta) -> None:
             f"this copy of the vCPU is at {cpu.stats.retired} retired instructions but the delta was "
             f"made for one at {delta.base}"
         )
+    memory = cpu.memory
+    for number, blob in delta.pages.items():
+        if not 0 <= number < memory.pages or len(blob) != len(memory.page(number)):
+            raise ValueError(
+                f"page {number} of {len(blob)} bytes does not fit this vCPU's {memory.size}-byte memory"
+            )
     new = CpuState.from_dict(delta.state)
     state = cpu.state
     for f in fields(CpuState):
@@ -76,7 +82,6 @@ def apply_delta(cpu: Cpu, delta: ContextDelta) -> None:
             state.regs[:] = new.regs
         else:
             setattr(state, f.name, getattr(new, f.name))
-    memory = cpu.memory
     for number, blob in delta.pages.items():
         memory.load(number << 12, blob)
     memory.take_recent()  # what arrived is not news to send back
