@@ -56,3 +56,33 @@ def test_every_exit_of_the_core_crosses_to_the_hypervisor(deployment: Deployment
     want = _core_exits_in_process(technique, "syscall")
     assert crossed == dict(want)
     assert sum(crossed.values()) == result.vm.stats.exits > 0
+
+
+@pytest.mark.parametrize("technique", ["native", "trap-emulate", "hw"])
+def test_a_guest_idling_in_hlt_yields_its_slice_whoever_handles_the_hlt(
+    deployment: Deployment, technique: str
+) -> None:
+    """DESIGN: a vCPU that executes hlt with IF = 1 yields the rest of its slice (and is boosted
+    when it wakes) - under native the pCPU's core idles, under the others the VMM emulates the
+    hlt; either way the slice ends as 'idle'. (``multi``'s parent waits for its workers in hlt.)"""
+    hv = deployment.hypervisor_stub()
+    name = unique(f"idle-{technique}")
+    hv.CreateVm(
+        hypervisor_pb2.CreateVmRequest(
+            name=name,
+            technique=TECHNIQUES[technique],
+            kernel=KERNELS["stock"],
+            workload="multi",
+            image=build_image("multi", "stock").to_bytes(),
+            start=True,
+        ),
+        timeout=30,
+    )
+    result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
+    assert result.reason == "poweroff"
+    ended = [
+        e.detail.split()[0]
+        for e in hv.StreamEvents(hypervisor_pb2.StreamEventsRequest(vm=result.vm.id), timeout=30)
+        if e.kind == "descheduled"
+    ]
+    assert "idle" in ended, ended

@@ -77,6 +77,7 @@ class RemoteVm:
         """Registers and counters as the pCPU returned them at the last switch."""
         self._controls: tuple[Any, common_pb2.Controls] | None = None
         vm.run_core = self._run_core
+        vm.yield_when_idle = True  # an idle guest yields its slice, whoever emulated its hlt
 
     def _run_core(self, budget: int) -> Exit:
         """A world switch: the guest runs on the pCPU until its next exit."""

@@ -76,6 +76,8 @@ class VM:
         self.memory_size = memory_size
         self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
         self.run_core: Callable[[int], Exit] = self.cpu.run
+        self.yield_when_idle = False
+        """``advance`` returns when an emulated ``hlt`` idled (the services' scheduling)."""
         """Run the guest on the core until an exit (``Cpu.run``).  In-process it is a call; the
         hypervisor service makes it a world switch to the pCPU that holds the other copy of
         this vCPU (``machine.context``), so every exit is handled here all the same."""
@@ -116,19 +118,23 @@ class VM:
     def advance(self, budget: int) -> Stop | Exit | None:
         """Run the guest for ``budget`` more retired instructions, handling every exit: the
         VMM's main loop (the technique runs a stretch of guest code, its one handler takes the
-        exit, repeat).  Returns the ``Stop`` when the run is over, an ``IDLE`` exit when the core
-        idles in ``hlt`` (only if its controls ask for that: the services yield the pCPU then),
-        or None once ``budget`` instructions have retired."""
+        exit, repeat).  Returns the ``Stop`` when the run is over, an ``IDLE`` exit when the guest
+        idled in ``hlt`` and the caller wants to know (the core's controls ask for that, or
+        ``yield_when_idle`` for a ``hlt`` the VMM emulated: the services yield the pCPU then), or
+        None once ``budget`` instructions have retired."""
         cpu = self.cpu
         end = cpu.stats.retired + budget
         while cpu.stats.retired < end:
             outcome: Exit | Stop | None = self.technique.run(self, end - cpu.stats.retired)
             if isinstance(outcome, Exit) and outcome.reason is ExitReason.IDLE:
                 return outcome
+            idle = cpu.stats.idle
             while isinstance(outcome, Exit):
                 outcome = self.technique.handle(self, outcome)
             if isinstance(outcome, Stop):
                 return outcome
+            if self.yield_when_idle and cpu.stats.idle != idle:
+                return Exit(ExitReason.IDLE)  # the VMM waited for the tick in the guest's hlt
         return None
 
     def result(self, stop: Stop, wall_seconds: float) -> VmRunResult:
