@@ -50,7 +50,10 @@ class EventCounter:
     """Events delivered into the guest by the VMM through its virtual IDT."""
 
     def handled(self, mnemonic: str, how: str) -> None:
-        self.sensitive.setdefault(mnemonic, Counter())[how] += 1
+        ways = self.sensitive.get(mnemonic)
+        if ways is None:
+            ways = self.sensitive[mnemonic] = Counter()
+        ways[how] = ways.get(how, 0) + 1
 
     def guest(self) -> dict[str, Any]:
         """Counts the program alone determines (for a given technique)."""

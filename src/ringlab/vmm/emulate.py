@@ -2,7 +2,8 @@
 
 Shared by every technique that must emulate (trap-emulate after a #GP, bt in a callout, hw on a
 VM exit): control-register accesses and ``invlpg`` go to the VM's paging (virtual cr0/cr3,
-shadow entries), everything else runs the core's own handler inside ``guest_view``.
+shadow entries), everything else runs the core's own handler inside ``guest_view`` (unrolled
+into ``enter_guest`` / ``leave_guest``: this is on every callout's path).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ringlab.machine.faults import GP, Fault
 from ringlab.machine.interpreter import effective_address
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
-from ringlab.vmm.vcpu import guest_view
+from ringlab.vmm.vcpu import enter_guest, leave_guest
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
@@ -23,14 +24,26 @@ if TYPE_CHECKING:
 __all__ = ["emulate", "privilege_fault"]
 
 
+_PRIVILEGED, _IOPL = Class.PRIVILEGED, Class.IOPL
+_OWN_PATHS = frozenset({"mov", "invlpg", "int"})
+"""Mnemonics that may not simply run the core's handler (control registers, ``invlpg``,
+``int n``); every other one does, inside the guest's view of the registers."""
+
+
 def privilege_fault(vm: VM, insn: Instruction) -> bool:
     """Would the guest's own CPL/IOPL make ``insn`` raise #GP(0)?  VM exits and translated code
     come before the CPU's privilege checks, so the VMM makes them (VT-x checks CPL first too)."""
-    s = vm.cpu.state
-    flags = vm.vcpu.flags if vm.deprivilege is not None else s.eflags
-    cpl = vm.vcpu.cpl if vm.deprivilege is not None else s.cs & 3
     cls = insn.spec.cls
-    return (cls is Class.PRIVILEGED and cpl > 0) or (cls is Class.IOPL and cpl > (flags >> 12) & 3)
+    if cls is _PRIVILEGED:
+        return (vm.vcpu.cs if vm.deprivilege is not None else vm.cpu.state.cs) & 3 > 0
+    if cls is _IOPL:
+        if vm.deprivilege is not None:
+            cpl, flags = vm.vcpu.cs & 3, vm.vcpu.flags
+        else:
+            s = vm.cpu.state
+            cpl, flags = s.cs & 3, s.eflags
+        return cpl > (flags >> 12) & 3
+    return False
 
 
 def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
@@ -39,15 +52,32 @@ def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
     cpu = vm.cpu
     s = cpu.state
     ring = s.cs & 3
-    nxt = (eip + insn.length) & MASK32
     if privilege_fault(vm, insn):
         return reflect_exception(vm, Fault(GP, 0), counted=False)
-    mnemonic, form, ops = insn.mnemonic, insn.spec.form, insn.operands
+    mnemonic = insn.spec.mnemonic
+    if mnemonic not in _OWN_PATHS or (mnemonic == "mov" and insn.spec.form not in (Form.CRR, Form.RCR)):
+        # The core's own handler on the guest-visible registers (``guest_view``, unrolled).
+        timer_period, timer_next = s.timer_period, s.timer_next
+        policy = vm.deprivilege
+        if policy is None:
+            exit = execute(cpu, insn, eip, ring)
+        else:
+            vcpu = vm.vcpu
+            enter_guest(s, vcpu)
+            try:
+                exit = execute(cpu, insn, eip, ring)
+            finally:
+                leave_guest(s, vcpu, policy)
+        if s.timer_period != timer_period or s.timer_next != timer_next:
+            vm.vcpu.pending_tick = False  # writing port 0x40 discards a pending tick
+        return exit
+    nxt = (eip + insn.length) & MASK32
+    form, ops = insn.spec.form, insn.operands
     if mnemonic == "mov" and form is Form.CRR:
         n, r = ops
         assert isinstance(n, int) and isinstance(r, int)
         vm.paging.write_cr(n, s.regs[r])
-    elif mnemonic == "mov" and form is Form.RCR:
+    elif mnemonic == "mov":  # Form.RCR
         r, n = ops
         assert isinstance(n, int) and isinstance(r, int)
         s.regs[r] = vm.paging.read_cr(n) & MASK32
@@ -55,18 +85,11 @@ def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
         (mem,) = ops
         assert isinstance(mem, Mem)
         vm.paging.invlpg(effective_address(s.regs, mem))
-    elif mnemonic == "int":
+    else:  # int
         (vector,) = ops
         assert isinstance(vector, int)
         cpu.stats.count_exception(vector)  # int n counts as raised, delivered or not
         return reflect_software_interrupt(vm, vector, eip, ring)
-    else:
-        timer = (s.timer_period, s.timer_next)
-        with guest_view(s, vm.vcpu, vm.deprivilege):
-            exit = execute(cpu, insn, eip, ring)
-        if (s.timer_period, s.timer_next) != timer:
-            vm.vcpu.pending_tick = False  # writing port 0x40 discards a pending tick
-        return exit
     s.eip = nxt
     cpu.retire(ring)
     return None

@@ -5,6 +5,7 @@ The VMM delivers through the guest's *virtual* IDT and TSS with the core's own `
 ``guest_view``; afterwards ``Deprivilege.apply`` compresses the new ring (guest ring 0 runs at
 real ring 1).  Before that, ``Paging.prepare_delivery`` fills the shadow entries the delivery
 touches, so with intercepts off the only faults left are the ones the guest would take natively.
+Inside ``guest_view`` the real ``cs`` is the guest's, so its CPL is ``cs & 3`` under every technique.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from ringlab.machine.exits import Exit
 from ringlab.machine.faults import Fault
 from ringlab.vmm.execute import no_intercepts
-from ringlab.vmm.vcpu import guest_view
+from ringlab.vmm.vcpu import enter_guest, guest_view, leave_guest
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
@@ -30,19 +31,34 @@ def reflect_exception(vm: VM, fault: Fault, *, counted: bool) -> Exit | None:
         cpu.stats.count_exception(fault.vector)
     vm.counters.reflected += 1
     with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
-        vm.paging.prepare_delivery(fault.vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
+        vm.paging.prepare_delivery(fault.vector, cpu.state.cs & 3)
         with no_intercepts(cpu):
             return cpu.inject(fault.vector, error_code=fault.error_code, cr2=fault.cr2)
 
 
 def reflect_interrupt(vm: VM, vector: int) -> Exit | None:
-    """An external interrupt (the virtual timer) at the current ``eip``."""
+    """An external interrupt (the virtual timer) at the current ``eip``: ``Cpu.inject_interrupt``
+    done in two steps, so intercepts are switched off only when delivering it faults (the one
+    part that consults them).  Every timer tick comes this way, so ``guest_view`` is unrolled
+    here too (``enter_guest`` / ``leave_guest``)."""
     cpu = vm.cpu
+    s = cpu.state
     vm.counters.reflected += 1
-    with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
-        vm.paging.prepare_delivery(vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
-        with no_intercepts(cpu):
-            return cpu.inject_interrupt(vector)
+    policy = vm.deprivilege
+    if policy is not None:
+        enter_guest(s, vm.vcpu)
+    try:
+        vm.paging.prepare_delivery(vector, s.cs & 3)
+        try:
+            cpu.deliver(vector, None, s.eip, software=False)
+        except Fault as fault:
+            with no_intercepts(cpu):
+                return cpu.exception(fault, s.eip)
+        cpu.stats.interrupts += 1
+        return None
+    finally:
+        if policy is not None:
+            leave_guest(s, vm.vcpu, policy)
 
 
 def reflect_software_interrupt(vm: VM, vector: int, eip: int, ring: int) -> Exit | None:
@@ -51,7 +67,7 @@ def reflect_software_interrupt(vm: VM, vector: int, eip: int, ring: int) -> Exit
     cpu = vm.cpu
     vm.counters.reflected += 1
     with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
-        vm.paging.prepare_delivery(vector, vm.vcpu.cpl if vm.deprivilege else cpu.state.cs & 3)
+        vm.paging.prepare_delivery(vector, cpu.state.cs & 3)
         with no_intercepts(cpu):
             try:
                 cpu.deliver(vector, None, (eip + 2) & 0xFFFFFFFF, software=True)

@@ -38,6 +38,12 @@ _P, _W, _U = 1, 2, 4
 _FRAME = 0xFFFFF000
 _DELIVERY_FRAME = 24
 """Bytes an event delivery pushes at most (old esp, eflags, cs, eip, error code) + slack."""
+_SWITCHED, _FAULTED = 1, 2
+
+
+def _stack_pages(esp: int) -> tuple[int, int]:
+    """The pages a delivery's frame below ``esp`` may touch (without a stack switch)."""
+    return ((esp - _DELIVERY_FRAME) & 0xFFFFFFFF) >> PAGE_SHIFT, ((esp - 1) & 0xFFFFFFFF) >> PAGE_SHIFT
 
 
 class ShadowPageTables:
@@ -60,6 +66,14 @@ class ShadowPageTables:
         self.on_protected_write: Callable[[int], None] | None = None
         self.cr0 = cpu.state.cr0
         self.cr3 = cpu.state.cr3
+        self._epoch = 0
+        """Bumped by every change to the shadow (an entry or table written or dropped, a flush,
+        a page protected or unprotected): what a remembered delivery (``_ready``) relies on."""
+        self._ready: tuple[tuple[int, ...], tuple[tuple[int, bytes], ...], tuple[int, int] | None] | None = (
+            None
+        )
+        """The last delivery that found everything in place: (its registers and the epoch, the
+        guest words it read and their values, the stack pages without a stack switch)."""
         self._last_fault: tuple[int, int, int] | None = None
         self._repeats = 0
         self._view = CpuState()
@@ -184,6 +198,7 @@ class ShadowPageTables:
         self.memory.write(shadow_table, b"".join(e.to_bytes(4, "little") for e in entries))
         self._tables[pdi] = shadow_table
         self.memory.write32(self.root + pdi * 4, shadow_table | _P | _W | _U)
+        self._epoch += 1
         self.counters.shadow_syncs += 1
 
     def _read_physical(self, gpa: int, n: int) -> bytes:
@@ -191,31 +206,114 @@ class ShadowPageTables:
 
     def prepare_delivery(self, vector: int, cpl: int) -> None:
         """Fill what delivering ``vector`` touches (gate, TSS slot, stack) when the guest maps
-        it, so the delivery faults only where it would natively."""
+        it, so the delivery faults only where it would natively.
+
+        Each delivery must see the guest's IDT, TSS, stack and page tables as they are now (the
+        guest may change any of them with no exit to say so), so what it reads of them is read
+        again every time.  When the last delivery found every entry it needed already shadowed,
+        it is remembered (``_ready``): the registers it started from, the shadow's epoch, and
+        the guest words it read (page-directory and page-table entries, the gate, the TSS slot).
+        A delivery from the same registers, with the shadow unchanged since (any fill, drop,
+        flush, ``invlpg``, cr0/cr3 write or write-protection change bumps the epoch) and those
+        words unchanged, would walk the same tables to the same entries and change nothing, so
+        it stops there: a timer tick reads a few words instead of walking the tables again.
+        """
+        s = self.cpu.state
+        esp = s.regs[4]
+        key = (vector, cpl, s.idtr_base, s.tr, self.cr0, self.cr3, self._epoch)
+        ready = self._ready
+        if ready is not None and ready[0] == key:
+            _, words, stack = ready
+            if stack is None or stack == _stack_pages(esp):
+                data = self.memory.data
+                for at, value in words:
+                    if data[at : at + 4] != value:
+                        break
+                else:
+                    return
+        words_read: list[tuple[int, bytes]] = []
+        how = self._prepare(vector, cpl, esp, words_read)
+        if self._epoch == key[-1] and how != _FAULTED:
+            self._ready = (key, tuple(words_read), None if how == _SWITCHED else _stack_pages(esp))
+        else:
+            self._ready = None
+
+    def _prepare(self, vector: int, cpl: int, esp: int, words: list[tuple[int, bytes]]) -> int:
+        """``prepare_delivery``'s work, recording in ``words`` each guest word it reads (host
+        address, value); returns ``_SWITCHED`` if the stack came from the TSS, ``_FAULTED`` if a
+        read faulted (the delivery will fault there too), else 0."""
         s = self.cpu.state
         gate_at = s.idtr_base + vector * 8
-        self._prefill(gate_at, 8, write=False)
-        try:
-            attrs = int.from_bytes(self.read_guest(gate_at + 4, 4), "little")
-        except Fault:
-            return
-        esp = s.regs[4]
+        self._prefill(gate_at, 8, False, words)
+        attrs = self._read_guest32(gate_at + 4, words)
+        if attrs is None:
+            return _FAULTED
         ring = attrs & 3
+        switched = 0
         if ring < cpl:
             slot = s.tr + 4 + 8 * ring
-            self._prefill(slot, 4, write=False)
-            try:
-                esp = int.from_bytes(self.read_guest(slot, 4), "little")
-            except Fault:
-                return
-        self._prefill(esp - _DELIVERY_FRAME, _DELIVERY_FRAME, write=True)
+            self._prefill(slot, 4, False, words)
+            stack_top = self._read_guest32(slot, words)
+            if stack_top is None:
+                return _FAULTED
+            esp, switched = stack_top, _SWITCHED
+        self._prefill(esp - _DELIVERY_FRAME, _DELIVERY_FRAME, True, words)
+        return switched
 
-    def _prefill(self, linear: int, n: int, *, write: bool) -> None:
+    def _guest_entry(self, vpn: int, words: list[tuple[int, bytes]]) -> tuple[int, int] | None:
+        """The guest's mapping of page ``vpn`` for a supervisor read: (guest-physical frame
+        address, U|W bits), or None where the walk faults (a page or table not present, or a
+        table beyond the guest's RAM: #MC).  The core MMU's two-level walk (``Mmu._walk``, the
+        P2M as second stage for the tables; the caller applies it to the frame, as ``walk``
+        does), read straight from memory, without the walker's TLB and fault objects; the
+        entries it reads are appended to ``words``."""
+        translate = self.p2m.translate
+        if not self.cr0 & CR0_PG:
+            return vpn << PAGE_SHIFT, _U | _W
+        data, size = self.memory.data, self.memory.size
+        at = translate((self.cr3 & _FRAME) | (vpn >> 10) << 2, False)
+        if at + 4 > size:
+            return None
+        raw = bytes(data[at : at + 4])
+        words.append((at, raw))
+        pde = int.from_bytes(raw, "little")
+        if not pde & _P:
+            return None
+        at = translate((pde & _FRAME) | (vpn & 0x3FF) << 2, False)
+        if at + 4 > size:
+            return None
+        raw = bytes(data[at : at + 4])
+        words.append((at, raw))
+        pte = int.from_bytes(raw, "little")
+        if not pte & _P:
+            return None
+        return pte & _FRAME, pde & pte & (_U | _W)
+
+    def _read_guest32(self, linear: int, words: list[tuple[int, bytes]]) -> int | None:
+        """``read_guest(linear, 4)`` as a number, or None where it faults; the page-table
+        entries it reads and the word itself (the 4 bytes from each host address it reads at)
+        are appended to ``words``."""
+        linear &= 0xFFFFFFFF
+        first = min(4, PAGE_SIZE - (linear & 0xFFF))  # bytes in the first page
+        pieces: list[tuple[int, int]] = []
+        for start, n in ((linear, first), ((linear + first) & 0xFFFFFFFF, 4 - first)):
+            if n:
+                entry = self._guest_entry(start >> PAGE_SHIFT, words)
+                if entry is None:
+                    return None
+                pieces.append((self.p2m.translate(entry[0] | (start & 0xFFF), False), n))
+        size, data = self.memory.size, self.memory.data
+        if any(at + n > size for at, n in pieces):
+            return None  # #MC
+        words.extend((at, bytes(data[at : at + 4])) for at, _ in pieces)
+        return int.from_bytes(b"".join(data[at : at + n] for at, n in pieces), "little")
+
+    def _prefill(self, linear: int, n: int, write: bool, words: list[tuple[int, bytes]]) -> None:
         for page in {(linear & 0xFFFFFFFF) >> PAGE_SHIFT, ((linear + n - 1) & 0xFFFFFFFF) >> PAGE_SHIFT}:
-            try:
-                frame, perm = self.walk(page << PAGE_SHIFT, False, False)
-            except Fault:
+            entry = self._guest_entry(page, words)
+            if entry is None:
                 continue
+            frame, perm = self.p2m.translate(entry[0], False) & _FRAME, entry[1]
             if write and frame >> PAGE_SHIFT in self.protected and self.on_protected_write is not None:
                 self.on_protected_write(frame >> PAGE_SHIFT)
             self._install(page << PAGE_SHIFT, frame, perm)
@@ -229,6 +327,7 @@ class ShadowPageTables:
             table = self._free.pop()
             self.memory.write(table, bytes(PAGE_SIZE))
             self._tables[pdi] = table
+            self._epoch += 1
             self.memory.write32(self.root + pdi * 4, table | _P | _W | _U)
         perm = self._real_perm(perm)
         if frame >> PAGE_SHIFT in self.protected:
@@ -237,6 +336,7 @@ class ShadowPageTables:
         if self.memory.read32(table + pti * 4) == entry:
             return  # already shadowed as it is (an event delivery prefills the same pages each time)
         self.memory.write32(table + pti * 4, entry)
+        self._epoch += 1
         self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add((linear >> PAGE_SHIFT) & 0xFFFFF)
         self.cpu.invalidate_page(linear)
         self.counters.shadow_syncs += 1
@@ -249,6 +349,7 @@ class ShadowPageTables:
         return perm
 
     def flush(self) -> None:
+        self._epoch += 1
         self.memory.write(self.root, bytes(PAGE_SIZE))
         self._free.extend(self._tables.values())
         self._tables.clear()
@@ -261,6 +362,7 @@ class ShadowPageTables:
         self.counters.shadow_invalidations += 1
 
     def _drop(self, vpn: int) -> None:
+        self._epoch += 1
         table = self._tables.get(vpn >> 10)
         if table is not None:
             self.memory.write32(table + (vpn & 0x3FF) * 4, 0)
@@ -271,6 +373,7 @@ class ShadowPageTables:
         if frame_number in self.protected:
             return
         self.protected.add(frame_number)
+        self._epoch += 1
         for vpn in self._rmap.get(frame_number, ()):
             table = self._tables.get(vpn >> 10)
             if table is not None:
@@ -281,5 +384,6 @@ class ShadowPageTables:
     def unprotect(self, frame_number: int) -> None:
         """The page's translations are gone: let writes through again (entries refill writable)."""
         self.protected.discard(frame_number)
+        self._epoch += 1
         for vpn in self._rmap.pop(frame_number, set()):
             self._drop(vpn)
