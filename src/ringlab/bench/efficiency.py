@@ -29,7 +29,7 @@ def _time(image: Any, col: Column) -> float:
     return elapsed
 
 
-def efficiency_suite(rounds: tuple[int, int] = (32, 544), repeats: int = 5) -> dict[str, Any]:
+def efficiency_suite(rounds: tuple[int, int] = (32, 2080), repeats: int = 5) -> dict[str, Any]:
     """``{"rounds": [lo, hi], "techniques": {LABEL: {"throughput": x, "whole_run": y,
     "work_seconds": s, "run_seconds": t}}}`` with native as the reference (1.0)."""
     from ringlab_guest.build import build_image
