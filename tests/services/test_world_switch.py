@@ -1,7 +1,8 @@
-"""The service boundary is the world switch (DESIGN.md): the pCPU runs guest code only, and
-every exit it takes crosses to the hypervisor, which handles it (emulation, hypercalls, shadow
-syncs, devices) on its copy of the vCPU.  So the exits the hypervisor counts for a VM are exactly
-the exits its core takes in-process, reason by reason."""
+"""The service boundary is the world switch (DESIGN.md): the pCPU runs guest code only (under bt,
+the translation the hypervisor installed), and every exit it takes crosses to the hypervisor,
+which handles it (emulation, hypercalls, shadow syncs, translation, callouts, devices) on its copy
+of the vCPU.  So the exits the hypervisor counts for a VM are exactly the exits its core takes
+in-process, reason by reason, and under bt each callout of the translated code is one too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, unique
 
 
-def _core_exits_in_process(technique: str, workload: str) -> Counter[str]:
+def _core_exits_in_process(technique: str, workload: str) -> tuple[Counter[str], int]:
+    """The core's exits by reason, and the translated code's callouts (bt), in-process."""
     kernel = "paravirt" if technique == "pv" else "stock"
     vm = VM(build_image(workload, kernel), make_technique(technique))
     exits: Counter[str] = Counter()
@@ -31,7 +33,7 @@ def _core_exits_in_process(technique: str, workload: str) -> Counter[str]:
 
     vm.run_core = counted
     assert vm.run().reason == "poweroff"
-    return exits
+    return exits, vm.counters.callouts
 
 
 @pytest.mark.parametrize("technique", ["trap-emulate", "bt", "pv", "hw"])
@@ -53,9 +55,15 @@ def test_every_exit_of_the_core_crosses_to_the_hypervisor(deployment: Deployment
     result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
     assert result.reason == "poweroff"
     crossed = dict(result.vm.stats.exits_by_reason)
-    want = _core_exits_in_process(technique, "syscall")
+    want, callouts = _core_exits_in_process(technique, "syscall")
+    translation = {k: crossed.pop(k) for k in list(crossed) if k.startswith("translation_")}
     assert crossed == dict(want)
-    assert sum(crossed.values()) == result.vm.stats.exits > 0
+    assert sum(crossed.values()) + sum(translation.values()) == result.vm.stats.exits > 0
+    if technique == "bt":  # the kernel's translation ran on the pCPU and called the VMM from there
+        assert translation["translation_callout"] == callouts > 0
+        assert translation["translation_miss"] > 0  # the hypervisor translated, the pCPU ran it
+    else:
+        assert translation == {}
 
 
 @pytest.mark.parametrize("technique", ["native", "trap-emulate", "hw"])

@@ -26,6 +26,7 @@ import grpc
 
 from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
 from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, track
+from ringlab.machine.faults import Fault
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
     controls_from_proto,
@@ -35,10 +36,13 @@ from ringlab.rpc.convert import (
     guest_stats_to_proto,
     stats_from_json,
     stats_to_json,
+    tc_report_to_proto,
+    tc_run_from_proto,
 )
 from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm.p2m import P2M
+from ringlab.vmm.translated import Executor, TcReport
 
 __all__ = ["CpuServicer", "main", "serve"]
 
@@ -64,6 +68,8 @@ class CachedVcpu:
     committed: dict[int, bytes] = field(default_factory=dict)
     """Each page as Redis holds it: a page written since but equal again is not sent (most of
     a slice's dirty pages are stacks and counters that a commit would resend unchanged)."""
+    translated: Executor | None = None
+    """bt: the translations the hypervisor installed here, and the virtual CPU they work on."""
 
 
 class CpuServicer(cpu_pb2_grpc.CpuServicer):
@@ -137,12 +143,19 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 cpu.controls = controls
             started = time.perf_counter()
             before = cpu.stats.retired
-            exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+            report = None
+            if request.HasField("tc"):  # bt: run the guest kernel's translation
+                exit, report = self._run_translated(request, cached)
+            else:
+                exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
             run_seconds = time.perf_counter() - started
             if request.budget:
                 cached.clean = False
             generation = cached.generation
-            if request.HasField("commit") and (request.budget == 0 or exit.reason in _SLICE_END):
+            vmm_turn = report is not None and report.event != ""
+            if request.HasField("commit") and (
+                request.budget == 0 or (exit.reason in _SLICE_END and not vmm_turn)
+            ):
                 generation = self._commit(request, cached)
             s = cpu.state
             return cpu_pb2.RunVcpuResponse(
@@ -154,7 +167,23 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 retired=cpu.stats.retired - before,
                 run_seconds=run_seconds,
                 sync=delta_to_proto(take_delta(cpu, before)),
+                tc=None if report is None else tc_report_to_proto(report),
             )
+
+    @staticmethod
+    def _run_translated(request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu) -> tuple[Exit, TcReport]:
+        """Run the translation the hypervisor installed until it exits, ends the budget or calls
+        the VMM (the report says which call)."""
+        if cached.translated is None:
+            cached.translated = Executor(cached.cpu)
+        executor = cached.translated
+        try:
+            executor.apply(tc_run_from_proto(request.tc))
+        except Fault as fault:
+            raise InvalidRequest(f"VM {request.vm}: a block to install cannot be fetched ({fault})") from None
+        outcome = executor.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+        exit = outcome if isinstance(outcome, Exit) else Exit(ExitReason.BUDGET)
+        return exit, executor.report(outcome)
 
     @staticmethod
     def _second_stage(cpu: Cpu, ram_size: int) -> None:

@@ -260,7 +260,11 @@ class PcpuDriver(threading.Thread):
             remote.console_committed = console_end
 
         def link(
-            budget: int, sync: cpu_pb2.VcpuSync, controls: common_pb2.Controls, nested: int
+            budget: int,
+            sync: cpu_pb2.VcpuSync,
+            controls: common_pb2.Controls,
+            nested: int,
+            tc: cpu_pb2.TcRun | None,
         ) -> cpu_pb2.RunVcpuResponse:
             nonlocal switches, committed_at_switch
             request = cpu_pb2.RunVcpuRequest(
@@ -271,6 +275,7 @@ class PcpuDriver(threading.Thread):
                 controls=controls,
                 sync=sync,
                 nested_ram_size=nested,
+                tc=tc,
             )
             if guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
                 request.commit.CopyFrom(commit_request())
@@ -279,8 +284,12 @@ class PcpuDriver(threading.Thread):
             committed_at_switch = response.generation != rt.generation
             if committed_at_switch:
                 committed(response, request.commit.vmm_state, len(guest.devices.console))
-            if response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
+            name = ""
+            if response.HasField("tc") and response.tc.event:  # translated code called the VMM
+                name = f"translation_{response.tc.event}"
+            elif response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
                 name = REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
+            if name:
                 exits[name] = exits.get(name, 0) + 1
                 seen[name] = seen.get(name, 0) + 1
                 vmm["exits"] = int(vmm.get("exits", 0)) + 1

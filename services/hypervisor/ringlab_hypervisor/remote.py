@@ -8,8 +8,10 @@ comes back (``ringlab.machine.context``).  The technique's one handler then hand
 here, on this copy, exactly as in-process: emulation, hypercalls, shadow syncs, translation and
 devices all happen in the hypervisor; the pCPU only does what hardware does.
 
-Under ``bt`` the guest kernel's translated code is executed by this process against its copy
-(``BinaryTranslation.run``); user code runs on the pCPU (docs/services.md).
+Under ``bt`` the guest kernel's translation runs on the pCPU too (``VM.run_translated``): the
+hypervisor translates on a miss and installs the block there, and every call the translated code
+makes into the VMM (a callout, a fault, a deliverable tick) ends the pCPU's run and is answered
+here (``ringlab.vmm.translated``).
 
 The VMM's state is not in Redis.  A hypervisor that has no copy of a VM (it restarted, another
 replica ran the VM, a slice was lost) rebuilds it by *replaying* the VM in-process from its image
@@ -25,14 +27,25 @@ from collections.abc import Callable
 from typing import Any
 
 from ringlab.image import Image
-from ringlab.machine import Exit, ExitReason
+from ringlab.isa import decode
+from ringlab.machine import Exit
 from ringlab.machine.context import apply_delta, take_delta
+from ringlab.machine.faults import Fault
 from ringlab.machine.mmu import TLB_FLUSH
 from ringlab.machine.stats import stats_to_json
-from ringlab.rpc.convert import controls_to_proto, delta_from_proto, delta_to_proto, exit_from_proto
+from ringlab.rpc.convert import (
+    controls_to_proto,
+    delta_from_proto,
+    delta_to_proto,
+    exit_from_proto,
+    tc_report_from_proto,
+    tc_run_to_proto,
+)
 from ringlab.v1 import common_pb2, cpu_pb2
 from ringlab.vmm import TECHNIQUES, VM, Stop, make_technique
+from ringlab.vmm.bt import BinaryTranslation
 from ringlab.vmm.costs import vmm_cycles
+from ringlab.vmm.translated import ToVmm
 
 __all__ = ["SERVICE_TECHNIQUES", "STOP_STATUS", "Link", "RemoteVm", "new_vm", "stop_status"]
 
@@ -40,8 +53,11 @@ SERVICE_TECHNIQUES = TECHNIQUES
 STOP_STATUS = {"poweroff": "poweroff", "halt": "halted", "shutdown": "shutdown", "limit": "limit"}
 """ISA.md exit reason -> VM status; any other reason (``refused``) ends the VM as shut down."""
 
-Link = Callable[[int, cpu_pb2.VcpuSync, common_pb2.Controls, int], cpu_pb2.RunVcpuResponse]
-"""One world switch: (budget, the hypervisor's changes, controls, nested RAM) -> the pCPU's run."""
+Link = Callable[
+    [int, cpu_pb2.VcpuSync, common_pb2.Controls, int, cpu_pb2.TcRun | None], cpu_pb2.RunVcpuResponse
+]
+"""One world switch: (budget, the hypervisor's changes, controls, nested RAM, bt's translation to
+run instead of the core) -> the pCPU's run."""
 
 
 def new_vm(definition: dict[str, Any], image: Image) -> VM:
@@ -77,23 +93,42 @@ class RemoteVm:
         """Registers and counters as the pCPU returned them at the last switch."""
         self._controls: tuple[Any, common_pb2.Controls] | None = None
         vm.run_core = self._run_core
+        self._tc_reset = True
+        """The pCPU may hold translations of an earlier copy of this VM: forget them first."""
+        if isinstance(vm.technique, BinaryTranslation):
+            vm.run_translated = self._run_translated
         vm.yield_when_idle = True  # an idle guest yields its slice, whoever emulated its hlt
 
     def _run_core(self, budget: int) -> Exit:
         """A world switch: the guest runs on the pCPU until its next exit."""
+        return exit_from_proto(self._switch(budget, None).exit)
+
+    def _run_translated(self, budget: int) -> Exit | ToVmm:
+        """bt: the guest kernel's translation runs on the pCPU until it exits or calls the VMM."""
+        bt = self.vm.technique
+        assert isinstance(bt, BinaryTranslation)
+        response = self._switch(budget, tc_run_to_proto(bt.tc_run(self.vm, reset=self._tc_reset)))
+        self._tc_reset = False
+        report = tc_report_from_proto(response.tc)
+        bt.tc_report(self.vm, report)
+        if not report.event:
+            return exit_from_proto(response.exit)
+        fault = None if report.fault is None else Fault(*report.fault)
+        insn = decode(report.instruction) if report.instruction else None
+        return ToVmm(report.event, report.eip, fault=fault, insn=insn)
+
+    def _switch(self, budget: int, tc: cpu_pb2.TcRun | None) -> cpu_pb2.RunVcpuResponse:
         assert self.link is not None, "no pCPU to run on: set link for the slice"
         cpu = self.vm.cpu
         nested = self.vm.p2m.ram_size if cpu.mmu.second_stage is not None else 0
-        response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self.controls(), nested)
+        response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self.controls(), nested, tc)
         delta = delta_from_proto(response.sync)
         apply_delta(cpu, delta)
         self.base = cpu.stats.retired
         self._as_sent = (delta.state, delta.stats)
-        exit = exit_from_proto(response.exit)
-        if exit.reason is ExitReason.IO_IN:
-            assert exit.register is not None
-            cpu.expect_in(exit.register)
-        return exit
+        if response.exit.reason == common_pb2.EXIT_REASON_IO_IN:
+            cpu.expect_in(response.exit.register)
+        return response
 
     def controls(self) -> common_pb2.Controls:
         """The technique's intercepts, as the pCPU runs with them (a change of controls drops

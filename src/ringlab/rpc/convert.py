@@ -10,6 +10,7 @@ from ringlab.machine import Controls, Exit, ExitReason
 from ringlab.machine.context import ContextDelta
 from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
+from ringlab.vmm.translated import BlockSpec, TcReport, TcRun
 
 __all__ = [
     "EXIT_REASONS",
@@ -20,6 +21,10 @@ __all__ = [
     "delta_from_proto",
     "delta_to_proto",
     "exit_from_proto",
+    "tc_report_from_proto",
+    "tc_report_to_proto",
+    "tc_run_from_proto",
+    "tc_run_to_proto",
     "exit_to_proto",
     "guest_stats_to_proto",
     "guest_stats_to_json",
@@ -125,6 +130,72 @@ def delta_from_proto(s: cpu_pb2.VcpuSync) -> ContextDelta:
         stats=json.loads(s.stats_json) if s.stats_json else {},
         pages=dict(s.pages),
         tlb=list(s.tlb),
+    )
+
+
+def tc_run_to_proto(t: TcRun) -> cpu_pb2.TcRun:
+    out = cpu_pb2.TcRun(vcpu=t.vcpu, epoch=t.epoch, step_over=t.step_over, reset=t.reset)
+    for spec in t.install:
+        block = out.install.add(eip=spec.eip, pa=spec.pa, count=spec.count)
+        if spec.source is not None:
+            block.source_pa, block.source = spec.source
+    out.drop.extend(cpu_pb2.TcKey(eip=eip, pa=pa) for eip, pa in t.drop)
+    return out
+
+
+def tc_run_from_proto(t: cpu_pb2.TcRun) -> TcRun:
+    install = [
+        BlockSpec(b.eip, b.pa, b.count, (b.source_pa, b.source) if b.HasField("source_pa") else None)
+        for b in t.install
+    ]
+    return TcRun(dict(t.vcpu), t.epoch, t.step_over, t.reset, install, [(k.eip, k.pa) for k in t.drop])
+
+
+def tc_report_to_proto(r: TcReport) -> cpu_pb2.TcReport:
+    out = cpu_pb2.TcReport(
+        vcpu=r.vcpu,
+        step_over=r.step_over,
+        event=r.event,
+        eip=r.eip,
+        instruction=r.instruction,
+        counts=r.counts,
+    )
+    if r.fault is not None:
+        vector, error_code, cr2 = r.fault
+        out.vector = vector
+        if error_code is not None:
+            out.error_code = error_code
+        if cr2 is not None:
+            out.cr2 = cr2
+    out.dropped.extend(cpu_pb2.TcKey(eip=eip, pa=pa) for eip, pa in r.dropped)
+    for mnemonic, kinds in r.handled.items():
+        for how, n in kinds.items():
+            out.handled[f"{mnemonic} {how}"] = n
+    return out
+
+
+def tc_report_from_proto(r: cpu_pb2.TcReport) -> TcReport:
+    handled: dict[str, dict[str, int]] = {}
+    for key, n in r.handled.items():
+        mnemonic, how = key.rsplit(" ", 1)
+        handled.setdefault(mnemonic, {})[how] = n
+    fault = None
+    if r.HasField("vector"):
+        fault = (
+            r.vector,
+            r.error_code if r.HasField("error_code") else None,
+            r.cr2 if r.HasField("cr2") else None,
+        )
+    return TcReport(
+        dict(r.vcpu),
+        r.step_over,
+        r.event,
+        r.eip,
+        fault,
+        r.instruction,
+        dict(r.counts),
+        [(k.eip, k.pa) for k in r.dropped],
+        handled,
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ringlab.v1 import common_pb2 as ringlab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\"\x81\x02\n\x08VcpuSync\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\x04\x12\x36\n\tregisters\x18\x02 \x03(\x0b\x32#.ringlab.v1.VcpuSync.RegistersEntry\x12\x12\n\nstats_json\x18\x03 \x01(\t\x12.\n\x05pages\x18\x04 \x03(\x0b\x32\x1f.ringlab.v1.VcpuSync.PagesEntry\x12\x0b\n\x03tlb\x18\x05 \x03(\x03\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nPagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x83\x01\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nstats_json\x18\x06 \x01(\tB\x07\n\x05_code\"\xf3\x01\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\x12\"\n\x04sync\x18\x08 \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x12\x17\n\x0fnested_ram_size\x18\t \x01(\x04J\x04\x08\x06\x10\x07R\x06resume\"\xf4\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x19\n\x11instruction_bytes\x18\x0b \x01(\x0c\x12\x17\n\ndelivering\x18\x0c \x01(\rH\x07\x88\x01\x01\x42\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eipB\r\n\x0b_delivering\"\xde\x02\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x12\"\n\x04sync\x18\n \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nR\x07\x63onsoleR\x04stop\"\x14\n\x12\x44\x65scribeCpuRequest\"|\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\x12\x19\n\x11redis_round_trips\x18\x06 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ringlab/v1/cpu.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\"\x81\x02\n\x08VcpuSync\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\x04\x12\x36\n\tregisters\x18\x02 \x03(\x0b\x32#.ringlab.v1.VcpuSync.RegistersEntry\x12\x12\n\nstats_json\x18\x03 \x01(\t\x12.\n\x05pages\x18\x04 \x03(\x0b\x32\x1f.ringlab.v1.VcpuSync.PagesEntry\x12\x0b\n\x03tlb\x18\x05 \x03(\x03\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nPagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x83\x01\n\rCommitRequest\x12\x0f\n\x07\x63onsole\x18\x01 \x01(\x0c\x12\x11\n\tvmm_state\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nstats_json\x18\x06 \x01(\tB\x07\n\x05_code\"\x92\x02\n\x0eRunVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06\x62udget\x18\x04 \x01(\x04\x12&\n\x08\x63ontrols\x18\x05 \x01(\x0b\x32\x14.ringlab.v1.Controls\x12)\n\x06\x63ommit\x18\x07 \x01(\x0b\x32\x19.ringlab.v1.CommitRequest\x12\"\n\x04sync\x18\x08 \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x12\x17\n\x0fnested_ram_size\x18\t \x01(\x04\x12\x1d\n\x02tc\x18\n \x01(\x0b\x32\x11.ringlab.v1.TcRunJ\x04\x08\x06\x10\x07R\x06resume\"g\n\x07TcBlock\x12\x0b\n\x03\x65ip\x18\x01 \x01(\r\x12\n\n\x02pa\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x16\n\tsource_pa\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06source\x18\x05 \x01(\x0c\x42\x0c\n\n_source_pa\" \n\x05TcKey\x12\x0b\n\x03\x65ip\x18\x01 \x01(\r\x12\n\n\x02pa\x18\x02 \x01(\r\"\xd7\x01\n\x05TcRun\x12)\n\x04vcpu\x18\x01 \x03(\x0b\x32\x1b.ringlab.v1.TcRun.VcpuEntry\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tstep_over\x18\x03 \x01(\x08\x12\r\n\x05reset\x18\x04 \x01(\x08\x12$\n\x07install\x18\x05 \x03(\x0b\x32\x13.ringlab.v1.TcBlock\x12\x1f\n\x04\x64rop\x18\x06 \x03(\x0b\x32\x11.ringlab.v1.TcKey\x1a+\n\tVcpuEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xf4\x03\n\x08TcReport\x12,\n\x04vcpu\x18\x01 \x03(\x0b\x32\x1e.ringlab.v1.TcReport.VcpuEntry\x12\x11\n\tstep_over\x18\x02 \x01(\x08\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x0b\n\x03\x65ip\x18\x04 \x01(\r\x12\x13\n\x06vector\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x0binstruction\x18\x08 \x01(\x0c\x12\x30\n\x06\x63ounts\x18\t \x03(\x0b\x32 .ringlab.v1.TcReport.CountsEntry\x12\"\n\x07\x64ropped\x18\n \x03(\x0b\x32\x11.ringlab.v1.TcKey\x12\x32\n\x07handled\x18\x0b \x03(\x0b\x32!.ringlab.v1.TcReport.HandledEntry\x1a+\n\tVcpuEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a.\n\x0cHandledEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2\"\xf4\x02\n\x08VcpuExit\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.ringlab.v1.ExitReason\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x15\n\x08register\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06vector\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x17\n\nerror_code\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03\x63r2\x18\x07 \x01(\rH\x05\x88\x01\x01\x12\x10\n\x03\x65ip\x18\x08 \x01(\rH\x06\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x19\n\x11instruction_bytes\x18\x0b \x01(\x0c\x12\x17\n\ndelivering\x18\x0c \x01(\rH\x07\x88\x01\x01\x42\x07\n\x05_portB\x08\n\x06_valueB\x0b\n\t_registerB\t\n\x07_vectorB\r\n\x0b_error_codeB\x06\n\x04_cr2B\x06\n\x04_eipB\r\n\x0b_delivering\"\x80\x03\n\x0fRunVcpuResponse\x12\"\n\x04\x65xit\x18\x01 \x01(\x0b\x32\x14.ringlab.v1.VcpuExit\x12=\n\tregisters\x18\x02 \x03(\x0b\x32*.ringlab.v1.RunVcpuResponse.RegistersEntry\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_reloaded\x18\x05 \x01(\x08\x12\x0f\n\x07retired\x18\x06 \x01(\x04\x12\x13\n\x0brun_seconds\x18\x07 \x01(\x01\x12\"\n\x04sync\x18\n \x01(\x0b\x32\x14.ringlab.v1.VcpuSync\x12 \n\x02tc\x18\x0b \x01(\x0b\x32\x14.ringlab.v1.TcReport\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nR\x07\x63onsoleR\x04stop\"\x14\n\x12\x44\x65scribeCpuRequest\"|\n\x07\x43puInfo\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncached_vms\x18\x03 \x03(\t\x12\x0c\n\x04runs\x18\x04 \x01(\x04\x12\x15\n\rcache_reloads\x18\x05 \x01(\x04\x12\x19\n\x11redis_round_trips\x18\x06 \x01(\x04\"\x1e\n\x10\x45victVcpuRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"$\n\x11\x45victVcpuResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x92\x02\n\x03\x43pu\x12\x42\n\x07RunVcpu\x12\x1a.ringlab.v1.RunVcpuRequest\x1a\x1b.ringlab.v1.RunVcpuResponse\x12\x42\n\x0b\x44\x65scribeCpu\x12\x1e.ringlab.v1.DescribeCpuRequest\x1a\x13.ringlab.v1.CpuInfo\x12H\n\tEvictVcpu\x12\x1c.ringlab.v1.EvictVcpuRequest\x1a\x1d.ringlab.v1.EvictVcpuResponse\x12\x39\n\x04\x45\x63ho\x12\x17.ringlab.v1.EchoRequest\x1a\x18.ringlab.v1.EchoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VCPUSYNC_REGISTERSENTRY']._serialized_options = b'8\001'
   _globals['_VCPUSYNC_PAGESENTRY']._loaded_options = None
   _globals['_VCPUSYNC_PAGESENTRY']._serialized_options = b'8\001'
+  _globals['_TCRUN_VCPUENTRY']._loaded_options = None
+  _globals['_TCRUN_VCPUENTRY']._serialized_options = b'8\001'
+  _globals['_TCREPORT_VCPUENTRY']._loaded_options = None
+  _globals['_TCREPORT_VCPUENTRY']._serialized_options = b'8\001'
+  _globals['_TCREPORT_COUNTSENTRY']._loaded_options = None
+  _globals['_TCREPORT_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_TCREPORT_HANDLEDENTRY']._loaded_options = None
+  _globals['_TCREPORT_HANDLEDENTRY']._serialized_options = b'8\001'
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._loaded_options = None
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_options = b'8\001'
   _globals['_VCPUSYNC']._serialized_start=62
@@ -47,25 +55,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMITREQUEST']._serialized_start=322
   _globals['_COMMITREQUEST']._serialized_end=453
   _globals['_RUNVCPUREQUEST']._serialized_start=456
-  _globals['_RUNVCPUREQUEST']._serialized_end=699
-  _globals['_VCPUEXIT']._serialized_start=702
-  _globals['_VCPUEXIT']._serialized_end=1074
-  _globals['_RUNVCPURESPONSE']._serialized_start=1077
-  _globals['_RUNVCPURESPONSE']._serialized_end=1427
+  _globals['_RUNVCPUREQUEST']._serialized_end=730
+  _globals['_TCBLOCK']._serialized_start=732
+  _globals['_TCBLOCK']._serialized_end=835
+  _globals['_TCKEY']._serialized_start=837
+  _globals['_TCKEY']._serialized_end=869
+  _globals['_TCRUN']._serialized_start=872
+  _globals['_TCRUN']._serialized_end=1087
+  _globals['_TCRUN_VCPUENTRY']._serialized_start=1044
+  _globals['_TCRUN_VCPUENTRY']._serialized_end=1087
+  _globals['_TCREPORT']._serialized_start=1090
+  _globals['_TCREPORT']._serialized_end=1590
+  _globals['_TCREPORT_VCPUENTRY']._serialized_start=1044
+  _globals['_TCREPORT_VCPUENTRY']._serialized_end=1087
+  _globals['_TCREPORT_COUNTSENTRY']._serialized_start=1463
+  _globals['_TCREPORT_COUNTSENTRY']._serialized_end=1508
+  _globals['_TCREPORT_HANDLEDENTRY']._serialized_start=1510
+  _globals['_TCREPORT_HANDLEDENTRY']._serialized_end=1556
+  _globals['_VCPUEXIT']._serialized_start=1593
+  _globals['_VCPUEXIT']._serialized_end=1965
+  _globals['_RUNVCPURESPONSE']._serialized_start=1968
+  _globals['_RUNVCPURESPONSE']._serialized_end=2352
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_start=225
   _globals['_RUNVCPURESPONSE_REGISTERSENTRY']._serialized_end=273
-  _globals['_DESCRIBECPUREQUEST']._serialized_start=1429
-  _globals['_DESCRIBECPUREQUEST']._serialized_end=1449
-  _globals['_CPUINFO']._serialized_start=1451
-  _globals['_CPUINFO']._serialized_end=1575
-  _globals['_EVICTVCPUREQUEST']._serialized_start=1577
-  _globals['_EVICTVCPUREQUEST']._serialized_end=1607
-  _globals['_EVICTVCPURESPONSE']._serialized_start=1609
-  _globals['_EVICTVCPURESPONSE']._serialized_end=1645
-  _globals['_ECHOREQUEST']._serialized_start=1647
-  _globals['_ECHOREQUEST']._serialized_end=1677
-  _globals['_ECHORESPONSE']._serialized_start=1679
-  _globals['_ECHORESPONSE']._serialized_end=1710
-  _globals['_CPU']._serialized_start=1713
-  _globals['_CPU']._serialized_end=1987
+  _globals['_DESCRIBECPUREQUEST']._serialized_start=2354
+  _globals['_DESCRIBECPUREQUEST']._serialized_end=2374
+  _globals['_CPUINFO']._serialized_start=2376
+  _globals['_CPUINFO']._serialized_end=2500
+  _globals['_EVICTVCPUREQUEST']._serialized_start=2502
+  _globals['_EVICTVCPUREQUEST']._serialized_end=2532
+  _globals['_EVICTVCPURESPONSE']._serialized_start=2534
+  _globals['_EVICTVCPURESPONSE']._serialized_end=2570
+  _globals['_ECHOREQUEST']._serialized_start=2572
+  _globals['_ECHOREQUEST']._serialized_end=2602
+  _globals['_ECHORESPONSE']._serialized_start=2604
+  _globals['_ECHORESPONSE']._serialized_end=2635
+  _globals['_CPU']._serialized_start=2638
+  _globals['_CPU']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

@@ -164,6 +164,7 @@ class RunVcpuRequest(_message.Message):
     COMMIT_FIELD_NUMBER: _builtins.int
     SYNC_FIELD_NUMBER: _builtins.int
     NESTED_RAM_SIZE_FIELD_NUMBER: _builtins.int
+    TC_FIELD_NUMBER: _builtins.int
     vm: _builtins.str
     lease_token: _builtins.int
     """fencing token of the grant that lets this caller run the VM"""
@@ -182,6 +183,10 @@ class RunVcpuRequest(_message.Message):
     def sync(self) -> Global___VcpuSync:
         """unset = the hypervisor changed nothing since the last exit"""
 
+    @_builtins.property
+    def tc(self) -> Global___TcRun:
+        """set = run the guest kernel's binary translation, not the core (bt)"""
+
     def __init__(
         self,
         *,
@@ -193,14 +198,274 @@ class RunVcpuRequest(_message.Message):
         commit: Global___CommitRequest | None = ...,
         sync: Global___VcpuSync | None = ...,
         nested_ram_size: _builtins.int = ...,
+        tc: Global___TcRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "controls", b"controls", "sync", b"sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "controls", b"controls", "sync", b"sync", "tc", b"tc"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "commit", b"commit", "controls", b"controls", "generation", b"generation", "lease_token", b"lease_token", "nested_ram_size", b"nested_ram_size", "sync", b"sync", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "commit", b"commit", "controls", b"controls", "generation", b"generation", "lease_token", b"lease_token", "nested_ram_size", b"nested_ram_size", "sync", b"sync", "tc", b"tc", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunVcpuRequest: _TypeAlias = RunVcpuRequest  # noqa: Y015
+
+@_typing.final
+class TcBlock(_message.Message):
+    """bt: a translated block as the hypervisor installs it (the pCPU rebuilds it from the code)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EIP_FIELD_NUMBER: _builtins.int
+    PA_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SOURCE_PA_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    eip: _builtins.int
+    pa: _builtins.int
+    """host address of eip"""
+    count: _builtins.int
+    """instructions"""
+    source_pa: _builtins.int
+    """self-checking blocks: where their code is, and its bytes"""
+    source: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        eip: _builtins.int = ...,
+        pa: _builtins.int = ...,
+        count: _builtins.int = ...,
+        source_pa: _builtins.int | None = ...,
+        source: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_source_pa", b"_source_pa", "source_pa", b"source_pa"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_source_pa", b"_source_pa", "count", b"count", "eip", b"eip", "pa", b"pa", "source", b"source", "source_pa", b"source_pa"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__source_pa: _TypeAlias = _typing.Literal["source_pa"]  # noqa: Y015
+    _WhichOneofArgType__source_pa: _TypeAlias = _typing.Literal["_source_pa", b"_source_pa"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__source_pa) -> _WhichOneofReturnType__source_pa | None: ...
+
+Global___TcBlock: _TypeAlias = TcBlock  # noqa: Y015
+
+@_typing.final
+class TcKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EIP_FIELD_NUMBER: _builtins.int
+    PA_FIELD_NUMBER: _builtins.int
+    eip: _builtins.int
+    pa: _builtins.int
+    def __init__(
+        self,
+        *,
+        eip: _builtins.int = ...,
+        pa: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eip", b"eip", "pa", b"pa"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcKey: _TypeAlias = TcKey  # noqa: Y015
+
+@_typing.final
+class TcRun(_message.Message):
+    """bt, hypervisor -> pCPU (ringlab.vmm.translated.TcRun)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VcpuEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VCPU_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STEP_OVER_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    INSTALL_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    """shadow page-table flushes so far (chain links of older ones die)"""
+    step_over: _builtins.bool
+    """run the next instruction from an uncached translation"""
+    reset: _builtins.bool
+    """forget every installed block first"""
+    @_builtins.property
+    def vcpu(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """the virtual CPU the inline operations work on"""
+
+    @_builtins.property
+    def install(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcBlock]: ...
+    @_builtins.property
+    def drop(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcKey]: ...
+    def __init__(
+        self,
+        *,
+        vcpu: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        epoch: _builtins.int = ...,
+        step_over: _builtins.bool = ...,
+        reset: _builtins.bool = ...,
+        install: _abc.Iterable[Global___TcBlock] | None = ...,
+        drop: _abc.Iterable[Global___TcKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "epoch", b"epoch", "install", b"install", "reset", b"reset", "step_over", b"step_over", "vcpu", b"vcpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcRun: _TypeAlias = TcRun  # noqa: Y015
+
+@_typing.final
+class TcReport(_message.Message):
+    """bt, pCPU -> hypervisor (ringlab.vmm.translated.TcReport): why the translation stopped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VcpuEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class HandledEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VCPU_FIELD_NUMBER: _builtins.int
+    STEP_OVER_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    EIP_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    CR2_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    HANDLED_FIELD_NUMBER: _builtins.int
+    step_over: _builtins.bool
+    event: _builtins.str
+    """"" = see exit; miss | fault | tick | privileged | callout | user: the VMM's turn"""
+    eip: _builtins.int
+    vector: _builtins.int
+    """fault"""
+    error_code: _builtins.int
+    cr2: _builtins.int
+    instruction: _builtins.bytes
+    """callout: the instruction, encoded"""
+    @_builtins.property
+    def vcpu(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """hits, chained, self_checks, invalidations since the last report"""
+
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcKey]:
+        """blocks a self-check found changed"""
+
+    @_builtins.property
+    def handled(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """"mnemonic how" -> times (inline ops, callouts)"""
+
+    def __init__(
+        self,
+        *,
+        vcpu: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        step_over: _builtins.bool = ...,
+        event: _builtins.str = ...,
+        eip: _builtins.int = ...,
+        vector: _builtins.int | None = ...,
+        error_code: _builtins.int | None = ...,
+        cr2: _builtins.int | None = ...,
+        instruction: _builtins.bytes = ...,
+        counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        dropped: _abc.Iterable[Global___TcKey] | None = ...,
+        handled: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_error_code", b"_error_code", "_vector", b"_vector", "cr2", b"cr2", "error_code", b"error_code", "vector", b"vector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_error_code", b"_error_code", "_vector", b"_vector", "counts", b"counts", "cr2", b"cr2", "dropped", b"dropped", "eip", b"eip", "error_code", b"error_code", "event", b"event", "handled", b"handled", "instruction", b"instruction", "step_over", b"step_over", "vcpu", b"vcpu", "vector", b"vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cr2: _TypeAlias = _typing.Literal["cr2"]  # noqa: Y015
+    _WhichOneofArgType__cr2: _TypeAlias = _typing.Literal["_cr2", b"_cr2"]  # noqa: Y015
+    _WhichOneofReturnType__error_code: _TypeAlias = _typing.Literal["error_code"]  # noqa: Y015
+    _WhichOneofArgType__error_code: _TypeAlias = _typing.Literal["_error_code", b"_error_code"]  # noqa: Y015
+    _WhichOneofReturnType__vector: _TypeAlias = _typing.Literal["vector"]  # noqa: Y015
+    _WhichOneofArgType__vector: _TypeAlias = _typing.Literal["_vector", b"_vector"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cr2) -> _WhichOneofReturnType__cr2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_code) -> _WhichOneofReturnType__error_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vector) -> _WhichOneofReturnType__vector | None: ...
+
+Global___TcReport: _TypeAlias = TcReport  # noqa: Y015
 
 @_typing.final
 class VcpuExit(_message.Message):
@@ -320,6 +585,7 @@ class RunVcpuResponse(_message.Message):
     RETIRED_FIELD_NUMBER: _builtins.int
     RUN_SECONDS_FIELD_NUMBER: _builtins.int
     SYNC_FIELD_NUMBER: _builtins.int
+    TC_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """the VM's latest commit after this call"""
     cache_reloaded: _builtins.bool
@@ -340,6 +606,10 @@ class RunVcpuResponse(_message.Message):
     def sync(self) -> Global___VcpuSync:
         """what this run changed: pages written, TLB maintenance, counters"""
 
+    @_builtins.property
+    def tc(self) -> Global___TcReport:
+        """set when the request ran the translation (bt)"""
+
     def __init__(
         self,
         *,
@@ -351,10 +621,11 @@ class RunVcpuResponse(_message.Message):
         retired: _builtins.int = ...,
         run_seconds: _builtins.float = ...,
         sync: Global___VcpuSync | None = ...,
+        tc: Global___TcReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats", "sync", b"sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "stats", b"stats", "sync", b"sync", "tc", b"tc"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats", "sync", b"sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reloaded", b"cache_reloaded", "exit", b"exit", "generation", b"generation", "registers", b"registers", "retired", b"retired", "run_seconds", b"run_seconds", "stats", b"stats", "sync", b"sync", "tc", b"tc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

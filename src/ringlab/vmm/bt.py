@@ -7,48 +7,57 @@ real ring 1) never runs directly: the VMM executes its translation from the tran
 the virtual CPU, privileged ones as callouts.  So, unlike trap-and-emulate, nothing sensitive
 escapes: ``popf`` restores the virtual IF, ``pushf`` shows it, ``iret`` to user mode restores it,
 and the guest is equivalent to native, virtual time included.
+
+The loop that runs the translation is ``translated.py``: in-process it calls this VMM directly;
+through the services it runs on the pCPU (``VM.run_translated``) and each call into the VMM comes
+back here as an event (``_run_remote``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from ringlab.isa import TABLE
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, PF, TIMER, Fault
+from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
-from ringlab.vmm.emulate import emulate, privilege_fault
+from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import reflect_exception, reflect_interrupt, reflect_software_interrupt
-from ringlab.vmm.execute import execute
 from ringlab.vmm.technique import Stop
-from ringlab.vmm.translation_cache import Block, Kind, TranslationCache
+from ringlab.vmm.translated import (
+    BT_DEPRIVILEGE,
+    YIELD,
+    BlockSpec,
+    TcReport,
+    TcRun,
+    TcState,
+    load_vcpu,
+    run_translated,
+    vcpu_dict,
+)
+from ringlab.vmm.translation_cache import Op, TranslationCache, kind_of
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
-from ringlab.vmm.vcpu import Deprivilege, guest_view
+from ringlab.vmm.vcpu import Deprivilege
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
 __all__ = ["BinaryTranslation"]
 
-_STRAIGHT = 3
-"""Runs of at least this many innocuous kernel instructions go to the core's compiled code."""
-_YIELD = Exit(ExitReason.BUDGET)
-"""Back to the VMM loop (the guest changed mode, or the budget ran out)."""
-_DIRECT = Kind.DIRECT
 _INT = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
 
 
 class BinaryTranslation:
     name = "bt"
-    deprivilege: Deprivilege | None = Deprivilege(vmm_tables=False, user_flags_direct=True)
+    deprivilege: Deprivilege | None = BT_DEPRIVILEGE
     shadow_paging = True
 
     def __init__(self) -> None:
         self.cache: TranslationCache | None = None
-        self._step_over_write = False
-        """The last hidden fault dropped translations: run the faulting instruction once from
-        an uncached translation, so it is not write-protected again before it writes."""
+        self.state = TcState()
 
     def controls(self) -> Controls:
         return Controls(intercept_vectors=ALL_VECTORS)
@@ -69,116 +78,83 @@ class BinaryTranslation:
     def run(self, vm: VM, budget: int) -> Exit | Stop:
         if vm.vcpu.cpl == 3:
             return vm.run_core(budget)  # user code: directly on the core
-        exit = self._run_translated(vm, vm.cpu.stats.retired + budget)
+        end = vm.cpu.stats.retired + budget
+        assert self.cache is not None
+        port = _VmmPort(self, vm)
+        if vm.run_translated is None:  # in-process: the translation runs beside the VMM
+            exit = run_translated(vm, self.cache, port, end, self.state, lambda: vm.counters.shadow_flushes)
+        else:
+            exit = self._run_remote(vm, port, end)
         self._publish(vm)
         return exit
 
-    def _run_translated(self, vm: VM, end: int) -> Exit | Stop:
-        """Execute the guest kernel's translation until it leaves ring 0, exits or ``end``."""
-        cpu, vcpu, counters = vm.cpu, vm.vcpu, vm.counters
-        s, stats = cpu.state, cpu.stats
+    def _run_remote(self, vm: VM, port: _VmmPort, end: int) -> Exit | Stop:
+        """The translation runs on the pCPU; each call it makes into the VMM comes back here as
+        an event, is answered on this copy of the vCPU, and the translation runs on."""
+        assert vm.run_translated is not None and self.cache is not None
+        stats = vm.cpu.stats
+        while True:
+            if vm.vcpu.cpl == 3 or stats.retired >= end:
+                return YIELD
+            outcome = vm.run_translated(end - stats.retired)
+            if isinstance(outcome, Exit):
+                return outcome
+            result: Exit | Stop | None
+            match outcome.event:
+                case "miss":
+                    try:
+                        self.cache.translate_for_peer(outcome.eip, vm.counters.shadow_flushes)
+                        result = None
+                    except Fault as fault:
+                        result = port.fault(fault)
+                case "fault":
+                    assert outcome.fault is not None
+                    result = port.fault(outcome.fault)
+                case "tick":
+                    result = port.tick()
+                case "privileged":
+                    result = port.privileged()
+                case "callout":
+                    assert outcome.insn is not None
+                    insn = outcome.insn
+                    result = port.callout(Op(kind_of(insn), insn, outcome.eip, 0, HANDLERS[insn.spec.opcode]))
+                    if result is None and vm.vcpu.cpl == 3:
+                        result = port.to_user()
+                case _:  # "user"
+                    result = port.to_user()
+            if result is not None:
+                return result
+
+    def tc_run(self, vm: VM, reset: bool) -> TcRun:
+        """What the pCPU needs to run the translation (``remote.py``)."""
+        assert self.cache is not None
+        if reset:  # from now on, keep what the pCPU's cache must learn
+            self.cache.track()
+        fresh, forgotten = self.cache.take()
+        return TcRun(
+            vcpu_dict(vm.vcpu),
+            vm.counters.shadow_flushes,
+            self.state.step_over,
+            reset,
+            [BlockSpec.of(b) for b in fresh if b.valid],
+            forgotten,
+        )
+
+    def tc_report(self, vm: VM, report: TcReport) -> None:
+        """What the pCPU's run of the translation changed and counted."""
         cache = self.cache
         assert cache is not None
-        follow, run_straight = cache.follow, cpu.run_straight
-        previous: Block | None = None
-        while True:
-            if stats.retired >= end:
-                return _YIELD
-            try:
-                if self._step_over_write:
-                    self._step_over_write = False
-                    block = cache.single(s.eip)
-                else:
-                    block = cache.lookup(s.eip, previous, counters.shadow_flushes)
-            except Fault as fault:
-                result = self._fault(vm, fault)
-                if result is not None:
-                    return result
-                previous = None
-                if vcpu.cpl == 3:
-                    return _YIELD
-                continue
-            previous = block
-            ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
-            while i < len(ops):
-                op = ops[i]
-                if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
-                    s.timer_pending = False
-                    vcpu.pending_tick = True
-                if vcpu.pending_tick and vcpu.interrupts_enabled:
-                    vcpu.pending_tick = False
-                    result = reflect_interrupt(vm, TIMER)
-                    if result is not None:
-                        return result
-                    previous = None
-                    break
-                if (
-                    stats.retired >= end
-                    or not block.valid
-                    or s.eip != op.eip
-                    or (i and block.source is not None and not cache.unchanged(block))
-                ):
-                    # (a self-checking block is compared again once some of it has run: an
-                    # instruction may have written the block's own code, with no fault to say so)
-                    previous = None
-                    break
-                kind = op.kind
-                if kind is _DIRECT:
-                    if tails[i]:
-                        # Innocuous instructions translate to themselves: the rest of a block
-                        # of nothing else up to its branch runs on the core's compiled code (the
-                        # simulated hardware's speed, not the VMM's work), may loop there, and
-                        # goes on into the blocks it is chained to while they are all DIRECT
-                        # too (``cache.follow``).
-                        cache.current = block
-                        if run_straight(end - stats.retired, follow):
-                            block = previous = cache.current
-                            j = block.index.get(s.eip)
-                            if j is None:  # it branched out of its last block
-                                break
-                            ops, runs, tails, i = block.ops, block.direct_runs, block.tails, j
-                            continue
-                    elif runs[i] >= _STRAIGHT:  # a run of innocuous instructions in a block
-                        done = run_straight(min(runs[i], end - stats.retired))
-                        if done:
-                            i += done
-                            continue
-                    try:
-                        outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
-                    except Fault as fault:
-                        result = self._fault(vm, fault)
-                        if result is not None:
-                            return result
-                        previous = None
-                        break
-                    if outcome is None:
-                        cpu.retire(1)
-                    elif isinstance(outcome, Exit):
-                        return outcome  # pragma: no cover - innocuous handlers do not exit
-                    i += 1
-                    continue
-                i += 1
-                counters.handled(op.insn.mnemonic, kind.value)
-                if kind is Kind.INLINE:
-                    if privilege_fault(vm, op.insn):  # cli/sti above the guest's IOPL
-                        result = reflect_exception(vm, Fault(GP, 0), counted=False)
-                        if result is not None:
-                            return result
-                        previous = None
-                        break
-                    with guest_view(s, vcpu, self.deprivilege):
-                        result = execute(cpu, op.insn, op.eip, 1)
-                else:
-                    counters.callouts += 1
-                    counters.world_switches += 1
-                    result = emulate(vm, op.insn, op.eip)
-                if result is not None:
-                    return result
-                if vcpu.cpl == 3:
-                    result = vm.deliver_pending()
-                    return result if result is not None else _YIELD
-            if vcpu.cpl == 3:
-                return _YIELD
+        load_vcpu(vm.vcpu, report.vcpu)
+        self.state.step_over = report.step_over
+        cache.hits += report.counts.get("hits", 0)
+        cache.chained += report.counts.get("chained", 0)
+        cache.self_checks += report.counts.get("self_checks", 0)
+        cache.invalidations += report.counts.get("invalidations", 0)
+        for key in report.dropped:
+            cache.forget(key)
+        for mnemonic, kinds in report.handled.items():
+            for how, n in kinds.items():
+                vm.counters.sensitive.setdefault(mnemonic, Counter())[how] += n
 
     def _fault(self, vm: VM, fault: Fault) -> Exit | Stop | None:
         """A fault raised by translated code (or by fetching it) at ``eip``."""
@@ -189,7 +165,7 @@ class BinaryTranslation:
                 Exit(ExitReason.EXCEPTION, vector=PF, error_code=fault.error_code, cr2=fault.cr2)
             )
             if hidden is None:
-                self._step_over_write = self.cache.invalidations != dropped
+                self.state.step_over = self.cache.invalidations != dropped
                 return None
             fault = hidden
         result = reflect_exception(vm, fault, counted=False)
@@ -235,7 +211,7 @@ class BinaryTranslation:
                     fault = vm.paging.page_fault(exit)
                     if fault is None:
                         vm.hide(PF)
-                        self._step_over_write = self.cache.invalidations != dropped
+                        self.state.step_over = self.cache.invalidations != dropped
                         return None
                     if fault.vector != PF:
                         vm.hide(PF)
@@ -245,6 +221,33 @@ class BinaryTranslation:
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
             case _:
                 raise AssertionError(f"unexpected exit under bt: {exit}")
+
+
+class _VmmPort:
+    """Translated code's calls into the VMM, answered by the VMM (``translated.Port``)."""
+
+    def __init__(self, bt: BinaryTranslation, vm: VM) -> None:
+        self.bt, self.vm = bt, vm
+
+    def fault(self, fault: Fault) -> Exit | Stop | None:
+        return self.bt._fault(self.vm, fault)
+
+    def tick(self) -> Exit | Stop | None:
+        self.vm.vcpu.pending_tick = False
+        return reflect_interrupt(self.vm, TIMER)
+
+    def privileged(self) -> Exit | Stop | None:  # cli/sti above the guest's IOPL
+        return reflect_exception(self.vm, Fault(GP, 0), counted=False)
+
+    def callout(self, op: Op) -> Exit | Stop | None:
+        counters = self.vm.counters
+        counters.callouts += 1
+        counters.world_switches += 1
+        return emulate(self.vm, op.insn, op.eip)
+
+    def to_user(self) -> Exit | Stop:
+        result = self.vm.deliver_pending()
+        return result if result is not None else YIELD
 
 
 def _may_be_int(vm: VM, eip: int) -> bool:

@@ -33,7 +33,7 @@ from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
 
-__all__ = ["MAX_BLOCK", "Block", "Kind", "Op", "TranslationCache", "kind_of"]
+__all__ = ["MAX_BLOCK", "Block", "Kind", "Op", "TranslationCache", "Untranslated", "kind_of"]
 
 MAX_BLOCK = 32
 VOLATILE_AFTER = 4
@@ -118,11 +118,25 @@ def _is_branch(mnemonic: str) -> bool:
     return mnemonic in ("jmp", "call", "ret") or mnemonic.startswith("j")
 
 
+class Untranslated(Exception):
+    """A cache that cannot translate (a pCPU's: the VMM translates) has no block at ``eip``."""
+
+    def __init__(self, eip: int) -> None:
+        super().__init__(f"no translation at {eip:#x}")
+        self.eip = eip
+
+
 class TranslationCache:
-    def __init__(self, cpu: Cpu, protect: Callable[[int], None]) -> None:
+    def __init__(self, cpu: Cpu, protect: Callable[[int], None] | None) -> None:
+        """``protect`` write-protects a frame translations came from (the VMM's shadow page
+        tables); None for a pCPU's cache, which only runs what the VMM installs."""
         self.cpu = cpu
         self._data = cpu.memory.data
         self._protect = protect
+        self.fresh: list[Block] | None = None
+        """When a list (the hypervisor's cache of a remote VM): blocks to install in the pCPU."""
+        self.forgotten: list[tuple[int, int]] | None = None
+        """When a list: keys of blocks to drop from the other side's cache."""
         self._blocks: dict[tuple[int, int], Block] = {}
         self._by_frame: dict[int, list[Block]] = {}
         self.translations = 0
@@ -153,6 +167,8 @@ class TranslationCache:
         if block is not None and block.valid and self._unchanged(block):
             self.hits += 1
         else:
+            if self._protect is None:
+                raise Untranslated(eip)
             block = self._translate(eip)
             block.pa = key[1]
             if block.all_direct:
@@ -191,8 +207,7 @@ class TranslationCache:
         if source is not None:  # _unchanged, inline: this is the core's inner loop
             self.self_checks += 1
             if not self._data.startswith(source[1], source[0]):
-                linked.drop()
-                self.invalidations += 1
+                self._drop(linked)
                 return False
         self.chained += 1
         epoch = current.epoch
@@ -215,9 +230,14 @@ class TranslationCache:
         pa, data = block.source
         if self._data.startswith(data, pa):
             return True
+        self._drop(block)
+        return False
+
+    def _drop(self, block: Block) -> None:
         block.drop()
         self.invalidations += 1
-        return False
+        if self.forgotten is not None and block.pa >= 0:
+            self.forgotten.append((block.eip, block.pa))
 
     def single(self, eip: int) -> Block:
         """One instruction, translated but neither cached nor write-protected: how the VMM
@@ -257,6 +277,7 @@ class TranslationCache:
             size = (eip - start) & MASK32
             block.source = (start_pa, bytes(self.cpu.memory.data[start_pa : start_pa + size]))
             frames = frames - self.volatile
+        assert self._protect is not None
         for frame in frames:
             self._by_frame.setdefault(frame, []).append(block)
             self._protect(frame)
@@ -271,7 +292,44 @@ class TranslationCache:
             self.volatile.add(frame)
         for block in self._by_frame.pop(frame, []):
             if block.valid:
-                block.drop()
-                self.invalidations += 1
+                self._drop(block)
         for key in [k for k, b in self._blocks.items() if not b.valid]:
             del self._blocks[key]
+
+    # -- the two sides of a world switch (ringlab.vmm.translated) ---------------------------------
+    def track(self) -> None:
+        """Keep what the other side's cache must learn: blocks translated, blocks dropped."""
+        self.fresh, self.forgotten = [], []
+
+    def take(self) -> tuple[list[Block], list[tuple[int, int]]]:
+        fresh, forgotten = self.fresh or [], self.forgotten or []
+        if self.fresh is not None:
+            self.fresh, self.forgotten = [], []
+        return fresh, forgotten
+
+    def take_dropped(self) -> list[tuple[int, int]]:
+        forgotten = self.forgotten or []
+        self.forgotten = []
+        return forgotten
+
+    def translate_for_peer(self, eip: int, epoch: int) -> Block:
+        """The other side has no block at ``eip``: find or make one, and queue it for it.
+        Raises ``Fault`` if the code cannot be fetched."""
+        block = self.lookup(eip, None, epoch)
+        if self.fresh is not None and block not in self.fresh:
+            self.fresh.append(block)
+        return block
+
+    def install(self, eip: int, pa: int, count: int, source: tuple[int, bytes] | None) -> None:
+        """A block the VMM translated: rebuilt from the same code, neither protected nor counted."""
+        block = self._translate(eip, limit=count, keep=False)
+        block.pa, block.source = pa, source
+        if block.all_direct:
+            block.entry = pa
+        self._blocks[(eip, pa)] = block
+
+    def forget(self, key: tuple[int, int]) -> None:
+        """The other side dropped this block (its code changed): never run it again here."""
+        block = self._blocks.pop(key, None)
+        if block is not None:
+            block.drop()

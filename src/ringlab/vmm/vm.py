@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
@@ -26,6 +26,9 @@ from ringlab.vmm.paging import DirectPaging, Paging
 from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
 from ringlab.vmm.technique import Stop, Technique
 from ringlab.vmm.vcpu import SYS_FLAGS, VirtualCpu
+
+if TYPE_CHECKING:
+    from ringlab.vmm.translated import ToVmm
 
 __all__ = ["VM", "VmRunResult"]
 
@@ -76,6 +79,9 @@ class VM:
         self.memory_size = memory_size
         self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
         self.run_core: Callable[[int], Exit] = self.cpu.run
+        self.run_translated: Callable[[int], Exit | ToVmm] | None = None
+        """bt through the services: run the guest kernel's translation on the pCPU (an ``Exit``,
+        or the call into the VMM that ended the run); None in-process."""
         self.yield_when_idle = False
         """``advance`` returns when an emulated ``hlt`` idled (the services' scheduling)."""
         """Run the guest on the core until an exit (``Cpu.run``).  In-process it is a call; the

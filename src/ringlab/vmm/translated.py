@@ -1,0 +1,336 @@
+"""Executing the translation cache: the loop that runs translated guest-kernel code (bt).
+
+Translated code calls the VMM in five places: a cache miss (translate), a fault, a timer tick the
+virtual IF lets through, an inline op the guest's privilege forbids, and a callout.  ``Port`` is
+those calls.  In-process (``ringlab run``) the port is the VMM itself and the loop goes on after
+each call.  On a pCPU (the cpu service), where the VMM is across the world switch, every call
+ends the run with a ``ToVmm`` event instead (``Remote``); the hypervisor makes the same call on
+its copy of the vCPU and runs the translation again.  Either way the same code decides what runs
+where, so the guest sees the same thing.
+
+``Executor`` is a pCPU's side: the translations the hypervisor installed (a ``TranslationCache``
+that cannot translate), the virtual CPU the inline ops work on, and what it counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, cast
+
+from ringlab.isa import Instruction, encode
+from ringlab.machine.cpu import Cpu
+from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.faults import Fault
+from ringlab.vmm.counters import EventCounter
+from ringlab.vmm.emulate import privilege_fault
+from ringlab.vmm.execute import execute
+from ringlab.vmm.technique import Stop
+from ringlab.vmm.translation_cache import Block, Kind, Op, TranslationCache, Untranslated
+from ringlab.vmm.vcpu import Deprivilege, VirtualCpu, guest_view
+
+if TYPE_CHECKING:
+    from ringlab.vmm.vm import VM
+
+__all__ = [
+    "YIELD",
+    "BlockSpec",
+    "Executor",
+    "Guest",
+    "Port",
+    "Remote",
+    "TcReport",
+    "TcRun",
+    "TcState",
+    "ToVmm",
+    "run_translated",
+]
+
+STRAIGHT = 3
+"""Runs of at least this many innocuous kernel instructions go to the core's compiled code."""
+YIELD = Exit(ExitReason.BUDGET)
+"""Back to the VMM loop (the guest changed mode, or the budget ran out)."""
+_DIRECT = Kind.DIRECT
+BT_DEPRIVILEGE = Deprivilege(vmm_tables=False, user_flags_direct=True)
+"""bt's ring compression (the kernel at real ring 1; the guest's own tables and, in ring 3, flags)."""
+
+
+class Port(Protocol):
+    """What translated code asks of the VMM."""
+
+    def fault(self, fault: Fault) -> Exit | Stop | None: ...
+    def tick(self) -> Exit | Stop | None: ...
+    def privileged(self) -> Exit | Stop | None: ...
+    def callout(self, op: Op) -> Exit | Stop | None: ...
+    def to_user(self) -> Exit | Stop: ...
+
+
+class Guest(Protocol):
+    """What translated code runs against (a ``VM``, or a pCPU's ``Executor``)."""
+
+    cpu: Cpu
+    vcpu: VirtualCpu
+    counters: EventCounter
+    deprivilege: Deprivilege | None
+
+
+@dataclass
+class TcState:
+    step_over: bool = False
+    """The last hidden fault dropped translations: run the faulting instruction once from an
+    uncached translation, so it is not write-protected again before it writes."""
+
+
+class ToVmm(Exception):
+    """Translated code on a pCPU needs the VMM: the run ends here (nothing of this step done)."""
+
+    def __init__(self, event: str, eip: int, *, fault: Fault | None = None, insn: Instruction | None = None):
+        super().__init__(event)
+        self.event, self.eip, self.fault, self.insn = event, eip, fault, insn
+
+
+class Remote:
+    """A pCPU's port: every call into the VMM is an exit across the world switch."""
+
+    def __init__(self, cpu: Cpu) -> None:
+        self.cpu = cpu
+
+    def fault(self, fault: Fault) -> Exit | Stop | None:
+        raise ToVmm("fault", self.cpu.state.eip, fault=fault)
+
+    def tick(self) -> Exit | Stop | None:
+        raise ToVmm("tick", self.cpu.state.eip)
+
+    def privileged(self) -> Exit | Stop | None:
+        raise ToVmm("privileged", self.cpu.state.eip)
+
+    def callout(self, op: Op) -> Exit | Stop | None:
+        raise ToVmm("callout", op.eip, insn=op.insn)
+
+    def to_user(self) -> Exit | Stop:
+        raise ToVmm("user", self.cpu.state.eip)
+
+
+def run_translated(
+    g: Guest, cache: TranslationCache, port: Port, end: int, state: TcState, epoch: Callable[[], int]
+) -> Exit | Stop:
+    """Execute the guest kernel's translation until it leaves ring 0, exits or ``end``."""
+    cpu, vcpu, counters = g.cpu, g.vcpu, g.counters
+    s, stats = cpu.state, cpu.stats
+    follow, run_straight = cache.follow, cpu.run_straight
+    previous: Block | None = None
+    while True:
+        if stats.retired >= end:
+            return YIELD
+        try:
+            if state.step_over:
+                state.step_over = False
+                block = cache.single(s.eip)
+            else:
+                block = cache.lookup(s.eip, previous, epoch())
+        except Fault as fault:
+            result = port.fault(fault)
+            if result is not None:
+                return result
+            previous = None
+            if vcpu.cpl == 3:
+                return YIELD
+            continue
+        previous = block
+        ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
+        while i < len(ops):
+            op = ops[i]
+            if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
+                s.timer_pending = False
+                vcpu.pending_tick = True
+            if vcpu.pending_tick and vcpu.interrupts_enabled:
+                result = port.tick()
+                if result is not None:
+                    return result
+                previous = None
+                break
+            if (
+                stats.retired >= end
+                or not block.valid
+                or s.eip != op.eip
+                or (i and block.source is not None and not cache.unchanged(block))
+            ):
+                # (a self-checking block is compared again once some of it has run: an
+                # instruction may have written the block's own code, with no fault to say so)
+                previous = None
+                break
+            kind = op.kind
+            if kind is _DIRECT:
+                if tails[i]:
+                    # Innocuous instructions translate to themselves: the rest of a block of
+                    # nothing else up to its branch runs on the core's compiled code (the
+                    # simulated hardware's speed, not the VMM's work), may loop there, and goes
+                    # on into the blocks it is chained to while they are all DIRECT too
+                    # (``cache.follow``).
+                    cache.current = block
+                    if run_straight(end - stats.retired, follow):
+                        block = previous = cache.current
+                        j = block.index.get(s.eip)
+                        if j is None:  # it branched out of its last block
+                            break
+                        ops, runs, tails, i = block.ops, block.direct_runs, block.tails, j
+                        continue
+                elif runs[i] >= STRAIGHT:  # a run of innocuous instructions in a block
+                    done = run_straight(min(runs[i], end - stats.retired))
+                    if done:
+                        i += done
+                        continue
+                try:
+                    outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
+                except Fault as fault:
+                    result = port.fault(fault)
+                    if result is not None:
+                        return result
+                    previous = None
+                    break
+                if outcome is None:
+                    cpu.retire(1)
+                elif isinstance(outcome, Exit):
+                    return outcome  # pragma: no cover - innocuous handlers do not exit
+                i += 1
+                continue
+            i += 1
+            counters.handled(op.insn.mnemonic, kind.value)
+            if kind is Kind.INLINE:
+                if privilege_fault(cast("VM", g), op.insn):  # cli/sti above the guest's IOPL
+                    result = port.privileged()
+                    if result is not None:
+                        return result
+                    previous = None
+                    break
+                with guest_view(s, vcpu, g.deprivilege):
+                    result = execute(cpu, op.insn, op.eip, 1)
+            else:
+                result = port.callout(op)
+            if result is not None:
+                return result
+            if vcpu.cpl == 3:
+                return port.to_user()
+        if vcpu.cpl == 3:
+            return YIELD
+
+
+# -- what crosses the world switch -------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockSpec:
+    """A translation as the hypervisor installs it in a pCPU: enough to rebuild the block from
+    the guest's code (the pCPU has the same memory)."""
+
+    eip: int
+    pa: int
+    count: int
+    source: tuple[int, bytes] | None = None
+
+    @classmethod
+    def of(cls, block: Block) -> BlockSpec:
+        return cls(block.eip, block.pa, len(block.ops), block.source)
+
+
+@dataclass
+class TcRun:
+    """Hypervisor -> pCPU: run the translation, with these changes to what the pCPU holds."""
+
+    vcpu: dict[str, int]
+    epoch: int
+    step_over: bool
+    reset: bool = False
+    install: list[BlockSpec] = field(default_factory=list)
+    drop: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class TcReport:
+    """pCPU -> hypervisor: how the run ended and what the pCPU changed or counted."""
+
+    vcpu: dict[str, int]
+    step_over: bool
+    event: str = ""
+    """"" (the run ended with the returned exit), or the ``ToVmm`` event."""
+    eip: int = 0
+    fault: tuple[int, int | None, int | None] | None = None
+    instruction: bytes = b""
+    counts: dict[str, int] = field(default_factory=dict)
+    """hits, chained, self_checks, invalidations since the last report."""
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    """Blocks a self-check found changed."""
+    handled: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def vcpu_dict(v: VirtualCpu) -> dict[str, int]:
+    return {k: int(x) for k, x in dataclasses.asdict(v).items()}
+
+
+def load_vcpu(v: VirtualCpu, d: dict[str, int]) -> None:
+    for f in dataclasses.fields(v):
+        if f.name in d:
+            setattr(v, f.name, bool(d[f.name]) if f.name == "pending_tick" else int(d[f.name]))
+
+
+class Executor:
+    """A pCPU's side of binary translation."""
+
+    deprivilege: Deprivilege | None = BT_DEPRIVILEGE
+
+    def __init__(self, cpu: Cpu) -> None:
+        self.cpu = cpu
+        self.vcpu = VirtualCpu()
+        self.counters = EventCounter()
+        self.cache = self._new_cache()
+        self.state = TcState()
+        self.epoch = 0
+        self._port = Remote(cpu)
+
+    def _new_cache(self) -> TranslationCache:
+        cache = TranslationCache(self.cpu, None)
+        cache.forgotten = []  # self-check drops, for the report
+        return cache
+
+    def apply(self, run: TcRun) -> None:
+        if run.reset:
+            self.cache = self._new_cache()
+        load_vcpu(self.vcpu, run.vcpu)
+        self.epoch, self.state.step_over = run.epoch, run.step_over
+        for key in run.drop:
+            self.cache.forget(key)
+        for spec in run.install:
+            self.cache.install(spec.eip, spec.pa, spec.count, spec.source)
+
+    def run(self, budget: int) -> Exit | ToVmm:
+        try:
+            outcome = run_translated(
+                self, self.cache, self._port, self.cpu.stats.retired + budget, self.state, lambda: self.epoch
+            )
+        except ToVmm as event:
+            return event
+        except Untranslated as miss:
+            return ToVmm("miss", miss.eip)
+        assert isinstance(outcome, Exit), "a pCPU's port never ends the run itself"
+        return outcome
+
+    def report(self, outcome: Exit | ToVmm) -> TcReport:
+        cache = self.cache
+        out = TcReport(vcpu_dict(self.vcpu), self.state.step_over)
+        if isinstance(outcome, ToVmm):
+            out.event, out.eip = outcome.event, outcome.eip
+            if outcome.fault is not None:
+                f = outcome.fault
+                out.fault = (f.vector, f.error_code, f.cr2)
+            if outcome.insn is not None:
+                out.instruction = encode(outcome.insn.spec, outcome.insn.operands)
+        out.counts = {
+            "hits": cache.hits,
+            "chained": cache.chained,
+            "self_checks": cache.self_checks,
+            "invalidations": cache.invalidations,
+        }
+        cache.hits = cache.chained = cache.self_checks = cache.invalidations = 0
+        out.dropped = cache.take_dropped()
+        out.handled = {m: dict(c) for m, c in self.counters.sensitive.items()}
+        self.counters.sensitive.clear()
+        return out

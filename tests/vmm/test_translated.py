@@ -1,0 +1,92 @@
+"""bt with its translation cache in another CPU (``ringlab.vmm.translated``): the VMM translates,
+the other side runs what it installed and comes back for every call into the VMM, each side's
+changes crossing as ``machine.context`` deltas - the cpu service's protocol without gRPC.
+Self-modifying code is the hard case: blocks dropped by the VMM (a write-protected page written)
+and by the other side's self-checks (a page left writable) must never run again on either side."""
+
+from __future__ import annotations
+
+from ringlab.machine import Cpu, Exit, ExitReason, Memory
+from ringlab.machine.context import apply_delta, take_delta, track
+from ringlab.vmm import VM, make_technique
+from ringlab.vmm.bt import BinaryTranslation
+from ringlab.vmm.translated import Executor, ToVmm
+from ringlab_guest.build import build_image
+from tests.vmm.conftest import native, observable, program
+from tests.vmm.test_bt_fast_path import _loop, _sum
+
+
+def _split(vm: VM) -> dict[str, int]:
+    """Give ``vm`` a second CPU that runs its guest code and its translation; returns what crossed."""
+    here = vm.cpu
+    there = Cpu(Memory(here.memory.size), here.state.copy())
+    there.memory.data[:] = here.memory.data
+    track(here)
+    track(there)
+    executor = Executor(there)
+    bt = vm.technique
+    assert isinstance(bt, BinaryTranslation)
+    crossed = {"switches": 0, "events": 0, "reset": 1}
+
+    def switch(budget: int, translated: bool) -> Exit | ToVmm:
+        apply_delta(there, take_delta(here, there.stats.retired))
+        there.controls = here.controls
+        before = there.stats.retired
+        outcome: Exit | ToVmm
+        if translated:
+            executor.apply(bt.tc_run(vm, reset=bool(crossed["reset"])))
+            crossed["reset"] = 0
+            outcome = executor.run(budget)
+            report = executor.report(outcome)
+        else:
+            outcome = there.run(budget)
+        apply_delta(here, take_delta(there, before))
+        if translated:
+            bt.tc_report(vm, report)
+        crossed["switches"] += 1
+        if isinstance(outcome, ToVmm):
+            crossed["events"] += 1
+        elif outcome.reason is ExitReason.IO_IN:
+            assert outcome.register is not None
+            here.expect_in(outcome.register)
+        return outcome
+
+    def run_core(budget: int) -> Exit:
+        outcome = switch(budget, False)
+        assert isinstance(outcome, Exit)
+        return outcome
+
+    vm.run_core = run_core
+    vm.run_translated = lambda budget: switch(budget, True)
+    return crossed
+
+
+def test_self_modifying_kernel_code_runs_the_same_with_the_translation_on_the_other_cpu() -> None:
+    for shared_data in (False, True):  # write-protected pages, then self-checking ones
+        source = _loop(3, shared_data=shared_data)
+        image = program(source)
+        machine = VM(image, make_technique("bt"))
+        crossed = _split(machine)
+        result = machine.run(1_000_000).to_json()
+        expected = native(image)
+        assert observable(result) == observable(expected)
+        assert result["registers"]["esi"] == _sum(3)  # every patch was seen
+        assert crossed["events"] > 0  # misses, callouts: the VMM's turn, across the switch
+        assert result["stats"]["host"]["translation_invalidations"] >= 3
+
+
+def test_a_workload_with_its_translation_on_the_other_cpu_equals_the_in_process_run() -> None:
+    image = build_image("spawnwait", "stock")
+    machine = VM(image, make_technique("bt"))
+    _split(machine)
+    got = machine.run().to_json()
+    want = VM(image, make_technique("bt")).run().to_json()
+    assert (got["console"], got["exit"], got["registers"]) == (
+        want["console"],
+        want["exit"],
+        want["registers"],
+    )
+    slice_dependent = ("translations", "translated_instructions", "cycles")
+    assert {k: v for k, v in got["stats"]["guest"].items() if k not in slice_dependent} == {
+        k: v for k, v in want["stats"]["guest"].items() if k not in slice_dependent
+    }
