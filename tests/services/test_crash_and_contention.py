@@ -7,13 +7,39 @@ import time
 
 import pytest
 
+from ringlab.image import Image
 from ringlab.rpc.convert import TECHNIQUES
 from ringlab.sched import CreditPolicy, Entry, SliceOutcome, jain_index
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2
 from ringlab.vmm import run_vm
 from ringlab_guest.build import build_image
-from tests.services.conftest import service_config, start_deployment, unique
+from tests.services.conftest import Deployment, service_config, start_deployment, unique
+
+
+def _start_and_await_commits(d: Deployment, image: Image, technique: str, prefix: str) -> str:
+    """Create and start a VM running ``image``; return its name once a few commits have landed
+    (the crash tests kill a service between the first commit and the VM's end)."""
+    hv = d.hypervisor_stub()
+    name = unique(prefix)
+    hv.CreateVm(
+        hypervisor_pb2.CreateVmRequest(
+            name=name,
+            technique=TECHNIQUES[technique],
+            kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
+            workload="multi",
+            image=image.to_bytes(),
+            start=True,
+        ),
+        timeout=30,
+    )
+    vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
+    deadline = time.monotonic() + 30
+    while d.state.generation(vm) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return name
+
 
 CRASH_DB = {"native": 5, "bt": 6, "trap-emulate": 10}
 
@@ -27,23 +53,7 @@ def test_killing_the_pcpu_mid_run_loses_nothing_committed(redis_server: LocalRed
     try:
         hv = d.hypervisor_stub()
         image = build_image("multi", "stock")
-        name = unique("crash")
-        hv.CreateVm(
-            hypervisor_pb2.CreateVmRequest(
-                name=name,
-                technique=TECHNIQUES[technique],
-                kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
-                workload="multi",
-                image=image.to_bytes(),
-                start=True,
-            ),
-            timeout=30,
-        )
-        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
-        deadline = time.monotonic() + 30
-        while d.state.generation(vm) < 2:  # let a few commits land first
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        name = _start_and_await_commits(d, image, technique, "crash")
         d.cpu.stop(0)  # the pCPU dies between the first commit and the VM's end
         url = d.redis.url.rsplit("/", 1)[0] + f"/{CRASH_DB[technique]}"
         spare, _ = serve_cpu(service_config("cpu", url, pcpu=unique("spare")))
@@ -147,25 +157,8 @@ def test_restarting_the_hypervisor_mid_run_loses_nothing(redis_server: LocalRedi
     d = start_deployment(redis_server, slice=20_000, db=9)
     replacement = None
     try:
-        hv = d.hypervisor_stub()
         image = build_image("multi", "stock")
-        name = unique("hvcrash")
-        hv.CreateVm(
-            hypervisor_pb2.CreateVmRequest(
-                name=name,
-                technique=common_pb2.TECHNIQUE_HW,
-                kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
-                workload="multi",
-                image=image.to_bytes(),
-                start=True,
-            ),
-            timeout=30,
-        )
-        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
-        deadline = time.monotonic() + 30
-        while d.state.generation(vm) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        name = _start_and_await_commits(d, image, "hw", "hvcrash")
         d.hypervisor.stop(0)  # SIGTERM's path: finish the slice, hand the VM back, stop
         url = d.redis.url.rsplit("/", 1)[0] + "/9"
         replacement, _ = serve_hypervisor(service_config("hypervisor", url, slice=20_000))
