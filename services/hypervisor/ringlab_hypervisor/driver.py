@@ -2,11 +2,18 @@
 (the VM's own loop, ``VM.advance``, whose every core run is a ``RunVcpu`` world switch and whose
 every exit is handled here, ``remote.py``).
 
-Per slice the steady state costs two Redis round trips: the commit (done by the pCPU in the
-slice's last RunVcpu, with the hypervisor's last changes) and the grant that accounts this slice
-and hands out the next (it also returns the fresh snapshot the next decision needs).  Exits inside
-a slice cost no Redis at all: runs are deterministic, so progress after the last commit is simply
-re-executed after a crash.
+Per slice the steady state costs one or two Redis round trips: the grant that accounts this
+slice and hands out the next (it also returns the fresh snapshot the next decision needs), and the
+commit (done by the pCPU in the slice's last RunVcpu, with the hypervisor's last changes).  Exits
+inside a slice cost no Redis at all: runs are deterministic, so progress after the last commit is
+simply re-executed after a crash.
+
+A slice whose VM keeps the pCPU need not commit at its end (a *lazy* commit, what keeps a lone
+compute-bound VM near in-process speed): when no other VM waits, the guest printed nothing and
+the last commit is younger than ``COMMIT_INTERVAL``, the progress stays on the pCPU, and the next
+grant renews the VM's token instead of drawing a new one, so that progress stays committable.
+Before the pCPU goes to anyone else (or idles, or this driver stops) the progress is committed
+with the token it was made under.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -36,6 +43,9 @@ log = logging.getLogger("ringlab.hypervisor")
 
 DRIVER_TTL_MS = 3_000
 IDLE_POLL = 0.01
+COMMIT_INTERVAL = 0.25
+"""Seconds a VM that keeps its pCPU may run without a commit (what a crash re-executes, how stale
+``ringlab top`` and DescribeVm may be)."""
 
 
 @dataclass
@@ -46,7 +56,10 @@ class VmRuntime:
     definition: dict[str, Any]
     remote: RemoteVm
     vmm: dict[str, Any]
+    """The VMM's per-VM record (exits by reason, start and end times), as of the pCPU's progress."""
     generation: int
+    """The last commit."""
+    committed_at: float = field(default_factory=time.monotonic)
 
 
 class Runtimes:
@@ -73,6 +86,10 @@ class Runtimes:
         with self._lock:
             self._by_vm[vm] = rt
         return rt
+
+    def peek(self, vm: str) -> VmRuntime | None:
+        with self._lock:
+            return self._by_vm.get(vm)
 
     def drop(self, vm: str) -> None:
         with self._lock:
@@ -108,6 +125,8 @@ class PcpuDriver(threading.Thread):
         self._reported_trips = 0
         self._unreleased: SliceOutcome | None = None
         """A slice that ended but whose accounting (the next grant) has not been applied yet."""
+        self._pending: tuple[str, int] | None = None
+        """(VM, token) whose progress on the pCPU since its last commit is not committed yet."""
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -136,6 +155,7 @@ class PcpuDriver(threading.Thread):
     def _release_last_slice(self) -> None:
         """On a graceful stop, account the slice that just ended and hand its VM back to the run
         queue, so another replica runs it at once instead of waiting for the grant to expire."""
+        self._commit_pending()
         finished = self._unreleased
         for _attempt in range(5):
             if finished is None:
@@ -172,7 +192,7 @@ class PcpuDriver(threading.Thread):
         finished: SliceOutcome | None = None
         slice_exits: dict[str, int] = {}
         busy = 0.0
-        switches = 0
+        switches = slices = 0
         while not self.stop_event.is_set():
             try:
                 if not self._hold_pcpu():
@@ -187,6 +207,12 @@ class PcpuDriver(threading.Thread):
                     # same script as the grant, so it costs no round trip.
                     counts = ", ".join(f"{name} x{n}" for name, n in sorted(slice_exits.items()))
                     decision.events.insert(0, {"kind": "exit", "vm": finished.vm, "detail": counts})
+                keep = 0
+                if self._pending is not None:
+                    if decision.chosen == self._pending[0]:
+                        keep = self._pending[1]  # the same VM goes on: renew its grant
+                    else:
+                        switches += self._commit_pending()  # while its token is still the VM's grant
                 result = self.state.grant(
                     version=version,
                     pcpu=self.pcpu,
@@ -197,24 +223,42 @@ class PcpuDriver(threading.Thread):
                     events=decision.events,
                     busy_seconds=busy,
                     scheduler_seconds=time.perf_counter() - t0,
-                    slices=1 if finished else 0,
+                    slices=slices,
                     world_switches=switches,
                     round_trips=self.state.round_trips - self._reported_trips + 1,  # + this grant
+                    keep_token=keep,
                 )
                 self._reported_trips = self.state.round_trips
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
-                finished, busy, switches = None, 0.0, 0
+                finished, busy, switches, slices = None, 0.0, 0, 0
                 self._unreleased = None
+                if self._pending is not None and result.token != keep:
+                    self.runtimes.drop(self._pending[0])  # renewal refused: that progress is gone
+                self._pending = None
                 if decision.chosen is None:
                     self.stop_event.wait(IDLE_POLL)
                     version, raw = self.state.sched_snapshot()
                     continue
+                # Lazy slices when nobody else waits, and the VM has no cap (a cap is enforced
+                # slice by slice, at each grant).
+                lazy = not entries[decision.chosen].cap and not any(
+                    self.policy.eligible(e, now) for vm, e in entries.items() if vm != decision.chosen
+                )
                 started = time.perf_counter()
-                ended, switches, slice_exits = self.run_slice(decision.chosen, result.token)
+                slices, slice_exits = 0, {}
+                while True:
+                    ended, n, exits = self.run_slice(decision.chosen, result.token, lazy=lazy)
+                    slices, switches = slices + 1, switches + n
+                    for name, count in exits.items():
+                        slice_exits[name] = slice_exits.get(name, 0) + count
+                    if ended != "preempted" or self._pending is None or self.stop_event.is_set():
+                        break
+                    # Nobody waits and the last commit is recent: the VM keeps the pCPU under the
+                    # same grant; this batch is accounted in one grant once it commits again.
                 busy = time.perf_counter() - started
-                finished = SliceOutcome(decision.chosen, result.token, busy, ended)
+                finished = SliceOutcome(decision.chosen, result.token, busy, ended, slices)
                 self._unreleased = finished
             except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
                 log.warning("pCPU %s: %s", self.pcpu, exc)
@@ -223,8 +267,10 @@ class PcpuDriver(threading.Thread):
                     version, raw = self.state.sched_snapshot()
 
     # -- one slice ------------------------------------------------------------------------------
-    def run_slice(self, vm: str, token: int) -> tuple[str, int, dict[str, int]]:
-        """Run ``vm`` for one slice; returns (how it ended, world switches, exits by reason)."""
+    def run_slice(self, vm: str, token: int, *, lazy: bool = False) -> tuple[str, int, dict[str, int]]:
+        """Run ``vm`` for one slice; returns (how it ended, world switches, exits by reason).
+        ``lazy``: no other VM waits, so the slice may leave its progress uncommitted."""
+        self._pending = None  # this slice takes over what is pending: it commits, leaves it, or loses it
         try:
             rt = self.runtimes.get(vm, self.state)
         except Exception as exc:
@@ -232,7 +278,7 @@ class PcpuDriver(threading.Thread):
             return "lost", 0, {}
         remote = rt.remote
         guest = remote.vm
-        vmm = dict(rt.vmm)
+        vmm = rt.vmm
         vmm.setdefault("started", time.time())
         exits = vmm.setdefault("exits_by_reason", {})
         seen: dict[str, int] = {}
@@ -242,22 +288,9 @@ class PcpuDriver(threading.Thread):
         if limit is not None:
             budget = min(budget, int(limit) - guest.cpu.stats.retired)
         slice_end = guest.cpu.stats.retired + budget
+        lazy = lazy and time.monotonic() - rt.committed_at < COMMIT_INTERVAL
         committed_at_switch = False
         """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
-
-        def commit_request(stop: Stop | None = None) -> cpu_pb2.CommitRequest:
-            commit = cpu_pb2.CommitRequest(console=remote.new_console(), stats_json=remote.statistics(stop))
-            if stop is not None:
-                vmm["ended"] = time.time()
-                commit.status, code, commit.detail = stop_status(stop)
-                if code is not None:
-                    commit.code = code
-            commit.vmm_state = json.dumps(vmm)
-            return commit
-
-        def committed(response: cpu_pb2.RunVcpuResponse, vmm_state: str, console_end: int) -> None:
-            rt.generation, rt.vmm = response.generation, json.loads(vmm_state)
-            remote.console_committed = console_end
 
         def link(
             budget: int,
@@ -277,13 +310,13 @@ class PcpuDriver(threading.Thread):
                 nested_ram_size=nested,
                 tc=tc,
             )
-            if guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
-                request.commit.CopyFrom(commit_request())
+            if not lazy and guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
+                request.commit.CopyFrom(self._commit_request(rt))
             response = self.stub.RunVcpu(request, timeout=60)
             switches += 1
             committed_at_switch = response.generation != rt.generation
             if committed_at_switch:
-                committed(response, request.commit.vmm_state, len(guest.devices.console))
+                self._committed(rt, response, len(guest.devices.console))
             name = ""
             if response.HasField("tc") and response.tc.event:  # translated code called the VMM
                 name = f"translation_{response.tc.event}"
@@ -313,28 +346,73 @@ class PcpuDriver(threading.Thread):
             log.exception("VM %s: the hypervisor failed handling its exit", vm)
             failed = True  # its copy may be half-changed: commit the pCPU's state as it is
             stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
-        if stop is None and committed_at_switch and not remote.changed_since_switch():
-            return how, switches, seen  # the slice's last run committed it, and nothing came after
-        commit = commit_request(stop)
-        final = cpu_pb2.RunVcpuRequest(
-            vm=vm,
+        if stop is None:
+            if lazy and not remote.new_console():
+                self._pending = (vm, token)  # committed before the pCPU goes to anyone else
+                return how, switches, seen
+            if committed_at_switch and not remote.changed_since_switch():
+                return how, switches, seen  # the slice's last run committed it, and nothing came after
+        try:
+            self._final_commit(rt, token, stop, failed)
+        except grpc.RpcError as err:
+            return self._lost(vm, err, switches + 1, seen)
+        switches += 1
+        if stop is not None:
+            self.runtimes.drop(vm)
+            return "ended", switches, seen
+        return how, switches, seen
+
+    # -- commits ----------------------------------------------------------------------------------
+    @staticmethod
+    def _commit_request(rt: VmRuntime, stop: Stop | None = None) -> cpu_pb2.CommitRequest:
+        remote = rt.remote
+        commit = cpu_pb2.CommitRequest(console=remote.new_console(), stats_json=remote.statistics(stop))
+        if stop is not None:
+            rt.vmm["ended"] = time.time()
+            commit.status, code, commit.detail = stop_status(stop)
+            if code is not None:
+                commit.code = code
+        commit.vmm_state = json.dumps(rt.vmm)
+        return commit
+
+    @staticmethod
+    def _committed(rt: VmRuntime, response: cpu_pb2.RunVcpuResponse, console_end: int) -> None:
+        rt.generation = response.generation
+        rt.remote.console_committed = console_end
+        rt.committed_at = time.monotonic()
+
+    def _final_commit(
+        self, rt: VmRuntime, token: int, stop: Stop | None = None, failed: bool = False
+    ) -> None:
+        """A RunVcpu that runs nothing and commits: the hypervisor's last changes go with it."""
+        remote = rt.remote
+        request = cpu_pb2.RunVcpuRequest(
+            vm=rt.vm,
             lease_token=token,
             generation=rt.generation,
             budget=0,
             controls=remote.controls(),
             sync=None if failed else remote.sync(),
-            commit=commit,
+            commit=self._commit_request(rt, stop),
         )
+        response = self.stub.RunVcpu(request, timeout=60)
+        self._committed(rt, response, len(remote.vm.devices.console))
+
+    def _commit_pending(self) -> int:
+        """Commit the progress a lazy slice left on the pCPU (or forget it, if that fails);
+        returns the world switches it took."""
+        if self._pending is None:
+            return 0
+        vm, token = self._pending
+        self._pending = None
+        rt = self.runtimes.peek(vm)
+        if rt is None:
+            return 0
         try:
-            response = self.stub.RunVcpu(final, timeout=60)
+            self._final_commit(rt, token)
         except grpc.RpcError as err:
-            return self._lost(vm, err, switches + 1, seen)
-        switches += 1
-        committed(response, commit.vmm_state, len(guest.devices.console))
-        if stop is not None:
-            self.runtimes.drop(vm)
-            return "ended", switches, seen
-        return how, switches, seen
+            self._lost(vm, err, 1, {})
+        return 1
 
     def _lost(
         self, vm: str, err: grpc.RpcError, switches: int, seen: dict[str, int]

@@ -83,6 +83,8 @@ class SliceOutcome:
     ended: str = "preempted"
     """preempted (slice used up), idle (yielded in hlt: boost on wake), ended (the VM finished),
     lost (the grant was revoked or the commit refused)."""
+    slices: int = 1
+    """Slices run under the grant (a VM nobody waits for keeps the pCPU for several)."""
 
 
 @dataclass
@@ -111,7 +113,7 @@ class CreditPolicy:
             return  # destroyed meanwhile
         e.credit -= outcome.held_seconds
         e.cpu_seconds += outcome.held_seconds
-        e.slices += 1
+        e.slices += outcome.slices
         e.last_run = now
         if e.cap:
             if now - e.cap_window >= self.cap_window_seconds:

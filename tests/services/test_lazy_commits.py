@@ -1,0 +1,162 @@
+"""Lazy commits: a VM nobody waits for keeps its pCPU slice after slice without a commit at each
+slice's end (the progress stays on the pCPU, the hypervisor's copy and the pCPU's stay in step),
+and commits at least every ``COMMIT_INTERVAL``, whenever it prints, when it ends, and before the
+pCPU goes to another VM.  None of this may change what the guest computes."""
+
+from __future__ import annotations
+
+import time
+
+from ringlab.store import LocalRedis
+from ringlab.v1 import common_pb2, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm import run_vm
+from ringlab_guest.build import build_image
+from tests.services.conftest import Deployment, start_deployment, unique
+
+SLICE = 20_000
+
+
+def _create(hv: hypervisor_pb2_grpc.HypervisorStub, workload: str, image: bytes) -> str:
+    name = unique(workload)
+    hv.CreateVm(
+        hypervisor_pb2.CreateVmRequest(
+            name=name,
+            technique=common_pb2.TECHNIQUE_NATIVE,
+            kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
+            workload=workload,
+            image=image,
+            start=True,
+        ),
+        timeout=30,
+    )
+    return name
+
+
+def _wait(hv: hypervisor_pb2_grpc.HypervisorStub, name: str) -> hypervisor_pb2.VmResult:
+    return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
+
+
+def _deployment(redis: LocalRedis, db: int) -> Deployment:
+    return start_deployment(redis, slice=SLICE, db=db)
+
+
+def test_a_lone_compute_vm_runs_many_slices_per_commit_and_computes_the_same(
+    redis_server: LocalRedis,
+) -> None:
+    d = _deployment(redis_server, 11)
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("compute", "stock", {"ROUNDS": 200})
+        name = _create(hv, "compute", image.to_bytes())
+        result = _wait(hv, name)
+        want = run_vm(image, technique="native")
+        assert (result.reason, result.console) == (want.reason, want.console)
+        assert result.stats.retired == want.stats.retired
+        slices = result.vm.stats.slices
+        commits = d.state.generation(result.vm.id)
+        assert slices >= want.stats.retired // SLICE  # every slice was counted, batched or not
+        assert commits * 2 < slices  # most slices ended without a commit
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)
+
+
+def test_a_vm_that_arrives_gets_the_pcpu_and_the_lazy_progress_is_committed_first(
+    redis_server: LocalRedis,
+) -> None:
+    """The long VM runs alone (lazily, several slices per grant) when the short one is created:
+    the pCPU goes to the newcomer within a commit interval, and the long VM's progress is
+    committed before it does - so the pCPU never reloads the long VM (a lost slice would make it
+    reload from the older commit)."""
+    from ringlab.v1 import cpu_pb2
+
+    d = _deployment(redis_server, 12)
+    try:
+        hv = d.hypervisor_stub()
+        long = _create(hv, "compute", build_image("compute", "stock", {"ROUNDS": 100_000}).to_bytes())
+        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=long), timeout=10).id
+        deadline = time.monotonic() + 30
+        while d.state.generation(vm) < 2:  # running, past its first lazy batch
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        short_image = build_image("hello", "stock")
+        short = _create(hv, "hello", short_image.to_bytes())
+        assert _wait(hv, short).console == run_vm(short_image, technique="native").console
+        at = d.state.generation(vm)
+        while d.state.generation(vm) <= at:  # the long VM goes on after the newcomer
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        hv.StopVm(hypervisor_pb2.VmRef(vm=long), timeout=10)
+        info = d.cpu_stub().DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10)
+        assert info.cache_reloads == 2  # each VM loaded once: no progress was thrown away
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)
+
+
+def test_pausing_a_lazy_vm_loses_nothing_it_committed(redis_server: LocalRedis) -> None:
+    """A pause revokes the grant: the progress since the last commit is refused and re-executed
+    after the resume, from the commit, with the same result."""
+    d = _deployment(redis_server, 13)
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("compute", "stock", {"ROUNDS": 400})
+        name = _create(hv, "compute", image.to_bytes())
+        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
+        deadline = time.monotonic() + 30
+        while d.state.generation(vm) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        hv.PauseVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        paused_at = d.state.generation(vm)
+        time.sleep(0.5)
+        assert (
+            hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).status == hypervisor_pb2.VM_STATUS_PAUSED
+        )
+        assert d.state.generation(vm) == paused_at  # nothing commits under a revoked grant
+        hv.ResumeVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        result = _wait(hv, name)
+        want = run_vm(image, technique="native")
+        assert (result.reason, result.console) == (want.reason, want.console)
+        assert result.stats.retired == want.stats.retired
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)
+
+
+def test_stopping_the_hypervisor_commits_a_lazy_vms_progress_before_handing_it_back(
+    redis_server: LocalRedis,
+) -> None:
+    """SIGTERM's path: the driver commits what the VM did since its last commit, then hands the VM
+    back; the next hypervisor's grant finds the pCPU's copy clean, so nothing is reloaded or
+    re-executed, and the result is the in-process one."""
+    from ringlab.rpc import open_channel
+    from ringlab.v1 import cpu_pb2
+    from ringlab_hypervisor.service import serve as serve_hypervisor
+    from tests.services.conftest import service_config
+
+    d = _deployment(redis_server, 14)
+    replacement = None
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("compute", "stock", {"ROUNDS": 400})
+        name = _create(hv, "compute", image.to_bytes())
+        vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
+        deadline = time.monotonic() + 30
+        while d.state.generation(vm) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        d.hypervisor.stop(0)
+        url = d.redis.url.rsplit("/", 1)[0] + "/14"
+        replacement, _ = serve_hypervisor(service_config("hypervisor", url, slice=SLICE))
+        stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{replacement.port}"))
+        result = _wait(stub, name)
+        want = run_vm(image, technique="native")
+        assert (result.reason, result.console) == (want.reason, want.console)
+        info = d.cpu_stub().DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10)
+        assert info.cache_reloads == 1  # loaded once; the second hypervisor went on from the commit
+    finally:
+        if replacement is not None:
+            replacement.stop(1)
+        d.hypervisor.stop(0)
+        d.cpu.stop(1)
