@@ -188,18 +188,21 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     ) -> hypervisor_pb2.VmResult:
         vm = self.state.resolve(request.vm)
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds > 0 else None
-        delay = 0.005
+        cursor = self.state.events_last_id()  # before the status is read: no end can slip between
         while True:
             record = self.state.vm_record(vm)[1]
             if record["status"] in TERMINAL:
                 return self._result(vm)
-            if (deadline is not None and time.monotonic() > deadline) or not context.is_active():
+            left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if left <= 0 or not context.is_active():
                 raise WrongState(
                     f"VM {vm} is still {record['status']} after the requested wait: wait longer "
                     "or check 'ringlab vm list'"
                 )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.01)
+            # Every end is an event (the commit that ends a VM adds it): block until the next
+            # event, then look again - no polling, and no delay between the end and the answer.
+            for event in self.state.events_read(cursor, block_ms=max(1, int(left * 1000))):
+                cursor = event["cursor"]
 
     # -- streams ----------------------------------------------------------------------------------
     def StreamConsole(

@@ -96,10 +96,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class CreditPolicy:
-    slice_instructions: int = 500_000
-    """The time slice, in guest instructions (virtual time): about 20 ms of native compute on the
-    simulated core, near Xen credit's 30 ms; the per-slice cost (a commit and a grant, ~1.5 ms)
-    then stays under a tenth of the pCPU."""
+    slice_instructions: int = 1_000_000
+    """The time slice, in guest instructions (virtual time): about 30 ms of native compute on the
+    simulated core, Xen credit's default ``tslice``.  Each slice costs at least one world switch
+    across the service boundary (about 1 ms on a 2-core machine), so it stays near 4% of the pCPU."""
     refill_seconds: float = 0.3
     """Credit handed out per refill round, per pCPU, split by weight."""
     lease_seconds: float = 10.0
