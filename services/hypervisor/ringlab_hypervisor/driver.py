@@ -8,12 +8,14 @@ commit (done by the pCPU in the slice's last RunVcpu, with the hypervisor's last
 inside a slice cost no Redis at all: runs are deterministic, so progress after the last commit is
 simply re-executed after a crash.
 
-A slice whose VM keeps the pCPU need not commit at its end (a *lazy* commit, what keeps a lone
-compute-bound VM near in-process speed): when no other VM waits, the guest printed nothing and
-the last commit is younger than ``COMMIT_INTERVAL``, the progress stays on the pCPU, and the next
-grant renews the VM's token instead of drawing a new one, so that progress stays committable.
-Before the pCPU goes to anyone else (or idles, or this driver stops) the progress is committed
-with the token it was made under.
+A VM nobody else waits for (and without a cap) keeps the pCPU slice after slice under one grant,
+and a slice need not commit at its end (a *lazy* commit, what keeps a lone compute-bound VM near
+in-process speed): while the guest prints nothing and the last commit is younger than
+``COMMIT_INTERVAL``, the progress stays on the pCPU and no Redis is touched.  Then a slice commits
+and one grant accounts the whole batch.  A lazy slice that ends otherwise (the guest idles) leaves
+its progress pending: if the next grant goes to the same VM, it renews the VM's token instead of
+drawing a new one, so that progress stays committable; before the pCPU goes to anyone else (or
+idles, or this driver stops) the progress is committed with the token it was made under.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class PcpuDriver(threading.Thread):
                 now = time.time()
                 decision = self.policy.decide(entries, now, pcpus=max(1, self._pcpus()), finished=finished)
                 if finished is not None and slice_exits:
-                    # One "exit" event per slice (not per exit: a console byte is an exit), in the
+                    # One "exit" event per grant (not per exit: a console byte is an exit), in the
                     # same script as the grant, so it costs no round trip.
                     counts = ", ".join(f"{name} x{n}" for name, n in sorted(slice_exits.items()))
                     decision.events.insert(0, {"kind": "exit", "vm": finished.vm, "detail": counts})
