@@ -132,11 +132,43 @@ def test_a_vm_that_yielded_in_hlt_is_boosted_next() -> None:
     policy = CreditPolicy()
     entries = {
         "1": Entry(status="runnable", credit=5.0),
-        "2": Entry(status="running", token=7, credit=-1.0),
+        "2": Entry(status="running", token=7, credit=1.0),
     }
     decision = policy.decide(entries, 1.0, finished=SliceOutcome("2", 7, 0.001, "idle"))
     assert decision.chosen == "2"  # boosted despite less credit
     assert not entries["2"].boost  # the boost is spent by this grant
+
+
+def test_a_vm_over_its_share_is_not_boosted() -> None:
+    policy = CreditPolicy()
+    entries = {
+        "1": Entry(status="runnable", credit=5.0),
+        "2": Entry(status="running", token=7, credit=-1.0),
+    }
+    decision = policy.decide(entries, 1.0, finished=SliceOutcome("2", 7, 0.001, "idle"))
+    assert decision.chosen == "1"
+
+
+def test_a_vm_that_idles_on_every_slice_cannot_starve_a_busy_one() -> None:
+    """hlt jumps virtual time to the next tick, so a guest idling in a loop wakes at once, slice
+    after slice: boosted every time it would hold the pCPU forever. The busy VM must get about
+    its share of host time."""
+    policy = CreditPolicy()
+    entries = {"1": Entry(status="runnable"), "2": Entry(status="runnable")}  # 1 idles, 2 computes
+    slice_seconds = {"1": 0.001, "2": 0.03}
+    used = dict.fromkeys(entries, 0.0)
+    finished, now = None, 0.0
+    while now < 20.0:
+        decision = policy.decide(entries, now, finished=finished)
+        for vm, d in decision.updates.items():
+            entries[vm] = Entry.from_dict(d)
+        chosen = decision.chosen
+        assert chosen is not None
+        entries[chosen].status, entries[chosen].token = "running", 1
+        now += slice_seconds[chosen]
+        used[chosen] += slice_seconds[chosen]
+        finished = SliceOutcome(chosen, 1, slice_seconds[chosen], "idle" if chosen == "1" else "preempted")
+    assert used["2"] / now == pytest.approx(0.5, abs=0.05)
 
 
 def test_a_capped_vm_is_not_scheduled_past_its_cap() -> None:

@@ -7,7 +7,10 @@ what CPU share is measured in.  When no eligible VM has credit left, every live 
 proportion to its weight, so over time the shares converge to the weights.
 
 Who runs next: a VM *boosted* because it woke from I/O (it yielded its slice in an idle ``hlt``)
-first, then the one with the most credit, then the one that ran least recently.  A grant is for
+first, then the one with the most credit, then the one that ran least recently.  As in Xen, only
+a VM still *under* its share (credit left) is boosted: here ``hlt`` jumps virtual time to the next
+tick, so a guest that idles on every slice wakes at once, and boosting it over its share would
+starve every other VM.  A grant is for
 one *slice* counted in guest instructions (virtual time), so the same slices give the same run.
 
 The policy only decides; ``ringlab.store`` applies each decision in one Lua script that refuses
@@ -123,8 +126,8 @@ class CreditPolicy:
             return  # an operator or another grant took it: the status is theirs
         e.token, e.pcpu, e.lease_until = 0, "", 0.0
         e.status = "runnable"
-        if outcome.ended == "idle":
-            e.boost = True
+        if outcome.ended == "idle" and e.credit > 0:
+            e.boost = True  # woke from I/O, still under its share
 
     def eligible(self, e: Entry, now: float) -> bool:
         if e.status == "runnable" or (e.status == "running" and e.lease_until < now):
