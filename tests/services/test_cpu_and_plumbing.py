@@ -31,21 +31,14 @@ def _created_vm(deployment: Deployment, workload: str = "hello") -> str:
     return vm.id
 
 
-def _grant(deployment: Deployment, vm: str, *, pcpu: str = "test", keep: int = 0) -> int:
+def _grant(deployment: Deployment, vm: str) -> int:
     """Grant ``vm`` by hand (it is 'created', so the hypervisor's scheduler leaves it alone).
     The live scheduler may move the snapshot between our read and our grant: a grant based on
     an old snapshot is refused (that is the optimistic check), so try again on a fresh one."""
     for _ in range(50):
         version, _ = deployment.state.sched_snapshot()
         result = deployment.state.grant(
-            version=version,
-            pcpu=pcpu,
-            now=time.time(),
-            lease_seconds=60,
-            chosen=vm,
-            updates={},
-            events=[],
-            keep_token=keep,
+            version=version, pcpu="test", now=time.time(), lease_seconds=60, chosen=vm, updates={}, events=[]
         )
         if result.applied:
             return result.token
@@ -137,26 +130,6 @@ def test_a_stale_lease_holders_commit_is_refused(deployment: Deployment) -> None
         cpu_pb2.RunVcpuRequest(vm=vm, lease_token=new, generation=1, budget=0, commit=commit), timeout=10
     )
     assert fresh.generation == 2
-
-
-def test_a_renewed_grant_keeps_its_token_only_for_the_vm_holding_it_there(deployment: Deployment) -> None:
-    """A lazy slice leaves its progress uncommitted on the pCPU; when the same VM goes on there,
-    the grant renews its token so that progress can still be committed. Nobody else inherits a
-    token: not another pCPU, not a holder whose token was superseded."""
-    cpu = deployment.cpu_stub()
-    vm = _created_vm(deployment)
-    token = _grant(deployment, vm)
-    assert _grant(deployment, vm, keep=token) == token  # the holder renews
-    commit = cpu_pb2.CommitRequest(vmm_state="{}")
-    renewed = cpu.RunVcpu(
-        cpu_pb2.RunVcpuRequest(vm=vm, lease_token=token, budget=0, commit=commit), timeout=10
-    )
-    assert renewed.generation == 1  # the renewed token still commits
-    elsewhere = _grant(deployment, vm, pcpu="other", keep=token)
-    assert elsewhere > token  # another pCPU gets a token of its own
-    assert _grant(deployment, vm, keep=token) > elsewhere  # a superseded token is not revived
-    stale = cpu_pb2.RunVcpuRequest(vm=vm, lease_token=token, generation=1, budget=0, commit=commit)
-    assert code_of(lambda: cpu.RunVcpu(stale, timeout=10)) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_store_commit_fencing_and_retry_idempotence(deployment: Deployment) -> None:

@@ -2,20 +2,17 @@
 (the VM's own loop, ``VM.advance``, whose every core run is a ``RunVcpu`` world switch and whose
 every exit is handled here, ``remote.py``).
 
-Per slice the steady state costs one or two Redis round trips: the grant that accounts this
-slice and hands out the next (it also returns the fresh snapshot the next decision needs), and the
-commit (done by the pCPU in the slice's last RunVcpu, with the hypervisor's last changes).  Exits
-inside a slice cost no Redis at all: runs are deterministic, so progress after the last commit is
-simply re-executed after a crash.
+Per slice the steady state costs two Redis round trips: the commit (done by the pCPU in the
+slice's last RunVcpu, with the hypervisor's last changes) and the grant that accounts this slice
+and hands out the next (it also returns the fresh snapshot the next decision needs).  Exits inside
+a slice cost no Redis at all: runs are deterministic, so progress after the last commit is simply
+re-executed after a crash.
 
-A VM nobody else waits for (and without a cap) keeps the pCPU slice after slice under one grant,
-and a slice need not commit at its end (a *lazy* commit, what keeps a lone compute-bound VM near
-in-process speed): while the guest prints nothing and the last commit is younger than
-``COMMIT_INTERVAL``, the progress stays on the pCPU and no Redis is touched.  Then a slice commits
-and one grant accounts the whole batch.  A lazy slice that ends otherwise (the guest idles) leaves
-its progress pending: if the next grant goes to the same VM, it renews the VM's token instead of
-drawing a new one, so that progress stays committable; before the pCPU goes to anyone else (or
-idles, or this driver stops) the progress is committed with the token it was made under.
+A VM nobody else waits for (and without a cap) gets a *stretched* slice: as many instructions as
+it ran in about ``LONE_SLICE_SECONDS`` of its last slice, at most ``STRETCH`` slices (a lone
+runnable task runs on, as under Xen credit2 or Linux's CFS).  A lone compute-bound VM then
+crosses to the hypervisor, commits and is granted about four times a second instead of thirty,
+which keeps it near in-process speed; a VM that arrives meanwhile waits at most that long.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -45,9 +42,10 @@ log = logging.getLogger("ringlab.hypervisor")
 
 DRIVER_TTL_MS = 3_000
 IDLE_POLL = 0.01
-COMMIT_INTERVAL = 0.25
-"""Seconds a VM that keeps its pCPU may run without a commit (what a crash re-executes, how stale
-``ringlab top`` and DescribeVm may be)."""
+LONE_SLICE_SECONDS = 0.25
+"""About how long a stretched slice runs (what a crash re-executes, how long a newcomer waits)."""
+STRETCH = 16
+"""A stretched slice is at most this many slices."""
 
 
 @dataclass
@@ -61,7 +59,8 @@ class VmRuntime:
     """The VMM's per-VM record (exits by reason, start and end times), as of the pCPU's progress."""
     generation: int
     """The last commit."""
-    committed_at: float = field(default_factory=time.monotonic)
+    rate: float = 0.0
+    """Instructions per host second in its last slice (0: not measured yet)."""
 
 
 class Runtimes:
@@ -88,10 +87,6 @@ class Runtimes:
         with self._lock:
             self._by_vm[vm] = rt
         return rt
-
-    def peek(self, vm: str) -> VmRuntime | None:
-        with self._lock:
-            return self._by_vm.get(vm)
 
     def drop(self, vm: str) -> None:
         with self._lock:
@@ -127,8 +122,6 @@ class PcpuDriver(threading.Thread):
         self._reported_trips = 0
         self._unreleased: SliceOutcome | None = None
         """A slice that ended but whose accounting (the next grant) has not been applied yet."""
-        self._pending: tuple[str, int] | None = None
-        """(VM, token) whose progress on the pCPU since its last commit is not committed yet."""
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -157,7 +150,6 @@ class PcpuDriver(threading.Thread):
     def _release_last_slice(self) -> None:
         """On a graceful stop, account the slice that just ended and hand its VM back to the run
         queue, so another replica runs it at once instead of waiting for the grant to expire."""
-        self._commit_pending()
         finished = self._unreleased
         for _attempt in range(5):
             if finished is None:
@@ -194,7 +186,7 @@ class PcpuDriver(threading.Thread):
         finished: SliceOutcome | None = None
         slice_exits: dict[str, int] = {}
         busy = 0.0
-        switches = slices = 0
+        switches = 0
         while not self.stop_event.is_set():
             try:
                 if not self._hold_pcpu():
@@ -205,16 +197,10 @@ class PcpuDriver(threading.Thread):
                 now = time.time()
                 decision = self.policy.decide(entries, now, pcpus=max(1, self._pcpus()), finished=finished)
                 if finished is not None and slice_exits:
-                    # One "exit" event per grant (not per exit: a console byte is an exit), in the
+                    # One "exit" event per slice (not per exit: a console byte is an exit), in the
                     # same script as the grant, so it costs no round trip.
                     counts = ", ".join(f"{name} x{n}" for name, n in sorted(slice_exits.items()))
                     decision.events.insert(0, {"kind": "exit", "vm": finished.vm, "detail": counts})
-                keep = 0
-                if self._pending is not None:
-                    if decision.chosen == self._pending[0]:
-                        keep = self._pending[1]  # the same VM goes on: renew its grant
-                    else:
-                        switches += self._commit_pending()  # while its token is still the VM's grant
                 result = self.state.grant(
                     version=version,
                     pcpu=self.pcpu,
@@ -225,42 +211,29 @@ class PcpuDriver(threading.Thread):
                     events=decision.events,
                     busy_seconds=busy,
                     scheduler_seconds=time.perf_counter() - t0,
-                    slices=slices,
+                    slices=1 if finished else 0,
                     world_switches=switches,
                     round_trips=self.state.round_trips - self._reported_trips + 1,  # + this grant
-                    keep_token=keep,
                 )
                 self._reported_trips = self.state.round_trips
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
-                finished, busy, switches, slices = None, 0.0, 0, 0
+                finished, busy, switches = None, 0.0, 0
                 self._unreleased = None
-                if self._pending is not None and result.token != keep:
-                    self.runtimes.drop(self._pending[0])  # renewal refused: that progress is gone
-                self._pending = None
                 if decision.chosen is None:
                     self.stop_event.wait(IDLE_POLL)
                     version, raw = self.state.sched_snapshot()
                     continue
-                # Lazy slices when nobody else waits, and the VM has no cap (a cap is enforced
-                # slice by slice, at each grant).
-                lazy = not entries[decision.chosen].cap and not any(
+                # A stretched slice when nobody else waits and the VM has no cap (a cap is
+                # enforced at each grant).
+                lone = not entries[decision.chosen].cap and not any(
                     self.policy.eligible(e, now) for vm, e in entries.items() if vm != decision.chosen
                 )
                 started = time.perf_counter()
-                slices, slice_exits = 0, {}
-                while True:
-                    ended, n, exits = self.run_slice(decision.chosen, result.token, lazy=lazy)
-                    slices, switches = slices + 1, switches + n
-                    for name, count in exits.items():
-                        slice_exits[name] = slice_exits.get(name, 0) + count
-                    if ended != "preempted" or self._pending is None or self.stop_event.is_set():
-                        break
-                    # Nobody waits and the last commit is recent: the VM keeps the pCPU under the
-                    # same grant; this batch is accounted in one grant once it commits again.
+                ended, switches, slice_exits = self.run_slice(decision.chosen, result.token, lone=lone)
                 busy = time.perf_counter() - started
-                finished = SliceOutcome(decision.chosen, result.token, busy, ended, slices)
+                finished = SliceOutcome(decision.chosen, result.token, busy, ended)
                 self._unreleased = finished
             except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
                 log.warning("pCPU %s: %s", self.pcpu, exc)
@@ -269,10 +242,9 @@ class PcpuDriver(threading.Thread):
                     version, raw = self.state.sched_snapshot()
 
     # -- one slice ------------------------------------------------------------------------------
-    def run_slice(self, vm: str, token: int, *, lazy: bool = False) -> tuple[str, int, dict[str, int]]:
-        """Run ``vm`` for one slice; returns (how it ended, world switches, exits by reason).
-        ``lazy``: no other VM waits, so the slice may leave its progress uncommitted."""
-        self._pending = None  # this slice takes over what is pending: it commits, leaves it, or loses it
+    def run_slice(self, vm: str, token: int, *, lone: bool = False) -> tuple[str, int, dict[str, int]]:
+        """Run ``vm`` for one slice (stretched when ``lone``: no other VM waits); returns (how it
+        ended, world switches, exits by reason)."""
         try:
             rt = self.runtimes.get(vm, self.state)
         except Exception as exc:
@@ -287,10 +259,12 @@ class PcpuDriver(threading.Thread):
         switches = 0
         limit = rt.definition.get("max_instructions")
         budget = self.policy.slice_instructions
+        if lone and rt.rate:
+            budget = max(budget, min(STRETCH * budget, int(rt.rate * LONE_SLICE_SECONDS)))
         if limit is not None:
             budget = min(budget, int(limit) - guest.cpu.stats.retired)
-        slice_end = guest.cpu.stats.retired + budget
-        lazy = lazy and time.monotonic() - rt.committed_at < COMMIT_INTERVAL
+        start, started = guest.cpu.stats.retired, time.perf_counter()
+        slice_end = start + budget
         committed_at_switch = False
         """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
 
@@ -312,7 +286,7 @@ class PcpuDriver(threading.Thread):
                 nested_ram_size=nested,
                 tc=tc,
             )
-            if not lazy and guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
+            if guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
                 request.commit.CopyFrom(self._commit_request(rt))
             response = self.stub.RunVcpu(request, timeout=60)
             switches += 1
@@ -348,12 +322,11 @@ class PcpuDriver(threading.Thread):
             log.exception("VM %s: the hypervisor failed handling its exit", vm)
             failed = True  # its copy may be half-changed: commit the pCPU's state as it is
             stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
-        if stop is None:
-            if lazy and not remote.new_console():
-                self._pending = (vm, token)  # committed before the pCPU goes to anyone else
-                return how, switches, seen
-            if committed_at_switch and not remote.changed_since_switch():
-                return how, switches, seen  # the slice's last run committed it, and nothing came after
+        elapsed = time.perf_counter() - started
+        if how == "preempted" and elapsed > 0:  # a full slice: what the next one may stretch to
+            rt.rate = (guest.cpu.stats.retired - start) / elapsed
+        if stop is None and committed_at_switch and not remote.changed_since_switch():
+            return how, switches, seen  # the slice's last run committed it, and nothing came after
         try:
             self._final_commit(rt, token, stop, failed)
         except grpc.RpcError as err:
@@ -381,7 +354,6 @@ class PcpuDriver(threading.Thread):
     def _committed(rt: VmRuntime, response: cpu_pb2.RunVcpuResponse, console_end: int) -> None:
         rt.generation = response.generation
         rt.remote.console_committed = console_end
-        rt.committed_at = time.monotonic()
 
     def _final_commit(
         self, rt: VmRuntime, token: int, stop: Stop | None = None, failed: bool = False
@@ -399,22 +371,6 @@ class PcpuDriver(threading.Thread):
         )
         response = self.stub.RunVcpu(request, timeout=60)
         self._committed(rt, response, len(remote.vm.devices.console))
-
-    def _commit_pending(self) -> int:
-        """Commit the progress a lazy slice left on the pCPU (or forget it, if that fails);
-        returns the world switches it took."""
-        if self._pending is None:
-            return 0
-        vm, token = self._pending
-        self._pending = None
-        rt = self.runtimes.peek(vm)
-        if rt is None:
-            return 0
-        try:
-            self._final_commit(rt, token)
-        except grpc.RpcError as err:
-            self._lost(vm, err, 1, {})
-        return 1
 
     def _lost(
         self, vm: str, err: grpc.RpcError, switches: int, seen: dict[str, int]

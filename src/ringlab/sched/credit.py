@@ -86,8 +86,6 @@ class SliceOutcome:
     ended: str = "preempted"
     """preempted (slice used up), idle (yielded in hlt: boost on wake), ended (the VM finished),
     lost (the grant was revoked or the commit refused)."""
-    slices: int = 1
-    """Slices run under the grant (a VM nobody waits for keeps the pCPU for several)."""
 
 
 @dataclass
@@ -102,7 +100,8 @@ class CreditPolicy:
     slice_instructions: int = 1_000_000
     """The time slice, in guest instructions (virtual time): about 30 ms of native compute on the
     simulated core, Xen credit's default ``tslice``.  Each slice costs at least one world switch
-    across the service boundary (about 1 ms on a 2-core machine), so it stays near 4% of the pCPU."""
+    across the service boundary (1-2 ms on a 2-core machine).  The hypervisor's driver stretches
+    the slice of a VM nobody else waits for."""
     refill_seconds: float = 0.3
     """Credit handed out per refill round, per pCPU, split by weight."""
     lease_seconds: float = 10.0
@@ -116,7 +115,7 @@ class CreditPolicy:
             return  # destroyed meanwhile
         e.credit -= outcome.held_seconds
         e.cpu_seconds += outcome.held_seconds
-        e.slices += outcome.slices
+        e.slices += 1
         e.last_run = now
         if e.cap:
             if now - e.cap_window >= self.cap_window_seconds:

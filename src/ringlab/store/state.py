@@ -296,11 +296,7 @@ class SharedState:
         slices: int = 0,
         world_switches: int = 0,
         round_trips: int = 0,
-        keep_token: int = 0,
     ) -> GrantResult:
-        """Apply one decision made on the snapshot at ``version``.  ``keep_token``: the chosen VM
-        keeps this token if it holds it on ``pcpu`` (a renewal: what the pCPU ran under it since
-        the last commit can still be committed); otherwise it gets a new one."""
         self.round_trips += 1
         args: list[Any] = [
             version,
@@ -313,7 +309,6 @@ class SharedState:
             slices,
             world_switches,
             round_trips,
-            keep_token,
             len(updates),
         ]
         for vm, entry in updates.items():

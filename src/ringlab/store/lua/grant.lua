@@ -6,27 +6,16 @@
 -- ARGV[1] expected version  ARGV[2] pcpu id  ARGV[3] now  ARGV[4] lease seconds
 -- ARGV[5] VM to grant the pCPU to, or ''  ARGV[6] busy seconds  ARGV[7] scheduler seconds
 -- ARGV[8] slices  ARGV[9] world switches  ARGV[10] Redis round trips (pCPU statistics increments)
--- ARGV[11] the token the chosen VM keeps, or 0 for a new one (the same holder renews its grant:
---   the vCPU's progress on the pCPU since its last commit stays committable)
--- ARGV[12] n = number of updated entries; ARGV[13 .. 12+2n] id, entry JSON, ...
--- ARGV[13+2n ..] events, each a JSON object {kind, vm, detail} (time and pcpu are added)
+-- ARGV[11] n = number of updated entries; ARGV[12 .. 11+2n] id, entry JSON, ...
+-- ARGV[12+2n ..] events, each a JSON object {kind, vm, detail} (time and pcpu are added)
 -- Returns {1, token, version, snapshot} when applied (token 0 when no VM was chosen) or
 -- {0, 0, version, snapshot} on a conflict; snapshot is HGETALL rl:sched:vms.
 local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return {0, 0, version, redis.call('HGETALL', KEYS[1])}
 end
--- A renewal keeps the token only if the chosen VM holds it on this pCPU right now.
-local keep = tonumber(ARGV[11])
-if keep ~= 0 then
-  local held = redis.call('HGET', KEYS[1], ARGV[5])
-  local entry = held and cjson.decode(held)
-  if not entry or entry.status ~= 'running' or tonumber(entry.token) ~= keep or entry.pcpu ~= ARGV[2] then
-    keep = 0
-  end
-end
-local n = tonumber(ARGV[12])
-for i = 13, 12 + 2 * n, 2 do
+local n = tonumber(ARGV[11])
+for i = 12, 11 + 2 * n, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 local token = 0
@@ -35,10 +24,7 @@ if chosen ~= '' then
   local raw = redis.call('HGET', KEYS[1], chosen)
   if raw then
     local entry = cjson.decode(raw)
-    token = keep
-    if token == 0 then
-      token = redis.call('INCR', KEYS[3])
-    end
+    token = redis.call('INCR', KEYS[3])
     entry.status = 'running'
     entry.token = token
     entry.pcpu = ARGV[2]
@@ -46,7 +32,7 @@ if chosen ~= '' then
     redis.call('HSET', KEYS[1], chosen, cjson.encode(entry))
   end
 end
-for i = 13 + 2 * n, #ARGV do
+for i = 12 + 2 * n, #ARGV do
   local e = cjson.decode(ARGV[i])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'kind', e.kind, 'vm', e.vm,
     'pcpu', ARGV[2], 'detail', e.detail, 'time', ARGV[3])
