@@ -9,7 +9,7 @@ variables, else defaults that work on one machine.
     --max-streams  RINGLAB_MAX_STREAMS   open streams at once (8); the rest get RESOURCE_EXHAUSTED
     --pcpu         RINGLAB_PCPU          cpu: this pCPU's id (default pcpu-HOST-PORT)
     --hypervisor   RINGLAB_HYPERVISOR    guest, CLI: the hypervisor's address (127.0.0.1:50051)
-    --slice        RINGLAB_SLICE         hypervisor: time slice in guest instructions (1000000)
+    --slice        RINGLAB_SLICE         hypervisor: time slice in guest instructions (500000)
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def add_service_flags(parser: argparse.ArgumentParser, service: str) -> None:
         "--hypervisor", default=env_default("HYPERVISOR", DEFAULT_HYPERVISOR), metavar="HOST:PORT"
     )
     parser.add_argument(
-        "--slice", type=int, default=int(env_default("SLICE", "1000000")), metavar="INSTRUCTIONS"
+        "--slice", type=int, default=int(env_default("SLICE", "500000")), metavar="INSTRUCTIONS"
     )
 
 

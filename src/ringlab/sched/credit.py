@@ -97,9 +97,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class CreditPolicy:
-    slice_instructions: int = 1_000_000
-    """The time slice, in guest instructions (virtual time): about 30 ms of native compute on the
-    simulated core, Xen credit's default ``tslice``.  Each slice costs at least one world switch
+    slice_instructions: int = 500_000
+    """The time slice, in guest instructions (virtual time): about 15 ms of native compute on the
+    simulated core (Xen credit's default is 30 ms).  Each slice costs at least one world switch
     across the service boundary (1-2 ms on a 2-core machine).  The hypervisor's driver stretches
     the slice of a VM nobody else waits for."""
     refill_seconds: float = 0.3
