@@ -158,3 +158,55 @@ def test_stopping_the_hypervisor_mid_slice_hands_the_vm_back_committed(
             replacement.stop(1)
         d.hypervisor.stop(0)
         d.cpu.stop(1)
+
+
+def test_vms_that_contend_are_not_stretched(redis_server: LocalRedis) -> None:
+    """Stretching is for a VM nobody waits for: two VMs sharing the pCPU get plain slices."""
+    d = _deployment(redis_server, 15)
+    try:
+        hv = d.hypervisor_stub()
+        image = build_image("compute", "stock", {"ROUNDS": 100_000}).to_bytes()
+        names = [_create(hv, "compute", image) for _ in range(2)]
+        time.sleep(2.0)
+        stats = {v.name: v.stats for v in hv.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10).vms}
+        for name in names:
+            hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        for name in names:
+            plain = stats[name].guest.retired // SLICE  # what it ran, in plain slices
+            assert plain > 0 and stats[name].slices * 2 > plain
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)
+
+
+def test_a_stretched_slice_ends_soon_after_its_time_when_the_guest_turns_slow(
+    redis_server: LocalRedis,
+) -> None:
+    """A bare guest alternates 400k instructions without an exit (its slices get stretched) and
+    3,000 exits (each a world switch). The stretched slice it is in when it turns slow must end at
+    the first exit after its time (a few hundred exits), not run STRETCH slices' worth of
+    instructions (the whole slow phase, seconds)."""
+    from ringlab.asm import assemble
+
+    program = assemble(
+        "outer:\n    mov ecx, 200000\n"
+        "spin:\n    dec ecx\n    jnz spin\n"  # fast: no exit
+        "    mov ecx, 3000\n"
+        "slow:\n    out 0x99, eax\n    dec ecx\n    jnz slow\n"  # slow: an exit every 3 instructions
+        "    jmp outer\n"
+    )
+    d = start_deployment(redis_server, slice=2_000, db=11)
+    try:
+        hv = d.hypervisor_stub()
+        name = _create(hv, "exits", program.to_bytes())
+        time.sleep(7.0)
+        events = hv.StreamEvents(hypervisor_pb2.StreamEventsRequest(vm=name), timeout=10)
+        per_slice = [
+            int(e.detail.split(" x")[1]) for e in events if e.kind == "exit" and "io_out" in e.detail
+        ]
+        hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        assert len(per_slice) > 4  # it went through fast and slow phases
+        assert max(per_slice) < 2_000  # no slice ran through a whole slow phase
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)

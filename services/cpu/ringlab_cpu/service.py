@@ -29,6 +29,7 @@ from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, tr
 from ringlab.machine.faults import Fault
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
+    MAX_RUN_BUDGET,
     controls_from_proto,
     delta_from_proto,
     delta_to_proto,
@@ -48,8 +49,6 @@ __all__ = ["CpuServicer", "main", "serve"]
 
 log = logging.getLogger("ringlab.cpu")
 
-MAX_BUDGET = 50_000_000
-"""One call never runs longer than this many instructions (a few seconds): a pCPU stays responsive."""
 CACHE_SIZE = 64
 ZERO_PAGE = bytes(4096)
 _SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
@@ -118,8 +117,8 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             raise InvalidRequest("RunVcpu needs the VM id in 'vm'")
         if request.lease_token <= 0:
             raise InvalidRequest("RunVcpu needs the fencing token of a grant in 'lease_token' (> 0)")
-        if request.budget > MAX_BUDGET:
-            raise InvalidRequest(f"budget {request.budget} is above the per-call maximum {MAX_BUDGET}")
+        if request.budget > MAX_RUN_BUDGET:
+            raise InvalidRequest(f"budget {request.budget} is above the per-call maximum {MAX_RUN_BUDGET}")
         with self._lock:
             self.runs += 1
             cached, reloaded = self._context(request.vm, request.lease_token, request.generation)

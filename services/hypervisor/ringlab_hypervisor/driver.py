@@ -9,8 +9,9 @@ a slice cost no Redis at all: runs are deterministic, so progress after the last
 re-executed after a crash.
 
 A VM nobody else waits for (and without a cap) gets a *stretched* slice: as many instructions as
-it ran in about ``LONE_SLICE_SECONDS`` of its last slice, at most ``STRETCH`` slices (a lone
-runnable task runs on, as under Xen credit2 or Linux's CFS).  A lone compute-bound VM then
+it ran in about ``LONE_SLICE_SECONDS`` of its last slice, at most ``STRETCH`` slices, ending
+early at the first exit after that time (a lone runnable task runs on, as under Xen credit2 or
+Linux's CFS).  A lone compute-bound VM then
 crosses to the hypervisor, commits and is granted about four times a second instead of thirty,
 which keeps it near in-process speed; a VM that arrives meanwhile waits at most that long.
 """
@@ -265,6 +266,10 @@ class PcpuDriver(threading.Thread):
             budget = min(budget, int(limit) - guest.cpu.stats.retired)
         start, started = guest.cpu.stats.retired, time.perf_counter()
         slice_end = start + budget
+        deadline = started + LONE_SLICE_SECONDS
+        # A stretched slice also ends at the first exit after its time is up (a guest that turned
+        # slow must not keep the pCPU for STRETCH times a slow slice).
+        until = (lambda: time.perf_counter() > deadline) if budget > self.policy.slice_instructions else None
         committed_at_switch = False
         """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
 
@@ -309,7 +314,7 @@ class PcpuDriver(threading.Thread):
         how = "preempted"
         failed = False
         try:
-            outcome = guest.advance(budget) if budget > 0 else None
+            outcome = guest.advance(budget, until) if budget > 0 else None
             if isinstance(outcome, Stop):
                 stop = outcome
             elif outcome is not None:
@@ -331,6 +336,10 @@ class PcpuDriver(threading.Thread):
             self._final_commit(rt, token, stop, failed)
         except grpc.RpcError as err:
             return self._lost(vm, err, switches + 1, seen)
+        except Exception:  # building the commit failed: this copy cannot be trusted, reload it
+            log.exception("VM %s: the hypervisor failed to commit its slice", vm)
+            self.runtimes.drop(vm)
+            return "lost", switches, seen
         switches += 1
         if stop is not None:
             self.runtimes.drop(vm)

@@ -34,6 +34,7 @@ from ringlab.machine.faults import Fault
 from ringlab.machine.mmu import TLB_FLUSH
 from ringlab.machine.stats import stats_to_json
 from ringlab.rpc.convert import (
+    MAX_RUN_BUDGET,
     controls_to_proto,
     delta_from_proto,
     delta_to_proto,
@@ -121,6 +122,7 @@ class RemoteVm:
         assert self.link is not None, "no pCPU to run on: set link for the slice"
         cpu = self.vm.cpu
         nested = self.vm.p2m.ram_size if cpu.mmu.second_stage is not None else 0
+        budget = min(budget, MAX_RUN_BUDGET)  # a longer run takes several calls (a BUDGET exit each)
         response = self.link(budget, delta_to_proto(take_delta(cpu, self.base)), self.controls(), nested, tc)
         delta = delta_from_proto(response.sync)
         apply_delta(cpu, delta)

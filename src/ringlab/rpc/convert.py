@@ -15,6 +15,7 @@ from ringlab.vmm.translated import BlockSpec, TcReport, TcRun
 __all__ = [
     "EXIT_REASONS",
     "KERNELS",
+    "MAX_RUN_BUDGET",
     "TECHNIQUES",
     "controls_from_proto",
     "controls_to_proto",
@@ -55,6 +56,11 @@ EXIT_REASONS: dict[ExitReason, common_pb2.ExitReason.ValueType] = {
     ExitReason.IDLE: common_pb2.EXIT_REASON_IDLE,
 }
 REASON_NAMES = {v: k.value for k, v in EXIT_REASONS.items()}
+
+
+MAX_RUN_BUDGET = 50_000_000
+"""RunVcpu's per-call maximum of instructions (a few seconds): a pCPU stays responsive.  The cpu
+service refuses more; the hypervisor splits a longer run into several calls."""
 
 
 def controls_from_proto(c: common_pb2.Controls) -> Controls:

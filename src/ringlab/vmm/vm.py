@@ -121,13 +121,14 @@ class VM:
                 break
         return self.result(stop, time.perf_counter() - started)
 
-    def advance(self, budget: int) -> Stop | Exit | None:
+    def advance(self, budget: int, until: Callable[[], bool] | None = None) -> Stop | Exit | None:
         """Run the guest for ``budget`` more retired instructions, handling every exit: the
         VMM's main loop (the technique runs a stretch of guest code, its one handler takes the
         exit, repeat).  Returns the ``Stop`` when the run is over, an ``IDLE`` exit when the guest
         idled in ``hlt`` and the caller wants to know (the core's controls ask for that, or
         ``yield_when_idle`` for a ``hlt`` the VMM emulated: the services yield the pCPU then), or
-        None once ``budget`` instructions have retired."""
+        None once ``budget`` instructions have retired - or earlier, at an exit after which
+        ``until()`` is true (the services bound a slice's host time so)."""
         cpu = self.cpu
         end = cpu.stats.retired + budget
         while cpu.stats.retired < end:
@@ -141,6 +142,8 @@ class VM:
                 return outcome
             if self.yield_when_idle and cpu.stats.idle != idle:
                 return Exit(ExitReason.IDLE)  # the VMM waited for the tick in the guest's hlt
+            if until is not None and until():
+                return None
         return None
 
     def result(self, stop: Stop, wall_seconds: float) -> VmRunResult:
