@@ -210,3 +210,26 @@ def test_a_stretched_slice_ends_soon_after_its_time_when_the_guest_turns_slow(
     finally:
         d.hypervisor.stop(1)
         d.cpu.stop(1)
+
+
+def test_a_slice_of_exit_heavy_code_ends_well_within_its_lease(redis_server: LocalRedis) -> None:
+    """A slice is counted in instructions, but half a million instructions of a guest that exits
+    every few instructions take far longer than the grant's lease (10 s) on the services: the
+    slice must end at an exit once a quarter of the lease has passed, or the VM would be granted
+    again while it still runs."""
+    from ringlab.asm import assemble
+
+    program = assemble("top:\n    out 0x99, eax\n    jmp top\n")
+    d = start_deployment(redis_server, slice=500_000, db=14)
+    try:
+        hv = d.hypervisor_stub()
+        name = _create(hv, "exits", program.to_bytes())
+        time.sleep(6.0)
+        events = hv.StreamEvents(hypervisor_pb2.StreamEventsRequest(vm=name), timeout=10)
+        spans = [e.detail.split()[1:] for e in events if e.kind == "descheduled"]  # how start end
+        held = [float(end) - float(start) for start, end in spans]
+        hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
+        assert held and max(held) < 10.0 / 4 + 1.0  # a quarter of the lease, and one last exit
+    finally:
+        d.hypervisor.stop(1)
+        d.cpu.stop(1)

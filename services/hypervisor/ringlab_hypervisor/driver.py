@@ -266,10 +266,16 @@ class PcpuDriver(threading.Thread):
             budget = min(budget, int(limit) - guest.cpu.stats.retired)
         start, started = guest.cpu.stats.retired, time.perf_counter()
         slice_end = start + budget
-        deadline = started + LONE_SLICE_SECONDS
-        # A stretched slice also ends at the first exit after its time is up (a guest that turned
-        # slow must not keep the pCPU for STRETCH times a slow slice).
-        until = (lambda: time.perf_counter() > deadline) if budget > self.policy.slice_instructions else None
+        # A slice also ends at the first exit after its host time is up: a stretched one after
+        # LONE_SLICE_SECONDS (a guest that turned slow must not keep the pCPU for STRETCH slow
+        # slices), any other well within its grant's lease (a slice of exit-heavy code can take
+        # seconds; one that outlived its lease would be granted again while it still runs).
+        stretched = budget > self.policy.slice_instructions
+        deadline = started + (LONE_SLICE_SECONDS if stretched else self.policy.lease_seconds / 4)
+
+        def until() -> bool:
+            return time.perf_counter() > deadline
+
         committed_at_switch = False
         """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
 
