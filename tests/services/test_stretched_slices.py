@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from ringlab.image import Image
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab.vmm import run_vm
@@ -36,6 +37,20 @@ def _wait(hv: hypervisor_pb2_grpc.HypervisorStub, name: str) -> hypervisor_pb2.V
     return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
 
 
+def _await_commits(d: Deployment, vm: str, generation: int) -> None:
+    """Wait until ``vm``'s commits reach ``generation`` (it is running, past that many slices)."""
+    deadline = time.monotonic() + 30
+    while d.state.generation(vm) < generation:
+        assert time.monotonic() < deadline, f"VM {vm} never reached commit {generation}"
+        time.sleep(0.01)
+
+
+def _assert_as_in_process(result: hypervisor_pb2.VmResult, image: Image) -> None:
+    want = run_vm(image, technique="native")
+    assert (result.reason, result.console) == (want.reason, want.console)
+    assert result.stats.retired == want.stats.retired
+
+
 def _deployment(redis: LocalRedis, db: int) -> Deployment:
     return start_deployment(redis, slice=SLICE, db=db)
 
@@ -49,10 +64,8 @@ def test_a_lone_compute_vm_gets_stretched_slices_and_computes_the_same(
         image = build_image("compute", "stock", {"ROUNDS": 200})
         name = _create(hv, "compute", image.to_bytes())
         result = _wait(hv, name)
-        want = run_vm(image, technique="native")
-        assert (result.reason, result.console) == (want.reason, want.console)
-        assert result.stats.retired == want.stats.retired
-        plain = want.stats.retired // SLICE  # slices of the policy's length it took in all
+        _assert_as_in_process(result, image)
+        plain = result.stats.retired // SLICE  # slices of the policy's length it took in all
         assert result.vm.stats.slices * 2 < plain  # granted far fewer, longer slices
         assert d.state.generation(result.vm.id) * 2 < plain  # and committed as seldom
     finally:
@@ -73,17 +86,11 @@ def test_a_vm_that_arrives_gets_the_pcpu_from_a_lone_vm(
         hv = d.hypervisor_stub()
         long = _create(hv, "compute", build_image("compute", "stock", {"ROUNDS": 100_000}).to_bytes())
         vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=long), timeout=10).id
-        deadline = time.monotonic() + 30
-        while d.state.generation(vm) < 3:  # running, on stretched slices
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _await_commits(d, vm, 3)  # running, on stretched slices
         short_image = build_image("hello", "stock")
         short = _create(hv, "hello", short_image.to_bytes())
         assert _wait(hv, short).console == run_vm(short_image, technique="native").console
-        at = d.state.generation(vm)
-        while d.state.generation(vm) <= at:  # the long VM goes on after the newcomer
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _await_commits(d, vm, d.state.generation(vm) + 1)  # the long VM goes on after the newcomer
         hv.StopVm(hypervisor_pb2.VmRef(vm=long), timeout=10)
         info = d.cpu_stub().DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10)
         assert info.cache_reloads == 2  # each VM loaded once: no progress was thrown away
@@ -101,10 +108,7 @@ def test_pausing_a_lone_vm_loses_nothing_it_committed(redis_server: LocalRedis) 
         image = build_image("compute", "stock", {"ROUNDS": 400})
         name = _create(hv, "compute", image.to_bytes())
         vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
-        deadline = time.monotonic() + 30
-        while d.state.generation(vm) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _await_commits(d, vm, 2)
         hv.PauseVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
         paused_at = d.state.generation(vm)
         time.sleep(0.5)
@@ -114,9 +118,7 @@ def test_pausing_a_lone_vm_loses_nothing_it_committed(redis_server: LocalRedis) 
         assert d.state.generation(vm) == paused_at  # nothing commits under a revoked grant
         hv.ResumeVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
         result = _wait(hv, name)
-        want = run_vm(image, technique="native")
-        assert (result.reason, result.console) == (want.reason, want.console)
-        assert result.stats.retired == want.stats.retired
+        _assert_as_in_process(result, image)
     finally:
         d.hypervisor.stop(1)
         d.cpu.stop(1)
@@ -140,17 +142,13 @@ def test_stopping_the_hypervisor_mid_slice_hands_the_vm_back_committed(
         image = build_image("compute", "stock", {"ROUNDS": 400})
         name = _create(hv, "compute", image.to_bytes())
         vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
-        deadline = time.monotonic() + 30
-        while d.state.generation(vm) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _await_commits(d, vm, 2)
         d.hypervisor.stop(0)
         url = d.redis.url.rsplit("/", 1)[0] + "/14"
         replacement, _ = serve_hypervisor(service_config("hypervisor", url, slice=SLICE))
         stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{replacement.port}"))
         result = _wait(stub, name)
-        want = run_vm(image, technique="native")
-        assert (result.reason, result.console) == (want.reason, want.console)
+        _assert_as_in_process(result, image)
         info = d.cpu_stub().DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10)
         assert info.cache_reloads == 1  # loaded once; the second hypervisor went on from the commit
     finally:
