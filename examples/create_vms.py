@@ -7,8 +7,8 @@ import sys
 
 import grpc
 
+from ringlab.guestos.build import build_image
 from ringlab.v1 import common_pb2, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab_guest.build import build_image
 
 TECHNIQUES = {
     "native": common_pb2.TECHNIQUE_NATIVE,

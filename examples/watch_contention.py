@@ -8,8 +8,8 @@ import time
 
 import grpc
 
+from ringlab.guestos.build import build_image
 from ringlab.v1 import common_pb2, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab_guest.build import build_image
 
 WEIGHTS = {"w1a": 256, "w1b": 256, "w2": 512, "w4": 1024}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ringlab.bench.speed import fnv1a_reference
 from ringlab.cli import main
+from ringlab.guestos.reference import fnv1a_reference
 
 HELLO = """\
 .entry start
@@ -112,7 +112,7 @@ def test_bench_speed_json_reports_the_ratio_of_python_to_guest_time(
 
 
 def test_the_python_reference_is_the_workloads_algorithm() -> None:
-    from ringlab_guest.build import WORKLOADS
+    from ringlab.guestos.build import WORKLOADS
 
     assert WORKLOADS["compute"].expected_output({"ROUNDS": 3}) == f"fnv1a={fnv1a_reference(3):08x}\n".encode()
 

@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from ringlab_guest.build import build_image
+    from ringlab.guestos.build import build_image
 
     image = build_image(args.workload, args.kernel, dict(args.defines))
     if args.via:

@@ -249,8 +249,8 @@ def cmd_vm(args: argparse.Namespace) -> int:
 
             _print_vms([create_via_launcher(args, stub)], args.json)
         elif action == "create":
+            from ringlab.guestos.build import build_image
             from ringlab.rpc.convert import KERNELS, TECHNIQUES
-            from ringlab_guest.build import build_image
 
             kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
             image = build_image(args.workload, kernel)

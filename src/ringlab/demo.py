@@ -42,11 +42,11 @@ def _kernel(technique: str) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ringlab.cli_services import vm_row
+    from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.convert import KERNELS, TECHNIQUES
     from ringlab.rpc.local import LocalDeployment
     from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
-    from ringlab_guest.build import build_image
 
     console = Console()
     chart = getattr(args, "chart", None) or CHART

@@ -35,8 +35,8 @@ from typing import Any
 import grpc
 import pytest
 
+from ringlab.guestos.build import WORKLOADS
 from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab_guest.build import WORKLOADS
 
 from .conftest import Timings
 

@@ -2,7 +2,7 @@
 
 ``boot(image)`` runs it to the end and returns the ``RunResult``; ``guest(*sources)`` builds a
 kernel image whose user programs are the given RL-32 sources (program 0 is init; each starts
-with ``.include "lib.s"``, the user runtime in services/guest/ringlab_guest/workloads/lib.s), so a test shows
+with ``.include "lib.s"``, the user runtime in src/ringlab/guestos/workloads/lib.s), so a test shows
 the exact program it runs.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
+from ringlab.guestos.build import build_custom_image
 from ringlab.image import Image
 from ringlab.machine import RunResult, run_image
-from ringlab_guest.build import build_custom_image
 
 MAX_INSTRUCTIONS = 20_000_000
 """A runaway guest stops here (exit reason "limit") instead of hanging the suite."""

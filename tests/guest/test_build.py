@@ -1,6 +1,6 @@
-"""ringlab_guest.build: names, flavours, caching, the embedding scheme, and the pv-ops rule.
+"""ringlab.guestos.build: names, flavours, caching, the embedding scheme, and the pv-ops rule.
 
-The kernel sources are services/guest/ringlab_guest/kernel/*.s; the pv-ops layer is kernel/pvops.s.
+The kernel sources are src/ringlab/guestos/kernel/*.s; the pv-ops layer is kernel/pvops.s.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import re
 import pytest
 
 from ringlab.errors import UsageError
-from ringlab.image import Image
-from ringlab.isa import TABLE, Class
-from ringlab_guest.build import (
+from ringlab.guestos.build import (
     USER_BASE,
     WORKLOADS,
     build_image,
     build_programs,
     source_dir,
 )
+from ringlab.image import Image
+from ringlab.isa import TABLE, Class
 
 NAMES = (
     "hello",

@@ -1,7 +1,7 @@
-"""Targeted tests of the guest kernel (services/guest/ringlab_guest/kernel/*.s).
+"""Targeted tests of the guest kernel (src/ringlab/guestos/kernel/*.s).
 
 Each test shows the user program it runs (RL-32 source, ``.include "lib.s"`` = the user runtime
-in services/guest/ringlab_guest/workloads/lib.s; program 0 is init, the rest are what it spawns) or names the
+in src/ringlab/guestos/workloads/lib.s; program 0 is init, the rest are what it spawns) or names the
 workload file.  Errors come back as negative errno values (kernel/abi.s).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from ringlab.guestos.build import build_image
 from ringlab.machine import RunResult
-from ringlab_guest.build import build_image
 
 from .conftest import boot, stats
 

@@ -1,6 +1,6 @@
 """Every workload boots on the stock kernel to its exact console output and powers off with 0.
 
-The programs are services/guest/ringlab_guest/workloads/<file>.s (WORKLOADS[name].programs lists them; program
+The programs are src/ringlab/guestos/workloads/<file>.s (WORKLOADS[name].programs lists them; program
 0 is init).  Iteration counts are small to keep the suite fast; the defaults run where cheap.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringlab_guest.build import WORKLOADS, build_image
+from ringlab.guestos.build import WORKLOADS, build_image
 
 from .conftest import boot
 

@@ -10,9 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from ringlab.guestos.build import build_image
 from ringlab.store import Commit, LocalRedis, StaleLease
 from ringlab.v1 import common_pb2, cpu_pb2, hypervisor_pb2
-from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, code_of, start_deployment, unique
 
 

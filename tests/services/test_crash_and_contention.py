@@ -7,13 +7,13 @@ import time
 
 import pytest
 
+from ringlab.guestos.build import build_image
 from ringlab.image import Image
 from ringlab.rpc.convert import TECHNIQUES
 from ringlab.sched import CreditPolicy, Entry, SliceOutcome, jain_index
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2
 from ringlab.vmm import run_vm
-from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, service_config, start_deployment, unique
 
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from ringlab.guestos.build import WORKLOADS, build_image
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.v1 import hypervisor_pb2
 from ringlab.vmm import run_vm
-from ringlab_guest.build import WORKLOADS, build_image
 from tests.services.conftest import Deployment, unique
 
 FAST = ("hello", "syscall", "io", "divzero", "spawnwait")

@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
+from ringlab.guestos.build import build_image
 from ringlab.v1 import common_pb2, hypervisor_pb2
-from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, code_of, unique
 
 HELLO = build_image("hello", "stock").to_bytes()

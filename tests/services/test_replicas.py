@@ -3,10 +3,10 @@ VM ends with its workload's exact output, and every pCPU did work."""
 
 from __future__ import annotations
 
+from ringlab.guestos.build import build_image
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2
 from ringlab.vmm import run_vm
-from ringlab_guest.build import build_image
 from tests.services.conftest import service_config, start_deployment, unique
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 
+from ringlab.guestos.build import build_image
 from ringlab.image import Image
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab.vmm import run_vm
-from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, start_deployment, unique
 
 SLICE = 20_000

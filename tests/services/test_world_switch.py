@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 
+from ringlab.guestos.build import build_image
 from ringlab.machine import Exit, ExitReason
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.v1 import hypervisor_pb2
 from ringlab.vmm import VM, make_technique
-from ringlab_guest.build import build_image
 from tests.services.conftest import Deployment, unique
 
 

@@ -160,7 +160,7 @@ def test_compute_workload_kernel_runs_mostly_chained() -> None:
     """The guest kernel's timer path (scheduler and wake_sleepers loops: blocks of two or three
     instructions, on a page shared with the kernel's variables, so self-checking) under bt:
     almost every block is entered by a chain link; the guest stays equivalent."""
-    from ringlab_guest.build import build_image
+    from ringlab.guestos.build import build_image
 
     image = build_image("compute", "stock", {"ROUNDS": 8})
     result = vm(image, "bt")

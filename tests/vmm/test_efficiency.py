@@ -1,7 +1,7 @@
 """Efficiency (DESIGN.md): unprivileged guest code runs directly, so compute-bound work runs at
 >= 95% of native speed under bt, pv and hw.
 
-The program is the ``compute`` workload (services/guest/ringlab_guest/workloads/compute.s: FNV-1a
+The program is the ``compute`` workload (src/ringlab/guestos/workloads/compute.s: FNV-1a
 over a 4 KiB buffer, ROUNDS times) on the stock kernel (paravirt for pv).  Booting the kernel
 costs each technique a fixed amount (bt translates it, pv makes hypercalls, hw takes exits); the
 work itself is the difference between two ROUNDS, and that is what must run at native speed.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from ringlab.guestos.build import build_image
 from ringlab.vmm import run_vm
-from ringlab_guest.build import build_image
 
 LOW, HIGH = 4, 36
 CASES = [("bt", "stock", False), ("pv", "paravirt", False), ("hw", "stock", False), ("hw", "stock", True)]

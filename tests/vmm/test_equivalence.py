@@ -2,7 +2,7 @@
 guest-visible registers and virtual time under bt, hw and hw with nested paging; the paravirt
 kernel under pv prints what the stock kernel prints natively.
 
-The programs are the guest OS workloads (services/guest/ringlab_guest/workloads/<name>.s) on
+The programs are the guest OS workloads (src/ringlab/guestos/workloads/<name>.s) on
 the stock kernel, with the small defines below.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringlab_guest.build import build_image
+from ringlab.guestos.build import build_image
 from tests.vmm.conftest import native, observable, vm
 
 WORKLOADS: dict[str, dict[str, int]] = {

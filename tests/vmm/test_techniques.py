@@ -3,7 +3,7 @@ trap-and-emulate VMM's visible misbehaviour (Popek-Goldberg), pv's refusal of a 
 
 from __future__ import annotations
 
-from ringlab_guest.build import build_image
+from ringlab.guestos.build import build_image
 from tests.vmm.conftest import native, observable, program, vm
 
 CPUID_CONSOLE_HLT = """

@@ -6,12 +6,12 @@ and by the other side's self-checks (a page left writable) must never run again 
 
 from __future__ import annotations
 
+from ringlab.guestos.build import build_image
 from ringlab.machine import Cpu, Exit, ExitReason, Memory
 from ringlab.machine.context import apply_delta, take_delta, track
 from ringlab.vmm import VM, make_technique
 from ringlab.vmm.bt import BinaryTranslation
 from ringlab.vmm.translated import Executor, ToVmm
-from ringlab_guest.build import build_image
 from tests.vmm.conftest import native, observable, program
 from tests.vmm.test_bt_fast_path import _loop, _sum
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 
 from ringlab.errors import RinglabError
+from ringlab.guestos.build import WORKLOADS, build_image
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -38,7 +39,6 @@ from ringlab.rpc.config import env_default
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.store import InvalidRequest, SharedState
 from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab_guest.build import WORKLOADS, build_image
 
 __all__ = ["GuestConfig", "GuestServicer", "main", "parse_mix"]
 

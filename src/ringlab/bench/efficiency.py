@@ -32,7 +32,7 @@ def _time(image: Any, col: Column) -> float:
 def efficiency_suite(rounds: tuple[int, int] = (32, 2080), repeats: int = 5) -> dict[str, Any]:
     """``{"rounds": [lo, hi], "techniques": {LABEL: {"throughput": x, "whole_run": y,
     "work_seconds": s, "run_seconds": t}}}`` with native as the reference (1.0)."""
-    from ringlab_guest.build import build_image
+    from ringlab.guestos.build import build_image
 
     columns = [c for c in COLUMNS if c.technique != "trap-emulate"]  # it does not run compute right
     images = {(c.kernel, n): build_image("compute", c.kernel, {"ROUNDS": n}) for c in columns for n in rounds}

@@ -37,7 +37,7 @@ class Column:
     kernel: str = "stock"
 
 
-# BENCH_* operation numbers: services/guest/ringlab_guest/kernel/abi.s
+# BENCH_* operation numbers: src/ringlab/guestos/kernel/abi.s
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("syscall", "syscall", (20, 220), what="getpid through int 0x80"),
     Benchmark("in", "bench", (20, 220), fixed={"OP": 0}, what="in from the POST port, in the kernel"),
@@ -79,7 +79,7 @@ def _default_runner() -> Runner:
 
 
 def _measure(bench: Benchmark, col: Column, n: int, runner: Runner) -> tuple[dict[str, Any], float]:
-    from ringlab_guest.build import WORKLOADS, build_image
+    from ringlab.guestos.build import WORKLOADS, build_image
 
     defines = dict(bench.fixed or {})
     defines[bench.knob] = n

@@ -61,10 +61,10 @@ def _snapshot(hv: Any) -> tuple[dict[str, float], float, float]:
 def contention_suite(
     vms: int, weights: list[int] | None = None, *, window: float = 12.0, warmup: float = 2.0
 ) -> dict[str, Any]:
+    from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.local import LocalDeployment
     from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
-    from ringlab_guest.build import build_image
 
     weights = list(weights or [256] * vms)
     if len(weights) != vms:
@@ -103,11 +103,11 @@ def contention_suite(
 
 def services_suite(calls: int = 2000) -> dict[str, Any]:
     from ringlab.asm import assemble
+    from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.local import LocalDeployment
     from ringlab.v1 import cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
     from ringlab.vmm import run_vm
-    from ringlab_guest.build import build_image
 
     # A bare guest that does nothing but exit: each `out` to an unmodelled port crosses to the VMM.
     exits_forever = assemble("top:\n    out 0x99, eax\n    jmp top\n")

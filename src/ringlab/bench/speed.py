@@ -10,30 +10,16 @@ from __future__ import annotations
 import time
 
 from ringlab.errors import RinglabError
+from ringlab.guestos.reference import fnv1a_reference
 
-__all__ = ["speed_suite", "fnv1a_reference"]
+__all__ = ["fnv1a_reference", "speed_suite"]
 
-BUFFER_SIZE = 4096
 DEFAULT_ROUNDS = 256
 
 
-def fnv1a_reference(rounds: int, size: int = BUFFER_SIZE) -> int:
-    """The compute workload's algorithm in plain Python."""
-    x = 1
-    buf = bytearray(size)
-    for i in range(size):
-        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
-        buf[i] = (x >> 16) & 0xFF
-    h = 2166136261
-    for _ in range(rounds):
-        for b in buf:
-            h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return h
-
-
 def speed_suite(rounds: int | None = None) -> dict[str, float]:
+    from ringlab.guestos.build import build_image
     from ringlab.machine import run_image
-    from ringlab_guest.build import build_image
 
     rounds = rounds or DEFAULT_ROUNDS
     image = build_image("compute", "stock", {"ROUNDS": rounds})

@@ -5,7 +5,7 @@ import warnings
 
 from ringlab.v1 import cpu_pb2 as ringlab_dot_v1_dot_cpu__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
