@@ -75,7 +75,39 @@ Global___VmStatus: _TypeAlias = VmStatus  # noqa: Y015
 
 @_typing.final
 class CreateVmRequest(_message.Message):
+    """Two ways to say what the VM runs:
+     - by name: leave `image` empty and name a guest-OS `workload` (hello, compute, syscall, io,
+       callret, pagefault, ptemod, divzero, spawnwait, multi, bench; an unknown one is
+       INVALID_ARGUMENT listing them), a `kernel` flavour (STOCK or PARAVIRT; UNSPECIFIED =
+       PARAVIRT under TECHNIQUE_PV, STOCK otherwise) and optional `defines`: the hypervisor builds
+       the image as `ringlab boot --workload W --kernel K -D NAME=VALUE` does.  Any gRPC client
+       (grpcurl, Node.js, ...) can boot the guest OS this way.
+     - raw: `image` is used as is (Python: ringlab.image.Image.to_bytes() of a kernel+workload or
+       of a bare program, KERNEL_FLAVOUR_NONE, the default when an image is sent); `workload` and
+       `defines` are then only recorded.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DefinesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     TECHNIQUE_FIELD_NUMBER: _builtins.int
@@ -89,14 +121,17 @@ class CreateVmRequest(_message.Message):
     MAX_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    DEFINES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """1-63 letters, digits, '.', '_' or '-'"""
     technique: _common_pb2.Technique.ValueType
     nested_paging: _builtins.bool
+    """TECHNIQUE_HW only"""
     kernel: _common_pb2.KernelFlavour.ValueType
     workload: _builtins.str
-    """informational when `image` is given"""
+    """the guest-OS workload to build; informational when `image` is given"""
     image: _builtins.bytes
-    """ringlab.image.Image.to_bytes(): the kernel+workload or bare program"""
+    """empty = build `workload`; else the raw image, used as is"""
     memory_size: _builtins.int
     """bytes; 0 = 4 MiB"""
     weight: _builtins.int
@@ -107,7 +142,13 @@ class CreateVmRequest(_message.Message):
     input: _builtins.bytes
     """what the console offers to `in`"""
     start: _builtins.bool
-    """start at once"""
+    """start at once (an action: not part of the definition)"""
+    @_builtins.property
+    def defines(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """-D definitions for the workload's build (ROUNDS, ITERATIONS, TIMER_PERIOD, ...): names are
+        identifiers, values fit in 32 bits (-2147483648 .. 4294967295).
+        """
+
     def __init__(
         self,
         *,
@@ -123,10 +164,11 @@ class CreateVmRequest(_message.Message):
         max_instructions: _builtins.int | None = ...,
         input: _builtins.bytes = ...,
         start: _builtins.bool = ...,
+        defines: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "max_instructions", b"max_instructions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "cap", b"cap", "image", b"image", "input", b"input", "kernel", b"kernel", "max_instructions", b"max_instructions", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "start", b"start", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "cap", b"cap", "defines", b"defines", "image", b"image", "input", b"input", "kernel", b"kernel", "max_instructions", b"max_instructions", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "start", b"start", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_instructions: _TypeAlias = _typing.Literal["max_instructions"]  # noqa: Y015
     _WhichOneofArgType__max_instructions: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions"]  # noqa: Y015
@@ -158,6 +200,26 @@ Global___VmRef: _TypeAlias = VmRef  # noqa: Y015
 class Vm(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DefinesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TECHNIQUE_FIELD_NUMBER: _builtins.int
@@ -171,6 +233,7 @@ class Vm(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    DEFINES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     technique: _common_pb2.Technique.ValueType
@@ -185,6 +248,10 @@ class Vm(_message.Message):
     detail: _builtins.str
     @_builtins.property
     def stats(self) -> Global___VmStats: ...
+    @_builtins.property
+    def defines(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """as created"""
+
     def __init__(
         self,
         *,
@@ -201,10 +268,11 @@ class Vm(_message.Message):
         exit_code: _builtins.int | None = ...,
         detail: _builtins.str = ...,
         stats: Global___VmStats | None = ...,
+        defines: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "cap", b"cap", "detail", b"detail", "exit_code", b"exit_code", "id", b"id", "kernel", b"kernel", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "stats", b"stats", "status", b"status", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "cap", b"cap", "defines", b"defines", "detail", b"detail", "exit_code", b"exit_code", "id", b"id", "kernel", b"kernel", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "stats", b"stats", "status", b"status", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

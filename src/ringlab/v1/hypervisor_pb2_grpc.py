@@ -101,14 +101,26 @@ class HypervisorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateVm(self, request, context):
-        """Create a VM; idempotent by name (the same name returns the existing VM unchanged).
+        """Create a VM, from a guest-OS workload by name (the hypervisor builds the kernel+workload
+        image) or from a raw image.  Idempotent for the same definition only: creating NAME again
+        with the same definition returns the existing VM unchanged (with `start`, a VM still
+        `created` is started); with a different definition it is ALREADY_EXISTS, naming the fields
+        that differ (destroy the VM first, or choose another name).  The definition is: technique,
+        nested_paging, kernel, workload, defines, the image (compared by its SHA-256, whether sent or
+        built), memory_size, weight, cap, max_instructions and input, each after defaults are applied
+        (weight 0 = 256, memory_size 0 = 4 MiB, ...).  `start` is an action, not part of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartVm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Start a VM.  A `created` VM joins the run queue; a started one (runnable, running, blocked)
+        is left as it is.  A VM that has ended (stopped by StopVm, powered off, halted, shut down or
+        at its instruction limit) boots afresh from its image, as `virsh start` does after a
+        shutdown: registers, memory, console and statistics start over (the console stream is
+        emptied, a "started" event says "rebooted").  A paused VM is FAILED_PRECONDITION: resume it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -150,21 +162,27 @@ class HypervisorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WaitVm(self, request, context):
-        """Block until the VM has ended (or the deadline passes) and return how it ended.
+        """Block until the VM has ended (or the deadline passes) and return how it ended.  A VM that
+        was created but never started is FAILED_PRECONDITION at once (nothing would end it: start it
+        with StartVm).  A paused VM is waited for like a running one (it may be resumed); the wait
+        then ends with FAILED_PRECONDITION only at `timeout_seconds`, or at the call's deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamConsole(self, request, context):
-        """The VM's console from the start (or after a cursor); `follow` keeps the stream open.
+        """The VM's console from the start (or after a cursor); `follow` keeps the stream open until
+        the VM has ended and its console is all sent.  A malformed `after` is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request, context):
-        """Lifecycle and scheduling events (created, scheduled, exit, halted, ...).
+        """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
+        ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
+        itself.  A malformed `after` is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,8 +35,22 @@ class HypervisorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HypervisorAsyncStub: ...
     CreateVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.CreateVmRequest, _hypervisor_pb2.Vm]
-    """Create a VM; idempotent by name (the same name returns the existing VM unchanged)."""
+    """Create a VM, from a guest-OS workload by name (the hypervisor builds the kernel+workload
+    image) or from a raw image.  Idempotent for the same definition only: creating NAME again
+    with the same definition returns the existing VM unchanged (with `start`, a VM still
+    `created` is started); with a different definition it is ALREADY_EXISTS, naming the fields
+    that differ (destroy the VM first, or choose another name).  The definition is: technique,
+    nested_paging, kernel, workload, defines, the image (compared by its SHA-256, whether sent or
+    built), memory_size, weight, cap, max_instructions and input, each after defaults are applied
+    (weight 0 = 256, memory_size 0 = 4 MiB, ...).  `start` is an action, not part of it.
+    """
     StartVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]
+    """Start a VM.  A `created` VM joins the run queue; a started one (runnable, running, blocked)
+    is left as it is.  A VM that has ended (stopped by StopVm, powered off, halted, shut down or
+    at its instruction limit) boots afresh from its image, as `virsh start` does after a
+    shutdown: registers, memory, console and statistics start over (the console stream is
+    emptied, a "started" event says "rebooted").  A paused VM is FAILED_PRECONDITION: resume it.
+    """
     PauseVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]
     ResumeVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]
     StopVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]
@@ -44,19 +58,42 @@ class HypervisorStub:
     ListVms: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.ListVmsRequest, _hypervisor_pb2.ListVmsResponse]
     DescribeVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]
     WaitVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.WaitVmRequest, _hypervisor_pb2.VmResult]
-    """Block until the VM has ended (or the deadline passes) and return how it ended."""
+    """Block until the VM has ended (or the deadline passes) and return how it ended.  A VM that
+    was created but never started is FAILED_PRECONDITION at once (nothing would end it: start it
+    with StartVm).  A paused VM is waited for like a running one (it may be resumed); the wait
+    then ends with FAILED_PRECONDITION only at `timeout_seconds`, or at the call's deadline.
+    """
     StreamConsole: _grpc.UnaryStreamMultiCallable[_hypervisor_pb2.StreamConsoleRequest, _common_pb2.ConsoleChunk]
-    """The VM's console from the start (or after a cursor); `follow` keeps the stream open."""
+    """The VM's console from the start (or after a cursor); `follow` keeps the stream open until
+    the VM has ended and its console is all sent.  A malformed `after` is INVALID_ARGUMENT.
+    """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_hypervisor_pb2.StreamEventsRequest, _hypervisor_pb2.Event]
-    """Lifecycle and scheduling events (created, scheduled, exit, halted, ...)."""
+    """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
+    ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
+    itself.  A malformed `after` is INVALID_ARGUMENT.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]
 
 @_typing.type_check_only
 class HypervisorAsyncStub(HypervisorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.CreateVmRequest, _hypervisor_pb2.Vm]  # type: ignore[assignment]
-    """Create a VM; idempotent by name (the same name returns the existing VM unchanged)."""
+    """Create a VM, from a guest-OS workload by name (the hypervisor builds the kernel+workload
+    image) or from a raw image.  Idempotent for the same definition only: creating NAME again
+    with the same definition returns the existing VM unchanged (with `start`, a VM still
+    `created` is started); with a different definition it is ALREADY_EXISTS, naming the fields
+    that differ (destroy the VM first, or choose another name).  The definition is: technique,
+    nested_paging, kernel, workload, defines, the image (compared by its SHA-256, whether sent or
+    built), memory_size, weight, cap, max_instructions and input, each after defaults are applied
+    (weight 0 = 256, memory_size 0 = 4 MiB, ...).  `start` is an action, not part of it.
+    """
     StartVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]  # type: ignore[assignment]
+    """Start a VM.  A `created` VM joins the run queue; a started one (runnable, running, blocked)
+    is left as it is.  A VM that has ended (stopped by StopVm, powered off, halted, shut down or
+    at its instruction limit) boots afresh from its image, as `virsh start` does after a
+    shutdown: registers, memory, console and statistics start over (the console stream is
+    emptied, a "started" event says "rebooted").  A paused VM is FAILED_PRECONDITION: resume it.
+    """
     PauseVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]  # type: ignore[assignment]
     ResumeVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]  # type: ignore[assignment]
     StopVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]  # type: ignore[assignment]
@@ -64,11 +101,20 @@ class HypervisorAsyncStub(HypervisorStub):
     ListVms: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.ListVmsRequest, _hypervisor_pb2.ListVmsResponse]  # type: ignore[assignment]
     DescribeVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.Vm]  # type: ignore[assignment]
     WaitVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.WaitVmRequest, _hypervisor_pb2.VmResult]  # type: ignore[assignment]
-    """Block until the VM has ended (or the deadline passes) and return how it ended."""
+    """Block until the VM has ended (or the deadline passes) and return how it ended.  A VM that
+    was created but never started is FAILED_PRECONDITION at once (nothing would end it: start it
+    with StartVm).  A paused VM is waited for like a running one (it may be resumed); the wait
+    then ends with FAILED_PRECONDITION only at `timeout_seconds`, or at the call's deadline.
+    """
     StreamConsole: _aio.UnaryStreamMultiCallable[_hypervisor_pb2.StreamConsoleRequest, _common_pb2.ConsoleChunk]  # type: ignore[assignment]
-    """The VM's console from the start (or after a cursor); `follow` keeps the stream open."""
+    """The VM's console from the start (or after a cursor); `follow` keeps the stream open until
+    the VM has ended and its console is all sent.  A malformed `after` is INVALID_ARGUMENT.
+    """
     StreamEvents: _aio.UnaryStreamMultiCallable[_hypervisor_pb2.StreamEventsRequest, _hypervisor_pb2.Event]  # type: ignore[assignment]
-    """Lifecycle and scheduling events (created, scheduled, exit, halted, ...)."""
+    """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
+    ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
+    itself.  A malformed `after` is INVALID_ARGUMENT.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]  # type: ignore[assignment]
 
 class HypervisorServicer(metaclass=_abc_1.ABCMeta):
@@ -78,14 +124,28 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.CreateVmRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hypervisor_pb2.Vm, _abc.Awaitable[_hypervisor_pb2.Vm]]:
-        """Create a VM; idempotent by name (the same name returns the existing VM unchanged)."""
+        """Create a VM, from a guest-OS workload by name (the hypervisor builds the kernel+workload
+        image) or from a raw image.  Idempotent for the same definition only: creating NAME again
+        with the same definition returns the existing VM unchanged (with `start`, a VM still
+        `created` is started); with a different definition it is ALREADY_EXISTS, naming the fields
+        that differ (destroy the VM first, or choose another name).  The definition is: technique,
+        nested_paging, kernel, workload, defines, the image (compared by its SHA-256, whether sent or
+        built), memory_size, weight, cap, max_instructions and input, each after defaults are applied
+        (weight 0 = 256, memory_size 0 = 4 MiB, ...).  `start` is an action, not part of it.
+        """
 
     @_abc_1.abstractmethod
     def StartVm(
         self,
         request: _hypervisor_pb2.VmRef,
         context: _ServicerContext,
-    ) -> _typing.Union[_hypervisor_pb2.Vm, _abc.Awaitable[_hypervisor_pb2.Vm]]: ...
+    ) -> _typing.Union[_hypervisor_pb2.Vm, _abc.Awaitable[_hypervisor_pb2.Vm]]:
+        """Start a VM.  A `created` VM joins the run queue; a started one (runnable, running, blocked)
+        is left as it is.  A VM that has ended (stopped by StopVm, powered off, halted, shut down or
+        at its instruction limit) boots afresh from its image, as `virsh start` does after a
+        shutdown: registers, memory, console and statistics start over (the console stream is
+        emptied, a "started" event says "rebooted").  A paused VM is FAILED_PRECONDITION: resume it.
+        """
 
     @_abc_1.abstractmethod
     def PauseVm(
@@ -135,7 +195,11 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.WaitVmRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hypervisor_pb2.VmResult, _abc.Awaitable[_hypervisor_pb2.VmResult]]:
-        """Block until the VM has ended (or the deadline passes) and return how it ended."""
+        """Block until the VM has ended (or the deadline passes) and return how it ended.  A VM that
+        was created but never started is FAILED_PRECONDITION at once (nothing would end it: start it
+        with StartVm).  A paused VM is waited for like a running one (it may be resumed); the wait
+        then ends with FAILED_PRECONDITION only at `timeout_seconds`, or at the call's deadline.
+        """
 
     @_abc_1.abstractmethod
     def StreamConsole(
@@ -143,7 +207,9 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.StreamConsoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.ConsoleChunk], _abc.AsyncIterator[_common_pb2.ConsoleChunk]]:
-        """The VM's console from the start (or after a cursor); `follow` keeps the stream open."""
+        """The VM's console from the start (or after a cursor); `follow` keeps the stream open until
+        the VM has ended and its console is all sent.  A malformed `after` is INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def StreamEvents(
@@ -151,7 +217,10 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.StreamEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_hypervisor_pb2.Event], _abc.AsyncIterator[_hypervisor_pb2.Event]]:
-        """Lifecycle and scheduling events (created, scheduled, exit, halted, ...)."""
+        """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
+        ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
+        itself.  A malformed `after` is INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
