@@ -34,7 +34,7 @@ def _start_and_await_commits(d: Deployment, image: Image, technique: str, prefix
         timeout=30,
     )
     vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name), timeout=10).id
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180  # a safety net for a busy machine, not a measure
     while d.state.generation(vm) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -57,7 +57,7 @@ def test_killing_the_pcpu_mid_run_loses_nothing_committed(redis_server: LocalRed
         d.cpu.stop(0)  # the pCPU dies between the first commit and the VM's end
         url = d.redis.url.rsplit("/", 1)[0] + f"/{CRASH_DB[technique]}"
         spare, _ = serve_cpu(service_config("cpu", url, pcpu=unique("spare")))
-        result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=90), timeout=120)
+        result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=300), timeout=330)
         want = run_vm(image, technique=technique)
         assert result.console == want.console
         assert result.reason == want.reason
@@ -88,20 +88,29 @@ def test_weighted_shares_on_one_pcpu(redis_server: LocalRedis) -> None:
             )
         for name in weights:
             hv.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
-        time.sleep(0.5)
 
-        def used() -> dict[str, float]:
+        def retired() -> dict[str, int]:
             return {
-                v.name: v.stats.cpu_seconds
+                v.name: v.stats.guest.retired
                 for v in hv.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms
             }
 
-        before = used()
-        time.sleep(4)
-        after = used()
+        # Measured in instructions over a window counted in slices (100,000 instructions each), so
+        # a slow or busy host stretches the window instead of shrinking the sample.
+        window = 200 * 100_000
+        deadline = time.monotonic() + 600  # a safety net, not a measure
+        start = retired()
+        while sum(retired().values()) - sum(start.values()) < window // 10:  # warm-up
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        before = retired()
+        while sum(retired().values()) - sum(before.values()) < window:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        after = retired()
         delta = {n: after[n] - before[n] for n in weights}
         share = delta[list(weights)[1]] / sum(delta.values())
-        assert 0.65 <= share <= 0.85  # target 0.75
+        assert 0.6 <= share <= 0.9  # target 0.75; the credit scheduler charges host time
         for name in weights:
             hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
     finally:
@@ -198,7 +207,7 @@ def test_restarting_the_hypervisor_mid_run_loses_nothing(redis_server: LocalRedi
         from ringlab.v1 import hypervisor_pb2_grpc
 
         stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{replacement.port}"))
-        result = stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=60), timeout=90)
+        result = stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=300), timeout=330)
         assert result.console == run_vm(image, technique="hw").console, (result.reason, result.detail)
     finally:
         if replacement is not None:

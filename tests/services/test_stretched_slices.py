@@ -34,12 +34,12 @@ def _create(hv: hypervisor_pb2_grpc.HypervisorStub, workload: str, image: bytes)
 
 
 def _wait(hv: hypervisor_pb2_grpc.HypervisorStub, name: str) -> hypervisor_pb2.VmResult:
-    return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
+    return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=300), timeout=330)
 
 
 def _await_commits(d: Deployment, vm: str, generation: int) -> None:
     """Wait until ``vm``'s commits reach ``generation`` (it is running, past that many slices)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180  # a safety net for a busy machine, not a measure
     while d.state.generation(vm) < generation:
         assert time.monotonic() < deadline, f"VM {vm} never reached commit {generation}"
         time.sleep(0.01)
