@@ -22,7 +22,7 @@ def create(
         name=name,
         technique=fields.pop("technique", common_pb2.TECHNIQUE_NATIVE),  # type: ignore[arg-type]
         kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
-        workload="hello",
+        workload=fields.pop("workload", "hello"),  # type: ignore[arg-type]
         image=image,
         start=start,
         **fields,  # type: ignore[arg-type]
@@ -52,7 +52,8 @@ def test_create_is_idempotent_by_name(deployment: Deployment) -> None:
         ({"memory_size": 1 << 30}, grpc.StatusCode.RESOURCE_EXHAUSTED, "per-VM limit"),
         ({"memory_size": 5000}, grpc.StatusCode.INVALID_ARGUMENT, "multiple of 4096"),
         ({"cap": 150}, grpc.StatusCode.INVALID_ARGUMENT, "percent"),
-        ({"image": b""}, grpc.StatusCode.INVALID_ARGUMENT, "image is empty"),
+        ({"image": b"", "workload": "nope"}, grpc.StatusCode.INVALID_ARGUMENT, "valid workloads are hello,"),
+        ({"image": b"", "workload": ""}, grpc.StatusCode.INVALID_ARGUMENT, "name a guest-OS workload"),
         ({"image": b"not an image"}, grpc.StatusCode.INVALID_ARGUMENT, "not a Ringlab image"),
     ],
 )

@@ -62,6 +62,9 @@ class VmRuntime:
     """The last commit."""
     rate: float = 0.0
     """Instructions per host second in its last slice (0: not measured yet)."""
+    boot: int = 0
+    """Which boot of the VM this is (its scheduler entry's ``boot``: StartVm of an ended VM boots
+    it afresh, and a runtime of an earlier boot must not run)."""
 
 
 class Runtimes:
@@ -72,18 +75,23 @@ class Runtimes:
         self._lock = threading.Lock()
         self._by_vm: dict[str, VmRuntime] = {}
 
-    def get(self, vm: str, state: SharedState) -> VmRuntime:
-        """The runtime of ``vm``, loaded through ``state`` (the caller's, which counts its round
-        trips) and replayed to its last commit when this replica has none."""
+    def get(self, vm: str, state: SharedState, boot: int = 0) -> VmRuntime:
+        """The runtime of boot ``boot`` of ``vm``, loaded through ``state`` (the caller's, which
+        counts its round trips) and replayed to its last commit when this replica has none."""
         with self._lock:
             rt = self._by_vm.get(vm)
-        if rt is not None:
+        if rt is not None and rt.boot == boot:
             return rt
         definition, _ = state.vm_record(vm)
         _state, stats, vmm, generation = state.vm_vcpu_summary(vm)
         image = Image.from_bytes(state.vm_image(vm))
         rt = VmRuntime(
-            vm, definition, RemoteVm(definition, image, int(stats.get("retired", 0))), vmm, generation
+            vm,
+            definition,
+            RemoteVm(definition, image, int(stats.get("retired", 0))),
+            vmm,
+            generation,
+            boot=boot,
         )
         with self._lock:
             self._by_vm[vm] = rt
@@ -232,7 +240,10 @@ class PcpuDriver(threading.Thread):
                     self.policy.eligible(e, now) for vm, e in entries.items() if vm != decision.chosen
                 )
                 started = time.perf_counter()
-                ended, switches, slice_exits = self.run_slice(decision.chosen, result.token, lone=lone)
+                boot = int(entries[decision.chosen].extra.get("boot", 0))
+                ended, switches, slice_exits = self.run_slice(
+                    decision.chosen, result.token, lone=lone, boot=boot
+                )
                 busy = time.perf_counter() - started
                 finished = SliceOutcome(decision.chosen, result.token, busy, ended)
                 self._unreleased = finished
@@ -243,11 +254,13 @@ class PcpuDriver(threading.Thread):
                     version, raw = self.state.sched_snapshot()
 
     # -- one slice ------------------------------------------------------------------------------
-    def run_slice(self, vm: str, token: int, *, lone: bool = False) -> tuple[str, int, dict[str, int]]:
-        """Run ``vm`` for one slice (stretched when ``lone``: no other VM waits); returns (how it
-        ended, world switches, exits by reason)."""
+    def run_slice(
+        self, vm: str, token: int, *, lone: bool = False, boot: int = 0
+    ) -> tuple[str, int, dict[str, int]]:
+        """Run boot ``boot`` of ``vm`` for one slice (stretched when ``lone``: no other VM waits);
+        returns (how it ended, world switches, exits by reason)."""
         try:
-            rt = self.runtimes.get(vm, self.state)
+            rt = self.runtimes.get(vm, self.state, boot)
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
             return "lost", 0, {}

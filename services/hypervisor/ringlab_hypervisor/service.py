@@ -4,6 +4,7 @@ statistics) plus the pCPU drivers that schedule and run the VMs."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 
 from ringlab.errors import ImageError
+from ringlab.guestos import FLAVOURS, WORKLOADS, build_image
 from ringlab.image import Image
 from ringlab.machine.stats import Stats
 from ringlab.rpc import (
@@ -30,7 +32,8 @@ from ringlab.rpc import (
 from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json, stats_to_json
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
-from ringlab.store import Exhausted, InvalidRequest, SharedState, WrongState
+from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
+from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab.vmm.costs import COSTS
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
@@ -57,14 +60,82 @@ STATUSES = {
     "shutdown": hypervisor_pb2.VM_STATUS_SHUTDOWN,
     "limit": hypervisor_pb2.VM_STATUS_LIMIT,
 }
+END_EVENTS = frozenset({"ended", "stopped", "destroyed"})
+"""The events after which a VM runs no more (until a StartVm boots it afresh)."""
 RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
 
 
-def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any], Image]:
-    """Validate a CreateVm request into the VM's definition and image."""
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+DEFINE_MIN, DEFINE_MAX = -(1 << 31), (1 << 32) - 1
+"""A -D value fits in 32 bits, signed or unsigned (the assembler's .dword)."""
+COMPARED = (
+    "technique",
+    "nested_paging",
+    "kernel",
+    "workload",
+    "defines",
+    "image_sha256",
+    "memory_size",
+    "weight",
+    "cap",
+    "max_instructions",
+    "input",
+)
+"""What "the same definition" means for an idempotent CreateVm (hypervisor.proto, CreateVm)."""
+
+
+def _defines(request: hypervisor_pb2.CreateVmRequest) -> dict[str, int]:
+    defines = dict(sorted(request.defines.items()))
+    for name, value in defines.items():
+        if not _IDENTIFIER.match(name):
+            raise InvalidRequest(
+                f"define {name[:40]!r} is not a name: use letters, digits and '_', not starting with "
+                "a digit (e.g. ROUNDS)"
+            )
+        if not DEFINE_MIN <= value <= DEFINE_MAX:
+            raise InvalidRequest(
+                f"define {name}={value} does not fit in 32 bits: use {DEFINE_MIN} to {DEFINE_MAX}"
+            )
+    return defines
+
+
+def _kernel_and_image(
+    request: hypervisor_pb2.CreateVmRequest, technique: str, defines: dict[str, int]
+) -> tuple[str, bytes]:
+    """The kernel flavour and the image bytes: the raw image sent, or the workload built here."""
+    if request.image:
+        kernel = _KERNEL_NAMES.get(request.kernel, "none" if request.kernel == 0 else "")
+        if not kernel:
+            raise InvalidRequest(f"unknown kernel flavour {request.kernel}")
+        return kernel, request.image
+    if not request.workload:
+        raise InvalidRequest(
+            "say what the VM runs: name a guest-OS workload in 'workload' (one of "
+            f"{', '.join(WORKLOADS)}) and the hypervisor builds the kernel+workload image, or send a "
+            "raw image in 'image' (ringlab.image.Image.to_bytes())"
+        )
+    if request.workload not in WORKLOADS:
+        raise InvalidRequest(
+            f"unknown workload {request.workload[:40]!r}: valid workloads are {', '.join(WORKLOADS)}"
+        )
+    if request.kernel == common_pb2.KERNEL_FLAVOUR_UNSPECIFIED:
+        kernel = "paravirt" if technique == "pv" else "stock"
+    else:
+        kernel = _KERNEL_NAMES.get(request.kernel, "")
+        if kernel not in FLAVOURS:
+            raise InvalidRequest(
+                f"kernel flavour {request.kernel} cannot boot workload {request.workload!r}: choose "
+                "KERNEL_FLAVOUR_STOCK or KERNEL_FLAVOUR_PARAVIRT (or leave it unspecified: paravirt "
+                "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image"
+            )
+    return kernel, build_image(request.workload, kernel, defines).to_bytes()
+
+
+def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any], bytes, Image]:
+    """Validate a CreateVm request into the VM's definition, its image bytes and the image."""
     if not _NAME.match(request.name):
         raise InvalidRequest(
-            f"VM name {request.name!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            f"VM name {request.name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     technique = _TECHNIQUE_NAMES.get(request.technique)
@@ -77,9 +148,6 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
         )
     if request.nested_paging and technique != "hw":
         raise InvalidRequest("nested_paging applies to technique hw only")
-    kernel = _KERNEL_NAMES.get(request.kernel, "none" if request.kernel == 0 else "")
-    if not kernel:
-        raise InvalidRequest(f"unknown kernel flavour {request.kernel}")
     memory = request.memory_size or DEFAULT_MEMORY
     if memory > MAX_MEMORY:
         raise Exhausted(f"memory_size {memory} is above this hypervisor's per-VM limit of {MAX_MEMORY} bytes")
@@ -87,10 +155,10 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
         raise InvalidRequest(f"memory_size {memory} must be a multiple of 4096 (one page)")
     if request.cap > 100:
         raise InvalidRequest(f"cap {request.cap} is a percent of one pCPU: 0 (none) to 100")
-    if not request.image:
-        raise InvalidRequest("image is empty: send Image.to_bytes() of the kernel+workload or program")
+    defines = _defines(request)
+    kernel, blob = _kernel_and_image(request, technique, defines)
     try:
-        image = Image.from_bytes(request.image)
+        image = Image.from_bytes(blob)
     except ImageError as exc:
         raise InvalidRequest(f"image is not a Ringlab image: {exc}") from None
     if image.base < 0 or image.end > memory:
@@ -101,6 +169,8 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
         "nested_paging": request.nested_paging,
         "kernel": kernel,
         "workload": request.workload,
+        "defines": defines,
+        "image_sha256": hashlib.sha256(blob).hexdigest(),
         "memory_size": memory,
         "weight": request.weight or 256,
         "cap": request.cap,
@@ -108,7 +178,32 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
         "input": request.input.decode("latin-1"),
         "created": time.time(),
     }
-    return definition, image
+    return definition, blob, image
+
+
+def _shown(field: str, value: Any) -> str:
+    if field == "image_sha256":
+        return f"sha256 {str(value)[:12]}"
+    if field == "defines":
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if value is None:
+        return "none"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The fields of ``COMPARED`` in which two definitions differ, each as 'field: existing X,
+    requested Y'."""
+    out = []
+    for field in COMPARED:
+        old, new = existing.get(field), wanted.get(field)
+        if field == "defines":
+            old = dict(sorted((old or {}).items()))
+        if old != new:
+            name = "image" if field == "image_sha256" else field
+            out.append(f"{name}: existing {_shown(field, old)}, requested {_shown(field, new)}")
+    return out
 
 
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
@@ -121,7 +216,10 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def CreateVm(
         self, request: hypervisor_pb2.CreateVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.Vm:
-        definition, image = _definition(request)
+        definition, blob, image = _definition(request)
+        existing = self.state.vm_by_name(request.name)
+        if existing is not None:  # idempotent for the same definition only
+            return self._existing(existing, definition, request.start)
         booted = new_vm(definition, image)  # commit 0: the VM as its technique sets it up
         memory = booted.cpu.memory
         definition["host_memory_size"] = memory.size  # RAM, plus the shadow tables' pool above it
@@ -132,13 +230,30 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         created, vm = self.state.create_vm(
             request.name,
             definition,
-            request.image,
+            blob,
             booted.cpu.state.to_dict(),
             stats_to_json(Stats()),
             entry.to_dict(),
             pages,
         )
-        if not created and request.start:
+        if not created:  # another client created the name meanwhile
+            return self._existing(vm, definition, request.start)
+        return self._vm(vm)
+
+    def _existing(self, vm: str, wanted: dict[str, Any], start: bool) -> hypervisor_pb2.Vm:
+        """The VM ``vm`` if its definition is ``wanted`` (started if asked and still created);
+        else ALREADY_EXISTS naming what differs."""
+        definition, _record = self.state.vm_record(vm)
+        if "image_sha256" not in definition:  # a VM created before definitions carried it
+            definition["image_sha256"] = hashlib.sha256(self.state.vm_image(vm)).hexdigest()
+        diffs = differences(definition, wanted)
+        if diffs:
+            name = wanted["name"]
+            raise AlreadyExists(
+                f"VM {name!r} already exists with another definition ({'; '.join(diffs)}): destroy "
+                f"it first (DestroyVm, 'ringlab vm destroy {name}') or choose another name"
+            )
+        if start and self.state.sched_entry(vm).get("status") == "created":
             self.state.control(vm, "start")
         return self._vm(vm)
 
@@ -148,7 +263,26 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         return self._vm(vm)
 
     def StartVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
-        return self._act(request, "start")
+        vm = self.state.resolve(request.vm)
+        if self.state.sched_entry(vm).get("status") in TERMINAL:
+            self._reboot(vm)
+        else:
+            self.state.control(vm, "start")
+        return self._vm(vm)
+
+    def _reboot(self, vm: str) -> None:
+        """Boot an ended VM afresh from its image (hypervisor.proto, StartVm)."""
+        definition, _record = self.state.vm_record(vm)
+        booted = new_vm(definition, Image.from_bytes(self.state.vm_image(vm)))
+        memory = booted.cpu.memory
+        pages = {p: memory.page(p) for p in range(memory.pages) if any(memory.page(p))}
+        entry = Entry(status="runnable", weight=int(definition["weight"]), cap=int(definition["cap"]))
+        done, status = self.state.reboot_vm(
+            vm, booted.cpu.state.to_dict(), stats_to_json(Stats()), entry.to_dict(), pages
+        )
+        if not done:  # started again meanwhile (by another StartVm): an ordinary start
+            log.info("VM %s was %s, not ended, when rebooting it", vm, status)
+            self.state.control(vm, "start")
 
     def PauseVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
         return self._act(request, "pause")
@@ -193,6 +327,11 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             record = self.state.vm_record(vm)[1]
             if record["status"] in TERMINAL:
                 return self._result(vm)
+            if self.state.sched_entry(vm).get("status") == "created":  # nothing would ever end it
+                raise WrongState(
+                    f"VM {request.vm} was created but not started: start it with StartVm "
+                    f"('ringlab vm start {request.vm}'), then wait"
+                )
             left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if left <= 0 or not context.is_active():
                 raise WrongState(
@@ -209,8 +348,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         self, request: hypervisor_pb2.StreamConsoleRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.ConsoleChunk]:
         vm = self.state.resolve(request.vm)
+        cursor = check_cursor(request.after) if request.after else "0-0"
         with self.streams.hold():
-            cursor = request.after or "0-0"
             while context.is_active():
                 chunks = self.state.console_read(vm, cursor, block_ms=250 if request.follow else None)
                 for cursor, data in chunks:
@@ -227,16 +366,19 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         self, request: hypervisor_pb2.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[hypervisor_pb2.Event]:
         vm = self.state.resolve(request.vm) if request.vm else ""
+        cursor = check_cursor(request.after) if request.after else ("$" if request.follow else "0-0")
         with self.streams.hold():
-            cursor = request.after or ("$" if request.follow else "0-0")
             if cursor == "$":
                 cursor = self.state.events_last_id()
+            follow, checked = request.follow, time.monotonic()
             while context.is_active():
-                events = self.state.events_read(cursor, block_ms=250 if request.follow else None)
+                events = self.state.events_read(cursor, block_ms=250 if follow else None)
+                matched = False
                 for e in events:
                     cursor = e["cursor"]
                     if vm and e.get("vm") != vm:
                         continue
+                    matched = True
                     yield hypervisor_pb2.Event(
                         cursor=cursor,
                         kind=e.get("kind", ""),
@@ -245,8 +387,21 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                         detail=e.get("detail", ""),
                         time=float(e.get("time") or 0),
                     )
-                if not request.follow and not events:
+                    if vm and follow and e.get("kind") in END_EVENTS:
+                        return  # following one VM: its end is the stream's end
+                if not follow and not events:
                     return
+                if vm and follow and not matched and time.monotonic() - checked >= 0.25:
+                    # It ended before this stream's cursor: send what is left, then stop (the
+                    # end and its event are one script, so the event is in the stream by now).
+                    checked = time.monotonic()
+                    follow = not self._ended(vm)
+
+    def _ended(self, vm: str) -> bool:
+        try:
+            return self.state.sched_entry(vm).get("status") in TERMINAL
+        except VmNotFound:
+            return True
 
     def GetStats(
         self, request: hypervisor_pb2.GetStatsRequest, context: grpc.ServicerContext
@@ -304,6 +459,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             nested_paging=bool(definition.get("nested_paging")),
             kernel=KERNELS.get(definition.get("kernel", "none"), common_pb2.KERNEL_FLAVOUR_NONE),
             workload=definition.get("workload", ""),
+            defines={k: int(v) for k, v in definition.get("defines", {}).items()},
             memory_size=int(definition["memory_size"]),
             weight=int(definition.get("weight", 256)),
             cap=int(definition.get("cap", 0)),

@@ -15,6 +15,7 @@ import grpc
 
 from ringlab.errors import ImageError, RinglabError, UsageError
 from ringlab.store.errors import (
+    AlreadyExists,
     Exhausted,
     InvalidRequest,
     StaleLease,
@@ -32,6 +33,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (VmNotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (WrongState, grpc.StatusCode.FAILED_PRECONDITION),
     (StaleLease, grpc.StatusCode.FAILED_PRECONDITION),
     (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -25,7 +25,15 @@ from grpc_reflection.v1alpha import reflection
 from ringlab.rpc.config import ServiceConfig
 from ringlab.store.errors import Exhausted
 
-__all__ = ["AuthInterceptor", "Check", "ServiceServer", "StreamSlots", "build_server"]
+__all__ = [
+    "MISSING_TOKEN",
+    "WRONG_TOKEN",
+    "AuthInterceptor",
+    "Check",
+    "ServiceServer",
+    "StreamSlots",
+    "build_server",
+]
 
 log = logging.getLogger("ringlab.rpc")
 
@@ -37,25 +45,34 @@ _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Probes and generic clients (grpcurl, orchestrators) need no token for health and reflection."""
 
 
+MISSING_TOKEN = (
+    "no bearer token was sent: this deployment requires one (set RINGLAB_TOKEN or pass --token); "
+    "clients send it as 'authorization: Bearer TOKEN' metadata"
+)
+WRONG_TOKEN = "the bearer token sent is not this deployment's (check RINGLAB_TOKEN / --token)"
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer TOKEN`` metadata when the server has a token."""
+    """Requires ``authorization: Bearer TOKEN`` metadata when the server has a token.  A call
+    without one and a call with another one get different UNAUTHENTICATED messages (neither
+    echoes what was sent)."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}"
+        self._deny = {message: self._handlers(message) for message in (MISSING_TOKEN, WRONG_TOKEN)}
 
+    @staticmethod
+    def _handlers(
+        message: str,
+    ) -> tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]:
         def deny(request: object, context: grpc.ServicerContext) -> None:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this deployment requires a bearer token: set RINGLAB_TOKEN (or pass --token) to the "
-                "deployment's token; clients send it as 'authorization: Bearer TOKEN' metadata",
-            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         def deny_stream(request: object, context: grpc.ServicerContext) -> Iterator[None]:
             deny(request, context)
             yield None
 
-        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(deny_stream)
+        return grpc.unary_unary_rpc_method_handler(deny), grpc.unary_stream_rpc_method_handler(deny_stream)
 
     def intercept_service(
         self,
@@ -65,13 +82,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(_OPEN_METHODS):
             return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        if sent == [self._expected]:
             return continuation(handler_call_details)
+        unary, stream = self._deny[WRONG_TOKEN if any(sent) else MISSING_TOKEN]
         handler = continuation(handler_call_details)
         if handler is not None and handler.unary_stream is not None:
-            return self._deny_stream
-        return self._deny
+            return stream
+        return unary
 
 
 class StreamSlots:

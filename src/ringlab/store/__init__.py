@@ -2,6 +2,7 @@
 the typed adapter (``SharedState``) and a local server for one machine (``LocalRedis``)."""
 
 from ringlab.store.errors import (
+    AlreadyExists,
     DeploymentError,
     Exhausted,
     InvalidRequest,
@@ -14,6 +15,7 @@ from ringlab.store.server import LocalRedis
 from ringlab.store.state import Commit, GrantResult, SharedState, VcpuContext, connect
 
 __all__ = [
+    "AlreadyExists",
     "Commit",
     "DeploymentError",
     "Exhausted",

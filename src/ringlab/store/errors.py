@@ -4,6 +4,7 @@
      └── DeploymentError          something a client asked of a deployment could not be done
           ├── InvalidRequest      the request itself is wrong (a bad field): fix the request
           ├── VmNotFound          no VM by that name or id: list them with `ringlab vm list`
+          ├── AlreadyExists       a VM of that name exists with another definition
           ├── WrongState          the VM is not in a state that allows it (start a created VM...)
           ├── StaleLease          a commit carried a fencing token that is no longer current
           ├── Exhausted           out of a bounded resource (memory, VMs, stream slots)
@@ -17,6 +18,7 @@ from __future__ import annotations
 from ringlab.errors import RinglabError
 
 __all__ = [
+    "AlreadyExists",
     "DeploymentError",
     "Exhausted",
     "InvalidRequest",
@@ -41,6 +43,10 @@ class VmNotFound(DeploymentError):
     def __init__(self, ref: str) -> None:
         super().__init__(f"no VM named or numbered {ref!r}: see 'ringlab vm list' for the VMs that exist")
         self.ref = ref
+
+
+class AlreadyExists(DeploymentError):
+    """Raised when a create names an existing VM whose definition differs from the request's."""
 
 
 class WrongState(DeploymentError):

@@ -9,7 +9,7 @@ import redis
 
 __all__ = ["Scripts"]
 
-_NAMES = ("create_vm", "commit", "grant", "control", "destroy_vm", "renew_driver", "claim_mix")
+_NAMES = ("create_vm", "commit", "grant", "control", "destroy_vm", "renew_driver", "claim_mix", "reboot_vm")
 
 
 class Scripts:

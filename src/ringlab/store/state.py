@@ -8,6 +8,7 @@ changes are plain commands; reads that must agree are one MULTI/EXEC round trip.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,22 @@ from ringlab.store import keys
 from ringlab.store.errors import InvalidRequest, StaleLease, VmNotFound, WrongState
 from ringlab.store.scripts import Scripts
 
-__all__ = ["Commit", "GrantResult", "SharedState", "VcpuContext", "connect"]
+__all__ = ["Commit", "GrantResult", "SharedState", "VcpuContext", "check_cursor", "connect"]
 
 PCPU_TTL_MS = 5_000
+_CURSOR = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
+
+
+def check_cursor(cursor: str, what: str = "after") -> str:
+    """``cursor`` if it is a stream entry id (``MS-SEQ``, as chunks and events carry), else
+    InvalidRequest saying what one looks like ("" is the caller's own default)."""
+    match = _CURSOR.match(cursor)
+    if match is None or any(int(part) >= 1 << 64 for part in match.groups() if part is not None):
+        raise InvalidRequest(
+            f"{what} {cursor[:40]!r} is not a cursor: pass back the `cursor` of a chunk or event "
+            'this deployment sent (digits-digits, e.g. 1700000000000-0), or "" for the start'
+        )
+    return cursor
 
 
 def connect(url: str) -> redis.Redis:
@@ -155,6 +169,19 @@ class SharedState:
             return ref
         raise VmNotFound(ref)
 
+    def vm_by_name(self, name: str) -> str | None:
+        """The id of the VM named ``name`` (names only, unlike ``resolve``), or None."""
+        found = self.r.hget(keys.VM_NAMES, name)
+        return None if found is None else _s(found)
+
+    def sched_entry(self, vm: str) -> dict[str, Any]:
+        """The VM's scheduler entry (its live status: created, runnable, ..., or how it ended)."""
+        raw = self.r.hget(keys.SCHED_VMS, vm)
+        if raw is None:
+            raise VmNotFound(vm)
+        entry: dict[str, Any] = json.loads(raw)
+        return entry
+
     def vm_ids(self) -> list[str]:
         return sorted((_s(k) for k in self.r.hkeys(keys.SCHED_VMS)), key=int)
 
@@ -199,6 +226,36 @@ class SharedState:
                 raise VmNotFound(vm)
             raise WrongState(f"cannot {action} VM {vm}: {_s(what)}")
         return _s(what)
+
+    def reboot_vm(
+        self,
+        vm: str,
+        state: dict[str, Any],
+        stats: dict[str, Any],
+        entry: dict[str, Any],
+        pages: dict[int, bytes],
+    ) -> tuple[bool, str]:
+        """Boot an ended VM afresh (lua/reboot_vm.lua): (True, boot number) when done, (False,
+        status) when the VM has not ended, and nothing changed."""
+        args: list[Any] = [vm, json.dumps(state), json.dumps(stats), json.dumps(entry), time.time()]
+        for number, blob in sorted(pages.items()):
+            args += [number, blob]
+        done, what = self.scripts(
+            "reboot_vm",
+            [
+                keys.SCHED_VMS,
+                keys.SCHED_META,
+                keys.vm_record(vm),
+                keys.vm_vcpu(vm),
+                keys.vm_pages(vm),
+                keys.vm_console(vm),
+                keys.EVENTS,
+            ],
+            args,
+        )
+        if not done and not _s(what):
+            raise VmNotFound(vm)
+        return bool(done), _s(what)
 
     def destroy_vm(self, vm: str) -> bool:
         definition, _ = self.vm_record(vm)

@@ -14,6 +14,10 @@ local live = {runnable = true, running = true, blocked = true}
 local action = ARGV[2]
 local new
 if action == 'start' then
+  -- An ended VM boots afresh through reboot_vm.lua instead; a paused one must be resumed.
+  if status == 'paused' then
+    return {0, 'the VM is paused: resume it with ResumeVm (ringlab vm resume)'}
+  end
   if status == 'created' then new = 'runnable' else return {1, status} end
 elseif action == 'pause' then
   if status == 'paused' then return {1, status} end
