@@ -1,51 +1,60 @@
 """The ``ringlab`` command.
 
-Exit status (ISA.md, "Running a program"): 0 when the command itself worked, whatever the guest
-did; 2 for bad usage (unknown option or technique, a program that does not assemble); 3 when a
-deployment named with ``--via`` cannot be reached or refuses the caller.
+Exit statuses are defined once, in ``ringlab.exitstatus`` (its docstring is the table): 0 when
+the command itself worked, whatever the guest did; 1 for an unexpected error (a bug: one line
+asks for a report, ``--debug`` or ``RINGLAB_DEBUG=1`` prints the traceback); 2 for bad usage
+(unknown option or value, a program that does not assemble, a file that is not an image or cannot
+be read); 3 when a deployment cannot be reached, refuses the caller or cannot be started; 130
+when interrupted.  With ``--guest-status``, ``run`` and ``boot`` exit with how the guest ended
+instead of 0 (``exitstatus.guest_status``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ringlab import __version__
-from ringlab.errors import RinglabError, UsageError
+from ringlab.errors import AssemblyError, ImageError, RinglabError, UsageError
+from ringlab.exitstatus import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    GUEST_HALT,
+    GUEST_LIMIT,
+    GUEST_REFUSED,
+    GUEST_SHUTDOWN,
+    guest_status,
+)
 
-__all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+__all__ = ["IN_PROCESS_COMMANDS", "MAX_MEMORY", "TECHNIQUES", "build_parser", "main"]
 
 TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw")
-"""Every technique ``--technique`` names (DESIGN.md)."""
+"""Every technique ``--technique`` names (docs/techniques.md)."""
+MAX_MEMORY = 1 << 30
+"""The most guest RAM ``--memory`` may ask for: 1 GiB (RL-32 addresses 4 GiB, but the machine
+keeps guest RAM in host memory, and no workload needs more than a few MiB)."""
+MAX_BENCH_VMS = 128
+"""The most VMs ``bench --suite contention`` starts on its one pCPU."""
+MAX_WEIGHT = 65535
+"""Scheduler weights run from 1 to 65535, as in Xen's credit scheduler (256 is the default)."""
+IN_PROCESS_COMMANDS = ("demo", "run", "boot", "asm", "disasm", "bench", "isa", "completion")
+"""The commands defined in this module (the service commands live in ``cli_services``)."""
+
+DEBUG_ENV = "RINGLAB_DEBUG"
+INTERNAL_ERROR = (
+    "ringlab: internal error: {kind}: {message} -- this is a bug; please report it with the output "
+    "of 'ringlab --debug ...'"
+)
 
 
-def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
-    """Run ``image`` in-process under the technique the options name."""
-    from ringlab.vmm import run_vm
-
-    try:
-        return run_vm(
-            image,
-            technique=args.technique,
-            nested_paging=args.nested_paging,
-            memory_size=args.memory,
-            max_instructions=args.max_instructions,
-            input=input,
-        )
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("ringlab.vmm."):
-            raise
-        raise UsageError(f"technique {args.technique!r} is not available in this build of Ringlab") from None
-
-
+# -- option types -------------------------------------------------------------------------------------
 def _parse_define(text: str) -> tuple[str, int]:
     """``-D NAME=VALUE`` or ``-D NAME`` (= 1)."""
     name, sep, value = text.partition("=")
@@ -60,7 +69,7 @@ def _parse_define(text: str) -> tuple[str, int]:
 
 
 def _parse_size(text: str) -> int:
-    """A byte count: ``4194304``, ``0x400000``, ``4M``, ``512K``."""
+    """A byte count: ``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G``; at most ``MAX_MEMORY``."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     scale = units.get(text[-1:].upper(), 1)
     digits = text[:-1] if scale != 1 else text
@@ -72,6 +81,10 @@ def _parse_size(text: str) -> int:
         ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    if value > MAX_MEMORY:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes is more than the most guest RAM Ringlab gives a machine (1G = {MAX_MEMORY} bytes)"
+        )
     return value
 
 
@@ -85,43 +98,127 @@ def _parse_count(text: str) -> int:
     return value
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--technique",
-        choices=TECHNIQUES,
-        default="native",
-        help="how the guest is virtualized (default: native, no hypervisor)",
-    )
-    p.add_argument("--nested-paging", action="store_true", help="with --technique hw: nested paging")
-    p.add_argument(
-        "--memory", type=_parse_size, default=4 << 20, metavar="BYTES", help="guest RAM (default 4M)"
-    )
-    p.add_argument(
-        "--max-instructions",
-        type=_parse_count,
-        default=None,
-        metavar="N",
-        help="stop after N retired instructions (exit reason 'limit'; default: no limit)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object (ISA.md contract)")
-    p.add_argument(
-        "--via",
-        metavar="HOST:PORT",
-        default=None,
-        help="run on the hypervisor of a deployment ('ringlab up') instead of in-process",
-    )
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _add_defines(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-D",
-        dest="defines",
-        action="append",
-        type=_parse_define,
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="define an assembler symbol (NAME alone means 1)",
-    )
+def _parse_weights(text: str) -> list[int]:
+    """``--weights 1,2,4``: one scheduler weight (1-65535) per VM."""
+    weights = []
+    for part in text.split(","):
+        try:
+            weight = int(part.strip(), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected weights as whole numbers separated by commas, such as 256,512; "
+                f"{part.strip()!r} is not a whole number"
+            ) from None
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise argparse.ArgumentTypeError(f"each weight must be from 1 to {MAX_WEIGHT}, got {weight}")
+        weights.append(weight)
+    if len(weights) > MAX_BENCH_VMS:
+        raise argparse.ArgumentTypeError(f"{len(weights)} weights: at most {MAX_BENCH_VMS} VMs")
+    return weights
+
+
+# -- reading programs and images ---------------------------------------------------------------------------
+_WHAT_RUN_TAKES = "RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm'"
+
+
+def _read_source(path: str) -> str:
+    """The text of an assembly source file, or a UsageError saying what the file is instead."""
+    from ringlab.image import MAGIC
+
+    blob = Path(path).read_bytes()
+    if blob.startswith(MAGIC):
+        raise UsageError(f"{path}: is an RL-32 image already (it starts with {MAGIC!r}), not assembly source")
+    return _decode_source(path, blob)
+
+
+def _decode_source(path: str, blob: bytes) -> str:
+    if not blob.strip():
+        raise UsageError(f"{path}: the file is empty: expected {_WHAT_RUN_TAKES}")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path}: neither an RL-32 image (it does not start with b'RL32') nor assembly source "
+            f"(not UTF-8 text: byte {blob[exc.start]:#04x} at offset {exc.start}); expected {_WHAT_RUN_TAKES}"
+        ) from None
+    if "\0" in text:
+        raise UsageError(
+            f"{path}: a binary file, neither an RL-32 image (it does not start with b'RL32') nor assembly "
+            f"source (it holds NUL bytes); expected {_WHAT_RUN_TAKES}"
+        )
+    return text
+
+
+def _load_program(path: str, defines: dict[str, int]) -> Any:
+    """An image from ``path``: told apart by content, an image file as it is, else the source
+    assembled."""
+    from ringlab.asm import assemble
+    from ringlab.image import MAGIC, Image
+
+    blob = Path(path).read_bytes()
+    if blob.startswith(MAGIC):
+        if defines:
+            raise UsageError(
+                f"{path}: -D defines assembler symbols, but this file is an image assembled already"
+            )
+        try:
+            return Image.from_bytes(blob)
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc}") from None
+    return assemble(_decode_source(path, blob), filename=path, defines=defines)
+
+
+def _build_user_program(path: str, kernel: str, defines: dict[str, int]) -> Any:
+    """``boot --program FILE.s``: the guest kernel with FILE.s as program 0 (init)."""
+    from ringlab.guestos.build import build_custom_image, source_dir
+
+    text = _read_source(path)
+    stand_in = str(source_dir() / "workloads" / "<test>.s")  # where build_custom_image assembles it
+    try:
+        return build_custom_image([text], kernel, defines)
+    except AssemblyError as exc:
+        if exc.file != stand_in:
+            raise
+        raise AssemblyError(path, exc.line, exc.column, exc.message) from None
+    except UsageError as exc:
+        raise UsageError(str(exc).replace(stand_in, path)) from None
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
+    """Run ``image`` in-process under the technique the options name."""
+    from ringlab.termout import spinner
+    from ringlab.vmm import run_vm
+
+    try:
+        with spinner(f"running under {args.technique}", enabled=not args.json):
+            return run_vm(
+                image,
+                technique=args.technique,
+                nested_paging=args.nested_paging,
+                memory_size=args.memory,
+                max_instructions=args.max_instructions,
+                input=input,
+            )
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("ringlab.vmm."):
+            raise
+        raise UsageError(f"technique {args.technique!r} is not available in this build of Ringlab") from None
 
 
 def _print_result(result: Any, as_json: bool) -> None:
@@ -144,10 +241,19 @@ def _print_result(result: Any, as_json: bool) -> None:
     print(f"[ringlab] exit {ex['reason']}{code}{detail} after {retired} instructions", file=sys.stderr)
 
 
-def cmd_asm(args: argparse.Namespace) -> int:
-    from ringlab.asm import assemble_file
+def _finish(result: Any, args: argparse.Namespace) -> int:
+    """Print the result; the status is 0, or with ``--guest-status`` how the guest ended."""
+    _print_result(result, args.json)
+    if not args.guest_status:
+        return EXIT_OK
+    ex = result.to_json()["exit"]
+    return guest_status(ex["reason"], ex["code"])
 
-    image = assemble_file(args.file, defines=dict(args.defines))
+
+def cmd_asm(args: argparse.Namespace) -> int:
+    from ringlab.asm import assemble
+
+    image = assemble(_read_source(args.file), filename=args.file, defines=dict(args.defines))
     out = args.output or str(Path(args.file).with_suffix(".img"))
     image.save(out)
     print(f"{out}: {len(image.data)} bytes at {image.base:#x}, entry {image.entry:#x}", file=sys.stderr)
@@ -158,30 +264,46 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     from ringlab.asm import disassemble
     from ringlab.image import Image
 
-    sys.stdout.write(disassemble(Image.load(args.image)))
+    try:
+        image = Image.load(args.image)
+    except ImageError as exc:
+        raise ImageError(f"{args.image}: {exc}") from None
+    sys.stdout.write(disassemble(image))
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ringlab.asm import assemble_file
-
-    image = assemble_file(args.program, defines=dict(args.defines))
+    image = _load_program(args.program, dict(args.defines))
     if args.via:
         return _via(image, args, kernel="none", workload=Path(args.program).stem)
     result = _run(image, args, args.input.encode("latin-1"))
-    _print_result(result, args.json)
-    return EXIT_OK
+    return _finish(result, args)
+
+
+def default_kernel(technique: str) -> str:
+    """The kernel flavour a technique runs when none is named: paravirt under pv, else stock."""
+    return "paravirt" if technique == "pv" else "stock"
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from ringlab.guestos.build import build_image
 
-    image = build_image(args.workload, args.kernel, dict(args.defines))
+    kernel = args.kernel or default_kernel(args.technique)
+    defines = dict(args.defines)
+    if args.program and args.workload:
+        raise UsageError(
+            "--program and --workload both name what init runs: give one (--program FILE.s runs your "
+            "own user program on the guest kernel, --workload NAME one of the built-in workloads)"
+        )
+    if args.program:
+        image = _build_user_program(args.program, kernel, defines)
+        workload = Path(args.program).stem
+    else:
+        workload = args.workload or "hello"
+        image = build_image(workload, kernel, defines)
     if args.via:
-        return _via(image, args, kernel=args.kernel, workload=args.workload)
-    result = _run(image, args)
-    _print_result(result, args.json)
-    return EXIT_OK
+        return _via(image, args, kernel=kernel, workload=workload)
+    return _finish(_run(image, args), args)
 
 
 def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) -> int:
@@ -191,14 +313,36 @@ def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) ->
     result = run_via(args, image, kernel=kernel, workload=workload)
     if isinstance(result, int):
         return result
-    _print_result(result, args.json)
-    return EXIT_OK
+    return _finish(result, args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ringlab.bench import run_suite
 
+    _check_bench_options(args)
     return run_suite(args)
+
+
+_BENCH_OPTIONS = {
+    "vms": ("--vms", "contention"),
+    "weights": ("--weights", "contention"),
+    "plot": ("--plot", "micro"),
+    "only": ("--only", "micro"),
+    "techniques": ("--techniques", "micro"),
+    "rounds": ("--rounds", "speed"),
+}
+
+
+def _check_bench_options(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen suite would silently ignore."""
+    for dest, (flag, suite) in _BENCH_OPTIONS.items():
+        if getattr(args, dest) is not None and args.suite != suite:
+            raise UsageError(f"{flag} applies to --suite {suite} only, not to --suite {args.suite}")
+    if args.weights is not None and args.vms is not None and len(args.weights) != args.vms:
+        raise UsageError(
+            f"--vms {args.vms} but --weights gives {len(args.weights)} weights: give one weight per VM "
+            "(or leave out --vms: the number of weights is the number of VMs)"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -213,99 +357,302 @@ def cmd_isa(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(isa_markdown())
     else:
-        isa_table()
+        from ringlab.termout import stdout_console
+
+        isa_table(stdout_console())
     return EXIT_OK
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
+# -- the parser ------------------------------------------------------------------------------------
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--technique",
+        choices=TECHNIQUES,
+        default="native",
+        help="how the guest is virtualized (default: %(default)s, no hypervisor)",
+    )
+    p.add_argument(
+        "--nested-paging", action="store_true", help="with --technique hw: nested paging (default: off)"
+    )
+    p.add_argument(
+        "--memory",
+        type=_parse_size,
+        default=4 << 20,
+        metavar="BYTES",
+        help="guest RAM, such as 4194304, 0x400000, 512K or 4M, at most 1G (default: 4M)",
+    )
+    p.add_argument(
+        "--max-instructions",
+        type=_parse_count,
+        default=None,
+        metavar="N",
+        help="stop after N retired instructions (exit reason 'limit'; default: no limit)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: console, exit, registers, stats"
+    )
+    p.add_argument(
+        "--guest-status",
+        action="store_true",
+        help=(
+            "exit with how the guest ended instead of 0: its power-off code (0-255), "
+            f"{GUEST_HALT} halt, {GUEST_SHUTDOWN} shutdown (triple fault), {GUEST_LIMIT} limit, "
+            f"{GUEST_REFUSED} refused; 1, 2, 3 keep their meaning (default: off, exit 0 when the run worked)"
+        ),
+    )
+    p.add_argument(
+        "--via",
+        metavar="HOST:PORT",
+        default=None,
+        help="run on the hypervisor of a deployment ('ringlab up') instead of in-process (default: in-process)",
+    )
+
+
+def _add_defines(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        type=_parse_define,
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="define an assembler symbol, NAME alone means 1; may repeat (default: none)",
+    )
+
+
+def _command(sub: Any, name: str, summary: str, func: Callable[[argparse.Namespace], int]) -> Any:
+    p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ringlab.bench.micro import BENCHMARKS, COLUMNS
+    from ringlab.bench.speed import DEFAULT_ROUNDS
+    from ringlab.guestos.build import FLAVOURS, WORKLOADS
+
     parser = argparse.ArgumentParser(
         prog="ringlab",
         description="Ringlab: see and measure why a CPU with protection rings is hard to virtualize.",
-        epilog="Start with 'ringlab demo'. Every command takes --help.",
+        epilog=(
+            "Start with 'ringlab demo'. Every command takes --help. Exit statuses: 0 worked, 1 internal "
+            "error (a bug), 2 bad usage, 3 deployment unreachable or refusing, 130 interrupted."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"ringlab {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=_debug_env(),
+        help=f"on an internal error, print the whole traceback (default: off, or on when {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="boot the guest OS with several workloads and show what happened")
-    p.set_defaults(func=cmd_demo)
+    _command(
+        sub,
+        "demo",
+        "start a local deployment, watch VMs under every technique share one pCPU, and chart it",
+        cmd_demo,
+    )
 
-    p = sub.add_parser("run", help="assemble PROGRAM.s and run it as the whole guest OS")
-    p.add_argument("program", metavar="PROGRAM.s")
+    p = _command(
+        sub, "run", "run PROGRAM (assembly source or an image from 'ringlab asm') as the whole guest", cmd_run
+    )
+    p.add_argument(
+        "program",
+        metavar="PROGRAM",
+        help="RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm', told apart by content",
+    )
     _add_defines(p)
     _add_run_options(p)
     p.add_argument(
-        "--input", default="", metavar="TEXT", help="what the console offers to 'in' from the start"
+        "--input",
+        default="",
+        metavar="TEXT",
+        help="what the console offers to 'in' from the start (default: nothing)",
     )
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("boot", help="boot the Ringlab guest OS with a workload")
-    p.add_argument("--kernel", choices=("stock", "paravirt"), default="stock", help="kernel flavour")
-    p.add_argument("--workload", default="hello", help="workload to run (see docs/guest-os.md)")
+    workloads = ", ".join(WORKLOADS)
+    p = _command(sub, "boot", "boot the Ringlab guest OS with a workload or your own user program", cmd_boot)
+    p.add_argument(
+        "--kernel",
+        choices=FLAVOURS,
+        default=None,
+        help="kernel flavour (default: paravirt under --technique pv, stock otherwise)",
+    )
+    p.add_argument(
+        "--workload",
+        default=None,
+        metavar="NAME",
+        help=f"built-in workload init runs, one of: {workloads} (default: hello)",
+    )
+    p.add_argument(
+        "--program",
+        default=None,
+        metavar="FILE.s",
+        help=(
+            'your own user program as init instead of a workload: it starts with .include "lib.s" '
+            "(the guest OS's user runtime; see docs/guest-os.md) (default: none)"
+        ),
+    )
     _add_defines(p)
     _add_run_options(p)
-    p.set_defaults(func=cmd_boot)
 
-    p = sub.add_parser("asm", help="assemble FILE.s into an image")
-    p.add_argument("file", metavar="FILE.s")
-    p.add_argument("-o", "--output", metavar="IMAGE", help="output image (default FILE.img)")
+    p = _command(sub, "asm", "assemble FILE.s into an image", cmd_asm)
+    p.add_argument("file", metavar="FILE.s", help="RL-32 assembly source")
+    p.add_argument("-o", "--output", metavar="IMAGE", help="output image (default: FILE.img)")
     _add_defines(p)
-    p.set_defaults(func=cmd_asm)
 
-    p = sub.add_parser("disasm", help="disassemble an image into assembly that assembles back to it")
-    p.add_argument("image", metavar="IMAGE")
-    p.set_defaults(func=cmd_disasm)
+    p = _command(sub, "disasm", "disassemble an image into assembly that assembles back to it", cmd_disasm)
+    p.add_argument("image", metavar="IMAGE", help="an image written by 'ringlab asm'")
 
-    p = sub.add_parser(
-        "bench", help="run a benchmark suite (default: the microbenchmarks under every technique)"
+    p = _command(
+        sub, "bench", "run a benchmark suite (default: the microbenchmarks under every technique)", cmd_bench
     )
     p.add_argument(
         "--suite",
         choices=("micro", "speed", "efficiency", "contention", "services"),
         default="micro",
-        help="which suite (default micro; contention and services run a local deployment)",
+        help="which suite; contention and services run a local deployment (default: %(default)s)",
     )
     p.add_argument(
-        "--vms", type=_parse_count, default=16, help="contention: VMs sharing one pCPU (default 16)"
+        "--vms",
+        type=_bounded(1, MAX_BENCH_VMS),
+        default=None,
+        metavar="N",
+        help=f"contention: VMs sharing one pCPU, 1-{MAX_BENCH_VMS} (default: 16, or one per --weights)",
     )
     p.add_argument(
-        "--weights", metavar="W,W,...", default=None, help="contention: scheduler weights (default all equal)"
+        "--weights",
+        type=_parse_weights,
+        metavar="W,W,...",
+        default=None,
+        help=f"contention: one scheduler weight per VM, each 1-{MAX_WEIGHT} (default: 256 for every VM)",
     )
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    p.add_argument("--plot", metavar="FILE.png", help="micro: also draw a chart of cycles per iteration")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="micro: run only these benchmarks")
     p.add_argument(
-        "--techniques", nargs="+", metavar="T", help="micro: only these columns (e.g. native hw+np)"
+        "--json", action="store_true", help="print the figures as one JSON object (default: a table)"
     )
-    p.add_argument("--rounds", type=_parse_count, default=None, help="speed: FNV-1a rounds (default 64)")
-    p.set_defaults(func=cmd_bench)
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="micro: also draw a chart of cycles per iteration (default: no chart)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=[b.name for b in BENCHMARKS],
+        help=f"micro: run only these benchmarks, of {', '.join(b.name for b in BENCHMARKS)} (default: all)",
+    )
+    p.add_argument(
+        "--techniques",
+        nargs="+",
+        metavar="T",
+        choices=[c.label for c in COLUMNS],
+        help=f"micro: only these columns, of {', '.join(c.label for c in COLUMNS)} (default: all)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_bounded(1, 1 << 20),
+        default=None,
+        metavar="N",
+        help=f"speed: FNV-1a rounds the guest and Python compute (default: {DEFAULT_ROUNDS})",
+    )
 
     # The service commands (up, vm, top, ...) live beside their gRPC clients.
     from ringlab.cli_services import add_service_commands
 
     add_service_commands(sub)
 
-    p = sub.add_parser("isa", help="print the RL-32 instruction table")
-    p.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/isa.md")
-    p.set_defaults(func=cmd_isa)
+    p = _command(sub, "isa", "print the RL-32 instruction table", cmd_isa)
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="as the Markdown table of docs/isa.md (default: a terminal table)",
+    )
+
+    p = _command(sub, "completion", "print a shell completion script for bash or zsh", cmd_completion)
+    p.epilog = (
+        'bash: eval "$(ringlab completion bash)" in ~/.bashrc; zsh: ringlab completion zsh > '
+        '"${fpath[1]}/_ringlab", then restart zsh'
+    )
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
     return parser
 
 
+# -- main ----------------------------------------------------------------------------------------------
+def _oserror(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        reason = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        reason = "is a directory, not a file"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied"
+    else:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that an error while building the parser honours it too.
+    debug = _debug_env() or "--debug" in (argv[: argv.index("--")] if "--" in argv else argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug = debug or args.debug
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except RinglabError as exc:
         # Bad usage, assembly errors (file:line:column: reason) and malformed images.
+        _traceback(debug)
         print(f"ringlab: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except FileNotFoundError as exc:
-        print(f"ringlab: {exc.filename}: no such file", file=sys.stderr)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # `ringlab isa | head`: the reader has what it wanted
+            _silence_stdout()
+            return EXIT_OK
+        _traceback(debug)
+        print(f"ringlab: {_oserror(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        _traceback(debug)
+        print("ringlab: this machine ran out of memory (ask for less: --memory)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ringlab: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        _traceback(debug)
+        print(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc), file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

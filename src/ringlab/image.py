@@ -21,9 +21,11 @@ from pathlib import Path
 
 from ringlab.errors import ImageError
 
-__all__ = ["Image"]
+__all__ = ["MAGIC", "Image"]
 
-_MAGIC = b"RL32"
+MAGIC = b"RL32"
+"""The first four bytes of every image file: how ``ringlab run`` tells an image from source."""
+_MAGIC = MAGIC
 _HEADER = struct.Struct("<4sIIIII")
 
 

@@ -5,7 +5,12 @@ Both are generated from ``ringlab.isa.TABLE``; a test fails when docs/isa.md dri
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ringlab.isa import FORMS, JCC, TABLE, Spec
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["isa_markdown", "isa_table", "encoding_of"]
 
@@ -73,14 +78,17 @@ def isa_markdown() -> str:
     return BEGIN + "\n".join(lines) + "\n" + END
 
 
-def isa_table() -> None:
-    """Print the table to the terminal."""
-    from rich.console import Console
+def isa_table(console: Console | None = None) -> None:
+    """Print the table to ``console`` (default: stdout; see ``ringlab.termout``).  Cells are
+    escaped (``[m]`` is an operand, not rich markup) and wrap to the console's width."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from ringlab.termout import fit_table, stdout_console
 
     table = Table(title="RL-32 instructions (one row per operand form)")
     for col in ("mnemonic", "operands", "class", "encoding", "bytes", "effect"):
         table.add_column(col)
     for row in _rows():
-        table.add_row(*row)
-    Console().print(table)
+        table.add_row(*(escape(cell) for cell in row))
+    (console or stdout_console()).print(fit_table(table))

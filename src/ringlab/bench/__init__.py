@@ -4,36 +4,51 @@ same on a slow machine and a fast one.
 
 - ``micro`` (default): the nanobenchmarks under every technique (``micro.py``)
 - ``speed``: the simulated hardware's speed against plain Python (``speed.py``)
+- ``efficiency``: compute-bound work under each technique against native (``efficiency.py``)
 - ``contention``: CPU shares of N VMs on one pCPU through the services (``services.py``)
 - ``services``: the cost of the service boundary against an echo and in-process (``services.py``)
+
+Every suite shows its progress on stderr when stderr is a terminal (not under ``--json``), and
+prints its table to fit the terminal, or whole when stdout is not a terminal (``ringlab.termout``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["run_suite"]
 
+DEFAULT_VMS = 16
+"""``--suite contention`` without ``--vms`` or ``--weights``."""
+
 
 def run_suite(args: argparse.Namespace) -> int:
+    from ringlab.termout import progress, spinner
+
+    show = not args.json
     if args.suite in ("contention", "services"):
         return _run_services(args)
     if args.suite == "speed":
         from ringlab.bench.speed import speed_suite
 
-        figures = speed_suite(rounds=args.rounds)
+        with spinner("speed: the compute workload as a guest and in plain Python", enabled=show, delay=0.5):
+            figures = speed_suite(rounds=args.rounds)
         if args.json:
             print(json.dumps(figures))
         else:
             _print_speed(figures)
         return 0
     if args.suite == "efficiency":
-        from ringlab.bench.efficiency import efficiency_suite
+        from ringlab.bench.efficiency import REPEATS, ROUNDS, efficiency_runs, efficiency_suite
 
-        eff = efficiency_suite()
+        with progress("efficiency", efficiency_runs(ROUNDS, REPEATS), enabled=show) as step:
+            eff = efficiency_suite(progress=step)
         if args.json:
             print(json.dumps(eff))
         else:
@@ -42,9 +57,10 @@ def run_suite(args: argparse.Namespace) -> int:
     return _run_micro(args)
 
 
-def _print_efficiency(eff: dict[str, Any]) -> None:
-    from rich.console import Console
+def _print_efficiency(eff: dict[str, Any], console: Console | None = None) -> None:
     from rich.table import Table
+
+    from ringlab.termout import fit_table, stdout_console
 
     lo, hi = eff["rounds"]
     table = Table(
@@ -54,28 +70,22 @@ def _print_efficiency(eff: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "technique" else "right")
     for label, f in eff["techniques"].items():
         table.add_row(label, f"{f['throughput']:.3f}", f"{f['whole_run']:.3f}")
-    Console().print(table)
+    (console or stdout_console()).print(fit_table(table))
 
 
 def _run_micro(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import Progress
 
     from ringlab.bench.micro import BENCHMARKS, COLUMNS, micro_suite, plot
+    from ringlab.termout import progress
 
     benches = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     columns = [c for c in COLUMNS if not args.techniques or c.label in args.techniques]
-    err = Console(stderr=True)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("benchmarks", total=len(benches) * len(columns))
-
-        def step(what: str) -> None:
-            progress.update(task, description=what, advance=1)
-
+    with progress("benchmarks", len(benches) * len(columns), enabled=not args.json) as step:
         figures = micro_suite(benches, columns, progress=step)
     if args.plot:
         plot(figures, args.plot)
-        err.print(f"chart written to {args.plot}")
+        Console(stderr=True).print(f"chart written to {args.plot}", highlight=False, markup=False)
     if args.json:
         print(json.dumps(figures))
     else:
@@ -83,13 +93,17 @@ def _run_micro(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_micro(figures: dict[str, Any], labels: list[str]) -> None:
-    from rich.console import Console
+def _micro_table(figures: dict[str, Any], labels: list[str], *, events: bool) -> Table:
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from ringlab.bench.micro import dominant_events
 
-    table = Table(title="simulated cycles per iteration (dominant events per iteration)")
+    if events:
+        table = Table(title="simulated cycles per iteration (dominant events per iteration)")
+    else:
+        table = Table(title="simulated cycles per iteration", box=box.SIMPLE_HEAD)
     table.add_column("benchmark")
     for label in labels:
         table.add_column(label, justify="right")
@@ -98,17 +112,68 @@ def _print_micro(figures: dict[str, Any], labels: list[str]) -> None:
         for label in labels:
             cell = row.get(label)
             if cell is None:
-                why = figures["skipped"].get(name, {}).get(label, "")
-                cells.append(f"[dim]did not complete[/]\n[dim]{why[:40]}[/]")
+                why = escape(figures["skipped"].get(name, {}).get(label, ""))
+                cells.append(f"[dim]did not complete[/]\n[dim]{why}[/]" if events else "[dim]-[/]")
+            elif events:
+                cells.append(f"{cell['cycles_per_iter']:,.0f}\n[dim]{escape(dominant_events(cell))}[/]")
             else:
-                cells.append(f"{cell['cycles_per_iter']:,.0f}\n[dim]{dominant_events(cell)}[/]")
+                cells.append(f"{cell['cycles_per_iter']:,.0f}")
         table.add_row(name, *cells)
-    Console().print(table)
+    for name in figures["skipped"]:
+        if name not in figures["benchmarks"]:  # under no technique at all
+            table.add_row(name, *(["[dim]-[/]"] * len(labels)))
+    return table
 
 
-def _print_speed(f: dict[str, float]) -> None:
-    from rich.console import Console
+def _events_table(figures: dict[str, Any], labels: list[str]) -> Table:
+    """One row per cell: what dominated it (the narrow layout's second table)."""
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
+
+    from ringlab.bench.micro import dominant_events
+
+    table = Table(title="dominant events per iteration", box=box.SIMPLE_HEAD)
+    for col in ("benchmark", "technique", "events (or why it did not complete)"):
+        table.add_column(col)
+    for name in list(figures["benchmarks"]) + [
+        n for n in figures["skipped"] if n not in figures["benchmarks"]
+    ]:
+        row = figures["benchmarks"].get(name, {})
+        first = True
+        for label in labels:
+            cell = row.get(label)
+            if cell is not None:
+                what = escape(dominant_events(cell))
+            else:
+                what = (
+                    "[dim]did not complete: "
+                    + escape(figures["skipped"].get(name, {}).get(label, ""))
+                    + "[/]"
+                )
+            table.add_row(name if first else "", label, what)
+            first = False
+    return table
+
+
+def _print_micro(figures: dict[str, Any], labels: list[str], console: Console | None = None) -> None:
+    """The table with every cell's dominant events when it fits the console; otherwise (a
+    terminal of 80 columns) the cycles alone, then the events cell by cell."""
+    from ringlab.termout import fit_table, natural_width, stdout_console
+
+    console = console or stdout_console()
+    wide = _micro_table(figures, labels, events=True)
+    if natural_width(console, wide) <= console.width:
+        console.print(wide)
+        return
+    console.print(fit_table(_micro_table(figures, labels, events=False)))
+    console.print(fit_table(_events_table(figures, labels)))
+
+
+def _print_speed(f: dict[str, float], console: Console | None = None) -> None:
+    from rich.table import Table
+
+    from ringlab.termout import fit_table, stdout_console
 
     table = Table(title="speed: the compute workload (FNV-1a) as a guest vs plain Python")
     table.add_column("measure")
@@ -117,30 +182,32 @@ def _print_speed(f: dict[str, float]) -> None:
     table.add_row("plain Python seconds (same algorithm, same data)", f"{f['python_seconds']:.3f}")
     table.add_row("guest MIPS", f"{f['guest_mips']:.2f}")
     table.add_row("ratio python_seconds / guest_seconds (target >= 0.2)", f"{f['ratio']:.3f}")
-    Console(file=sys.stdout).print(table)
+    (console or stdout_console()).print(fit_table(table))
 
 
 def _run_services(args: argparse.Namespace) -> int:
-    from ringlab.bench.services import contention_suite, services_suite
+    from rich.markup import escape
+    from rich.table import Table
 
-    if args.suite == "contention":
-        weights = [int(w) for w in args.weights.split(",")] if args.weights else None
-        vms = len(weights) if weights else args.vms
-        figures = contention_suite(vms, weights)
-        targets = "Jain >= 0.99 (equal weights), each share within 5% of its target, overhead < 5%"
-    else:
-        figures = services_suite()
-        targets = "exit <= 1.5x echo, <= 2 Redis round trips per world switch, compute >= 0.9x in-process"
+    from ringlab.bench.services import contention_suite, services_suite
+    from ringlab.termout import fit_table, progress, stdout_console
+
+    with progress(args.suite, 1.0, enabled=not args.json) as step:
+        if args.suite == "contention":
+            weights = args.weights
+            vms = len(weights) if weights else (args.vms or DEFAULT_VMS)
+            figures = contention_suite(vms, weights, progress=step)
+            targets = "Jain >= 0.99 (equal weights), each share within 5% of its target, overhead < 5%"
+        else:
+            figures = services_suite(progress=step)
+            targets = "exit <= 1.5x echo, <= 2 Redis round trips per world switch, compute >= 0.9x in-process"
     if args.json:
         print(json.dumps(figures))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{args.suite} (targets: {targets})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in figures.items():
-        table.add_row(key, str(value))
-    Console(file=sys.stdout).print(table)
+        table.add_row(key, escape(str(value)))
+    stdout_console().print(fit_table(table))
     return 0

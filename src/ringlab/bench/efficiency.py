@@ -11,11 +11,26 @@ native's time for that work divided by the technique's; ``whole_run`` divides th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ringlab.bench.micro import COLUMNS, Column
 
-__all__ = ["efficiency_suite"]
+__all__ = ["REPEATS", "ROUNDS", "efficiency_runs", "efficiency_suite"]
+
+ROUNDS = (32, 2080)
+"""The two round counts of ``compute``: their difference is the work measured."""
+REPEATS = 5
+"""Best of this many runs of each (technique, rounds)."""
+
+
+def _columns() -> list[Column]:
+    return [c for c in COLUMNS if c.technique != "trap-emulate"]  # it does not run compute right
+
+
+def efficiency_runs(rounds: tuple[int, int] = ROUNDS, repeats: int = REPEATS) -> int:
+    """How many guest runs ``efficiency_suite`` makes (for a progress bar)."""
+    return repeats * len(_columns()) * len(rounds)
 
 
 def _time(image: Any, col: Column) -> float:
@@ -29,17 +44,28 @@ def _time(image: Any, col: Column) -> float:
     return elapsed
 
 
-def efficiency_suite(rounds: tuple[int, int] = (32, 2080), repeats: int = 5) -> dict[str, Any]:
+def efficiency_suite(
+    rounds: tuple[int, int] = ROUNDS,
+    repeats: int = REPEATS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """``{"rounds": [lo, hi], "techniques": {LABEL: {"throughput": x, "whole_run": y,
-    "work_seconds": s, "run_seconds": t}}}`` with native as the reference (1.0)."""
+    "work_seconds": s, "run_seconds": t}}}`` with native as the reference (1.0).
+
+    ``progress``, if given, is called once before each of the ``efficiency_runs()`` runs with
+    what runs next."""
     from ringlab.guestos.build import build_image
 
-    columns = [c for c in COLUMNS if c.technique != "trap-emulate"]  # it does not run compute right
+    columns = _columns()
     images = {(c.kernel, n): build_image("compute", c.kernel, {"ROUNDS": n}) for c in columns for n in rounds}
     best: dict[tuple[str, int], float] = {}
-    for _ in range(repeats):
+    for rep in range(repeats):
         for col in columns:  # interleaved, so a slow moment of the host hits every technique alike
             for n in rounds:
+                if progress:
+                    progress(
+                        f"efficiency: compute, {n} rounds, under {col.label} (repeat {rep + 1} of {repeats})"
+                    )
                 t = _time(images[(col.kernel, n)], col)
                 best[(col.label, n)] = min(best.get((col.label, n), t), t)
     lo, hi = rounds

@@ -15,11 +15,32 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ringlab.sched import jain_index
 
-__all__ = ["contention_suite", "services_suite"]
+__all__ = ["Progress", "contention_suite", "services_suite"]
+
+Progress = Callable[..., None]
+"""``progress(what, completed=fraction)``: what the suite is doing and how far it is (0 to 1)."""
+
+
+def _report(progress: Progress | None, what: str, fraction: float) -> None:
+    if progress:
+        progress(what, completed=fraction)
+
+
+def _sleep(seconds: float, progress: Progress | None, what: str, start: float, end: float) -> None:
+    """Sleep ``seconds``, moving the progress from ``start`` to ``end`` as time passes."""
+    began = time.monotonic()
+    while (elapsed := time.monotonic() - began) < seconds:
+        _report(
+            progress, f"{what} ({seconds - elapsed:.0f} s left)", start + (end - start) * elapsed / seconds
+        )
+        time.sleep(min(0.25, seconds - elapsed))
+    _report(progress, what, end)
+
 
 _LONG_COMPUTE = {"ROUNDS": 100_000}
 """Long enough that no VM finishes inside the measured window."""
@@ -59,28 +80,41 @@ def _snapshot(hv: Any) -> tuple[dict[str, float], float, float]:
 
 
 def contention_suite(
-    vms: int, weights: list[int] | None = None, *, window: float = 12.0, warmup: float = 2.0
+    vms: int,
+    weights: list[int] | None = None,
+    *,
+    window: float = 12.0,
+    warmup: float = 2.0,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
+    from ringlab.errors import UsageError
     from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.local import LocalDeployment
     from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 
+    if vms < 1:
+        raise UsageError(f"contention needs at least one VM, not {vms}")
     weights = list(weights or [256] * vms)
     if len(weights) != vms:
-        raise ValueError(f"{len(weights)} weights for {vms} VMs")
+        raise UsageError(f"{len(weights)} weights for {vms} VMs: give one weight per VM")
+    if any(w < 1 for w in weights):
+        raise UsageError(f"every weight must be at least 1: {weights}")
     image = build_image("compute", "stock", _LONG_COMPUTE).to_bytes()
+    _report(progress, "contention: starting Redis, one pCPU and the hypervisor", 0.0)
     with LocalDeployment.start(pcpus=1) as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
         names = [f"contend-{i}" for i in range(vms)]
+        _report(progress, f"contention: creating {vms} VMs", 0.05)
         for name, weight in zip(names, weights):
             _create(hv, name, image, weight=weight, start=False)
         for name in names:
             hv.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
-        time.sleep(warmup)
+        _sleep(warmup, progress, "contention: warming up", 0.1, 0.2)
         cpu0, busy0, sched0 = _snapshot(hv)
-        time.sleep(window)
+        _sleep(window, progress, f"contention: measuring {vms} VMs on one pCPU", 0.2, 0.95)
         cpu1, busy1, sched1 = _snapshot(hv)
+        _report(progress, "contention: stopping the VMs and the deployment", 0.95)
         for name in names:
             hv.StopVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
     used = [cpu1[n] - cpu0[n] for n in names]
@@ -101,7 +135,7 @@ def contention_suite(
     }
 
 
-def services_suite(calls: int = 2000) -> dict[str, Any]:
+def services_suite(calls: int = 2000, progress: Progress | None = None) -> dict[str, Any]:
     from ringlab.asm import assemble
     from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
@@ -112,6 +146,7 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
     # A bare guest that does nothing but exit: each `out` to an unmodelled port crosses to the VMM.
     exits_forever = assemble("top:\n    out 0x99, eax\n    jmp top\n")
     computes = {n: build_image("compute", "stock", {"ROUNDS": n}) for n in COMPUTE_ROUNDS}
+    _report(progress, "services: starting Redis, one pCPU and the hypervisor", 0.0)
     with LocalDeployment.start(pcpus=1) as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
         cpu = cpu_pb2_grpc.CpuStub(open_channel(d.cpus[0]))
@@ -124,6 +159,7 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
         cpu.RunVcpu(run, timeout=10)
         cpu.Echo(echo, timeout=10)
         exit_times, echo_times = [], []
+        _report(progress, f"services: {calls} exits against {calls} echoes", 0.05)
         for _ in range(calls):  # interleaved, so both see the same machine state
             t = time.perf_counter()
             cpu.Echo(echo, timeout=10)
@@ -135,6 +171,7 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
         hv.DestroyVm(hypervisor_pb2.VmRef(vm="exit-loop"), timeout=10)
 
         # 2. Redis round trips per world switch while VMs with many exits run.
+        _report(progress, "services: Redis round trips per world switch (4 io VMs)", 0.25)
         io = build_image("io", "stock").to_bytes()
         before = hv.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10).pcpus[0]
         cpu_trips0 = cpu.DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10).redis_round_trips
@@ -154,6 +191,12 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
         retired: dict[int, int] = {}
         for i in range(COMPUTE_RUNS):
             for n, image in computes.items():
+                _report(
+                    progress,
+                    f"services: compute, {n} rounds, in-process and through the services "
+                    f"(run {i + 1} of {COMPUTE_RUNS})",
+                    0.4 + 0.6 * i / COMPUTE_RUNS,
+                )
                 t = time.perf_counter()
                 local = run_vm(image, technique="native")
                 local_best[n] = min(local_best.get(n, float("inf")), time.perf_counter() - t)
@@ -168,6 +211,7 @@ def services_suite(calls: int = 2000) -> dict[str, Any]:
         lo, hi = COMPUTE_ROUNDS
         in_process = local_best[hi] - local_best[lo]
         through = remote_best[hi] - remote_best[lo]
+        _report(progress, "services: shutting the deployment down", 1.0)
     return {
         "exit_round_trip_us": round(exit_p50 * 1e6, 1),
         "echo_round_trip_us": round(echo_p50 * 1e6, 1),

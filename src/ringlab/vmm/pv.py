@@ -149,6 +149,6 @@ class Paravirt:
             f"'{format_instruction(insn)}' at {eip:#010x}, a {kind} instruction. Under pv the kernel "
             f"runs in ring 1, where that instruction traps, and pv does not emulate it: a pv kernel "
             f"asks the hypervisor with a hypercall (int 0x82, docs/pv-abi.md) instead. Build the "
-            f"guest with the paravirt kernel flavour (build_image(workload, 'paravirt')), or run "
-            f"this unmodified kernel under bt or hw.",
+            f"guest with the paravirt kernel flavour ('ringlab boot --kernel paravirt --technique pv'; "
+            f"build_image(workload, 'paravirt') in Python), or run this unmodified kernel under bt or hw.",
         )
