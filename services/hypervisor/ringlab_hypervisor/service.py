@@ -327,7 +327,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             record = self.state.vm_record(vm)[1]
             if record["status"] in TERMINAL:
                 return self._result(vm)
-            if self.state.sched_entry(vm).get("status") == "created":  # nothing would ever end it
+            status = self.state.sched_entry(vm).get("status", record["status"])  # the live one
+            if status == "created":  # nothing would ever end it
                 raise WrongState(
                     f"VM {request.vm} was created but not started: start it with StartVm "
                     f"('ringlab vm start {request.vm}'), then wait"
@@ -335,7 +336,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if left <= 0 or not context.is_active():
                 raise WrongState(
-                    f"VM {vm} is still {record['status']} after the requested wait: wait longer "
+                    f"VM {request.vm} is still {status} after the requested wait: wait longer "
                     "or check 'ringlab vm list'"
                 )
             # Every end is an event (the commit that ends a VM adds it): block until the next
