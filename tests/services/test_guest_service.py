@@ -93,3 +93,30 @@ def test_a_guest_keeps_trying_while_the_hypervisor_is_not_up() -> None:
     stopping.set()
     worker.join(timeout=10)
     assert done == [False] and failed == []
+
+
+def test_the_guest_console_of_a_destroyed_vm_is_not_found_without_a_traceback(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    import grpc
+
+    name = unique("gone")
+    servicer = GuestServicer(
+        GuestConfig(name, "hw", "stock", "hello", 256), deployment.hypervisor_target, "", StreamSlots(2)
+    )
+    servicer.register()
+    hv = deployment.hypervisor_stub()
+    hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=60), timeout=90)
+    assert hv.DestroyVm(hypervisor_pb2.VmRef(vm=name), timeout=10).destroyed
+    server = serve(service_config("guest", deployment.redis.url), servicer)
+    try:
+        stub = guest_pb2_grpc.GuestStub(open_channel(f"127.0.0.1:{server.port}"))
+        caplog.clear()
+        for follow in (False, True):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.StreamConsole(guest_pb2.GuestConsoleRequest(follow=follow), timeout=30))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert name in (err.value.details() or "")
+        assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    finally:
+        server.stop(1)

@@ -1,8 +1,10 @@
 """The one table from domain errors to gRPC status codes, and the interceptor that applies it.
 
 A servicer raises domain errors (``ringlab.store.errors``, ``ringlab.errors``); the interceptor
-turns each into its status with the error's own message, which says what to do.  Anything else
-is a bug: INTERNAL with the exception's type, never a crashed server.
+turns each into its status with the error's own message, which says what to do.  A failed call
+to another service (the guest's StreamConsole to the hypervisor) keeps its status and message,
+logged without a traceback.  Anything else is a bug: INTERNAL with the exception's type, never a
+crashed server.
 """
 
 from __future__ import annotations
@@ -43,15 +45,38 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 """First match wins: more specific classes first."""
 
 
+def _upstream(exc: BaseException) -> grpc.StatusCode | None:
+    """The status of a call this server made to another service (the guest's to the
+    hypervisor), or None when ``exc`` is not such a failed call."""
+    if not isinstance(exc, grpc.RpcError):
+        return None
+    code = getattr(exc, "code", None)
+    status = code() if callable(code) else None
+    return status if isinstance(status, grpc.StatusCode) else None
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The status ``exc`` maps to: ``STATUS_OF``, or the status of a failed call to another
+    service passed on as it came (NOT_FOUND stays NOT_FOUND); None for a bug."""
     for cls, code in STATUS_OF:
         if isinstance(exc, cls):
             return code
-    return None
+    return _upstream(exc)
+
+
+def _aborted(exc: BaseException) -> bool:
+    """``context.abort`` raises a bare ``Exception()`` (``_AbortError`` in some versions) once the
+    status is set: it must go through untouched."""
+    return type(exc).__name__ == "_AbortError" or (type(exc) is Exception and not exc.args)
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     code = status_of(exc)
+    if isinstance(exc, grpc.RpcError) and code is not None:
+        details = getattr(exc, "details", None)
+        message = str((details() if callable(details) else None) or code.name)
+        log.info("a call to another service failed: %s: %s (passed on to the caller)", code.name, message)
+        context.abort(code, message)
     if code is None:
         log.exception("unexpected error in a handler")
         context.abort(
@@ -66,7 +91,7 @@ def _wrap_unary(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any
         try:
             return fn(request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+            if _aborted(exc):
                 raise
             _abort(context, exc)
             raise  # not reached: abort raises
@@ -81,7 +106,7 @@ def _wrap_stream(
         try:
             yield from fn(request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+            if _aborted(exc):
                 raise
             _abort(context, exc)
 
