@@ -22,6 +22,7 @@ from typing import Any
 from ringlab import __version__
 from ringlab.errors import AssemblyError, ImageError, RinglabError, UsageError
 from ringlab.exitstatus import (
+    EXIT_DEPLOYMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -96,6 +97,18 @@ def _parse_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
+
+
+def _parse_input(text: str) -> str:
+    """``--input TEXT``: the console's bytes are the text's characters, so each must be one byte."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"the console takes bytes: {text[exc.start]!r} (U+{ord(text[exc.start]):04X}) is not one byte; "
+            "use characters U+0000-U+00FF (ASCII and Latin-1)"
+        ) from None
+    return text
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
@@ -436,6 +449,7 @@ def _command(sub: Any, name: str, summary: str, func: Callable[[argparse.Namespa
 def build_parser() -> argparse.ArgumentParser:
     from ringlab.bench.micro import BENCHMARKS, COLUMNS
     from ringlab.bench.speed import DEFAULT_ROUNDS
+    from ringlab.demo import CHART as DEMO_CHART
     from ringlab.guestos.build import FLAVOURS, WORKLOADS
 
     parser = argparse.ArgumentParser(
@@ -455,11 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _command(
+    p = _command(
         sub,
         "demo",
         "start a local deployment, watch VMs under every technique share one pCPU, and chart it",
         cmd_demo,
+    )
+    p.add_argument(
+        "--chart",
+        metavar="FILE.png",
+        default=DEMO_CHART,
+        help="where to draw which VM held the pCPU over time (default: %(default)s)",
     )
 
     p = _command(
@@ -474,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument(
         "--input",
+        type=_parse_input,
         default="",
         metavar="TEXT",
         help="what the console offers to 'in' from the start (default: nothing)",
@@ -631,8 +652,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         _traceback(debug)
+        deployment = _deployment_failure(exc)
+        if deployment is not None:
+            print(f"ringlab: {deployment}", file=sys.stderr)
+            return EXIT_DEPLOYMENT
         print(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc), file=sys.stderr)
         return EXIT_INTERNAL
+
+
+_DEPLOYMENT_FAILURES = (
+    ("ringlab.cli_services", "DeploymentFailed"),
+    ("ringlab.rpc.local", "DeploymentError"),
+)
+"""Exceptions that say a deployment could not start or refused a call (status 3), by module: a
+command that starts or calls a deployment (demo, bench --suite contention/services) has imported
+the module by the time one is raised."""
+
+
+def _deployment_failure(exc: Exception) -> str | None:
+    """What to print for an exception that says a deployment failed, or None for any other."""
+    for module, name in _DEPLOYMENT_FAILURES:
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and isinstance(exc, kind):
+            return str(exc)
+    grpc = sys.modules.get("grpc")
+    rpc_error = getattr(grpc, "RpcError", None)
+    if isinstance(rpc_error, type) and isinstance(exc, rpc_error):
+        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+        status = code().name if callable(code) else type(exc).__name__
+        return f"a call to the deployment failed: {status}: {details() if callable(details) else exc}"
+    return None
 
 
 def _debug_env() -> bool:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["CHART", "DEMO_VMS", "run_demo"]
 
@@ -41,14 +40,18 @@ def _kernel(technique: str) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     from ringlab.cli_services import vm_row
     from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.convert import KERNELS, TECHNIQUES
     from ringlab.rpc.local import LocalDeployment
+    from ringlab.termout import fit_table, spinner, stdout_console
     from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 
-    console = Console()
+    console = stdout_console()
     chart = getattr(args, "chart", None) or CHART
     console.print(
         "[bold]Ringlab demo[/]: starting Redis, one pCPU (cpu service) and the hypervisor on loopback ..."
@@ -56,30 +59,33 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # Short slices (100,000 instructions) so the chart shows the VMs taking turns even though the
     # techniques that exit often (every exit is a world switch to the hypervisor) run slower.
-    with LocalDeployment.start(pcpus=1, slice=100_000) as d:
+    with spinner("starting Redis, the cpu service and the hypervisor", delay=0.3):
+        deployment = LocalDeployment.start(pcpus=1, slice=100_000)
+    with deployment as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
         skipped: list[str] = []
         names: list[str] = []
-        for technique, workload in DEMO_VMS:
-            kernel = _kernel(technique)
-            try:
-                image = build_image(workload, kernel)
-            except Exception as exc:  # e.g. the paravirt kernel before the pv technique lands
-                skipped.append(f"{technique}/{workload}: {exc}")
-                continue
-            name = f"{technique}-{workload}"
-            hv.CreateVm(
-                hypervisor_pb2.CreateVmRequest(
-                    name=name,
-                    technique=TECHNIQUES[technique],
-                    kernel=KERNELS[kernel],
-                    workload=workload,
-                    image=image.to_bytes(),
-                    start=False,
-                ),
-                timeout=30,
-            )
-            names.append(name)
+        with spinner(f"building {len(DEMO_VMS)} guest images and creating their VMs", delay=0.3):
+            for technique, workload in DEMO_VMS:
+                kernel = _kernel(technique)
+                try:
+                    image = build_image(workload, kernel)
+                except Exception as exc:  # e.g. the paravirt kernel before the pv technique lands
+                    skipped.append(f"{technique}/{workload}: {exc}")
+                    continue
+                name = f"{technique}-{workload}"
+                hv.CreateVm(
+                    hypervisor_pb2.CreateVmRequest(
+                        name=name,
+                        technique=TECHNIQUES[technique],
+                        kernel=KERNELS[kernel],
+                        workload=workload,
+                        image=image.to_bytes(),
+                        start=False,
+                    ),
+                    timeout=30,
+                )
+                names.append(name)
         for name in names:  # start them together so they contend from the first slice
             hv.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=10)
         console.print(f"{len(names)} VMs contend for pcpu0 (credit scheduler, equal weights)")
@@ -108,7 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 r["name"], r["technique"], r["kernel"], r["workload"], result,
                 f"{r['cpu_share'] * 100:.1f}%", f"{r['exits']:,}", f"{r['simulated_cycles']:,}",
             )  # fmt: skip
-        console.print(table)
+        console.print(fit_table(table))
         for p in stats.pcpus:
             overhead = p.scheduler_seconds / p.busy_seconds * 100 if p.busy_seconds else 0.0
             console.print(
@@ -116,8 +122,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"scheduler {p.scheduler_seconds * 1000:.1f} ms ({overhead:.2f}% of busy time)"
             )
         for line in skipped:
-            console.print(f"[yellow]skipped[/] {line}")
-        _chart(slices, by_id, chart)
+            console.print(f"[yellow]skipped[/] {escape(line)}")
+        with spinner("drawing the chart", delay=0.5):
+            _chart(slices, by_id, chart)
         console.print(f"chart of who held the pCPU over time: {chart}")
         del rows
     console.print(f"everything shut down; the demo took {time.monotonic() - started:.1f} s")
@@ -127,6 +134,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _watch(console: Console, hv: Any, names: list[str]) -> list[Any]:
     """Progress bars (instructions retired, slices) until every VM has ended (or 50 s passed)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
     from ringlab.cli_services import vm_row
     from ringlab.v1 import hypervisor_pb2
 
