@@ -156,25 +156,22 @@ def _read_source(path: str) -> str:
     blob = Path(path).read_bytes()
     if blob.startswith(MAGIC):
         raise UsageError(f"{path}: is an RL-32 image already (it starts with {MAGIC!r}), not assembly source")
-    return _decode_source(path, blob)
+    return _decode_source(path, blob, "RL-32 assembly source")
 
 
-def _decode_source(path: str, blob: bytes) -> str:
+def _decode_source(path: str, blob: bytes, expected: str = _WHAT_RUN_TAKES) -> str:
     if not blob.strip():
-        raise UsageError(f"{path}: the file is empty: expected {_WHAT_RUN_TAKES}")
+        raise UsageError(f"{path}: the file is empty: expected {expected}")
+    neither = "not an RL-32 image (it does not start with b'RL32') and not assembly source"
+    if b"\0" in blob:
+        raise UsageError(f"{path}: a binary file, {neither} (it holds NUL bytes); expected {expected}")
     try:
-        text = blob.decode("utf-8")
+        return blob.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(
-            f"{path}: neither an RL-32 image (it does not start with b'RL32') nor assembly source "
-            f"(not UTF-8 text: byte {blob[exc.start]:#04x} at offset {exc.start}); expected {_WHAT_RUN_TAKES}"
+            f"{path}: {neither} (not UTF-8 text: byte {blob[exc.start]:#04x} at offset {exc.start}); "
+            f"expected {expected}"
         ) from None
-    if "\0" in text:
-        raise UsageError(
-            f"{path}: a binary file, neither an RL-32 image (it does not start with b'RL32') nor assembly "
-            f"source (it holds NUL bytes); expected {_WHAT_RUN_TAKES}"
-        )
-    return text
 
 
 def _load_program(path: str, defines: dict[str, int]) -> Any:
