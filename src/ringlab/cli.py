@@ -437,6 +437,14 @@ def _add_defines(p: argparse.ArgumentParser) -> None:
     )
 
 
+_FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}
+"""shtab's file completion (``shtab.FILE``), set on the arguments that name a file."""
+
+
+def _file(action: argparse.Action) -> None:
+    action.complete = _FILES  # type: ignore[attr-defined]  # read by shtab
+
+
 def _command(sub: Any, name: str, summary: str, func: Callable[[argparse.Namespace], int]) -> Any:
     p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
     p.set_defaults(func=func)
@@ -482,10 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "run", "run PROGRAM (assembly source or an image from 'ringlab asm') as the whole guest", cmd_run
     )
-    p.add_argument(
-        "program",
-        metavar="PROGRAM",
-        help="RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm', told apart by content",
+    _file(
+        p.add_argument(
+            "program",
+            metavar="PROGRAM",
+            help="RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm', told apart by content",
+        )
     )
     _add_defines(p)
     _add_run_options(p)
@@ -511,25 +521,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"built-in workload init runs, one of: {workloads} (default: hello)",
     )
-    p.add_argument(
-        "--program",
-        default=None,
-        metavar="FILE.s",
-        help=(
-            'your own user program as init instead of a workload: it starts with .include "lib.s" '
-            "(the guest OS's user runtime; see docs/guest-os.md) (default: none)"
-        ),
+    _file(
+        p.add_argument(
+            "--program",
+            default=None,
+            metavar="FILE.s",
+            help=(
+                'your own user program as init instead of a workload: it starts with .include "lib.s" '
+                "(the guest OS's user runtime; see docs/guest-os.md) (default: none)"
+            ),
+        )
     )
     _add_defines(p)
     _add_run_options(p)
 
     p = _command(sub, "asm", "assemble FILE.s into an image", cmd_asm)
-    p.add_argument("file", metavar="FILE.s", help="RL-32 assembly source")
-    p.add_argument("-o", "--output", metavar="IMAGE", help="output image (default: FILE.img)")
+    _file(p.add_argument("file", metavar="FILE.s", help="RL-32 assembly source"))
+    _file(p.add_argument("-o", "--output", metavar="IMAGE", help="output image (default: FILE.img)"))
     _add_defines(p)
 
     p = _command(sub, "disasm", "disassemble an image into assembly that assembles back to it", cmd_disasm)
-    p.add_argument("image", metavar="IMAGE", help="an image written by 'ringlab asm'")
+    _file(p.add_argument("image", metavar="IMAGE", help="an image written by 'ringlab asm'"))
 
     p = _command(
         sub, "bench", "run a benchmark suite (default: the microbenchmarks under every technique)", cmd_bench

@@ -85,6 +85,8 @@ def test_boot_program_under_a_technique_prints_the_same(
 
 def test_boot_program_takes_defines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prog = tmp_path / "count.s"
-    prog.write_text('.include "lib.s"\nmain:\n    mov eax, COUNT\n    call print_dec\n    xor eax, eax\n    ret\n')
+    prog.write_text(
+        '.include "lib.s"\nmain:\n    mov eax, COUNT\n    call print_dec\n    xor eax, eax\n    ret\n'
+    )
     assert main(["boot", "--program", str(prog), "-D", "COUNT=42", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["console"] == "42"

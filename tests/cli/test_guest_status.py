@@ -38,7 +38,13 @@ def _program(tmp_path: Path, name: str) -> str:
 def test_the_documented_statuses() -> None:
     assert (exitstatus.EXIT_OK, exitstatus.EXIT_INTERNAL, exitstatus.EXIT_USAGE) == (0, 1, 2)
     assert (exitstatus.EXIT_DEPLOYMENT, exitstatus.EXIT_INTERRUPTED) == (3, 130)
-    assert (GUEST_HALT, GUEST_SHUTDOWN, GUEST_LIMIT, GUEST_REFUSED, GUEST_STOPPED) == (250, 251, 252, 253, 254)
+    assert (GUEST_HALT, GUEST_SHUTDOWN, GUEST_LIMIT, GUEST_REFUSED, GUEST_STOPPED) == (
+        250,
+        251,
+        252,
+        253,
+        254,
+    )
     doc = exitstatus.__doc__ or ""
     for status in ("250", "251", "252", "253", "254", "130"):
         assert status in doc

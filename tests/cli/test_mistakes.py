@@ -208,7 +208,9 @@ def test_bench_techniques_an_unknown_name_is_a_usage_error_listing_the_valid_one
     _usage_error(ringlab("bench", "--techniques", "nope"), "nope", "native", "hw+np")
 
 
-def test_bench_vms_that_disagree_with_the_weights_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_vms_that_disagree_with_the_weights_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["bench", "--suite", "contention", "--vms", "3", "--weights", "1,2"]) == EXIT_USAGE
     assert "--weights" in capsys.readouterr().err
 
