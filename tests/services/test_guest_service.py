@@ -120,3 +120,17 @@ def test_the_guest_console_of_a_destroyed_vm_is_not_found_without_a_traceback(
         assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     finally:
         server.stop(1)
+
+
+def test_a_guest_whose_name_another_definition_took_stops_with_already_exists(deployment: Deployment) -> None:
+    name = unique("taken")
+    first = GuestServicer(
+        GuestConfig(name, "native", "stock", "hello", 256), deployment.hypervisor_target, "", StreamSlots(1)
+    )
+    first.register()
+    other = GuestServicer(
+        GuestConfig(name, "hw", "stock", "hello", 256), deployment.hypervisor_target, "", StreamSlots(1)
+    )
+    failed: list[str] = []
+    assert not register_until_done(other, threading.Event(), failed)
+    assert len(failed) == 1 and failed[0].startswith("ALREADY_EXISTS") and "technique" in failed[0]

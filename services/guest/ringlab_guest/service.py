@@ -3,7 +3,9 @@
 On start it works out its configuration (flags and RINGLAB_* variables; identical replicas each
 take the next entry of ``--mix`` by an atomic counter in Redis, and a restarted replica gets its
 entry back), builds the kernel and workload image, creates its VM on the hypervisor (idempotently
-by name, so a restarted guest re-attaches) and serves the VM's console.
+for the same definition, so a restarted guest re-attaches; a name taken by another definition is
+ALREADY_EXISTS, which stops the guest) and serves the VM's console (the hypervisor's refusals,
+NOT_FOUND for a destroyed VM, pass through with their status).
 
     --name NAME          RINGLAB_GUEST_NAME   VM name (default "guest"; with --mix, NAME-INDEX)
     --technique T        RINGLAB_TECHNIQUE    native | trap-emulate | bt | pv | hw (native)
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 PERMANENT = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,  # its name is taken by a VM of another definition
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,

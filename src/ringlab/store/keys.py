@@ -4,15 +4,17 @@ All keys start with ``rl:``.  A VM's keys share the hash tag ``{vm:ID}`` so a Re
 keep them on one shard; the scheduler's keys are global because one decision spans every VM.
 
     rl:vm:seq                    INCR: the next VM id
-    rl:vm:names                  hash  name -> id (create is idempotent by name)
+    rl:vm:names                  hash  name -> id (create is idempotent for the same definition)
     rl:{vm:ID}:record            hash  the VM's definition and how it ended
-    rl:{vm:ID}:image             string  Image.to_bytes() (kept for re-creation and describe)
+    rl:{vm:ID}:image             string  Image.to_bytes() (kept for replays and for StartVm of an
+                                         ended VM, which boots it afresh: reboot_vm.lua)
     rl:{vm:ID}:vcpu              hash  state (CpuState JSON), stats (JSON), vmm (JSON), generation,
                                        token (of the last commit)
     rl:{vm:ID}:pages             hash  page number -> 4 KiB of guest-physical memory
     rl:{vm:ID}:console           stream  console bytes, one entry per commit
     rl:sched:vms                 hash  id -> scheduler entry (JSON: status, credit, weight, cap,
-                                       token, pcpu, lease_until, boost, cpu_seconds, ...)
+                                       token, pcpu, lease_until, boost, cpu_seconds, boot: how
+                                       many times StartVm booted it afresh, ...)
     rl:sched:meta                hash  version (bumped by every change to rl:sched:vms)
     rl:fence                     INCR: fencing tokens, one per grant, never reused
     rl:events                    stream  lifecycle and scheduling events
