@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from ringlab.guestos import WORKLOADS
+from ringlab.rpc.convert import TECHNIQUES
 from ringlab.v1 import common_pb2, hypervisor_pb2
 from tests.services.conftest import Deployment, code_of, unique
 
@@ -74,15 +75,17 @@ def test_start_on_a_vm_stopped_before_it_ran_boots_it(deployment: Deployment) ->
     )
 
 
-def test_start_on_a_vm_stopped_mid_run_boots_it_afresh(deployment: Deployment) -> None:
+@pytest.mark.parametrize("technique", ["native", "trap-emulate", "bt", "pv", "hw"])
+def test_start_on_a_vm_stopped_mid_run_boots_it_afresh(deployment: Deployment, technique: str) -> None:
     hv = deployment.hypervisor_stub()
     limit = 1_500_000  # ends at its instruction limit: the same registers whenever it is stopped
+    fields = {"technique": TECHNIQUES[technique], "defines": LONG, "max_instructions": limit, "start": True}
     reference = unique("ref")
-    hv.CreateVm(request(reference, defines=LONG, max_instructions=limit, start=True), timeout=60)
+    hv.CreateVm(request(reference, **fields), timeout=60)
     expected = wait(hv, reference)
     assert expected.reason == "limit"
     name = unique("midrun")
-    hv.CreateVm(request(name, defines=LONG, max_instructions=limit, start=True), timeout=60)
+    hv.CreateVm(request(name, **fields), timeout=60)
     until_retired(hv, name)
     ref = hypervisor_pb2.VmRef(vm=name)
     stopped = hv.StopVm(ref, timeout=10)
