@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["CHART", "DEMO_VMS", "run_demo"]
 
@@ -41,7 +42,6 @@ def _kernel(technique: str) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from rich.markup import escape
-    from rich.table import Table
 
     from ringlab.cli_services import vm_row
     from ringlab.guestos.build import build_image
@@ -93,28 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
         stats = hv.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10)
         slices = _slices(hv)
         by_id = {vm.id: vm.name for vm in stats.vms}
-        table = Table(title="Ringlab demo: VMs contending for one pCPU through the services")
-        for col in (
-            "VM",
-            "technique",
-            "kernel",
-            "workload",
-            "result",
-            "CPU share",
-            "exits",
-            "simulated cycles",
-        ):
-            table.add_column(
-                col, justify="right" if col in ("CPU share", "exits", "simulated cycles") else "left"
-            )
-        for vm in stats.vms:
-            r = vm_row(vm)
-            result = r["status"] + ("" if r["code"] is None else f" {r['code']}")
-            table.add_row(
-                r["name"], r["technique"], r["kernel"], r["workload"], result,
-                f"{r['cpu_share'] * 100:.1f}%", f"{r['exits']:,}", f"{r['simulated_cycles']:,}",
-            )  # fmt: skip
-        console.print(fit_table(table))
+        console.print(fit_table(_table([vm_row(vm) for vm in stats.vms], console)))
         for p in stats.pcpus:
             overhead = p.scheduler_seconds / p.busy_seconds * 100 if p.busy_seconds else 0.0
             console.print(
@@ -132,6 +111,44 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+WIDE_COLUMNS = ("VM", "technique", "kernel", "workload", "result", "CPU share", "exits", "simulated cycles")
+NARROW_COLUMNS = ("VM", "kernel", "result", "CPU share", "exits", "simulated\ncycles")
+"""On a narrow terminal: the VM's name says its technique and workload already."""
+
+
+def _table(rows: list[dict[str, Any]], console: Console) -> Table:
+    """What each VM did; without the technique and workload columns when the whole table does
+    not fit the console (a terminal of 80 columns)."""
+    from rich import box
+    from rich.table import Table
+
+    from ringlab.termout import natural_width
+
+    def build(columns: tuple[str, ...], **style: Any) -> Table:
+        table = Table(title="Ringlab demo: VMs contending for one pCPU through the services", **style)
+        for col in columns:
+            numeric = col in ("CPU share", "exits", "simulated cycles", "simulated\ncycles")
+            table.add_column(col, justify="right" if numeric else "left")
+        for r in rows:
+            cells = {
+                "VM": r["name"],
+                "technique": r["technique"],
+                "kernel": r["kernel"],
+                "workload": r["workload"],
+                "result": r["status"] + ("" if r["code"] is None else f" {r['code']}"),
+                "CPU share": f"{r['cpu_share'] * 100:.1f}%",
+                "exits": f"{r['exits']:,}",
+                "simulated cycles": f"{r['simulated_cycles']:,}",
+            }
+            table.add_row(*(cells[col.replace("\n", " ")] for col in columns))
+        return table
+
+    wide = build(WIDE_COLUMNS)
+    if natural_width(console, wide) <= console.width:
+        return wide
+    return build(NARROW_COLUMNS, box=box.SIMPLE_HEAD)
+
+
 def _watch(console: Console, hv: Any, names: list[str]) -> list[Any]:
     """Progress bars (instructions retired, slices) until every VM has ended (or 50 s passed)."""
     from rich.progress import BarColumn, Progress, TextColumn
@@ -142,8 +159,8 @@ def _watch(console: Console, hv: Any, names: list[str]) -> list[Any]:
     deadline = time.monotonic() + 50
     rows: list[Any] = []
     with Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
+        TextColumn("{task.description:<20}"),
+        BarColumn(bar_width=16),
         TextColumn("{task.fields[status]:<10} share {task.fields[share]:>5}  exits {task.fields[exits]:>6}"),
         console=console,
         transient=False,

@@ -128,3 +128,46 @@ def test_bench_speed_piped_shows_no_progress() -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
     assert "guest MIPS" in p.stdout
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+DEMO_ROWS = [
+    {
+        "name": f"{technique}-{workload}",
+        "technique": technique,
+        "kernel": "paravirt" if technique == "pv" else "stock",
+        "workload": workload,
+        "status": "poweroff",
+        "code": 0,
+        "cpu_share": 0.47,
+        "exits": 2096,
+        "simulated_cycles": 1_732_782,
+    }
+    for technique, workload in [("trap-emulate", "syscall"), ("pv", "compute"), ("hw", "multi")]
+]
+"""Rows as ``cli_services.vm_row`` gives them for the demo's VMs."""
+
+
+def _demo_table(width: int) -> str:
+    from ringlab.demo import _table
+    from ringlab.termout import fit_table
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width)
+    console.print(fit_table(_table(DEMO_ROWS, console)))
+    return buffer.getvalue()
+
+
+def test_demo_table_in_80_columns_fits_with_every_figure_whole() -> None:
+    text = _demo_table(80)
+    assert ELLIPSIS not in text
+    _fits(text.splitlines())
+    assert "trap-emulate-syscall" in text and "1,732,782" in text and "47.0%" in text and "paravirt" in text
+
+
+def test_demo_table_when_wide_enough_has_the_technique_and_workload_columns() -> None:
+    text = _demo_table(200)
+    assert any(
+        "technique" in line and "workload" in line and "simulated cycles" in line
+        for line in text.splitlines()
+    )
