@@ -73,7 +73,7 @@ def progress(description: str, total: float | None, *, enabled: bool = True) -> 
     err = stderr_console()
     show = enabled and err.is_terminal
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
-    if total is not None and float(total).is_integer():
+    if isinstance(total, int):  # a count of steps, not a fraction
         columns.append(MofNCompleteColumn())
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not show) as bar:
