@@ -265,7 +265,11 @@ def cmd_asm(args: argparse.Namespace) -> int:
 
     image = assemble(_read_source(args.file), filename=args.file, defines=dict(args.defines))
     out = args.output or str(Path(args.file).with_suffix(".img"))
-    image.save(out)
+    try:
+        image.save(out)
+    except OSError as exc:
+        exc.filename = exc.filename or out  # a failed write (not open) names no file
+        raise
     print(f"{out}: {len(image.data)} bytes at {image.base:#x}, entry {image.entry:#x}", file=sys.stderr)
     return EXIT_OK
 
