@@ -27,6 +27,7 @@ import grpc
 from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
 from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, track
 from ringlab.machine.faults import Fault
+from ringlab.machine.p2m import P2M
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
     MAX_RUN_BUDGET,
@@ -42,7 +43,6 @@ from ringlab.rpc.convert import (
 )
 from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
-from ringlab.vmm.p2m import P2M
 from ringlab.vmm.translated import Executor, TcReport
 
 __all__ = ["CpuServicer", "main", "serve"]

@@ -25,10 +25,10 @@ from ringlab.machine.exits import Exit
 from ringlab.machine.faults import PF, Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
 from ringlab.machine.mmu import Mmu
+from ringlab.machine.p2m import P2M
 from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
-from ringlab.vmm.p2m import P2M
 
 __all__ = ["POOL_PAGES", "ShadowPageTables"]
 

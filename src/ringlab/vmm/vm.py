@@ -17,11 +17,11 @@ from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.p2m import P2M
 from ringlab.machine.platform import DeviceBackEnd, RunResult
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
-from ringlab.vmm.p2m import P2M
 from ringlab.vmm.paging import DirectPaging, Paging
 from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
 from ringlab.vmm.technique import Stop, Technique
