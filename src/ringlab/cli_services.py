@@ -985,7 +985,7 @@ def add_service_commands(sub: Any) -> None:
     json_flag(q)
     for name, summary in (
         ("describe", "show one VM"),
-        ("start", "start a created VM (it becomes runnable)"),
+        ("start", "start a created VM, or boot an ended one afresh (as 'virsh start' does)"),
         ("pause", "pause a running VM"),
         ("resume", "resume a paused VM"),
         ("stop", "stop a VM for good (it ends with reason 'stopped')"),

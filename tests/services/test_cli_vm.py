@@ -200,8 +200,8 @@ def test_every_service_command_and_vm_action_has_a_one_line_description(
         assert re.search(rf"^\s+{action}\s+\S", actions, re.M), action
         text = " ".join(help_text(capsys, "vm", action).split())
         assert "--hypervisor HOST:PORT" in text and "--token TOKEN" in text, action
-    for command in (("up",), ("top",), ("vm", "wait")):
-        assert "default" in " ".join(help_text(capsys, *command).split()), command
+    for words in (("up",), ("top",), ("vm", "wait")):
+        assert "default" in " ".join(help_text(capsys, *words).split()), words
 
 
 def test_second_vm_create_with_another_definition_is_refused(target: str) -> None:

@@ -50,13 +50,15 @@ def default_state_dir(port: int) -> Path:
     return Path(base) / "ringlab" / str(port)
 
 
-def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
-    """The last ``lines`` lines of ``path`` ("" when there is none)."""
+def log_tail(path: Path, lines: int = TAIL_LINES, prefix: str = "  | ") -> str:
+    """The last ``lines`` lines of ``path``, each after ``prefix`` (quoted, so that they read as
+    the log's, not as this program's own output); "" when there is none."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return "".join(deque(f, maxlen=lines)).rstrip()
+            tail = [line.rstrip("\n") for line in deque(f, maxlen=lines)]
     except OSError:
         return ""
+    return "\n".join(prefix + line for line in tail)
 
 
 @dataclass
