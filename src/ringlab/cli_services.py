@@ -610,6 +610,7 @@ def _create(args: argparse.Namespace, client: Client) -> Any:
         weight=args.weight,
         cap=args.cap,
         start=args.start,
+        defines=defines,  # recorded with the VM (the image is built here, with them)
     )
     return client.call(client.stub.CreateVm, request, timeout=30)
 
@@ -831,7 +832,8 @@ def add_client_flags(
         "--token",
         default=argparse.SUPPRESS if suppress else _token_default(),
         metavar="TOKEN",
-        help="the bearer token to send (default: $RINGLAB_TOKEN; none when unset)",
+        help=("with --via: " if token_only else "")
+        + "the bearer token to send (default: $RINGLAB_TOKEN; none when unset)",
     )
 
 

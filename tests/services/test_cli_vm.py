@@ -11,7 +11,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -247,6 +247,18 @@ def test_vm_create_program_that_does_not_assemble_is_a_usage_error(target: str, 
         no_traceback(done)
 
 
+def test_vm_create_with_a_launcher_and_settings_it_cannot_carry_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ringlab.cli import main
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    for extra in (["--cap", "50"], ["-D", "ROUNDS=2"], ["--program", program(tmp_path, ANSWER)]):
+        code = main(["vm", "create", "x", "--launcher", "process", *extra, "--hypervisor", nowhere])
+        err = capsys.readouterr().err
+        assert code == 2 and "--launcher" in err and extra[0] in err, err
+
+
 def test_vm_create_define_reaches_the_workload(target: str) -> None:
     name = unique("rounds")
     made = ringlab("vm", "create", name, "--workload", "compute", "-D", "ROUNDS=1", "--start",
@@ -330,8 +342,11 @@ def test_top_shows_exits_by_reason_and_piped_tables_are_not_cut(target: str) -> 
         assert name in done.stdout and "…" not in done.stdout, done.stdout
 
 
-def _pty_run(args: list[str], *, quit_after: str | None = None, timeout: float = 60) -> tuple[int, str]:
-    """Run ringlab on an 80-column pseudo-terminal; type ``quit_after`` once it has drawn something."""
+def _pty_run(
+    args: list[str], when: str, then: Callable[[int], object], timeout: float = 60
+) -> tuple[int, str]:
+    """Run ringlab on an 80-column pseudo-terminal; once its output shows ``when``, call ``then``
+    with the terminal's master side (to type on it); return the status and what it showed."""
     import fcntl
     import pty
     import struct
@@ -346,7 +361,7 @@ def _pty_run(args: list[str], *, quit_after: str | None = None, timeout: float =
     os.close(slave)
     out = b""
     deadline = time.monotonic() + timeout  # a safety net only
-    typed = quit_after is None
+    done = False
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 0.1)
@@ -358,9 +373,9 @@ def _pty_run(args: list[str], *, quit_after: str | None = None, timeout: float =
                 if not chunk:
                     break
                 out += chunk
-            if not typed and b"exits by reason" in out:
-                os.write(master, (quit_after or "").encode())
-                typed = True
+            if not done and when in ANSI.sub("", out.decode("utf-8", errors="replace")):
+                then(master)
+                done = True
             if process.poll() is not None and not ready:
                 break
         code = process.wait(timeout=30)
@@ -373,8 +388,26 @@ def _pty_run(args: list[str], *, quit_after: str | None = None, timeout: float =
 
 def test_top_quits_on_q_and_fits_80_columns(target: str) -> None:
     assert ringlab("vm", "create", unique("wide-" + "y" * 40), "--hypervisor", target).returncode == 0
-    code, screen = _pty_run(["top", "--hypervisor", target, "--interval", "0.2"], quit_after="q")
+    code, screen = _pty_run(
+        ["top", "--hypervisor", target, "--interval", "0.2"],
+        "exits by reason",
+        lambda tty: os.write(tty, b"q"),
+    )
     assert code == 0, screen
     assert "exits by reason" in screen and "pCPUs" in screen, screen
     assert "…" not in screen
     assert all(len(line) <= 80 for line in screen.replace("\r", "\n").splitlines()), screen
+
+
+def test_vm_wait_shows_the_vms_status_while_it_waits_on_a_terminal(target: str, tmp_path: Path) -> None:
+    name = unique("watched")
+    made = ringlab("vm", "create", name, "--program", program(tmp_path, RUNS_FOREVER), "--start",
+                   "--hypervisor", target)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    code, screen = _pty_run(
+        ["vm", "wait", name, "--hypervisor", target],
+        f"waiting for VM {name}:",
+        lambda tty: ringlab("vm", "stop", name, "--hypervisor", target),
+    )
+    assert code == 0, screen
+    assert f"{name}: stopped" in screen, screen
