@@ -14,24 +14,24 @@ from ringlab.guestos.build import build_image
 from ringlab.machine import Exit, ExitReason
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.v1 import hypervisor_pb2
-from ringlab.vmm import VM, make_technique
+from ringlab.vmm import VM, InProcessCore, make_technique
 from tests.services.conftest import Deployment, unique
 
 
 def _core_exits_in_process(technique: str, workload: str) -> tuple[Counter[str], int]:
     """The core's exits by reason, and the translated code's callouts (bt), in-process."""
     kernel = "paravirt" if technique == "pv" else "stock"
-    vm = VM(build_image(workload, kernel), make_technique(technique))
     exits: Counter[str] = Counter()
-    core = vm.run_core
 
-    def counted(budget: int) -> Exit:
-        exit = core(budget)
-        if exit.reason is not ExitReason.BUDGET:
-            exits[exit.reason.value] += 1
-        return exit
+    class Counted(InProcessCore):
+        @staticmethod
+        def run_core(vm: VM, budget: int) -> Exit:
+            exit = InProcessCore.run_core(vm, budget)
+            if exit.reason is not ExitReason.BUDGET:
+                exits[exit.reason.value] += 1
+            return exit
 
-    vm.run_core = counted
+    vm = VM(build_image(workload, kernel), make_technique(technique), runner=Counted())
     assert vm.run().reason == "poweroff"
     return exits, vm.counters.callouts
 

@@ -7,6 +7,7 @@ and by the other side's self-checks (a page left writable) must never run again 
 from __future__ import annotations
 
 from ringlab.guestos.build import build_image
+from ringlab.image import Image
 from ringlab.machine import Cpu, Exit, ExitReason, Memory
 from ringlab.machine.context import apply_delta, take_delta, track
 from ringlab.vmm import VM, make_technique
@@ -16,19 +17,29 @@ from tests.vmm.conftest import native, observable, program
 from tests.vmm.test_bt_fast_path import _loop, _sum
 
 
-def _split(vm: VM) -> dict[str, int]:
-    """Give ``vm`` a second CPU that runs its guest code and its translation; returns what crossed."""
-    here = vm.cpu
-    there = Cpu(Memory(here.memory.size), here.state.copy())
-    there.memory.data[:] = here.memory.data
-    track(here)
-    track(there)
-    executor = Executor(there)
-    bt = vm.technique
-    assert isinstance(bt, BinaryTranslation)
-    crossed = {"switches": 0, "events": 0, "reset": 1}
+class _Split:
+    """A ``CoreRunner`` with a second CPU that runs the VM's guest code and its translation;
+    ``crossed`` counts what crossed."""
 
-    def switch(budget: int, translated: bool) -> Exit | ToVmm:
+    remote = True
+
+    def __init__(self) -> None:
+        self.crossed = {"switches": 0, "events": 0, "reset": 1}
+        self.there: Cpu | None = None
+        self.executor: Executor | None = None
+
+    def switch(self, vm: VM, budget: int, translated: bool) -> Exit | ToVmm:
+        here, crossed = vm.cpu, self.crossed
+        if self.there is None:  # the first switch: the other CPU starts as a copy of this one
+            self.there = Cpu(Memory(here.memory.size), here.state.copy())
+            self.there.memory.data[:] = here.memory.data
+            track(here)
+            track(self.there)
+            self.executor = Executor(self.there)
+        there, executor = self.there, self.executor
+        assert executor is not None
+        bt = vm.technique
+        assert isinstance(bt, BinaryTranslation)
         apply_delta(there, take_delta(here, there.stats.retired))
         there.controls = here.controls
         before = there.stats.retired
@@ -51,22 +62,26 @@ def _split(vm: VM) -> dict[str, int]:
             here.expect_in(outcome.register)
         return outcome
 
-    def run_core(budget: int) -> Exit:
-        outcome = switch(budget, False)
+    def run_core(self, vm: VM, budget: int) -> Exit:
+        outcome = self.switch(vm, budget, False)
         assert isinstance(outcome, Exit)
         return outcome
 
-    vm.run_core = run_core
-    vm.run_translated = lambda budget: switch(budget, True)
-    return crossed
+    def run_translated(self, vm: VM, budget: int) -> Exit | ToVmm:
+        return self.switch(vm, budget, True)
+
+
+def _split(image: Image) -> tuple[VM, dict[str, int]]:
+    """A bt VM whose guest code and translation run on a second CPU; returns it and what crossed."""
+    split = _Split()
+    return VM(image, make_technique("bt"), runner=split), split.crossed
 
 
 def test_self_modifying_kernel_code_runs_the_same_with_the_translation_on_the_other_cpu() -> None:
     for shared_data in (False, True):  # write-protected pages, then self-checking ones
         source = _loop(3, shared_data=shared_data)
         image = program(source)
-        machine = VM(image, make_technique("bt"))
-        crossed = _split(machine)
+        machine, crossed = _split(image)
         result = machine.run(1_000_000).to_json()
         expected = native(image)
         assert observable(result) == observable(expected)
@@ -77,8 +92,7 @@ def test_self_modifying_kernel_code_runs_the_same_with_the_translation_on_the_ot
 
 def test_a_workload_with_its_translation_on_the_other_cpu_equals_the_in_process_run() -> None:
     image = build_image("spawnwait", "stock")
-    machine = VM(image, make_technique("bt"))
-    _split(machine)
+    machine, _crossed = _split(image)
     got = machine.run().to_json()
     want = VM(image, make_technique("bt")).run().to_json()
     assert (got["console"], got["exit"], got["registers"]) == (

@@ -1,14 +1,14 @@
 """A VM as the hypervisor holds it: the VMM's whole state for one VM and its copy of the vCPU.
 
 ``ringlab.vmm.VM`` is the VMM of one VM (virtual CPU, shadow page tables, P2M, translation
-cache, device back end, counters).  ``VM.run_core``, the one place a technique runs guest code on
-the core, becomes a world switch here: what the handlers changed since the last exit goes to the
-pCPU with ``RunVcpu``, the pCPU runs the guest until its next exit, and what that run changed
-comes back (``ringlab.machine.context``).  The technique's one handler then handles the exit
+cache, device back end, counters).  Its ``CoreRunner``, the one place a technique runs guest code
+on the core, is ``RemoteVm`` here: each run is a world switch, what the handlers changed since the
+last exit goes to the pCPU with ``RunVcpu``, the pCPU runs the guest until its next exit, and what
+that run changed comes back (``ringlab.machine.context``).  The technique's one handler then handles the exit
 here, on this copy, exactly as in-process: emulation, hypercalls, shadow syncs, translation and
 devices all happen in the hypervisor; the pCPU only does what hardware does.
 
-Under ``bt`` the guest kernel's translation runs on the pCPU too (``VM.run_translated``): the
+Under ``bt`` the guest kernel's translation runs on the pCPU too (``run_translated``): the
 hypervisor translates on a miss and installs the block there, and every call the translated code
 makes into the VMM (a callout, a fault, a deliverable tick) ends the pCPU's run and is answered
 here (``ringlab.vmm.translated``).
@@ -43,7 +43,7 @@ from ringlab.rpc.convert import (
     tc_run_to_proto,
 )
 from ringlab.v1 import common_pb2, cpu_pb2
-from ringlab.vmm import TECHNIQUES, VM, Stop, make_technique
+from ringlab.vmm import IN_PROCESS, TECHNIQUES, VM, CoreRunner, Stop, make_technique
 from ringlab.vmm.bt import BinaryTranslation
 from ringlab.vmm.costs import vmm_cycles
 from ringlab.vmm.translated import ToVmm
@@ -61,7 +61,7 @@ Link = Callable[
 run instead of the core) -> the pCPU's run."""
 
 
-def new_vm(definition: dict[str, Any], image: Image) -> VM:
+def new_vm(definition: dict[str, Any], image: Image, runner: CoreRunner = IN_PROCESS) -> VM:
     """The VM a definition describes, booted (the state ``CreateVm`` stores as commit 0)."""
     technique = make_technique(definition["technique"], nested_paging=bool(definition.get("nested_paging")))
     return VM(
@@ -69,15 +69,19 @@ def new_vm(definition: dict[str, Any], image: Image) -> VM:
         technique,
         memory_size=int(definition["memory_size"]),
         input=str(definition.get("input", "")).encode("latin-1"),
+        runner=runner,
     )
 
 
 class RemoteVm:
-    """The hypervisor's VMM for one VM, rebuilt at its commit of ``retired`` instructions; its
-    core runs cross to the pCPU through ``link`` (set per slice by the driver)."""
+    """The hypervisor's VMM for one VM, rebuilt at its commit of ``retired`` instructions, and
+    the ``CoreRunner`` of its VM: once rebuilt, its core runs cross to the pCPU through ``link``
+    (set per slice by the driver)."""
 
     def __init__(self, definition: dict[str, Any], image: Image, retired: int) -> None:
-        self.vm = vm = new_vm(definition, image)
+        self.remote = False
+        """False while the replay runs the VM in-process; then every core run is a world switch."""
+        self.vm = vm = new_vm(definition, image, runner=self)
         if retired:
             outcome = vm.advance(retired)  # the replay: in-process, on this copy's own core
             if vm.cpu.stats.retired != retired or isinstance(outcome, Stop):
@@ -93,25 +97,27 @@ class RemoteVm:
         self._as_sent: tuple[dict[str, Any], dict[str, Any]] | None = None
         """Registers and counters as the pCPU returned them at the last switch."""
         self._controls: tuple[Any, common_pb2.Controls] | None = None
-        vm.run_core = self._run_core
         self._tc_reset = True
         """The pCPU may hold translations of an earlier copy of this VM: forget them first."""
-        if isinstance(vm.technique, BinaryTranslation):
-            vm.run_translated = self._run_translated
+        self.remote = True
         vm.yield_when_idle = True  # an idle guest yields its slice, whoever emulated its hlt
 
-    def _run_core(self, budget: int) -> Exit:
-        """A world switch: the guest runs on the pCPU until its next exit."""
+    # -- the VM's CoreRunner -------------------------------------------------------------------
+    def run_core(self, vm: VM, budget: int) -> Exit:
+        """A world switch: the guest runs on the pCPU until its next exit (during the replay, on
+        this copy's own core)."""
+        if not self.remote:
+            return IN_PROCESS.run_core(vm, budget)
         return exit_from_proto(self._switch(budget, None).exit)
 
-    def _run_translated(self, budget: int) -> Exit | ToVmm:
+    def run_translated(self, vm: VM, budget: int) -> Exit | ToVmm:
         """bt: the guest kernel's translation runs on the pCPU until it exits or calls the VMM."""
-        bt = self.vm.technique
+        bt = vm.technique
         assert isinstance(bt, BinaryTranslation)
-        response = self._switch(budget, tc_run_to_proto(bt.tc_run(self.vm, reset=self._tc_reset)))
+        response = self._switch(budget, tc_run_to_proto(bt.tc_run(vm, reset=self._tc_reset)))
         self._tc_reset = False
         report = tc_report_from_proto(response.tc)
-        bt.tc_report(self.vm, report)
+        bt.tc_report(vm, report)
         if not report.event:
             return exit_from_proto(response.exit)
         fault = None if report.fault is None else Fault(*report.fault)

@@ -6,7 +6,7 @@ At every switch the side that ran hands the other a ``ContextDelta``: all regist
 (a few hundred bytes), the pages it wrote since the previous switch (``Memory.take_recent``, the
 dirty log KVM keeps for migration) and the TLB maintenance it did (``Mmu.log``), so both copies
 are equal again before the other side touches them.  In-process the two sides are one ``Cpu`` and
-nothing is copied (``ringlab.vmm.VM.run_core``).
+nothing is copied (``ringlab.vmm.InProcessCore``, the default ``CoreRunner``).
 
 ``base`` guards the protocol: a delta applies only to a copy at the retired-instruction count the
 sender last saw, so a pCPU that lost its copy (it restarted and reloaded an older commit) refuses

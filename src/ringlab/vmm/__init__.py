@@ -12,9 +12,20 @@ from __future__ import annotations
 from ringlab.errors import UsageError
 from ringlab.image import Image
 from ringlab.vmm.technique import Stop, Technique
-from ringlab.vmm.vm import VM, VmRunResult
+from ringlab.vmm.vm import IN_PROCESS, VM, CoreRunner, InProcessCore, VmRunResult
 
-__all__ = ["TECHNIQUES", "VM", "Stop", "Technique", "VmRunResult", "make_technique", "run_vm"]
+__all__ = [
+    "IN_PROCESS",
+    "TECHNIQUES",
+    "VM",
+    "CoreRunner",
+    "InProcessCore",
+    "Stop",
+    "Technique",
+    "VmRunResult",
+    "make_technique",
+    "run_vm",
+]
 
 TECHNIQUES: tuple[str, ...] = ("native", "trap-emulate", "bt", "pv", "hw")
 

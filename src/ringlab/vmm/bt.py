@@ -9,8 +9,8 @@ escapes: ``popf`` restores the virtual IF, ``pushf`` shows it, ``iret`` to user 
 and the guest is equivalent to native, virtual time included.
 
 The loop that runs the translation is ``translated.py``: in-process it calls this VMM directly;
-through the services it runs on the pCPU (``VM.run_translated``) and each call into the VMM comes
-back here as an event (``_run_remote``).
+through the services it runs on the pCPU (the VM's ``CoreRunner.run_translated``) and each call
+into the VMM comes back here as an event (``_run_remote``).
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ class BinaryTranslation:
     # -- running -------------------------------------------------------------------------------
     def run(self, vm: VM, budget: int) -> Exit | Stop:
         if vm.vcpu.cpl == 3:
-            return vm.run_core(budget)  # user code: directly on the core
+            return vm.runner.run_core(vm, budget)  # user code: directly on the core
         end = vm.cpu.stats.retired + budget
         assert self.cache is not None
         port = _VmmPort(self, vm)
-        if vm.run_translated is None:  # in-process: the translation runs beside the VMM
+        if not vm.runner.remote:  # in-process: the translation runs beside the VMM
             exit = run_translated(vm, self.cache, port, end, self.state, lambda: vm.counters.shadow_flushes)
         else:
             exit = self._run_remote(vm, port, end)
@@ -91,12 +91,12 @@ class BinaryTranslation:
     def _run_remote(self, vm: VM, port: _VmmPort, end: int) -> Exit | Stop:
         """The translation runs on the pCPU; each call it makes into the VMM comes back here as
         an event, is answered on this copy of the vCPU, and the translation runs on."""
-        assert vm.run_translated is not None and self.cache is not None
+        assert self.cache is not None
         stats = vm.cpu.stats
         while True:
             if vm.vcpu.cpl == 3 or stats.retired >= end:
                 return YIELD
-            outcome = vm.run_translated(end - stats.retired)
+            outcome = vm.runner.run_translated(vm, end - stats.retired)
             if isinstance(outcome, Exit):
                 return outcome
             result: Exit | Stop | None

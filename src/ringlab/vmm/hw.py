@@ -94,7 +94,7 @@ class Hw:
             vm.cpu.mmu.second_stage = vm.p2m
 
     def run(self, vm: VM, budget: int) -> Exit:
-        return vm.run_core(budget)
+        return vm.runner.run_core(vm, budget)
 
     def _exit(self, vm: VM, reason: R) -> None:
         vm.counters.vm_exits[reason.label] += 1

@@ -30,7 +30,7 @@ class Native:
         pass
 
     def run(self, vm: VM, budget: int) -> Exit:
-        return vm.run_core(budget)
+        return vm.runner.run_core(vm, budget)
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit.reason:

@@ -57,7 +57,7 @@ class Paravirt:
         vm.deprivilege.apply(vm.cpu.state, vm.vcpu)
 
     def run(self, vm: VM, budget: int) -> Exit | Stop:
-        return vm.run_core(budget)
+        return vm.runner.run_core(vm, budget)
 
     # -- the shared page -------------------------------------------------------------------------
     def _load(self, vm: VM) -> None:

@@ -61,7 +61,7 @@ class TrapEmulate:
         pass
 
     def run(self, vm: VM, budget: int) -> Exit:
-        return vm.run_core(budget)
+        return vm.runner.run_core(vm, budget)
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         cpu = vm.cpu

@@ -3,6 +3,10 @@
 ``VM.run`` is the VMM's main loop: let the technique run a slice of guest execution, hand the
 exit to the technique's single handler, repeat until the guest stops.  The services layer runs
 the same object with a slice per pCPU lease; in-process every exit is a function call.
+
+What runs the guest on a core is the VM's ``CoreRunner``, a constructor argument (the world
+switch's seam, as unicorn registers hooks): ``InProcessCore`` by default, the VM's own ``Cpu``; the
+hypervisor service passes one whose every run is a world switch to a pCPU.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
@@ -30,7 +34,7 @@ from ringlab.vmm.vcpu import SYS_FLAGS, VirtualCpu
 if TYPE_CHECKING:
     from ringlab.vmm.translated import ToVmm
 
-__all__ = ["VM", "VmRunResult"]
+__all__ = ["IN_PROCESS", "VM", "CoreRunner", "InProcessCore", "VmRunResult"]
 
 ESP = 4
 _SLICE = 1 << 40
@@ -57,6 +61,45 @@ class VmRunResult(RunResult):
         return out
 
 
+class CoreRunner(Protocol):
+    """What runs a VM's guest code on a core.  In-process (``InProcessCore``) it is a call to the
+    VM's own ``Cpu``; the hypervisor service makes every run a world switch to the pCPU that holds
+    the other copy of this vCPU (``machine.context``), so every exit is handled here all the same."""
+
+    @property
+    def remote(self) -> bool:
+        """Whether the core is across a world switch: bt then runs its translation there too
+        (``run_translated``) and answers each call it makes into the VMM (``bt._run_remote``);
+        else the VMM runs the translation itself, beside it (``translated.run_translated``)."""
+        ...
+
+    def run_core(self, vm: VM, budget: int) -> Exit:
+        """Run the guest on the core until an exit or ``budget`` more retired instructions."""
+        ...
+
+    def run_translated(self, vm: VM, budget: int) -> Exit | ToVmm:
+        """bt, when ``remote``: run the guest kernel's translation on the core until it exits (an
+        ``Exit``) or calls the VMM (the ``ToVmm`` that ended the run)."""
+        ...
+
+
+class InProcessCore:
+    """The VM's own ``Cpu``: every run is a function call (``ringlab run``, ``ringlab boot``)."""
+
+    remote = False
+
+    @staticmethod
+    def run_core(vm: VM, budget: int) -> Exit:
+        return vm.cpu.run(budget)
+
+    @staticmethod
+    def run_translated(vm: VM, budget: int) -> Exit | ToVmm:
+        raise NotImplementedError("in-process, bt runs its translation beside the VMM (translated.py)")
+
+
+IN_PROCESS: CoreRunner = InProcessCore()
+
+
 class VM:
     def __init__(
         self,
@@ -66,6 +109,7 @@ class VM:
         memory_size: int = 4 << 20,
         input: bytes = b"",
         fast: bool = True,
+        runner: CoreRunner = IN_PROCESS,
     ) -> None:
         if image.base < 0 or image.end > memory_size:
             raise ImageError(
@@ -78,15 +122,10 @@ class VM:
         self.image = image
         self.memory_size = memory_size
         self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
-        self.run_core: Callable[[int], Exit] = self.cpu.run
-        self.run_translated: Callable[[int], Exit | ToVmm] | None = None
-        """bt through the services: run the guest kernel's translation on the pCPU (an ``Exit``,
-        or the call into the VMM that ended the run); None in-process."""
+        self.runner = runner
+        """What runs the guest on a core: every technique's ``run`` goes through it."""
         self.yield_when_idle = False
         """``advance`` returns when an emulated ``hlt`` idled (the services' scheduling)."""
-        """Run the guest on the core until an exit (``Cpu.run``).  In-process it is a call; the
-        hypervisor service makes it a world switch to the pCPU that holds the other copy of
-        this vCPU (``machine.context``), so every exit is handled here all the same."""
         self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM
         self.p2m = P2M(memory_size)
         self.counters = EventCounter()
