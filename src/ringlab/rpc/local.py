@@ -130,6 +130,10 @@ class LocalDeployment:
             d._spawn("hypervisor", "ringlab_hypervisor", ["--listen", listen, *extra], env)
             for target, service in zip([*d.cpus, d.hypervisor], d.services, strict=True):
                 d._wait_serving(target, service, timeout)
+        except DeploymentError:
+            d._own_state = False  # keep the logs the error names, even in a temporary folder
+            d.stop()
+            raise
         except BaseException:
             d.stop()
             raise
