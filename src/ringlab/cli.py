@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlab import __version__
-from ringlab.errors import AssemblyError, ImageError, RinglabError, UsageError
+from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
 from ringlab.exitstatus import (
     EXIT_DEPLOYMENT,
     EXIT_INTERNAL,
@@ -644,6 +644,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = debug or args.debug
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
+    except DeploymentFailed as exc:
+        _traceback(debug)
+        print(f"ringlab: {exc}", file=sys.stderr)
+        return EXIT_DEPLOYMENT
     except RinglabError as exc:
         # Bad usage, assembly errors (file:line:column: reason) and malformed images.
         _traceback(debug)
@@ -673,21 +677,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-_DEPLOYMENT_FAILURES = (
-    ("ringlab.cli_services", "DeploymentFailed"),
-    ("ringlab.rpc.local", "DeploymentError"),
-)
-"""Exceptions that say a deployment could not start or refused a call (status 3), by module: a
-command that starts or calls a deployment (demo, bench --suite contention/services) has imported
-the module by the time one is raised."""
-
-
 def _deployment_failure(exc: Exception) -> str | None:
-    """What to print for an exception that says a deployment failed, or None for any other."""
-    for module, name in _DEPLOYMENT_FAILURES:
-        kind = getattr(sys.modules.get(module), name, None)
-        if isinstance(kind, type) and isinstance(exc, kind):
-            return str(exc)
+    """What to print for a gRPC error that escaped a command (demo, bench through a deployment),
+    or None for any other exception: the client commands raise DeploymentFailed themselves."""
     grpc = sys.modules.get("grpc")
     rpc_error = getattr(grpc, "RpcError", None)
     if isinstance(rpc_error, type) and isinstance(exc, rpc_error):

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from ringlab.errors import DeploymentFailed
 from ringlab.launch import LaunchError, guest_spec, make_launcher
 
 __all__ = ["add_launcher_flags", "create_via_launcher", "remove_launched"]
@@ -43,10 +44,9 @@ def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
     """Launch the guest service for ``args.name`` and return the VM it created (a hypervisor ``Vm``).
 
     Raises UsageError (status 2) for settings a guest service does not take, and
-    ``cli_services.DeploymentFailed`` (status 3) when the launch or the VM's registration fails."""
+    ``ringlab.errors.DeploymentFailed`` (status 3) when the launch or the VM's registration fails."""
     import grpc
 
-    from ringlab.cli_services import DeploymentFailed
     from ringlab.errors import UsageError
     from ringlab.v1 import hypervisor_pb2
 

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ringlab.errors import UsageError
+from ringlab.errors import DeploymentFailed, UsageError
 from ringlab.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
 
 __all__ = [
     "DEFAULT_HYPERVISOR",
-    "DeploymentFailed",
     "add_client_flags",
     "add_service_commands",
     "run_via",
@@ -46,8 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_HYPERVISOR = "127.0.0.1:50051"
-EXIT_UNREACHABLE = EXIT_DEPLOYMENT
-"""The former name of status 3."""
 MAX_WEIGHT = 65535
 """The largest credit-scheduler weight, as in Xen's credit scheduler."""
 MAX_PCPUS = 64
@@ -67,15 +64,6 @@ def _hypervisor_default() -> str:
 
 def _token_default() -> str:
     return os.environ.get("RINGLAB_TOKEN", "")
-
-
-class DeploymentFailed(Exception):
-    """A call to the deployment failed, or the deployment could not start; the message says which
-    status and what to do.  Exit status 3."""
-
-
-Unreachable = DeploymentFailed
-"""The former name."""
 
 
 # -- option values -----------------------------------------------------------------------------------
@@ -339,7 +327,7 @@ def _hint(address: str, token: str) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
 
-    from ringlab.rpc.local import DeploymentError, LocalDeployment, default_state_dir
+    from ringlab.rpc.local import LocalDeployment, default_state_dir
     from ringlab.store.server import free_port
 
     host, port = _split_address(args.listen)
@@ -395,7 +383,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 state_dir=state,
                 echo=args.verbose,
             )
-    except DeploymentError as exc:
+    except DeploymentFailed as exc:
         print(f"ringlab: the deployment did not start: {exc}", file=sys.stderr)
         return EXIT_DEPLOYMENT
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ deployment's state folder, ``STATE/cpu0.log`` ... ``STATE/hypervisor.log``, neve
 terminal of whoever started it; ``echo=True`` (``ringlab up --verbose``) copies the lines to
 stderr as well, each prefixed with its service.  Without a state folder the logs go to a
 temporary folder that ``stop()`` removes.  A service that fails to start raises
-:class:`DeploymentError` with the last lines of its log.
+:class:`DeploymentFailed` with the last lines of its log.
 """
 
 from __future__ import annotations
@@ -28,20 +28,16 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ringlab.errors import DeploymentFailed
 from ringlab.store import LocalRedis
 from ringlab.store.server import free_port
 
-__all__ = ["DeploymentError", "LocalDeployment", "default_state_dir", "log_tail"]
+__all__ = ["LocalDeployment", "default_state_dir", "log_tail"]
 
 TAIL_LINES = 15
 """How many lines of a failed service's log its error shows."""
 
 _ANY_HOST = ("", "0.0.0.0", "::", "[::]")
-
-
-class DeploymentError(RuntimeError):
-    """A service of the deployment could not start (or stopped): the message says which, and
-    ends with the last lines of its log."""
 
 
 def default_state_dir(port: int) -> Path:
@@ -102,7 +98,7 @@ class LocalDeployment:
         on ``hypervisor_host:hypervisor_port`` (0: a free port), and wait until each serves.
 
         Logs go to ``state_dir`` (created if needed; default: a temporary folder removed by
-        ``stop()``), and with ``echo`` to stderr as well.  Raises DeploymentError when a service
+        ``stop()``), and with ``echo`` to stderr as well.  Raises DeploymentFailed when a service
         does not start."""
         if pcpus < 1:
             raise ValueError(f"a deployment needs at least one pCPU, got pcpus={pcpus}")
@@ -130,7 +126,7 @@ class LocalDeployment:
             d._spawn("hypervisor", "ringlab_hypervisor", ["--listen", listen, *extra], env)
             for target, service in zip([*d.cpus, d.hypervisor], d.services, strict=True):
                 d._wait_serving(target, service, timeout)
-        except DeploymentError:
+        except DeploymentFailed:
             d._own_state = False  # keep the logs the error names, even in a temporary folder
             d.stop()
             raise
@@ -189,7 +185,7 @@ class LocalDeployment:
             while True:
                 failed = self.failed()
                 if failed is not None:
-                    raise DeploymentError(self.describe_exit(failed, "exited while starting"))
+                    raise DeploymentFailed(self.describe_exit(failed, "exited while starting"))
                 try:
                     # types-grpcio-health-checking declares HealthStub without its methods
                     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # type: ignore[attr-defined]
@@ -199,7 +195,7 @@ class LocalDeployment:
                     pass
                 if time.monotonic() > deadline:
                     tail = log_tail(service.log)
-                    raise DeploymentError(
+                    raise DeploymentFailed(
                         f"the {service.name} service ({target}) did not report SERVING within "
                         f"{timeout:.0f} s; its log ({service.log})"
                         + (f" ends with:\n{tail}" if tail else " is empty")
