@@ -151,7 +151,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             if request.budget:
                 cached.clean = False
             generation = cached.generation
-            vmm_turn = report is not None and report.event != ""
+            vmm_turn = report is not None and report.event is not None
             if request.HasField("commit") and (
                 request.budget == 0 or (exit.reason in _SLICE_END and not vmm_turn)
             ):

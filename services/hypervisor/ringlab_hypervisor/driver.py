@@ -35,6 +35,7 @@ from ringlab.sched import CreditPolicy, Entry, SliceOutcome
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm import Stop
+from ringlab.vmm.translated import VmmCall
 from ringlab_hypervisor.remote import RemoteVm, stop_status
 
 __all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
@@ -319,7 +320,7 @@ class PcpuDriver(threading.Thread):
                 self._committed(rt, response, len(guest.devices.console))
             name = ""
             if response.HasField("tc") and response.tc.event:  # translated code called the VMM
-                name = f"translation_{response.tc.event}"
+                name = VmmCall(response.tc.event).exit_name
             elif response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
                 name = REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
             if name:

@@ -118,7 +118,7 @@ class RemoteVm:
         self._tc_reset = False
         report = tc_report_from_proto(response.tc)
         bt.tc_report(vm, report)
-        if not report.event:
+        if report.event is None:
             return exit_from_proto(response.exit)
         fault = None if report.fault is None else Fault(*report.fault)
         insn = decode(report.instruction) if report.instruction else None

@@ -10,7 +10,7 @@ from ringlab.machine import Controls, Exit, ExitReason
 from ringlab.machine.context import ContextDelta
 from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
-from ringlab.vmm.translated import BlockSpec, TcReport, TcRun
+from ringlab.vmm.translated import BlockSpec, TcReport, TcRun, VmmCall
 
 __all__ = [
     "EXIT_REASONS",
@@ -161,7 +161,7 @@ def tc_report_to_proto(r: TcReport) -> cpu_pb2.TcReport:
     out = cpu_pb2.TcReport(
         vcpu=r.vcpu,
         step_over=r.step_over,
-        event=r.event,
+        event="" if r.event is None else r.event.value,
         eip=r.eip,
         instruction=r.instruction,
         counts=r.counts,
@@ -195,7 +195,7 @@ def tc_report_from_proto(r: cpu_pb2.TcReport) -> TcReport:
     return TcReport(
         dict(r.vcpu),
         r.step_over,
-        r.event,
+        VmmCall(r.event) if r.event else None,
         r.eip,
         fault,
         r.instruction,

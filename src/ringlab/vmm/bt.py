@@ -34,6 +34,7 @@ from ringlab.vmm.translated import (
     TcReport,
     TcRun,
     TcState,
+    VmmCall,
     load_vcpu,
     run_translated,
     vcpu_dict,
@@ -101,26 +102,26 @@ class BinaryTranslation:
                 return outcome
             result: Exit | Stop | None
             match outcome.event:
-                case "miss":
+                case VmmCall.MISS:
                     try:
                         self.cache.translate_for_peer(outcome.eip, vm.counters.shadow_flushes)
                         result = None
                     except Fault as fault:
                         result = port.fault(fault)
-                case "fault":
+                case VmmCall.FAULT:
                     assert outcome.fault is not None
                     result = port.fault(outcome.fault)
-                case "tick":
+                case VmmCall.TICK:
                     result = port.tick()
-                case "privileged":
+                case VmmCall.PRIVILEGED:
                     result = port.privileged()
-                case "callout":
+                case VmmCall.CALLOUT:
                     assert outcome.insn is not None
                     insn = outcome.insn
                     result = port.callout(Op(kind_of(insn), insn, outcome.eip, 0, HANDLERS[insn.spec.opcode]))
                     if result is None and vm.vcpu.cpl == 3:
                         result = port.to_user()
-                case _:  # "user"
+                case VmmCall.USER:
                     result = port.to_user()
             if result is not None:
                 return result

@@ -1,8 +1,9 @@
 """Executing the translation cache: the loop that runs translated guest-kernel code (bt).
 
 Translated code calls the VMM in five places: a cache miss (translate), a fault, a timer tick the
-virtual IF lets through, an inline op the guest's privilege forbids, and a callout.  ``Port`` is
-those calls.  In-process (``ringlab run``) the port is the VMM itself and the loop goes on after
+virtual IF lets through, an inline op the guest's privilege forbids, and a callout (and it hands
+back to the VMM when the guest enters user mode).  ``VmmCall`` names them, on both sides of the
+world switch; ``Port`` is those calls.  In-process (``ringlab run``) the port is the VMM itself and the loop goes on after
 each call.  On a pCPU (the cpu service), where the VMM is across the world switch, every call
 ends the run with a ``ToVmm`` event instead (``Remote``); the hypervisor makes the same call on
 its copy of the vCPU and runs the translation again.  Either way the same code decides what runs
@@ -15,6 +16,7 @@ that cannot translate), the virtual CPU the inline ops work on, and what it coun
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
@@ -44,6 +46,7 @@ __all__ = [
     "TcRun",
     "TcState",
     "ToVmm",
+    "VmmCall",
     "run_translated",
 ]
 
@@ -54,6 +57,27 @@ YIELD = Exit(ExitReason.BUDGET)
 _DIRECT = Kind.DIRECT
 BT_DEPRIVILEGE = Deprivilege(vmm_tables=False, user_flags_direct=True)
 """bt's ring compression (the kernel at real ring 1; the guest's own tables and, in ring 3, flags)."""
+
+
+class VmmCall(enum.StrEnum):
+    """A call translated code makes into the VMM: its value is its name on the wire (``TcReport.event``)
+    and, as ``exit_name``, among a VM's exits by reason."""
+
+    MISS = "miss"
+    """No translation for the next block: the VMM translates it."""
+    FAULT = "fault"
+    TICK = "tick"
+    """A timer tick the virtual IF lets through."""
+    PRIVILEGED = "privileged"
+    """An inline op (cli/sti) the guest's IOPL forbids: #GP."""
+    CALLOUT = "callout"
+    USER = "user"
+    """The guest entered user mode: deliver what is pending, and back to the VMM loop."""
+
+    @property
+    def exit_name(self) -> str:
+        """Its name among a VM's exits by reason (``translation_miss``, ...)."""
+        return f"translation_{self.value}"
 
 
 class Port(Protocol):
@@ -85,7 +109,9 @@ class TcState:
 class ToVmm(Exception):
     """Translated code on a pCPU needs the VMM: the run ends here (nothing of this step done)."""
 
-    def __init__(self, event: str, eip: int, *, fault: Fault | None = None, insn: Instruction | None = None):
+    def __init__(
+        self, event: VmmCall, eip: int, *, fault: Fault | None = None, insn: Instruction | None = None
+    ):
         super().__init__(event)
         self.event, self.eip, self.fault, self.insn = event, eip, fault, insn
 
@@ -97,19 +123,19 @@ class Remote:
         self.cpu = cpu
 
     def fault(self, fault: Fault) -> Exit | Stop | None:
-        raise ToVmm("fault", self.cpu.state.eip, fault=fault)
+        raise ToVmm(VmmCall.FAULT, self.cpu.state.eip, fault=fault)
 
     def tick(self) -> Exit | Stop | None:
-        raise ToVmm("tick", self.cpu.state.eip)
+        raise ToVmm(VmmCall.TICK, self.cpu.state.eip)
 
     def privileged(self) -> Exit | Stop | None:
-        raise ToVmm("privileged", self.cpu.state.eip)
+        raise ToVmm(VmmCall.PRIVILEGED, self.cpu.state.eip)
 
     def callout(self, op: Op) -> Exit | Stop | None:
-        raise ToVmm("callout", op.eip, insn=op.insn)
+        raise ToVmm(VmmCall.CALLOUT, op.eip, insn=op.insn)
 
     def to_user(self) -> Exit | Stop:
-        raise ToVmm("user", self.cpu.state.eip)
+        raise ToVmm(VmmCall.USER, self.cpu.state.eip)
 
 
 def run_translated(
@@ -250,8 +276,8 @@ class TcReport:
 
     vcpu: dict[str, int]
     step_over: bool
-    event: str = ""
-    """"" (the run ended with the returned exit), or the ``ToVmm`` event."""
+    event: VmmCall | None = None
+    """None (the run ended with the returned exit), or the ``ToVmm`` event."""
     eip: int = 0
     fault: tuple[int, int | None, int | None] | None = None
     instruction: bytes = b""
@@ -309,7 +335,7 @@ class Executor:
         except ToVmm as event:
             return event
         except Untranslated as miss:
-            return ToVmm("miss", miss.eip)
+            return ToVmm(VmmCall.MISS, miss.eip)
         assert isinstance(outcome, Exit), "a pCPU's port never ends the run itself"
         return outcome
 
