@@ -21,7 +21,8 @@ from ringlab.image import Image
 
 __all__ = ["disassemble", "format_instruction"]
 
-_BRANCHES = frozenset({"jmp", "call", *isa.JCC})
+_TARGET_BRANCHES = frozenset({"jmp", "call", *isa.JCC})
+"""Branches whose immediate operand is a code address (shown as its label when there is one)."""
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _COMMENT_COLUMN = 32
 _BYTES_PER_LINE = 8
@@ -55,7 +56,7 @@ def _operand(kind: str, value: isa.Operand, spec: isa.Spec, labels: Mapping[int,
         return f"cr{value}"
     if kind == "i8":
         return str(value)
-    if labels is not None and spec.mnemonic in _BRANCHES and value in labels:
+    if labels is not None and spec.mnemonic in _TARGET_BRANCHES and value in labels:
         return labels[value]
     return _immediate(value)
 
@@ -112,7 +113,7 @@ def _sweep(data: bytes, base: int, boundaries: list[int]) -> list[_Unit]:
 
 def _branch_target(insn: isa.Instruction | None) -> int | None:
     """The absolute target of ``jmp``/``call``/``jcc label``; None for anything else."""
-    if insn is None or insn.mnemonic not in _BRANCHES or insn.spec.form is not isa.Form.I:
+    if insn is None or insn.mnemonic not in _TARGET_BRANCHES or insn.spec.form is not isa.Form.I:
         return None
     target = insn.operands[0]
     return target if isinstance(target, int) else None

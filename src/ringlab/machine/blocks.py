@@ -1,4 +1,4 @@
-"""The block compiler: guest basic blocks as Python functions, in a translation cache.
+"""The block compiler: guest basic blocks as Python functions, cached as ``CompiledBlocks``.
 
 This is the simulated hardware's speed, not binary translation as a virtualization technique
 (that one lives in the hypervisor and translates RL-32 to RL-32).  It must be exactly
@@ -39,11 +39,12 @@ from ringlab.machine import flags as F
 from ringlab.machine.exits import Exit, ExitReason
 from ringlab.machine.faults import Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
+from ringlab.machine.mmu import mode_index
 
 if TYPE_CHECKING:
     from ringlab.machine.cpu import Cpu
 
-__all__ = ["Block", "TranslationCache", "compile_block"]
+__all__ = ["Block", "CompiledBlocks", "compile_block"]
 
 M = 0xFFFFFFFF
 MAX_BLOCK = 64
@@ -81,7 +82,8 @@ _COMPILABLE: dict[str, frozenset[Form] | None] = {
     **{"j" + cc: None for cc in set(JCC.values())},
     "nop": None,
 }
-_BRANCHES = frozenset({"jmp", "call", "ret", *("j" + cc for cc in set(JCC.values()))})
+_ENDS_BLOCK = frozenset({"jmp", "call", "ret", *("j" + cc for cc in set(JCC.values()))})
+"""The control transfers: a block ends with (and includes) the first of them."""
 _LITTLE = sys.byteorder == "little"
 
 # The runtime names the generated code sees (its globals).
@@ -155,7 +157,7 @@ class Block:
 
 
 @dataclass
-class TranslationCache:
+class CompiledBlocks:
     """Compiled blocks by (virtual eip, physical address), and the dispatcher that runs them."""
 
     cpu: Cpu
@@ -248,9 +250,8 @@ class TranslationCache:
                 continue
             if not step_next:
                 eip = s.eip
-                cr0 = s.cr0
                 cpl = s.cs & 3
-                mode = (cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)
+                mode = mode_index(cpl == 3, s.cr0)
                 rc = mmu.read_cache[mode]
                 off = rc.get(eip >> PAGE_SHIFT)
                 if off is not None:
@@ -300,8 +301,7 @@ class TranslationCache:
         mmu = cpu.mmu
         mmu.sync()
         cpl = s.cs & 3
-        cr0 = s.cr0
-        mode = (cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)
+        mode = mode_index(cpl == 3, s.cr0)
         rc = mmu.read_cache[mode]
         wc = mmu.write_cache[mode]
         blocks = self.blocks
@@ -399,7 +399,7 @@ def _decode_block(cpu: Cpu, eip: int, pa: int) -> tuple[list[tuple[int, Instruct
         out.append((veip, ins))
         veip = (veip + spec.length) & M
         p += spec.length
-        if spec.mnemonic in _BRANCHES:
+        if spec.mnemonic in _ENDS_BLOCK:
             break
     return out, (p if out else pa + first_length)
 
@@ -536,7 +536,7 @@ class _Generator:
 
     def physical(self, i: int, mem: Mem | None, cache: str, *, dword: bool, load: str = "") -> None:
         """``p`` = the physical address of the access at ``mem`` (at ``a`` when ``mem`` is None),
-        or a side exit.  A write-cache miss asks ``W`` (``TranslationCache.write_probe``) first,
+        or a side exit.  A write-cache miss asks ``W`` (``CompiledBlocks.write_probe``) first,
         so data writes into a page that also holds code do not leave the block.  With ``load``,
         a byte read goes straight into that register (the side exit happens before it)."""
         a = "a"
@@ -891,7 +891,7 @@ def _emit(gen: _Generator, i: int) -> None:
             gen.exit(gen.n, hex(nxt), side=False)
     else:  # pragma: no cover - _COMPILABLE lists exactly the families above
         raise AssertionError(mn)
-    if last and mn not in _BRANCHES:
+    if last and mn not in _ENDS_BLOCK:
         gen.exit(gen.n, hex(nxt), side=False)
 
 

@@ -2,7 +2,7 @@
 
 ``Cpu.run(budget)`` executes until an exit (``exits.Exit``) or until ``budget`` instructions
 retired.  With ``fast=True`` straight-line code runs as compiled Python blocks
-(``blocks.TranslationCache``); everything else (and every fault) goes through the
+(``blocks.CompiledBlocks``); everything else (and every fault) goes through the
 interpreter's ``step``, so both modes give the same results to the bit and the same
 ``stats.guest``.
 """
@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.isa import BY_OPCODE, MASK32, TABLE, Class, Instruction, decode
-from ringlab.machine.blocks import TranslationCache
+from ringlab.machine.blocks import CompiledBlocks
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import DF, GP, HAS_ERROR_CODE, PF, TIMER, Fault
 from ringlab.machine.flags import IF
 from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SIZE, Memory
-from ringlab.machine.mmu import Mmu
+from ringlab.machine.mmu import Mmu, mode_index
 from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
 
@@ -57,7 +57,7 @@ class Cpu:
         self._intercepted = self._intercepted_opcodes()
         self._pending_in: int | None = None
         self._decoded: dict[int, tuple[Instruction, bytes]] = {}
-        self.translation_cache = TranslationCache(self) if fast else None
+        self.compiled_blocks = CompiledBlocks(self) if fast else None
 
     @classmethod
     def boot(
@@ -97,8 +97,8 @@ class Cpu:
     def controls(self, controls: Controls) -> None:
         self._controls = controls
         self._intercepted = self._intercepted_opcodes()
-        if self.translation_cache is not None:
-            self.translation_cache.clear()  # compiled blocks embed which mnemonics exit
+        if self.compiled_blocks is not None:
+            self.compiled_blocks.clear()  # compiled blocks embed which mnemonics exit
 
     @contextmanager
     def without_intercepts(self) -> Iterator[None]:
@@ -129,19 +129,19 @@ class Cpu:
         if s.halted:
             self.wait_for_tick()
         end = self.stats.retired + budget
-        if self.translation_cache is not None:
-            return self.translation_cache.run(end)
+        if self.compiled_blocks is not None:
+            return self.compiled_blocks.run(end)
         return self.interpret(end)
 
     def run_straight(self, count: int, follow: Callable[[int, int], bool] | None = None) -> int:
         """Run up to ``count`` innocuous instructions from ``eip`` on the fast path; return how
         many retired (0 without the fast path, or when the code there is not compiled).
         ``follow(eip, pa)`` lets the run go on from one compiled block to the next while it
-        says yes (``blocks.TranslationCache.run_straight``)."""
-        if self.translation_cache is None:
+        says yes (``blocks.CompiledBlocks.run_straight``)."""
+        if self.compiled_blocks is None:
             return 0
         self.stats.runs += 1
-        return self.translation_cache.run_straight(count, follow)
+        return self.compiled_blocks.run_straight(count, follow)
 
     def interpret(self, end: int) -> Exit:
         """The pure interpreter's run loop, until an exit or ``stats.retired`` reaches ``end``."""
@@ -191,8 +191,7 @@ class Cpu:
         """The fast path's instruction fetch: the page's translation from the read cache of
         the current mode (fetch needs what a read needs), the decoding from a cache keyed by
         physical address and checked against the bytes (self-modifying code stays exact)."""
-        cr0 = self._state.cr0
-        off = self.mmu.read_cache[(cpl == 3) | ((cr0 >> 15) & 2) | ((cr0 >> 29) & 4)].get(eip >> 12)
+        off = self.mmu.read_cache[mode_index(cpl == 3, self._state.cr0)].get(eip >> 12)
         if off is None:
             return None
         pa = eip + off

@@ -10,7 +10,7 @@ Two pieces of bookkeeping serve the layers above:
   ``clear_dirty`` and ``take_recent`` tell it (through ``on_clear_dirty``) to forget those
   entries, so the next write to the page is seen again.
 * code pages: pages holding compiled blocks.  A write into one calls ``on_code_write`` so the
-  translation cache can drop the blocks the write overlaps.
+  compiled blocks (``blocks.CompiledBlocks``) can drop the blocks the write overlaps.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Memory:
         self._dirty: set[int] = set()
         self._recent: set[int] = set()
         self.code_pages: set[int] = set()
-        """Page numbers that hold compiled code (maintained by the translation cache)."""
+        """Page numbers that hold compiled code (maintained by ``blocks.CompiledBlocks``)."""
         self.on_code_write: Callable[[int, int], None] | None = None
         """Called with (physical address, length) when a write touches a code page."""
         self.on_clear_dirty: list[Callable[[], None]] = []
