@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 
 from ringlab.errors import RinglabError
-from ringlab.guestos.build import WORKLOADS, build_image
+from ringlab.guestos.build import FLAVOURS, WORKLOADS, KernelFlavour, build_image
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -41,6 +41,7 @@ from ringlab.rpc.config import env_default
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.store import InvalidRequest, SharedState
 from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm import TechniqueName
 
 __all__ = ["GuestConfig", "GuestServicer", "main", "parse_mix"]
 
@@ -83,8 +84,8 @@ def resolve_config(args: argparse.Namespace, state: SharedState | None) -> Guest
 def validate(config: GuestConfig) -> None:
     if config.technique not in TECHNIQUES:
         raise InvalidRequest(f"technique {config.technique!r}: choose one of {', '.join(TECHNIQUES)}")
-    if config.kernel not in ("stock", "paravirt"):
-        raise InvalidRequest(f"kernel {config.kernel!r}: choose stock or paravirt")
+    if config.kernel not in FLAVOURS:
+        raise InvalidRequest(f"kernel {config.kernel!r}: choose {' or '.join(FLAVOURS)}")
     if config.workload not in WORKLOADS:
         raise InvalidRequest(f"workload {config.workload!r}: choose one of {', '.join(sorted(WORKLOADS))}")
 
@@ -148,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringlab-guest", description="One Ringlab guest OS owning one VM.")
     add_service_flags(parser, "guest")
     parser.add_argument("--name", default=env_default("GUEST_NAME", "guest"))
-    parser.add_argument("--technique", default=env_default("TECHNIQUE", "native"))
-    parser.add_argument("--kernel", default=env_default("KERNEL", "stock"))
+    parser.add_argument("--technique", default=env_default("TECHNIQUE", TechniqueName.NATIVE.value))
+    parser.add_argument("--kernel", default=env_default("KERNEL", KernelFlavour.STOCK.value))
     parser.add_argument("--workload", default=env_default("WORKLOAD", "hello"))
     parser.add_argument("--weight", type=int, default=int(env_default("WEIGHT", "256")))
     parser.add_argument("--mix", default=env_default("MIX", ""))

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from ringlab.errors import ImageError
-from ringlab.guestos import FLAVOURS, WORKLOADS, build_image
+from ringlab.guestos import FLAVOURS, NO_KERNEL, WORKLOADS, build_image
 from ringlab.image import Image
 from ringlab.machine.stats import Stats
 from ringlab.rpc import (
@@ -35,6 +35,7 @@ from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm import TechniqueName, default_kernel
 from ringlab.vmm.costs import COSTS
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
 from ringlab_hypervisor.remote import SERVICE_TECHNIQUES, new_vm
@@ -104,7 +105,7 @@ def _kernel_and_image(
 ) -> tuple[str, bytes]:
     """The kernel flavour and the image bytes: the raw image sent, or the workload built here."""
     if request.image:
-        kernel = _KERNEL_NAMES.get(request.kernel, "none" if request.kernel == 0 else "")
+        kernel = _KERNEL_NAMES.get(request.kernel, NO_KERNEL if request.kernel == 0 else "")
         if not kernel:
             raise InvalidRequest(f"unknown kernel flavour {request.kernel}")
         return kernel, request.image
@@ -119,7 +120,7 @@ def _kernel_and_image(
             f"unknown workload {request.workload[:40]!r}: valid workloads are {', '.join(WORKLOADS)}"
         )
     if request.kernel == common_pb2.KERNEL_FLAVOUR_UNSPECIFIED:
-        kernel = "paravirt" if technique == "pv" else "stock"
+        kernel = default_kernel(technique)
     else:
         kernel = _KERNEL_NAMES.get(request.kernel, "")
         if kernel not in FLAVOURS:
@@ -146,7 +147,7 @@ def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any]
             f"technique {technique!r} is not available in this hypervisor yet "
             f"(available: {', '.join(SERVICE_TECHNIQUES)})"
         )
-    if request.nested_paging and technique != "hw":
+    if request.nested_paging and technique != TechniqueName.HW:
         raise InvalidRequest("nested_paging applies to technique hw only")
     memory = request.memory_size or DEFAULT_MEMORY
     if memory > MAX_MEMORY:
@@ -458,7 +459,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             name=definition["name"],
             technique=TECHNIQUES[definition["technique"]],
             nested_paging=bool(definition.get("nested_paging")),
-            kernel=KERNELS.get(definition.get("kernel", "none"), common_pb2.KERNEL_FLAVOUR_NONE),
+            kernel=KERNELS.get(definition.get("kernel", NO_KERNEL), common_pb2.KERNEL_FLAVOUR_NONE),
             workload=definition.get("workload", ""),
             defines={k: int(v) for k, v in definition.get("defines", {}).items()},
             memory_size=int(definition["memory_size"]),

@@ -5,11 +5,22 @@ the benchmarks all build images through it."""
 
 from ringlab.guestos.build import (
     FLAVOURS,
+    NO_KERNEL,
     WORKLOADS,
+    KernelFlavour,
     Workload,
     build_custom_image,
     build_image,
     build_programs,
 )
 
-__all__ = ["FLAVOURS", "WORKLOADS", "Workload", "build_custom_image", "build_image", "build_programs"]
+__all__ = [
+    "FLAVOURS",
+    "NO_KERNEL",
+    "WORKLOADS",
+    "KernelFlavour",
+    "Workload",
+    "build_custom_image",
+    "build_image",
+    "build_programs",
+]

@@ -20,6 +20,7 @@ Images are cached by (workload, flavour, defines): a repeated build costs nothin
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib.resources
 import re
@@ -36,9 +37,11 @@ from ringlab.image import Image
 
 __all__ = [
     "FLAVOURS",
+    "NO_KERNEL",
     "USER_BASE",
     "USER_HEAP",
     "WORKLOADS",
+    "KernelFlavour",
     "Workload",
     "build_custom_image",
     "build_image",
@@ -52,8 +55,20 @@ USER_BASE = 0x00400000
 """Where every user program is linked and loaded (kernel/abi.s)."""
 USER_HEAP = 0x00500000
 """Programs end below the demand-zero heap, so one may be at most 1 MiB."""
-FLAVOURS: tuple[str, ...] = ("stock", "paravirt")
-"""Kernel flavours: ``stock`` (native instructions) and ``paravirt`` (hypercalls, for pv)."""
+
+
+class KernelFlavour(enum.StrEnum):
+    """The guest OS kernel's flavours: ``stock`` (native instructions) and ``paravirt`` (hypercalls,
+    for pv); ``rpc.convert`` maps them to the proto."""
+
+    STOCK = "stock"
+    PARAVIRT = "paravirt"
+
+
+FLAVOURS: tuple[str, ...] = tuple(f.value for f in KernelFlavour)
+"""Every kernel flavour's name."""
+NO_KERNEL = "none"
+"""The kernel of a VM that boots a raw image rather than the guest OS (not a flavour)."""
 
 KILLED_STATUS = 128
 """Exit status of a process killed by exception vector v: KILLED_STATUS + v (kernel/abi.s)."""
@@ -316,7 +331,7 @@ def _link_kernel(programs: Sequence[Image], names: Sequence[str], flavour: str, 
     text, path = kernel_source()
     source = text + "\n" + generate_program_table(programs, names)
     kernel_defines = dict(defines)
-    if flavour == "paravirt":
+    if flavour == KernelFlavour.PARAVIRT:
         kernel_defines["PARAVIRT"] = 1  # pvops.s: hypercalls and the shared page (docs/pv-abi.md)
     return assemble(source, filename=str(path), defines=kernel_defines)
 
@@ -329,7 +344,7 @@ def _build_cached(workload: str, flavour: str, defines: DefinesKey) -> Image:
 
 
 def build_image(
-    workload: str = "hello", flavour: str = "stock", defines: dict[str, int] | None = None
+    workload: str = "hello", flavour: str = KernelFlavour.STOCK.value, defines: dict[str, int] | None = None
 ) -> Image:
     """The bootable image of ``workload`` on the ``flavour`` kernel, cached by its arguments.
 
@@ -343,7 +358,7 @@ def build_image(
 
 
 def build_custom_image(
-    sources: Sequence[str], flavour: str = "stock", defines: dict[str, int] | None = None
+    sources: Sequence[str], flavour: str = KernelFlavour.STOCK.value, defines: dict[str, int] | None = None
 ) -> Image:
     """A kernel image with the given user programs (source text; program 0 is init): tests use
     it to run a one-off program and show it."""

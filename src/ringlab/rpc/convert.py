@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from ringlab.guestos.build import NO_KERNEL, KernelFlavour
 from ringlab.isa import decode, encode
 from ringlab.machine import Controls, Exit, ExitReason
 from ringlab.machine.context import ContextDelta
 from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
+from ringlab.vmm.technique import TechniqueName
 from ringlab.vmm.translated import BlockSpec, TcReport, TcRun, VmmCall
 
 __all__ = [
@@ -34,17 +36,21 @@ __all__ = [
 ]
 
 TECHNIQUES: dict[str, common_pb2.Technique.ValueType] = {
-    "native": common_pb2.TECHNIQUE_NATIVE,
-    "trap-emulate": common_pb2.TECHNIQUE_TRAP_EMULATE,
-    "bt": common_pb2.TECHNIQUE_BT,
-    "pv": common_pb2.TECHNIQUE_PV,
-    "hw": common_pb2.TECHNIQUE_HW,
+    TechniqueName.NATIVE.value: common_pb2.TECHNIQUE_NATIVE,
+    TechniqueName.TRAP_EMULATE.value: common_pb2.TECHNIQUE_TRAP_EMULATE,
+    TechniqueName.BT.value: common_pb2.TECHNIQUE_BT,
+    TechniqueName.PV.value: common_pb2.TECHNIQUE_PV,
+    TechniqueName.HW.value: common_pb2.TECHNIQUE_HW,
 }
+"""Technique name (``vmm.TechniqueName``) -> the proto's ``Technique``: the one mapping."""
 KERNELS: dict[str, common_pb2.KernelFlavour.ValueType] = {
-    "stock": common_pb2.KERNEL_FLAVOUR_STOCK,
-    "paravirt": common_pb2.KERNEL_FLAVOUR_PARAVIRT,
-    "none": common_pb2.KERNEL_FLAVOUR_NONE,
+    KernelFlavour.STOCK.value: common_pb2.KERNEL_FLAVOUR_STOCK,
+    KernelFlavour.PARAVIRT.value: common_pb2.KERNEL_FLAVOUR_PARAVIRT,
+    NO_KERNEL: common_pb2.KERNEL_FLAVOUR_NONE,
 }
+"""Kernel flavour (``guestos.KernelFlavour``, or ``NO_KERNEL`` for a raw image) -> the proto's
+``KernelFlavour``: the one mapping."""
+assert set(TECHNIQUES) == set(TechniqueName) and set(KERNELS) == {*KernelFlavour, NO_KERNEL}
 EXIT_REASONS: dict[ExitReason, common_pb2.ExitReason.ValueType] = {
     ExitReason.IO_OUT: common_pb2.EXIT_REASON_IO_OUT,
     ExitReason.IO_IN: common_pb2.EXIT_REASON_IO_IN,

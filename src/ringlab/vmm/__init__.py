@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ringlab.errors import UsageError
 from ringlab.image import Image
-from ringlab.vmm.technique import Stop, Technique
+from ringlab.vmm.technique import TECHNIQUES, Stop, Technique, TechniqueName, default_kernel
 from ringlab.vmm.vm import IN_PROCESS, VM, CoreRunner, InProcessCore, VmRunResult
 
 __all__ = [
@@ -22,36 +22,36 @@ __all__ = [
     "InProcessCore",
     "Stop",
     "Technique",
+    "TechniqueName",
     "VmRunResult",
+    "default_kernel",
     "make_technique",
     "run_vm",
 ]
 
-TECHNIQUES: tuple[str, ...] = ("native", "trap-emulate", "bt", "pv", "hw")
-
 
 def make_technique(technique: str, *, nested_paging: bool = False) -> Technique:
     """The technique object for a name; UsageError for an unknown one."""
-    if nested_paging and technique != "hw":
+    if nested_paging and technique != TechniqueName.HW:
         raise UsageError(f"--nested-paging needs --technique hw, not {technique!r}")
     match technique:
-        case "native":
+        case TechniqueName.NATIVE:
             from ringlab.vmm.native import Native
 
             return Native()
-        case "hw":
+        case TechniqueName.HW:
             from ringlab.vmm.hw import Hw
 
             return Hw(nested_paging)
-        case "trap-emulate":
+        case TechniqueName.TRAP_EMULATE:
             from ringlab.vmm.trap_emulate import TrapEmulate
 
             return TrapEmulate()
-        case "bt":
+        case TechniqueName.BT:
             from ringlab.vmm.bt import BinaryTranslation
 
             return BinaryTranslation()
-        case "pv":
+        case TechniqueName.PV:
             from ringlab.vmm.pv import Paravirt
 
             return Paravirt()

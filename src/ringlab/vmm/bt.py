@@ -26,7 +26,7 @@ from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import reflect_exception, reflect_interrupt, reflect_software_interrupt
-from ringlab.vmm.technique import Stop
+from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.translated import (
     BT_DEPRIVILEGE,
     YIELD,
@@ -52,7 +52,7 @@ _INT = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
 
 
 class BinaryTranslation:
-    name = "bt"
+    name = TechniqueName.BT.value
     deprivilege: Deprivilege | None = BT_DEPRIVILEGE
     shadow_paging = True
 

@@ -20,7 +20,7 @@ from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.exit_reasons import VmxExitReason as R
-from ringlab.vmm.technique import Stop
+from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import instruction_at
 from ringlab.vmm.vcpu import Deprivilege
 
@@ -78,7 +78,7 @@ _BY_MNEMONIC = {"cpuid": R.CPUID, "hlt": R.HLT, "vmcall": R.VMCALL, "invlpg": R.
 
 
 class Hw:
-    name = "hw"
+    name = TechniqueName.HW.value
     deprivilege: Deprivilege | None = None
 
     def __init__(self, nested_paging: bool = False) -> None:

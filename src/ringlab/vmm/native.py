@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ringlab.machine.exits import Controls, Exit, ExitReason
-from ringlab.vmm.technique import Stop
+from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.vcpu import Deprivilege
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ __all__ = ["Native"]
 
 
 class Native:
-    name = "native"
+    name = TechniqueName.NATIVE.value
     deprivilege: Deprivilege | None = None
     shadow_paging = False
 

@@ -20,7 +20,7 @@ from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, TIMER, Fault
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.hypercalls import ENOSYS, HYPERCALLS, NO_RETURN, SHARED_TSS
-from ringlab.vmm.technique import Stop
+from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
 from ringlab.vmm.vcpu import Deprivilege
 
@@ -37,7 +37,7 @@ _IF = 0x200
 
 
 class Paravirt:
-    name = "pv"
+    name = TechniqueName.PV.value
     deprivilege: Deprivilege | None = Deprivilege(vmm_tables=False, user_flags_direct=True)
     shadow_paging = False
 

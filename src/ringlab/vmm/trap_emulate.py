@@ -19,7 +19,7 @@ from ringlab.vmm.diagnostics import PROBED, observe
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
-from ringlab.vmm.technique import Stop
+from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.vcpu import Deprivilege
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def allowed_natively(vm: VM, insn: Instruction) -> bool:
 
 
 class TrapEmulate:
-    name = "trap-emulate"
+    name = TechniqueName.TRAP_EMULATE.value
     deprivilege: Deprivilege | None = Deprivilege(vmm_tables=True, user_flags_direct=False)
     shadow_paging = True
 

@@ -28,7 +28,7 @@ from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
 from ringlab.vmm.paging import DirectPaging, Paging
 from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
-from ringlab.vmm.technique import Stop, Technique
+from ringlab.vmm.technique import Stop, Technique, TechniqueName
 from ringlab.vmm.vcpu import SYS_FLAGS, VirtualCpu
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _SLICE = 1 << 40
 class VmRunResult(RunResult):
     """``machine.RunResult`` plus what the VMM adds; ``state`` is the guest-visible state."""
 
-    technique: str = "native"
+    technique: str = TechniqueName.NATIVE.value
     nested_paging: bool = False
     counters: EventCounter = dataclasses.field(default_factory=EventCounter)
     diagnostics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
