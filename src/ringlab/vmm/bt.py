@@ -185,17 +185,6 @@ class BinaryTranslation:
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         vm.sync()
         match exit.reason:
-            case ExitReason.BUDGET:
-                return None
-            case ExitReason.IO_OUT:  # from a callout
-                return vm.device_out(exit)
-            case ExitReason.IO_IN:
-                vm.device_in(exit)
-                return None
-            case ExitReason.HALT:
-                return Stop("halt", None, exit.detail)
-            case ExitReason.SHUTDOWN:
-                return Stop("shutdown", None, exit.detail)
             case ExitReason.EXCEPTION:
                 vm.counters.world_switches += 1
                 vector, eip = exit.vector, exit.eip
@@ -209,19 +198,16 @@ class BinaryTranslation:
                 if vector == PF:
                     assert self.cache is not None
                     dropped = self.cache.invalidations
-                    fault = vm.paging.page_fault(exit)
+                    fault = vm.shadow_fault(exit)
                     if fault is None:
-                        vm.hide(PF)
                         self.state.step_over = self.cache.invalidations != dropped
                         return None
-                    if fault.vector != PF:
-                        vm.hide(PF)
-                    return reflect_exception(vm, fault, counted=fault.vector == PF)
+                    return vm.reflect_fault(fault)
                 if is_int and exit.error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
-            case _:
-                raise AssertionError(f"unexpected exit under bt: {exit}")
+            case _:  # an I/O exit comes from a callout
+                return vm.common_exit(exit)
 
 
 class _VmmPort:

@@ -102,15 +102,9 @@ class Hw:
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit.reason:
-            case ExitReason.BUDGET:
-                return None
-            case ExitReason.IO_OUT:
+            case ExitReason.IO_OUT | ExitReason.IO_IN:
                 self._exit(vm, R.IO_INSTRUCTION)
-                return vm.device_out(exit)
-            case ExitReason.IO_IN:
-                self._exit(vm, R.IO_INSTRUCTION)
-                vm.device_in(exit)
-                return None
+                return vm.common_exit(exit)
             case ExitReason.INSTRUCTION:
                 insn, eip = exit.instruction, exit.eip
                 assert insn is not None and eip is not None
@@ -126,31 +120,28 @@ class Hw:
                     # ``int 14`` exits too (the exception bitmap names the vector): deliver it
                     return reflect_software_interrupt(vm, exit.vector or 0, eip, vm.cpu.state.cs & 3)
                 return self._page_fault(vm, exit)
-            case ExitReason.HALT:  # from the emulated hlt: its HLT exit is counted already
-                return Stop("halt", None, exit.detail)
             case ExitReason.SHUTDOWN:
                 self._exit(vm, R.TRIPLE_FAULT)
-                return Stop("shutdown", None, exit.detail)
-            case _:
-                raise AssertionError(f"unexpected exit under hw: {exit}")
+                return vm.common_exit(exit)
+            case _:  # budget; a halt from the emulated hlt (its HLT exit is counted already)
+                return vm.common_exit(exit)
 
     def _page_fault(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         """#PF is the only vector in the exception bitmap (shadow paging)."""
         assert exit.vector == PF
         cpu = vm.cpu
-        fault = vm.paging.page_fault(exit)
         delivering = exit.delivering
-        if fault is None:  # a shadow miss: the instruction (or delivery) is retried
-            if delivering is None:
-                vm.hide(PF)
+        if delivering is None:
+            fault = vm.shadow_fault(exit)
+            if fault is None:  # a shadow miss: the instruction is retried
                 _hide_software_interrupt(vm, exit)
-            elif delivering != TIMER:
+                return None
+            return vm.reflect_fault(fault)
+        fault = vm.paging.page_fault(exit)
+        if fault is None:  # a shadow miss: the delivery is retried
+            if delivering != TIMER:
                 vm.hide(delivering)  # the retried instruction raises it (and it is counted) again
             return None
-        if delivering is None:
-            if fault.vector != PF:
-                vm.hide(PF)
-            return reflect_exception(vm, fault, counted=fault.vector == PF)
         # The guest's own fault while delivering ``delivering``: what the CPU does next.
         if delivering == TIMER:
             cpu.state.timer_pending = False  # the tick is consumed; the fault is delivered as itself

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Controls, Exit
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.vcpu import Deprivilege
 
@@ -33,17 +33,4 @@ class Native:
         return vm.runner.run_core(vm, budget)
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
-        match exit.reason:
-            case ExitReason.BUDGET:
-                return None
-            case ExitReason.IO_OUT:
-                return vm.device_out(exit)
-            case ExitReason.IO_IN:
-                vm.device_in(exit)
-                return None
-            case ExitReason.HALT:
-                return Stop("halt", None, exit.detail)
-            case ExitReason.SHUTDOWN:
-                return Stop("shutdown", None, exit.detail)
-            case _:
-                raise AssertionError(f"unexpected exit natively: {exit}")
+        return vm.common_exit(exit)  # natively the core exits only for devices and the end

@@ -83,12 +83,6 @@ class Paravirt:
 
     def _handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit.reason:
-            case ExitReason.BUDGET:
-                return None
-            case ExitReason.HALT:
-                return Stop("halt", None, exit.detail)
-            case ExitReason.SHUTDOWN:
-                return Stop("shutdown", None, exit.detail)
             case ExitReason.EXCEPTION:
                 vector, eip = exit.vector, exit.eip
                 assert vector is not None and eip is not None
@@ -111,7 +105,7 @@ class Paravirt:
                     return self._refuse(vm, insn, eip)
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
             case _:
-                raise AssertionError(f"unexpected exit under pv: {exit}")
+                return vm.common_exit(exit)
 
     def _hypercall(self, vm: VM, eip: int) -> Exit | Stop | None:
         cpu, counters = vm.cpu, vm.counters

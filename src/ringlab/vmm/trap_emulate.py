@@ -67,17 +67,6 @@ class TrapEmulate:
         cpu = vm.cpu
         vm.sync()
         match exit.reason:
-            case ExitReason.BUDGET:
-                return None
-            case ExitReason.IO_OUT:  # from an emulated out
-                return vm.device_out(exit)
-            case ExitReason.IO_IN:
-                vm.device_in(exit)
-                return None
-            case ExitReason.HALT:
-                return Stop("halt", None, exit.detail)
-            case ExitReason.SHUTDOWN:
-                return Stop("shutdown", None, exit.detail)
             case ExitReason.INSTRUCTION:  # a probe: not a trap, not an exit, just watched
                 insn, eip = exit.instruction, exit.eip
                 assert insn is not None and eip is not None
@@ -95,13 +84,8 @@ class TrapEmulate:
                 ):
                     return vm.timer_tick()
                 if vector == PF:
-                    fault = vm.paging.page_fault(exit)
-                    if fault is None:
-                        vm.hide(PF)
-                        return None
-                    if fault.vector != PF:
-                        vm.hide(PF)
-                    return reflect_exception(vm, fault, counted=fault.vector == PF)
+                    fault = vm.shadow_fault(exit)
+                    return None if fault is None else vm.reflect_fault(fault)
                 if (
                     insn is not None
                     and insn.mnemonic == "int"
@@ -118,5 +102,5 @@ class TrapEmulate:
                         return result
                     return vm.deliver_pending()
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
-            case _:
-                raise AssertionError(f"unexpected exit under trap-emulate: {exit}")
+            case _:  # an I/O exit comes from an emulated in/out
+                return vm.common_exit(exit)

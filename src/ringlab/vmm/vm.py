@@ -21,11 +21,13 @@ from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.faults import PF, Fault
 from ringlab.machine.p2m import P2M
 from ringlab.machine.platform import DeviceBackEnd, RunResult
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
 from ringlab.vmm.counters import EventCounter
+from ringlab.vmm.events import reflect_exception
 from ringlab.vmm.paging import DirectPaging, Paging
 from ringlab.vmm.shadow import POOL_PAGES, ShadowPageTables
 from ringlab.vmm.technique import Stop, Technique, TechniqueName
@@ -206,6 +208,38 @@ class VM:
         )
 
     # -- shared exit handling (called from each technique's one match) ------------------------
+    def common_exit(self, exit: Exit) -> Stop | None:
+        """The exits every technique handles alike: the budget ran out (resume), ``in``/``out``
+        to a device back end, ``hlt`` with nothing to wake it and a triple fault (the end).  Any
+        other exit here is a bug in the technique, which handles its own before it calls this."""
+        match exit.reason:
+            case ExitReason.BUDGET:
+                return None
+            case ExitReason.IO_OUT:
+                return self.device_out(exit)
+            case ExitReason.IO_IN:
+                self.device_in(exit)
+                return None
+            case ExitReason.HALT:
+                return Stop("halt", None, exit.detail)
+            case ExitReason.SHUTDOWN:
+                return Stop("shutdown", None, exit.detail)
+        raise AssertionError(f"unexpected exit under {self.technique.name}: {exit}")
+
+    def shadow_fault(self, exit: Exit) -> Fault | None:
+        """Shadow paging's decision on a #PF the core exited on (and counted as the guest's):
+        None when it was the VMM's own (a shadow miss it filled, a write to a page it protects),
+        hidden from the guest, and the instruction runs again; else the fault the guest sees,
+        its own #PF or the #MC the P2M raised instead (that #PF hidden then): ``reflect_fault``."""
+        fault = self.paging.page_fault(exit)
+        if fault is None or fault.vector != PF:
+            self.hide(PF)
+        return fault
+
+    def reflect_fault(self, fault: Fault) -> Exit | Stop | None:
+        """Deliver ``shadow_fault``'s fault through the virtual IDT (a #PF the core counted)."""
+        return reflect_exception(self, fault, counted=fault.vector == PF)
+
     def device_out(self, exit: Exit) -> Stop | None:
         assert exit.port is not None and exit.value is not None
         off = self.devices.out(exit.port, exit.value)
