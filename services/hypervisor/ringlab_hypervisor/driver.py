@@ -8,12 +8,8 @@ and hands out the next (it also returns the fresh snapshot the next decision nee
 a slice cost no Redis at all: runs are deterministic, so progress after the last commit is simply
 re-executed after a crash.
 
-A VM nobody else waits for (and without a cap) gets a *stretched* slice: as many instructions as
-it ran in about ``LONE_SLICE_SECONDS`` of its last slice, at most ``STRETCH`` slices, ending
-early at the first exit after that time (a lone runnable task runs on, as under Xen credit2 or
-Linux's CFS).  A lone compute-bound VM then
-crosses to the hypervisor, commits and is granted about four times a second instead of thirty,
-which keeps it near in-process speed; a VM that arrives meanwhile waits at most that long.
+How long a slice runs (stretched for a VM nobody else waits for) is the scheduling policy's:
+``ringlab.sched.slices``.
 """
 
 from __future__ import annotations
@@ -31,7 +27,7 @@ import grpc
 from ringlab.image import Image
 from ringlab.rpc import open_channel
 from ringlab.rpc.convert import REASON_NAMES
-from ringlab.sched import CreditPolicy, Entry, SliceOutcome
+from ringlab.sched import CreditPolicy, Entry, SliceOutcome, measured_rate, plan_slice, runs_alone
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm import Stop
@@ -44,10 +40,6 @@ log = logging.getLogger("ringlab.hypervisor")
 
 DRIVER_TTL_MS = 3_000
 IDLE_POLL = 0.01
-LONE_SLICE_SECONDS = 0.25
-"""About how long a stretched slice runs (what a crash re-executes, how long a newcomer waits)."""
-STRETCH = 16
-"""A stretched slice is at most this many slices."""
 
 
 @dataclass
@@ -235,11 +227,7 @@ class PcpuDriver(threading.Thread):
                     self.stop_event.wait(IDLE_POLL)
                     version, raw = self.state.sched_snapshot()
                     continue
-                # A stretched slice when nobody else waits and the VM has no cap (a cap is
-                # enforced at each grant).
-                lone = not entries[decision.chosen].cap and not any(
-                    self.policy.eligible(e, now) for vm, e in entries.items() if vm != decision.chosen
-                )
+                lone = runs_alone(self.policy, entries, decision.chosen, now)
                 started = time.perf_counter()
                 boot = int(entries[decision.chosen].extra.get("boot", 0))
                 ended, switches, slice_exits = self.run_slice(
@@ -273,19 +261,12 @@ class PcpuDriver(threading.Thread):
         seen: dict[str, int] = {}
         switches = 0
         limit = rt.definition.get("max_instructions")
-        budget = self.policy.slice_instructions
-        if lone and rt.rate:
-            budget = max(budget, min(STRETCH * budget, int(rt.rate * LONE_SLICE_SECONDS)))
-        if limit is not None:
-            budget = min(budget, int(limit) - guest.cpu.stats.retired)
+        left = None if limit is None else int(limit) - guest.cpu.stats.retired
+        plan = plan_slice(self.policy, lone=lone, rate=rt.rate, left=left)
+        budget = plan.instructions
         start, started = guest.cpu.stats.retired, time.perf_counter()
         slice_end = start + budget
-        # A slice also ends at the first exit after its host time is up: a stretched one after
-        # LONE_SLICE_SECONDS (a guest that turned slow must not keep the pCPU for STRETCH slow
-        # slices), any other well within its grant's lease (a slice of exit-heavy code can take
-        # seconds; one that outlived its lease would be granted again while it still runs).
-        stretched = budget > self.policy.slice_instructions
-        deadline = started + (LONE_SLICE_SECONDS if stretched else self.policy.lease_seconds / 4)
+        deadline = started + plan.seconds  # then the slice ends at the first exit
 
         def until() -> bool:
             return time.perf_counter() > deadline
@@ -349,7 +330,7 @@ class PcpuDriver(threading.Thread):
             stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
         elapsed = time.perf_counter() - started
         if how == "preempted" and elapsed > 0:  # a full slice: what the next one may stretch to
-            rt.rate = (guest.cpu.stats.retired - start) / elapsed
+            rt.rate = measured_rate(guest.cpu.stats.retired - start, elapsed)
         if stop is None and committed_at_switch and not remote.changed_since_switch():
             return how, switches, seen  # the slice's last run committed it, and nothing came after
         try:
