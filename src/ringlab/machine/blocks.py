@@ -55,6 +55,11 @@ a short block 50 times, so code that runs a few dozen times (a handler per timer
 short run) stays interpreted."""
 
 BlockFn = Callable[..., int]
+"""A compiled block: ``fn(S, R, D, M32, rc, wc, t, lim, W)`` runs from ``S.eip`` with the time
+counter ``t`` (``S.tsc``) and the deadline ``lim``.  It returns the time counter after the
+instructions it retired, or, for a *side exit*, that counter bitwise-inverted, ``~t``, which is
+always negative: one int says both how far time went and that the next instruction is the
+interpreter's (``if t2 < 0: t2 = ~t2`` in the dispatchers; no tuple on the hot path)."""
 
 _ALU = ("add", "sub", "and", "or", "xor", "cmp", "test")
 _ALU_FORMS = frozenset({Form.RR, Form.RI, Form.RM, Form.MR, Form.MI})
@@ -266,7 +271,7 @@ class CompiledBlocks:
                         if s.timer_period and s.timer_next < limit:
                             limit = s.timer_next
                         t2 = block.fn(s, s.regs, data, m32, rc, mmu.write_cache[mode], t, limit, probe)
-                        if t2 < 0:
+                        if t2 < 0:  # a side exit (``BlockFn``): the interpreter runs the next one
                             t2 = ~t2
                             step_next = True
                         done = t2 - t
@@ -330,7 +335,7 @@ class CompiledBlocks:
             if fn is None:
                 break
             t2 = fn(s, regs, data, m32, rc, wc, t, deadline, probe)
-            if t2 < 0:  # a side exit: the next instruction is the interpreter's (the caller's)
+            if t2 < 0:  # a side exit (``BlockFn``): the next instruction is the caller's
                 t2 = ~t2
                 if t2 != t:
                     ran += 1
@@ -493,6 +498,14 @@ class _Generator:
         self.emit(f"S.eip = {eip}")
         done = f"t + {p}" if p else "t"
         self.emit(f"return ~({done})" if side else f"return {done}")
+
+    def jump(self, target: str) -> None:
+        """Leave the block for ``target`` (an expression), or, when it is the block's own start
+        and the block loops, go round once more."""
+        if self.loops and target == hex(self.start):
+            self.emit("continue")
+        else:
+            self.exit(self.n, target, side=False)
 
     def side_exit(self, i: int) -> None:
         """Leave before instruction ``i`` and have the interpreter run it: through the shared
@@ -746,153 +759,224 @@ def _fused(gen: _Generator, cc: str) -> str:
 
 
 def _emit(gen: _Generator, i: int) -> None:
+    """Emit instruction ``i``: its family's emitter (``_EMITTERS``), then, after the block's last
+    instruction when it is not a control transfer, the exit to the instruction after it."""
     plan = gen.plans[i]
+    mn = plan.ins.spec.mnemonic
+    _EMITTERS[mn](gen, i, plan)
+    if i == gen.n - 1 and mn not in _ENDS_BLOCK:
+        gen.exit(gen.n, hex(_next_eip(plan)), side=False)
+
+
+def _next_eip(plan: _Plan) -> int:
+    return (plan.veip + plan.ins.spec.length) & M
+
+
+def _emit_nop(gen: _Generator, i: int, plan: _Plan) -> None:
+    pass
+
+
+def _emit_mov(gen: _Generator, i: int, plan: _Plan) -> None:
+    form = plan.ins.spec.form
+    ops: Any = plan.ins.operands
+    reg = REGISTERS.__getitem__
+    if form is Form.RR:
+        gen.emit(f"{reg(ops[0])} = {reg(ops[1])}")
+    elif form is Form.RI:
+        gen.emit(f"{reg(ops[0])} = {ops[1]:#x}")
+    elif form is Form.RM:
+        gen.physical(i, ops[1], "rc", dword=True)
+        gen.load32(reg(ops[0]))
+    elif form in (Form.MR, Form.MI):
+        gen.physical(i, ops[0], "wc", dword=True)
+        gen.store32(reg(ops[1]) if form is Form.MR else hex(ops[1]))
+    else:  # M8R
+        gen.physical(i, ops[0], "wc", dword=False)
+        gen.emit(f"D[p] = {reg(ops[1])} & 0xFF")
+
+
+def _emit_movzx(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    gen.physical(i, ops[1], "rc", dword=False, load=REGISTERS[ops[0]])
+
+
+def _emit_lea(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    gen.emit(f"{REGISTERS[ops[0]]} = {gen.address(ops[1])}")
+
+
+def _emit_xchg(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    a, b = REGISTERS[ops[0]], REGISTERS[ops[1]]
+    gen.emit(f"{a}, {b} = {b}, {a}")
+
+
+def _emit_push_call(gen: _Generator, i: int, plan: _Plan) -> None:
+    mn, form = plan.ins.spec.mnemonic, plan.ins.spec.form
+    ops: Any = plan.ins.operands
+    reg = REGISTERS.__getitem__
+    value = hex(_next_eip(plan)) if mn == "call" else (reg(ops[0]) if form is Form.R else hex(ops[0]))
+    if mn == "call" and form is Form.R:
+        gen.emit(f"c = {reg(ops[0])}")  # read before the push: `call esp` jumps to the old esp
+    gen.emit("a = (esp - 4) & 0xFFFFFFFF")
+    gen.physical(i, None, "wc", dword=True)
+    gen.store32(value)
+    gen.emit("esp = a")
+    if mn == "call":
+        gen.jump("c" if form is Form.R else hex(ops[0]))
+
+
+def _emit_pop_ret(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    gen.physical(i, Mem(4, 0), "rc", dword=True)
+    gen.load32("v")
+    gen.emit("esp = (esp + 4) & 0xFFFFFFFF")
+    if plan.ins.spec.mnemonic == "pop":
+        gen.emit(f"{REGISTERS[ops[0]]} = v")
+    else:
+        gen.jump("v")
+
+
+_ALU_RESULTS = {
+    "add": "({d} + {s}) & 0xFFFFFFFF",
+    "sub": "({d} - {s}) & 0xFFFFFFFF",
+    "and": "{d} & {s}",
+    "or": "{d} | {s}",
+    "xor": "{d} ^ {s}",
+}
+"""The ALU instructions that store a result (not cmp/test), as expressions of dst and src."""
+
+
+def _emit_alu(gen: _Generator, i: int, plan: _Plan) -> None:
     ins = plan.ins
     mn, form = ins.spec.mnemonic, ins.spec.form
     ops: Any = ins.operands
-    nxt = (plan.veip + ins.spec.length) & M
-    reg = REGISTERS.__getitem__
-    emit = gen.emit
-    last = i == gen.n - 1
+    if form in (Form.RR, Form.RI):
+        gen.save(i)
+    d, s, _, _ = _alu_operands(i, ins)
+    if form is Form.RM:
+        gen.physical(i, ops[1], "rc", dword=True)
+        gen.load32(f"s{i}")
+        gen.save(i)
+    elif form in (Form.MR, Form.MI):
+        gen.physical(i, ops[0], "wc" if mn not in ("cmp", "test") else "rc", dword=True)
+        gen.load32(f"d{i}")
+        gen.save(i)
+    result = _ALU_RESULTS.get(mn)
+    if result is None:  # cmp, test: flags only
+        return
+    expr = result.format(d=d, s=s)
+    if form in (Form.MR, Form.MI):
+        gen.emit(f"r{i} = {expr}")
+        gen.store32(f"r{i}")
+    else:
+        gen.emit(f"{d} = {expr}")
 
-    def target_exit(target: str) -> None:
-        if gen.loops and target == hex(gen.start):
-            emit("continue")
-        else:
-            gen.exit(gen.n, target, side=False)
 
-    if mn == "nop":
-        pass
-    elif mn == "mov":
-        if form is Form.RR:
-            emit(f"{reg(ops[0])} = {reg(ops[1])}")
-        elif form is Form.RI:
-            emit(f"{reg(ops[0])} = {ops[1]:#x}")
-        elif form is Form.RM:
-            gen.physical(i, ops[1], "rc", dword=True)
-            gen.load32(reg(ops[0]))
-        elif form in (Form.MR, Form.MI):
-            gen.physical(i, ops[0], "wc", dword=True)
-            gen.store32(reg(ops[1]) if form is Form.MR else hex(ops[1]))
-        else:  # M8R
-            gen.physical(i, ops[0], "wc", dword=False)
-            emit(f"D[p] = {reg(ops[1])} & 0xFF")
-    elif mn == "movzx":
-        gen.physical(i, ops[1], "rc", dword=False, load=reg(ops[0]))
-    elif mn == "lea":
-        emit(f"{reg(ops[0])} = {gen.address(ops[1])}")
-    elif mn == "xchg":
-        a, b = reg(ops[0]), reg(ops[1])
-        emit(f"{a}, {b} = {b}, {a}")
-    elif mn in ("push", "call"):
-        value = hex(nxt) if mn == "call" else (reg(ops[0]) if form is Form.R else hex(ops[0]))
-        if mn == "call" and form is Form.R:
-            emit(f"c = {reg(ops[0])}")  # read before the push: `call esp` jumps to the old esp
-        emit("a = (esp - 4) & 0xFFFFFFFF")
-        gen.physical(i, None, "wc", dword=True)
-        gen.store32(value)
-        emit("esp = a")
-        if mn == "call":
-            target_exit("c" if form is Form.R else hex(ops[0]))
-    elif mn in ("pop", "ret"):
-        gen.physical(i, Mem(4, 0), "rc", dword=True)
-        gen.load32("v")
-        emit("esp = (esp + 4) & 0xFFFFFFFF")
-        if mn == "pop":
-            emit(f"{reg(ops[0])} = v")
-        else:
-            target_exit("v")
-    elif mn in _ALU:
-        if form in (Form.RR, Form.RI):
+def _emit_imul(gen: _Generator, i: int, plan: _Plan) -> None:
+    form = plan.ins.spec.form
+    ops: Any = plan.ins.operands
+    d = REGISTERS[ops[0]]
+    if form is Form.RR:
+        s = REGISTERS[ops[1]]
+    elif form is Form.RI:
+        s = hex(ops[1])
+    else:
+        gen.physical(i, ops[1], "rc", dword=True)
+        gen.load32(f"s{i}")
+        s = f"s{i}"
+    if (i, 0) in gen.saves:
+        gen.emit(f"w{i}_0 = ({_signed(d)}) * ({_signed(s)})")
+        gen.emit(f"{d} = w{i}_0 & 0xFFFFFFFF")
+    else:
+        gen.emit(f"{d} = ({d} * {s}) & 0xFFFFFFFF")  # the low 32 bits do not depend on signs
+
+
+def _emit_div(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    gen.emit(f"c = {REGISTERS[ops[0]]}")
+    gen.block("if not c:", lambda: gen.side_exit(i))  # the interpreter raises #DE
+    gen.emit("eax, edx = eax // c, eax % c")
+
+
+_UNARY = {
+    "inc": "({a} + 1) & 0xFFFFFFFF",
+    "dec": "({a} - 1) & 0xFFFFFFFF",
+    "neg": "-{a} & 0xFFFFFFFF",
+    "not": "{a} ^ 0xFFFFFFFF",
+}
+
+
+def _emit_unary(gen: _Generator, i: int, plan: _Plan) -> None:
+    op = _UNARY[plan.ins.spec.mnemonic]
+    ops: Any = plan.ins.operands
+    if plan.ins.spec.form is Form.R:
+        r = REGISTERS[ops[0]]
+        gen.save(i)
+        gen.emit(f"{r} = {op.format(a=r)}")
+    else:
+        gen.physical(i, ops[0], "wc", dword=True)
+        gen.load32(f"d{i}")
+        gen.save(i)
+        gen.store32(op.format(a=f"d{i}"))
+
+
+_SHIFTS = {
+    "shl": "({a} << {c}) & 0xFFFFFFFF",
+    "shr": "{a} >> {c}",
+    "sar": "(" + _signed("{a}") + " >> {c}) & 0xFFFFFFFF",
+}
+
+
+def _emit_shift(gen: _Generator, i: int, plan: _Plan) -> None:
+    mn = plan.ins.spec.mnemonic
+    ops: Any = plan.ins.operands
+    r = REGISTERS[ops[0]]
+    op = _SHIFTS[mn]
+    if plan.ins.spec.form is Form.RI8:
+        count = ops[1] & 31
+        if count:
             gen.save(i)
-        d, s, _, _ = _alu_operands(i, ins)
-        if form is Form.RM:
-            gen.physical(i, ops[1], "rc", dword=True)
-            gen.load32(f"s{i}")
-            gen.save(i)
-        elif form in (Form.MR, Form.MI):
-            gen.physical(i, ops[0], "wc" if mn not in ("cmp", "test") else "rc", dword=True)
-            gen.load32(f"d{i}")
-            gen.save(i)
-        expr = {
-            "add": f"({d} + {s}) & 0xFFFFFFFF",
-            "sub": f"({d} - {s}) & 0xFFFFFFFF",
-            "and": f"{d} & {s}",
-            "or": f"{d} | {s}",
-            "xor": f"{d} ^ {s}",
-        }.get(mn)
-        if expr is not None:
-            if form in (Form.MR, Form.MI):
-                emit(f"r{i} = {expr}")
-                gen.store32(f"r{i}")
-            else:
-                emit(f"{d} = {expr}")
-    elif mn == "imul":
-        d = reg(ops[0])
-        if form is Form.RR:
-            s = reg(ops[1])
-        elif form is Form.RI:
-            s = hex(ops[1])
-        else:
-            gen.physical(i, ops[1], "rc", dword=True)
-            gen.load32(f"s{i}")
-            s = f"s{i}"
-        if (i, 0) in gen.saves:
-            emit(f"w{i}_0 = ({_signed(d)}) * ({_signed(s)})")
-            emit(f"{d} = w{i}_0 & 0xFFFFFFFF")
-        else:
-            emit(f"{d} = ({d} * {s}) & 0xFFFFFFFF")  # the low 32 bits do not depend on signs
-    elif mn == "div":
-        emit(f"c = {reg(ops[0])}")
-        gen.block("if not c:", lambda: gen.side_exit(i))  # the interpreter raises #DE
-        emit("eax, edx = eax // c, eax % c")
-    elif mn in ("inc", "dec", "neg", "not"):
-        op = {
-            "inc": "({a} + 1) & 0xFFFFFFFF",
-            "dec": "({a} - 1) & 0xFFFFFFFF",
-            "neg": "-{a} & 0xFFFFFFFF",
-            "not": "{a} ^ 0xFFFFFFFF",
-        }[mn]
-        if form is Form.R:
-            gen.save(i)
-            emit(f"{reg(ops[0])} = {op.format(a=reg(ops[0]))}")
-        else:
-            gen.physical(i, ops[0], "wc", dword=True)
-            gen.load32(f"d{i}")
-            gen.save(i)
-            gen.store32(op.format(a=f"d{i}"))
-    elif mn in ("shl", "shr", "sar"):
-        r = reg(ops[0])
-        op = {
-            "shl": "({a} << {c}) & 0xFFFFFFFF",
-            "shr": "{a} >> {c}",
-            "sar": "(" + _signed("{a}") + " >> {c}) & 0xFFFFFFFF",
-        }[mn]
-        if form is Form.RI8:
-            count = ops[1] & 31
-            if count:
-                gen.save(i)
-                emit(f"{r} = {op.format(a=r, c=count)}")
-        else:  # by ecx: compute every lazy flag now, then this shift's (count known at run time)
-            emit("c = ecx & 31")
-            emit(f"fl = _{mn}({gen.flags_at(i)}, {r}, c)")
-            emit(f"{r} = {op.format(a=r, c='c')}")
-    elif mn == "jmp":
-        target_exit(reg(ops[0]) if form is Form.R else hex(ops[0]))
-    elif mn.startswith("j"):
-        cc = JCC[mn]
-        condition = _fused(gen, cc)
-        target = hex(ops[0])
-        if gen.loops and target == hex(gen.start):
-            gen.block(f"if {condition}:", lambda: target_exit(target))
-            gen.exit(gen.n, hex(nxt), side=False)
-        else:
-            gen.block(f"if {condition}:", lambda: gen.exit(gen.n, target, side=False))
-            gen.exit(gen.n, hex(nxt), side=False)
-    else:  # pragma: no cover - _COMPILABLE lists exactly the families above
-        raise AssertionError(mn)
-    if last and mn not in _ENDS_BLOCK:
-        gen.exit(gen.n, hex(nxt), side=False)
+            gen.emit(f"{r} = {op.format(a=r, c=count)}")
+    else:  # by ecx: compute every lazy flag now, then this shift's (count known at run time)
+        gen.emit("c = ecx & 31")
+        gen.emit(f"fl = _{mn}({gen.flags_at(i)}, {r}, c)")
+        gen.emit(f"{r} = {op.format(a=r, c='c')}")
+
+
+def _emit_jmp(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    gen.jump(REGISTERS[ops[0]] if plan.ins.spec.form is Form.R else hex(ops[0]))
+
+
+def _emit_jcc(gen: _Generator, i: int, plan: _Plan) -> None:
+    ops: Any = plan.ins.operands
+    condition = _fused(gen, JCC[plan.ins.spec.mnemonic])
+    target = hex(ops[0])
+    gen.block(f"if {condition}:", lambda: gen.jump(target))
+    gen.exit(gen.n, hex(_next_eip(plan)), side=False)
+
+
+_EMITTERS: dict[str, Callable[[_Generator, int, _Plan], None]] = {
+    "nop": _emit_nop,
+    "mov": _emit_mov,
+    "movzx": _emit_movzx,
+    "lea": _emit_lea,
+    "xchg": _emit_xchg,
+    "push": _emit_push_call,
+    "call": _emit_push_call,
+    "pop": _emit_pop_ret,
+    "ret": _emit_pop_ret,
+    **dict.fromkeys(_ALU, _emit_alu),
+    "imul": _emit_imul,
+    "div": _emit_div,
+    **dict.fromkeys(_UNARY, _emit_unary),
+    **dict.fromkeys(_SHIFTS, _emit_shift),
+    "jmp": _emit_jmp,
+    **{"j" + cc: _emit_jcc for cc in set(JCC.values())},
+}
+"""One code emitter per instruction family, for exactly the mnemonics in ``_COMPILABLE``."""
+assert set(_EMITTERS) == set(_COMPILABLE)
 
 
 def _generate(plans: list[_Plan], start: int, loops: bool, saves: set[tuple[int, int]]) -> _Generator:
