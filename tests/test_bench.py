@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ringlab.bench.micro import BENCHMARKS, COLUMNS, micro_suite
 from ringlab.cli import main
+from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS, micro_suite
 
 
 def _pick(names: set[str], labels: set[str]) -> tuple[list, list]:

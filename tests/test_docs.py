@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from ringlab.asm import assemble_file
-from ringlab.isa_doc import isa_markdown
+from ringlab.cli.isa_doc import isa_markdown
 from ringlab.vmm import run_vm
 
 ROOT = Path(__file__).resolve().parents[1]

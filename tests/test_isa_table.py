@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ringlab import isa
-from ringlab.isa_doc import isa_markdown
+from ringlab.cli.isa_doc import isa_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

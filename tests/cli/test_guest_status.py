@@ -1,6 +1,6 @@
 """``--guest-status`` (run, boot): the process status says how the guest ended, as QEMU's
 isa-debug-exit lets a guest choose it; without it the contract is unchanged (0 when the run
-itself worked).  The table is ``ringlab.exitstatus``."""
+itself worked).  The table is ``ringlab.cli.exitstatus``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ringlab import exitstatus
-from ringlab.cli import main
-from ringlab.exitstatus import (
+from ringlab.cli import exitstatus, main
+from ringlab.cli.exitstatus import (
     GUEST_HALT,
     GUEST_LIMIT,
     GUEST_REFUSED,

@@ -1,4 +1,4 @@
-"""Help and shell completion: every command of cli.py has a one-line description, every option
+"""Help and shell completion: every command of cli/main.py has a one-line description, every option
 says its default (and argparse lists its choices), and ``ringlab completion bash|zsh`` prints a
 script generated from the parser."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ringlab.cli import IN_PROCESS_COMMANDS, build_parser, main
+from ringlab.cli.main import IN_PROCESS_COMMANDS, build_parser, main
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
@@ -63,7 +63,7 @@ def test_the_global_debug_flag_is_documented(capsys: pytest.CaptureFixture[str])
 
 
 def test_the_defaults_shown_are_the_defaults_used() -> None:
-    from ringlab.bench.speed import DEFAULT_ROUNDS
+    from ringlab.cli.bench.speed import DEFAULT_ROUNDS
 
     parser = build_parser()
     args = parser.parse_args(["run", "p.s"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ringlab.cli import MAX_MEMORY, main
-from ringlab.exitstatus import EXIT_INTERNAL, EXIT_USAGE
+from ringlab.cli.exitstatus import EXIT_INTERNAL, EXIT_USAGE
+from ringlab.cli.main import MAX_MEMORY, main
 from tests.cli.conftest import HELLO, ringlab
 
 
@@ -102,7 +102,7 @@ def test_run_memory_beyond_the_maximum_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_run_memory_of_exactly_the_maximum_is_accepted() -> None:
     """Parsed only: running it would take a GiB of this machine's memory."""
-    from ringlab.cli import build_parser
+    from ringlab.cli.main import build_parser
 
     assert build_parser().parse_args(["run", "p.s", "--memory", "1G"]).memory == MAX_MEMORY == 1 << 30
 

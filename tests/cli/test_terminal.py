@@ -52,7 +52,7 @@ def test_isa_piped_prints_every_row_whole_even_with_columns_80() -> None:
 
 
 def test_isa_table_in_a_console_of_80_columns_fits() -> None:
-    from ringlab.isa_doc import isa_table
+    from ringlab.cli.isa_doc import isa_table
 
     buffer = io.StringIO()
     isa_table(Console(file=buffer, width=80))
@@ -95,8 +95,8 @@ def test_bench_json_on_a_terminal_shows_no_progress() -> None:
 
 
 def test_efficiency_tells_its_progress_once_per_run_and_its_table_fits_80_columns() -> None:
-    from ringlab.bench import _print_efficiency
-    from ringlab.bench.efficiency import efficiency_runs, efficiency_suite
+    from ringlab.cli.bench import _print_efficiency
+    from ringlab.cli.bench.efficiency import efficiency_runs, efficiency_suite
 
     steps: list[str] = []
     eff = efficiency_suite(rounds=(1, 2), repeats=1, progress=steps.append)
@@ -112,8 +112,8 @@ def test_efficiency_tells_its_progress_once_per_run_and_its_table_fits_80_column
 
 
 def test_speed_table_fits_80_columns() -> None:
-    from ringlab.bench import _print_speed
-    from ringlab.bench.speed import speed_suite
+    from ringlab.cli.bench import _print_speed
+    from ringlab.cli.bench.speed import speed_suite
 
     buffer = io.StringIO()
     _print_speed(speed_suite(rounds=1), Console(file=buffer, width=80))
@@ -145,12 +145,12 @@ DEMO_ROWS = [
     }
     for technique, workload in [("trap-emulate", "syscall"), ("pv", "compute"), ("hw", "multi")]
 ]
-"""Rows as ``cli_services.vm_row`` gives them for the demo's VMs."""
+"""Rows as ``cli.deployment.vm_row`` gives them for the demo's VMs."""
 
 
 def _demo_table(width: int) -> str:
-    from ringlab.demo import _table
-    from ringlab.termout import fit_table
+    from ringlab.cli.demo import _table
+    from ringlab.cli.termout import fit_table
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=width)

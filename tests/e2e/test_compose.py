@@ -367,7 +367,7 @@ def test_docker_launcher_starts_a_guest_container_that_down_removes(
     owns its VM; `vm destroy` removes it; one left running is removed by `docker compose down
     --remove-orphans` as a `docker compose run` container is (the deployment fixture fails if
     anything of the project is left)."""
-    from ringlab.launch import DockerLauncher
+    from ringlab.cli.launch import DockerLauncher
 
     d = deployment
     d.ringlab(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ringlab.launch import DockerLauncher, LaunchError, LaunchSpec, ProcessLauncher, guest_spec
+from ringlab.cli.launch import DockerLauncher, LaunchError, LaunchSpec, ProcessLauncher, guest_spec
 
 
 def _sleeper(name: str, seconds: int = 60) -> LaunchSpec:

@@ -43,12 +43,12 @@ def _kernel(technique: str) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from ringlab.cli_services import vm_row
+    from ringlab.cli.deployment import vm_row
+    from ringlab.cli.termout import fit_table, spinner, stdout_console
     from ringlab.guestos.build import build_image
     from ringlab.rpc import open_channel
     from ringlab.rpc.convert import KERNELS, TECHNIQUES
     from ringlab.rpc.local import LocalDeployment
-    from ringlab.termout import fit_table, spinner, stdout_console
     from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 
     console = stdout_console()
@@ -122,7 +122,7 @@ def _table(rows: list[dict[str, Any]], console: Console) -> Table:
     from rich import box
     from rich.table import Table
 
-    from ringlab.termout import natural_width
+    from ringlab.cli.termout import natural_width
 
     def build(columns: tuple[str, ...], **style: Any) -> Table:
         table = Table(title="Ringlab demo: VMs contending for one pCPU through the services", **style)
@@ -153,7 +153,7 @@ def _watch(console: Console, hv: Any, names: list[str]) -> list[Any]:
     """Progress bars (instructions retired, slices) until every VM has ended (or 50 s passed)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from ringlab.cli_services import vm_row
+    from ringlab.cli.deployment import vm_row
     from ringlab.v1 import hypervisor_pb2
 
     deadline = time.monotonic() + 50

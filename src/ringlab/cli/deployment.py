@@ -1,9 +1,9 @@
 """The ``ringlab`` commands that talk to a deployment: ``up``, ``vm ...``, ``top``, and the
 ``--via HOST:PORT`` half of ``run`` and ``boot``.
 
-Kept apart from ``cli.py`` so that the in-process commands never import grpc or redis.
+Kept apart from ``cli/main.py`` so that the in-process commands never import grpc or redis.
 
-Exit statuses (``ringlab.exitstatus``): 0 when the command worked; 2 for bad usage (an option's
+Exit statuses (``ringlab.cli.exitstatus``): 0 when the command worked; 2 for bad usage (an option's
 value out of range, an unknown workload, a program that does not assemble), found before anything
 is sent; 3 when the deployment cannot be reached or refuses the request - whatever its gRPC status,
 ALREADY_EXISTS (a second ``vm create NAME`` with another definition) included - after printing
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ringlab.cli.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
 from ringlab.errors import DeploymentFailed, UsageError
-from ringlab.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
 
 __all__ = [
     "DEFAULT_HYPERVISOR",
@@ -536,7 +536,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             list(client.call(stub.ListVms, hypervisor_pb2.ListVmsRequest(), timeout=10).vms), args.json
         )
     elif action == "create" and args.launcher:  # a launched guest service owns the VM
-        from ringlab.cli_launch import create_via_launcher
+        from ringlab.cli.launchers import create_via_launcher
 
         with client.calls():
             _print_vms([create_via_launcher(args, stub)], args.json)
@@ -547,7 +547,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
         method = method or {"resume": stub.ResumeVm, "stop": stub.StopVm}[action]
         _print_vms([client.call(method, hypervisor_pb2.VmRef(vm=args.name), timeout=10)], args.json)
     elif action == "destroy":
-        from ringlab.cli_launch import remove_launched
+        from ringlab.cli.launchers import remove_launched
 
         for removed in remove_launched(args.name):  # its launched guest first: no re-attach
             print(f"removed the guest {removed}")
@@ -968,7 +968,7 @@ def add_service_commands(sub: Any) -> None:
     )
     q.add_argument("--start", action="store_true", help="start it at once")
     json_flag(q)
-    from ringlab.cli_launch import add_launcher_flags
+    from ringlab.cli.launchers import add_launcher_flags
 
     add_launcher_flags(q)  # --launcher process|docker, --image
     q = action("list", "list every VM with its state, CPU share and exits")

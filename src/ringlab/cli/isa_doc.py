@@ -79,12 +79,12 @@ def isa_markdown() -> str:
 
 
 def isa_table(console: Console | None = None) -> None:
-    """Print the table to ``console`` (default: stdout; see ``ringlab.termout``).  Cells are
+    """Print the table to ``console`` (default: stdout; see ``ringlab.cli.termout``).  Cells are
     escaped (``[m]`` is an operand, not rich markup) and wrap to the console's width."""
     from rich.markup import escape
     from rich.table import Table
 
-    from ringlab.termout import fit_table, stdout_console
+    from ringlab.cli.termout import fit_table, stdout_console
 
     table = Table(title="RL-32 instructions (one row per operand form)")
     for col in ("mnemonic", "operands", "class", "encoding", "bytes", "effect"):

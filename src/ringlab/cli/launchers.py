@@ -1,6 +1,6 @@
 """``ringlab vm create --launcher process|docker`` and the clean-up on ``vm destroy``.
 
-The glue between the ``vm`` commands (``cli_services.py``) and the launchers (``launch.py``): with
+The glue between the ``vm`` commands (``deployment.py``) and the launchers (``launch.py``): with
 a launcher, ``vm create`` does not create the VM itself; it starts a guest service (a local
 process, or a container on the compose deployment's network) that builds its image, creates its VM
 on the hypervisor and serves its console, and waits until the hypervisor knows the VM.
@@ -13,8 +13,8 @@ import os
 import time
 from typing import Any
 
+from ringlab.cli.launch import LaunchError, guest_spec, make_launcher
 from ringlab.errors import DeploymentFailed
-from ringlab.launch import LaunchError, guest_spec, make_launcher
 
 __all__ = ["add_launcher_flags", "create_via_launcher", "remove_launched"]
 

@@ -1,6 +1,6 @@
 """The ``ringlab`` command.
 
-Exit statuses are defined once, in ``ringlab.exitstatus`` (its docstring is the table): 0 when
+Exit statuses are defined once, in ``ringlab.cli.exitstatus`` (its docstring is the table): 0 when
 the command itself worked, whatever the guest did; 1 for an unexpected error (a bug: one line
 asks for a report, ``--debug`` or ``RINGLAB_DEBUG=1`` prints the traceback); 2 for bad usage
 (unknown option or value, a program that does not assemble, a file that is not an image or cannot
@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlab import __version__
-from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
-from ringlab.exitstatus import (
+from ringlab.cli.exitstatus import (
     EXIT_DEPLOYMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -33,6 +32,7 @@ from ringlab.exitstatus import (
     GUEST_SHUTDOWN,
     guest_status,
 )
+from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
 
 __all__ = ["IN_PROCESS_COMMANDS", "MAX_MEMORY", "TECHNIQUES", "build_parser", "main"]
 
@@ -46,7 +46,7 @@ MAX_BENCH_VMS = 128
 MAX_WEIGHT = 65535
 """Scheduler weights run from 1 to 65535, as in Xen's credit scheduler (256 is the default)."""
 IN_PROCESS_COMMANDS = ("demo", "run", "boot", "asm", "disasm", "bench", "isa", "completion")
-"""The commands defined in this module (the service commands live in ``cli_services``)."""
+"""The commands defined in this module (the service commands live in ``cli.deployment``)."""
 
 DEBUG_ENV = "RINGLAB_DEBUG"
 INTERNAL_ERROR = (
@@ -212,7 +212,7 @@ def _build_user_program(path: str, kernel: str, defines: dict[str, int]) -> Any:
 # -- running ---------------------------------------------------------------------------------------------
 def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
     """Run ``image`` in-process under the technique the options name."""
-    from ringlab.termout import spinner
+    from ringlab.cli.termout import spinner
     from ringlab.vmm import run_vm
 
     try:
@@ -322,7 +322,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) -> int:
     """The same run through a deployment: same output, or exit status 3 saying why not."""
-    from ringlab.cli_services import run_via
+    from ringlab.cli.deployment import run_via
 
     result = run_via(args, image, kernel=kernel, workload=workload)
     if isinstance(result, int):
@@ -331,7 +331,7 @@ def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) ->
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ringlab.bench import run_suite
+    from ringlab.cli.bench import run_suite
 
     _check_bench_options(args)
     return run_suite(args)
@@ -360,18 +360,18 @@ def _check_bench_options(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ringlab.demo import run_demo
+    from ringlab.cli.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_isa(args: argparse.Namespace) -> int:
-    from ringlab.isa_doc import isa_markdown, isa_table
+    from ringlab.cli.isa_doc import isa_markdown, isa_table
 
     if args.markdown:
         sys.stdout.write(isa_markdown())
     else:
-        from ringlab.termout import stdout_console
+        from ringlab.cli.termout import stdout_console
 
         isa_table(stdout_console())
     return EXIT_OK
@@ -456,9 +456,9 @@ def _command(sub: Any, name: str, summary: str, func: Callable[[argparse.Namespa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ringlab.bench.micro import BENCHMARKS, COLUMNS
-    from ringlab.bench.speed import DEFAULT_ROUNDS
-    from ringlab.demo import CHART as DEMO_CHART
+    from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS
+    from ringlab.cli.bench.speed import DEFAULT_ROUNDS
+    from ringlab.cli.demo import CHART as DEMO_CHART
     from ringlab.guestos.build import FLAVOURS, WORKLOADS
 
     parser = argparse.ArgumentParser(
@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # The service commands (up, vm, top, ...) live beside their gRPC clients.
-    from ringlab.cli_services import add_service_commands
+    from ringlab.cli.deployment import add_service_commands
 
     add_service_commands(sub)
 
@@ -707,7 +707,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ same on a slow machine and a fast one.
 - ``services``: the cost of the service boundary against an echo and in-process (``services.py``)
 
 Every suite shows its progress on stderr when stderr is a terminal (not under ``--json``), and
-prints its table to fit the terminal, or whole when stdout is not a terminal (``ringlab.termout``).
+prints its table to fit the terminal, or whole when stdout is not a terminal (``ringlab.cli.termout``).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ DEFAULT_VMS = 16
 
 
 def run_suite(args: argparse.Namespace) -> int:
-    from ringlab.termout import progress, spinner
+    from ringlab.cli.termout import progress, spinner
 
     show = not args.json
     if args.suite in ("contention", "services"):
         return _run_services(args)
     if args.suite == "speed":
-        from ringlab.bench.speed import speed_suite
+        from ringlab.cli.bench.speed import speed_suite
 
         with spinner("speed: the compute workload as a guest and in plain Python", enabled=show, delay=0.5):
             figures = speed_suite(rounds=args.rounds)
@@ -45,7 +45,7 @@ def run_suite(args: argparse.Namespace) -> int:
             _print_speed(figures)
         return 0
     if args.suite == "efficiency":
-        from ringlab.bench.efficiency import REPEATS, ROUNDS, efficiency_runs, efficiency_suite
+        from ringlab.cli.bench.efficiency import REPEATS, ROUNDS, efficiency_runs, efficiency_suite
 
         with progress("efficiency", efficiency_runs(ROUNDS, REPEATS), enabled=show) as step:
             eff = efficiency_suite(progress=step)
@@ -60,7 +60,7 @@ def run_suite(args: argparse.Namespace) -> int:
 def _print_efficiency(eff: dict[str, Any], console: Console | None = None) -> None:
     from rich.table import Table
 
-    from ringlab.termout import fit_table, stdout_console
+    from ringlab.cli.termout import fit_table, stdout_console
 
     lo, hi = eff["rounds"]
     table = Table(
@@ -76,8 +76,8 @@ def _print_efficiency(eff: dict[str, Any], console: Console | None = None) -> No
 def _run_micro(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ringlab.bench.micro import BENCHMARKS, COLUMNS, micro_suite, plot
-    from ringlab.termout import progress
+    from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS, micro_suite, plot
+    from ringlab.cli.termout import progress
 
     benches = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     columns = [c for c in COLUMNS if not args.techniques or c.label in args.techniques]
@@ -98,7 +98,7 @@ def _micro_table(figures: dict[str, Any], labels: list[str], *, events: bool) ->
     from rich.markup import escape
     from rich.table import Table
 
-    from ringlab.bench.micro import dominant_events
+    from ringlab.cli.bench.micro import dominant_events
 
     if events:
         table = Table(title="simulated cycles per iteration (dominant events per iteration)")
@@ -131,7 +131,7 @@ def _events_table(figures: dict[str, Any], labels: list[str]) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    from ringlab.bench.micro import dominant_events
+    from ringlab.cli.bench.micro import dominant_events
 
     table = Table(title="dominant events per iteration", box=box.SIMPLE_HEAD)
     for col in ("benchmark", "technique", "events (or why it did not complete)"):
@@ -159,7 +159,7 @@ def _events_table(figures: dict[str, Any], labels: list[str]) -> Table:
 def _print_micro(figures: dict[str, Any], labels: list[str], console: Console | None = None) -> None:
     """The table with every cell's dominant events when it fits the console; otherwise (a
     terminal of 80 columns) the cycles alone, then the events cell by cell."""
-    from ringlab.termout import fit_table, natural_width, stdout_console
+    from ringlab.cli.termout import fit_table, natural_width, stdout_console
 
     console = console or stdout_console()
     wide = _micro_table(figures, labels, events=True)
@@ -173,7 +173,7 @@ def _print_micro(figures: dict[str, Any], labels: list[str], console: Console | 
 def _print_speed(f: dict[str, float], console: Console | None = None) -> None:
     from rich.table import Table
 
-    from ringlab.termout import fit_table, stdout_console
+    from ringlab.cli.termout import fit_table, stdout_console
 
     table = Table(title="speed: the compute workload (FNV-1a) as a guest vs plain Python")
     table.add_column("measure")
@@ -189,8 +189,8 @@ def _run_services(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from ringlab.bench.services import contention_suite, services_suite
-    from ringlab.termout import fit_table, progress, stdout_console
+    from ringlab.cli.bench.services import contention_suite, services_suite
+    from ringlab.cli.termout import fit_table, progress, stdout_console
 
     with progress(args.suite, 1.0, enabled=not args.json) as step:
         if args.suite == "contention":

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ringlab.bench.micro import COLUMNS, Column
+from ringlab.cli.bench.micro import COLUMNS, Column
 
 __all__ = ["REPEATS", "ROUNDS", "efficiency_runs", "efficiency_suite"]
 
