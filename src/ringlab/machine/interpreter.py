@@ -27,6 +27,8 @@ __all__ = ["HANDLERS", "Outcome", "effective_address"]
 M = 0xFFFFFFFF
 ESP, ECX, EDX, EAX = 4, 1, 2, 0
 Outcome = Exit | bool | None
+"""A handler's result (the module's docstring): None for the common case, so the hot paths
+(``Cpu.step``, ``vmm.execute``, translated code) test ``is None`` first and allocate nothing."""
 Handler = Callable[["Cpu", Instruction, int, int], Outcome]
 
 CPUID_VENDOR = tuple(int.from_bytes(s, "little") for s in (b"Ring", b"LabC", b"PU32"))

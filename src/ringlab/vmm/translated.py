@@ -81,7 +81,9 @@ class VmmCall(enum.StrEnum):
 
 
 class Port(Protocol):
-    """What translated code asks of the VMM."""
+    """What translated code asks of the VMM.  Each call returns what the run does next: None, the
+    VMM handled it and the translation runs on (from a fresh lookup); else the ``Exit`` or
+    ``Stop`` that ends the run."""
 
     def fault(self, fault: Fault) -> Exit | Stop | None: ...
     def tick(self) -> Exit | Stop | None: ...
@@ -141,105 +143,128 @@ class Remote:
 def run_translated(
     g: Guest, cache: TranslationCache, port: Port, end: int, state: TcState, epoch: Callable[[], int]
 ) -> Exit | Stop:
-    """Execute the guest kernel's translation until it leaves ring 0, exits or ``end``."""
-    cpu, vcpu, counters = g.cpu, g.vcpu, g.counters
-    s, stats = cpu.state, cpu.stats
-    follow, run_straight = cache.follow, cpu.run_straight
+    """Execute the guest kernel's translation until it leaves ring 0, exits or ``end``: find the
+    block at ``eip`` (``_find_block``), run it (``_exec_block``), repeat, as QEMU's ``cpu_exec``
+    loops on ``tb_find`` and ``cpu_loop_exec_tb``."""
+    vcpu, s, stats = g.vcpu, g.cpu.state, g.cpu.stats
     previous: Block | None = None
-    while True:
-        if stats.retired >= end:
-            return YIELD
+    while stats.retired < end:
         try:
-            if state.step_over:
-                state.step_over = False
-                block = cache.single(s.eip)
-            else:
-                block = cache.lookup(s.eip, previous, epoch())
+            block = _find_block(cache, state, s.eip, previous, epoch)
         except Fault as fault:
             result = port.fault(fault)
             if result is not None:
                 return result
             previous = None
-            if vcpu.cpl == 3:
-                return YIELD
-            continue
-        previous = block
-        ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
-        while i < len(ops):
-            op = ops[i]
-            if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
-                s.timer_pending = False
-                vcpu.pending_tick = True
-            if vcpu.pending_tick and vcpu.interrupts_enabled:
-                result = port.tick()
-                if result is not None:
-                    return result
-                previous = None
-                break
-            if (
-                stats.retired >= end
-                or not block.valid
-                or s.eip != op.eip
-                or (i and block.source is not None and not cache.unchanged(block))
-            ):
-                # (a self-checking block is compared again once some of it has run: an
-                # instruction may have written the block's own code, with no fault to say so)
-                previous = None
-                break
-            kind = op.kind
-            if kind is _DIRECT:
-                if tails[i]:
-                    # Innocuous instructions translate to themselves: the rest of a block of
-                    # nothing else up to its branch runs on the core's compiled code (the
-                    # simulated hardware's speed, not the VMM's work), may loop there, and goes
-                    # on into the blocks it is chained to while they are all DIRECT too
-                    # (``cache.follow``).
-                    cache.current = block
-                    if run_straight(end - stats.retired, follow):
-                        block = previous = cache.current
-                        j = block.index.get(s.eip)
-                        if j is None:  # it branched out of its last block
-                            break
-                        ops, runs, tails, i = block.ops, block.direct_runs, block.tails, j
-                        continue
-                elif runs[i] >= STRAIGHT:  # a run of innocuous instructions in a block
-                    done = run_straight(min(runs[i], end - stats.retired))
-                    if done:
-                        i += done
-                        continue
-                try:
-                    outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
-                except Fault as fault:
-                    result = port.fault(fault)
-                    if result is not None:
-                        return result
-                    previous = None
-                    break
-                if outcome is None:
-                    cpu.retire(1)
-                elif isinstance(outcome, Exit):
-                    return outcome  # pragma: no cover - innocuous handlers do not exit
-                i += 1
-                continue
-            i += 1
-            counters.handled(op.insn.mnemonic, kind.value)
-            if kind is Kind.INLINE:
-                if privilege_fault(cast("VM", g), op.insn):  # cli/sti above the guest's IOPL
-                    result = port.privileged()
-                    if result is not None:
-                        return result
-                    previous = None
-                    break
-                with guest_view(s, vcpu, g.deprivilege):
-                    result = execute(cpu, op.insn, op.eip, 1)
-            else:
-                result = port.callout(op)
-            if result is not None:
-                return result
-            if vcpu.cpl == 3:
-                return port.to_user()
+        else:
+            went = _exec_block(g, cache, port, block, end)
+            if went is not None and not isinstance(went, Block):
+                return went
+            previous = went
         if vcpu.cpl == 3:
             return YIELD
+    return YIELD
+
+
+def _find_block(
+    cache: TranslationCache, state: TcState, eip: int, previous: Block | None, epoch: Callable[[], int]
+) -> Block:
+    """The translation to run at ``eip`` (chained from ``previous`` when it ran to its end), or
+    once after a hidden fault that dropped translations an uncached one (``TcState.step_over``).
+    Raises the ``Fault`` fetching the guest's code raised, or (a pCPU's cache) ``Untranslated``."""
+    if state.step_over:
+        state.step_over = False
+        return cache.single(eip)
+    return cache.lookup(eip, previous, epoch())
+
+
+def _exec_block(
+    g: Guest, cache: TranslationCache, port: Port, block: Block, end: int
+) -> Block | Exit | Stop | None:
+    """Run ``block``'s ops (and the DIRECT blocks its tail chains to) until its end, something
+    for the VMM, or ``end``.  Returns an ``Exit`` or ``Stop`` that ends the run, else where the
+    next lookup chains from: the ``Block`` it ran to the end of (or branched out of), or None (a
+    VMM call that went on, a tick, the budget, a block that went stale: look up afresh)."""
+    cpu, vcpu = g.cpu, g.vcpu
+    s, stats = cpu.state, cpu.stats
+    follow, run_straight = cache.follow, cpu.run_straight
+    ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
+    while i < len(ops):
+        op = ops[i]
+        if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
+            s.timer_pending = False
+            vcpu.pending_tick = True
+        if vcpu.pending_tick and vcpu.interrupts_enabled:
+            return port.tick()
+        if (
+            stats.retired >= end
+            or not block.valid
+            or s.eip != op.eip
+            or (i and block.source is not None and not cache.unchanged(block))
+        ):
+            # (a self-checking block is compared again once some of it has run: an
+            # instruction may have written the block's own code, with no fault to say so)
+            return None
+        if op.kind is not _DIRECT:
+            result = _exec_sensitive(g, port, op)
+            if result is not _Next.OP:
+                return result
+            i += 1
+            continue
+        if tails[i]:
+            # Innocuous instructions translate to themselves: the rest of a block of nothing
+            # else up to its branch runs on the core's compiled code (the simulated hardware's
+            # speed, not the VMM's work), may loop there, and goes on into the blocks it is
+            # chained to while they are all DIRECT too (``cache.follow``).
+            cache.current = block
+            if run_straight(end - stats.retired, follow):
+                block = cache.current
+                j = block.index.get(s.eip)
+                if j is None:  # it branched out of its last block
+                    return block
+                ops, runs, tails, i = block.ops, block.direct_runs, block.tails, j
+                continue
+        elif runs[i] >= STRAIGHT:  # a run of innocuous instructions in a block
+            done = run_straight(min(runs[i], end - stats.retired))
+            if done:
+                i += done
+                continue
+        try:
+            outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
+        except Fault as fault:
+            return port.fault(fault)
+        if outcome is None:  # the interpreter's ``Outcome``: retire it here
+            cpu.retire(1)
+        elif isinstance(outcome, Exit):
+            return outcome  # pragma: no cover - innocuous handlers do not exit
+        i += 1
+    return block
+
+
+class _Next(enum.Enum):
+    OP = enum.auto()
+    """``_exec_sensitive``: the op is done, the block goes on with the next one."""
+
+
+def _exec_sensitive(g: Guest, port: Port, op: Op) -> Exit | Stop | _Next | None:
+    """An INLINE op (against the virtual CPU, unless the guest's IOPL forbids it: #GP) or a
+    CALLOUT (the VMM emulates it).  ``_Next.OP`` when the block goes on, else what
+    ``_exec_block`` returns."""
+    vcpu = g.vcpu
+    g.counters.handled(op.insn.mnemonic, op.kind.value)
+    result: Exit | Stop | None
+    if op.kind is Kind.INLINE:
+        if privilege_fault(cast("VM", g), op.insn):  # cli/sti above the guest's IOPL
+            return port.privileged()
+        with guest_view(g.cpu.state, vcpu, g.deprivilege):
+            result = execute(g.cpu, op.insn, op.eip, 1)
+    else:
+        result = port.callout(op)
+    if result is not None:
+        return result
+    if vcpu.cpl == 3:
+        return port.to_user()
+    return _Next.OP
 
 
 # -- what crosses the world switch -------------------------------------------------------------
