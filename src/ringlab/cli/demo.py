@@ -13,31 +13,29 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
+from ringlab.sched.credit import TERMINAL
+from ringlab.vmm import TechniqueName, default_kernel
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
 __all__ = ["CHART", "DEMO_VMS", "run_demo"]
 
-DEMO_VMS = (
-    ("native", "hello"),
-    ("native", "compute"),
-    ("trap-emulate", "hello"),
-    ("trap-emulate", "syscall"),
-    ("bt", "compute"),
-    ("bt", "spawnwait"),
-    ("pv", "hello"),
-    ("pv", "compute"),
-    ("hw", "syscall"),
-    ("hw", "multi"),
+DEMO_VMS: tuple[tuple[str, str], ...] = (
+    (TechniqueName.NATIVE.value, "hello"),
+    (TechniqueName.NATIVE.value, "compute"),
+    (TechniqueName.TRAP_EMULATE.value, "hello"),
+    (TechniqueName.TRAP_EMULATE.value, "syscall"),
+    (TechniqueName.BT.value, "compute"),
+    (TechniqueName.BT.value, "spawnwait"),
+    (TechniqueName.PV.value, "hello"),
+    (TechniqueName.PV.value, "compute"),
+    (TechniqueName.HW.value, "syscall"),
+    (TechniqueName.HW.value, "multi"),
 )
 """(technique, workload): every technique, a mix of workloads."""
 CHART = "ringlab-demo-pcpu.png"
-TERMINAL = {"poweroff", "halted", "shutdown", "limit", "stopped"}
-
-
-def _kernel(technique: str) -> str:
-    return "paravirt" if technique == "pv" else "stock"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -67,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
         names: list[str] = []
         with spinner(f"building {len(DEMO_VMS)} guest images and creating their VMs", delay=0.3):
             for technique, workload in DEMO_VMS:
-                kernel = _kernel(technique)
+                kernel = default_kernel(technique)
                 try:
                     image = build_image(workload, kernel)
                 except Exception as exc:  # e.g. the paravirt kernel before the pv technique lands

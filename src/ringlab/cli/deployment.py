@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ringlab.cli.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
+from ringlab.endpoints import DEFAULT_HYPERVISOR
 from ringlab.errors import DeploymentFailed, UsageError
+from ringlab.guestos import FLAVOURS
+from ringlab.sched.credit import TERMINAL
+from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
 
 __all__ = [
-    "DEFAULT_HYPERVISOR",
     "add_client_flags",
     "add_service_commands",
     "run_via",
@@ -44,14 +47,11 @@ __all__ = [
     "vm_table",
 ]
 
-DEFAULT_HYPERVISOR = "127.0.0.1:50051"
 MAX_WEIGHT = 65535
 """The largest credit-scheduler weight, as in Xen's credit scheduler."""
 MAX_PCPUS = 64
-TECHNIQUE_CHOICES = ("native", "trap-emulate", "bt", "pv", "hw")
-KERNEL_CHOICES = ("stock", "paravirt")
-ENDED = frozenset({"stopped", "poweroff", "halted", "shutdown", "limit"})
-"""VM statuses after which nothing more happens to the VM."""
+ENDED = TERMINAL
+"""VM statuses after which nothing more happens to the VM (the scheduler's ``TERMINAL``)."""
 ENDING_EVENTS = frozenset({"ended", "stopped", "destroyed"})
 """Event kinds after which a VM's event stream has nothing more to say."""
 
@@ -412,19 +412,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # -- vm ... ------------------------------------------------------------------------------------------
-_STATUS = {
-    0: "?",
-    1: "created",
-    2: "runnable",
-    3: "running",
-    4: "blocked",
-    5: "paused",
-    6: "stopped",
-    7: "poweroff",
-    8: "halted",
-    9: "shutdown",
-    10: "limit",
-}
+def _status_name(value: int) -> str:
+    """A VM's status as the CLI prints it: the proto's ``VmStatus`` name without its prefix, in
+    lower case (``VM_STATUS_POWEROFF`` -> ``poweroff``); ``?`` for unspecified or unknown."""
+    from ringlab.v1 import hypervisor_pb2
+
+    if value == hypervisor_pb2.VM_STATUS_UNSPECIFIED or value not in hypervisor_pb2.VmStatus.values():
+        return "?"
+    return (
+        hypervisor_pb2.VmStatus.Name(hypervisor_pb2.VmStatus.ValueType(value))
+        .removeprefix("VM_STATUS_")
+        .lower()
+    )
 
 
 def _technique_name(value: int) -> str:
@@ -447,7 +446,7 @@ def vm_row(vm: Any) -> dict[str, Any]:
         "technique": _technique_name(vm.technique) + ("+np" if vm.nested_paging else ""),
         "kernel": _kernel_name(vm.kernel),
         "workload": vm.workload,
-        "status": _STATUS.get(vm.status, "?"),
+        "status": _status_name(vm.status),
         "code": vm.exit_code if vm.HasField("exit_code") else None,
         "weight": vm.weight,
         "cpu_share": s.cpu_share,
@@ -521,7 +520,7 @@ def vm_table(rows: list[dict[str, Any]], title: str = "VMs") -> Any:
 
 
 def _wait_text(name: str, vm: Any) -> str:
-    return f"waiting for VM {name}: {_STATUS.get(vm.status, '?')}, {vm.stats.guest.retired:,} instructions"
+    return f"waiting for VM {name}: {_status_name(vm.status)}, {vm.stats.guest.retired:,} instructions"
 
 
 @_guarded
@@ -571,7 +570,7 @@ def _create(args: argparse.Namespace, client: Client) -> Any:
     from ringlab.rpc.convert import KERNELS, TECHNIQUES
     from ringlab.v1 import hypervisor_pb2
 
-    kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
+    kernel = args.kernel or default_kernel(args.technique)
     defines = dict(args.defines)
     if args.program and args.workload:
         raise UsageError("--program and --workload both name what the VM runs: give one")
@@ -647,7 +646,7 @@ def _events(args: argparse.Namespace, client: Client) -> None:
     if args.name:
         vm = client.call(stub.DescribeVm, hypervisor_pb2.VmRef(vm=args.name), timeout=10)
         ids = {vm.id, vm.name}
-        if follow and _STATUS.get(vm.status) in ENDED:
+        if follow and _status_name(vm.status) in ENDED:
             follow = False  # it has ended: its past events are all there will be
     stream = stub.StreamEvents(hypervisor_pb2.StreamEventsRequest(vm=args.name or "", follow=follow))
     done = threading.Event()
@@ -656,7 +655,9 @@ def _events(args: argparse.Namespace, client: Client) -> None:
     def watch() -> None:  # the VM may end between the look above and the stream's start
         while not done.wait(1.0):
             try:
-                status = _STATUS.get(stub.DescribeVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10).status)
+                status: str | None = _status_name(
+                    stub.DescribeVm(hypervisor_pb2.VmRef(vm=args.name), timeout=10).status
+                )
             except grpc.RpcError as err:
                 status = "stopped" if err.code() == grpc.StatusCode.NOT_FOUND else None
             if status in ENDED and not done.wait(1.0):  # one more second for its last events
@@ -917,14 +918,14 @@ def add_service_commands(sub: Any) -> None:
     q.add_argument("name", help="the VM's name: letters, digits, '.', '_', '-'")
     q.add_argument(
         "--technique",
-        default="native",
-        choices=TECHNIQUE_CHOICES,
+        default=TechniqueName.NATIVE.value,
+        choices=TECHNIQUES,
         help="how the VM is virtualized (default: native)",
     )
     q.add_argument("--nested-paging", action="store_true", help="with --technique hw: nested paging")
     q.add_argument(
         "--kernel",
-        choices=KERNEL_CHOICES,
+        choices=FLAVOURS,
         default=None,
         help="guest kernel flavour (default: paravirt under --technique pv, else stock)",
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from ringlab.cli.launch import LaunchError, guest_spec, make_launcher
 from ringlab.errors import DeploymentFailed
+from ringlab.vmm import default_kernel
 
 __all__ = ["add_launcher_flags", "create_via_launcher", "remove_launched"]
 
@@ -65,7 +66,7 @@ def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
             f"{', '.join(unsupported)}: not guest service settings: create the VM without --launcher "
             "to use them"
         )
-    kernel = args.kernel or ("paravirt" if args.technique == "pv" else "stock")
+    kernel = args.kernel or default_kernel(args.technique)
     spec = guest_spec(
         args.name,
         technique=args.technique,

@@ -33,11 +33,11 @@ from ringlab.cli.exitstatus import (
     guest_status,
 )
 from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
+from ringlab.guestos import NO_KERNEL
+from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
 
-__all__ = ["IN_PROCESS_COMMANDS", "MAX_MEMORY", "TECHNIQUES", "build_parser", "main"]
+__all__ = ["IN_PROCESS_COMMANDS", "MAX_MEMORY", "build_parser", "main"]
 
-TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw")
-"""Every technique ``--technique`` names (docs/techniques.md)."""
 MAX_MEMORY = 1 << 30
 """The most guest RAM ``--memory`` may ask for: 1 GiB (RL-32 addresses 4 GiB, but the machine
 keeps guest RAM in host memory, and no workload needs more than a few MiB)."""
@@ -289,14 +289,9 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     image = _load_program(args.program, dict(args.defines))
     if args.via:
-        return _via(image, args, kernel="none", workload=Path(args.program).stem)
+        return _via(image, args, kernel=NO_KERNEL, workload=Path(args.program).stem)
     result = _run(image, args, args.input.encode("latin-1"))
     return _finish(result, args)
-
-
-def default_kernel(technique: str) -> str:
-    """The kernel flavour a technique runs when none is named: paravirt under pv, else stock."""
-    return "paravirt" if technique == "pv" else "stock"
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -389,7 +384,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--technique",
         choices=TECHNIQUES,
-        default="native",
+        default=TechniqueName.NATIVE.value,
         help="how the guest is virtualized (default: %(default)s, no hypervisor)",
     )
     p.add_argument(

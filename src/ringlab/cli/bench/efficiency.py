@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ringlab.cli.bench.micro import COLUMNS, Column
+from ringlab.vmm import TechniqueName
 
 __all__ = ["REPEATS", "ROUNDS", "efficiency_runs", "efficiency_suite"]
 
@@ -25,7 +26,7 @@ REPEATS = 5
 
 
 def _columns() -> list[Column]:
-    return [c for c in COLUMNS if c.technique != "trap-emulate"]  # it does not run compute right
+    return [c for c in COLUMNS if c.technique != TechniqueName.TRAP_EMULATE]  # it does not run compute right
 
 
 def efficiency_runs(rounds: tuple[int, int] = ROUNDS, repeats: int = REPEATS) -> int:
@@ -76,8 +77,8 @@ def efficiency_suite(
         "repeats": repeats,
         "techniques": {
             label: {
-                "throughput": work["native"] / work[label],
-                "whole_run": run["native"] / run[label],
+                "throughput": work[TechniqueName.NATIVE] / work[label],
+                "whole_run": run[TechniqueName.NATIVE] / run[label],
                 "work_seconds": work[label],
                 "run_seconds": run[label],
             }

@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ringlab.guestos import KernelFlavour
+from ringlab.vmm import TechniqueName, default_kernel
+
 __all__ = ["BENCHMARKS", "COLUMNS", "Benchmark", "Column", "micro_suite"]
 
 
@@ -34,7 +37,7 @@ class Column:
     label: str
     technique: str
     nested_paging: bool = False
-    kernel: str = "stock"
+    kernel: str = KernelFlavour.STOCK.value
 
 
 # BENCH_* operation numbers: src/ringlab/guestos/kernel/abi.s
@@ -51,13 +54,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 )
 
 COLUMNS: tuple[Column, ...] = (
-    Column("native", "native"),
-    Column("trap-emulate", "trap-emulate"),
-    Column("bt", "bt"),
-    Column("pv", "pv", kernel="paravirt"),
-    Column("hw", "hw"),
-    Column("hw+np", "hw", nested_paging=True),
+    *(Column(t.value, t.value, kernel=default_kernel(t)) for t in TechniqueName),
+    Column("hw+np", TechniqueName.HW.value, nested_paging=True, kernel=default_kernel(TechniqueName.HW)),
 )
+"""Every technique under its default kernel (``vmm.default_kernel``), and hw with nested paging."""
 
 Runner = Callable[..., Any]
 
@@ -70,7 +70,7 @@ def _default_runner() -> Runner:
         from ringlab.machine import run_image
 
         def native_only(image: Any, *, technique: str, nested_paging: bool = False, **kw: Any) -> Any:
-            if technique != "native":
+            if technique != TechniqueName.NATIVE:
                 raise NotImplementedError(technique)
             return run_image(image, **kw)
 

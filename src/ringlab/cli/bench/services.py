@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ringlab.guestos import KernelFlavour
 from ringlab.sched import jain_index
+from ringlab.vmm import TechniqueName
 
 __all__ = ["Progress", "contention_suite", "services_suite"]
 
@@ -100,7 +102,7 @@ def contention_suite(
         raise UsageError(f"{len(weights)} weights for {vms} VMs: give one weight per VM")
     if any(w < 1 for w in weights):
         raise UsageError(f"every weight must be at least 1: {weights}")
-    image = build_image("compute", "stock", _LONG_COMPUTE).to_bytes()
+    image = build_image("compute", KernelFlavour.STOCK, _LONG_COMPUTE).to_bytes()
     _report(progress, "contention: starting Redis, one pCPU and the hypervisor", 0.0)
     with LocalDeployment.start(pcpus=1) as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
@@ -145,7 +147,7 @@ def services_suite(calls: int = 2000, progress: Progress | None = None) -> dict[
 
     # A bare guest that does nothing but exit: each `out` to an unmodelled port crosses to the VMM.
     exits_forever = assemble("top:\n    out 0x99, eax\n    jmp top\n")
-    computes = {n: build_image("compute", "stock", {"ROUNDS": n}) for n in COMPUTE_ROUNDS}
+    computes = {n: build_image("compute", KernelFlavour.STOCK, {"ROUNDS": n}) for n in COMPUTE_ROUNDS}
     _report(progress, "services: starting Redis, one pCPU and the hypervisor", 0.0)
     with LocalDeployment.start(pcpus=1) as d:
         hv = hypervisor_pb2_grpc.HypervisorStub(open_channel(d.hypervisor))
@@ -172,7 +174,7 @@ def services_suite(calls: int = 2000, progress: Progress | None = None) -> dict[
 
         # 2. Redis round trips per world switch while VMs with many exits run.
         _report(progress, "services: Redis round trips per world switch (4 io VMs)", 0.25)
-        io = build_image("io", "stock").to_bytes()
+        io = build_image("io", KernelFlavour.STOCK).to_bytes()
         before = hv.GetStats(hypervisor_pb2.GetStatsRequest(), timeout=10).pcpus[0]
         cpu_trips0 = cpu.DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=10).redis_round_trips
         for i in range(4):
@@ -198,7 +200,7 @@ def services_suite(calls: int = 2000, progress: Progress | None = None) -> dict[
                     0.4 + 0.6 * i / COMPUTE_RUNS,
                 )
                 t = time.perf_counter()
-                local = run_vm(image, technique="native")
+                local = run_vm(image, technique=TechniqueName.NATIVE)
                 local_best[n] = min(local_best.get(n, float("inf")), time.perf_counter() - t)
                 retired[n] = local.stats.retired
                 t = time.perf_counter()

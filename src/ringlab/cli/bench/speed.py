@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from ringlab.errors import RinglabError
+from ringlab.guestos import KernelFlavour
 from ringlab.guestos.reference import fnv1a_reference
 
 __all__ = ["fnv1a_reference", "speed_suite"]
@@ -22,7 +23,7 @@ def speed_suite(rounds: int | None = None) -> dict[str, float]:
     from ringlab.machine import run_image
 
     rounds = rounds or DEFAULT_ROUNDS
-    image = build_image("compute", "stock", {"ROUNDS": rounds})
+    image = build_image("compute", KernelFlavour.STOCK, {"ROUNDS": rounds})
 
     start = time.perf_counter()
     expected = fnv1a_reference(rounds)
