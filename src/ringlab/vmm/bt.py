@@ -18,14 +18,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ringlab.isa import TABLE
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
 from ringlab.vmm.emulate import emulate
-from ringlab.vmm.events import reflect_exception, reflect_interrupt, reflect_software_interrupt
+from ringlab.vmm.events import (
+    INT_OPCODE,
+    int_vector,
+    reflect_exception,
+    reflect_interrupt,
+    reflect_software_interrupt,
+)
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.translated import (
     BT_DEPRIVILEGE,
@@ -47,8 +52,6 @@ if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
 __all__ = ["BinaryTranslation"]
-
-_INT = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
 
 
 class BinaryTranslation:
@@ -158,19 +161,24 @@ class BinaryTranslation:
                 vm.counters.sensitive.setdefault(mnemonic, Counter())[how] += n
 
     def _fault(self, vm: VM, fault: Fault) -> Exit | Stop | None:
-        """A fault raised by translated code (or by fetching it) at ``eip``."""
+        """A fault raised by translated code (or by fetching it) at ``eip``: the core did not
+        count it (the VMM ran the code), so delivering it counts it."""
         if fault.vector == PF:
-            assert self.cache is not None
-            dropped = self.cache.invalidations
-            hidden = vm.paging.page_fault(
-                Exit(ExitReason.EXCEPTION, vector=PF, error_code=fault.error_code, cr2=fault.cr2)
-            )
-            if hidden is None:
-                self.state.step_over = self.cache.invalidations != dropped
-                return None
-            fault = hidden
-        result = reflect_exception(vm, fault, counted=False)
-        return result
+            exit = Exit(ExitReason.EXCEPTION, vector=PF, error_code=fault.error_code, cr2=fault.cr2)
+            return self._page_fault(vm, exit, counted=False)
+        return reflect_exception(vm, fault, counted=False)
+
+    def _page_fault(self, vm: VM, exit: Exit, *, counted: bool) -> Exit | Stop | None:
+        """Shadow paging's one #PF decision (``VM.shadow_fault``, ``VM.reflect_fault``), for a #PF
+        the core exited on (``counted``) or one translated code raised.  A hidden fault that
+        dropped translations runs the faulting instruction once uncached (``TcState.step_over``)."""
+        assert self.cache is not None
+        dropped = self.cache.invalidations
+        fault = vm.shadow_fault(exit, counted=counted)
+        if fault is None:
+            self.state.step_over = self.cache.invalidations != dropped
+            return None
+        return vm.reflect_fault(fault, counted=counted)
 
     def _publish(self, vm: VM) -> None:
         cache, counters = self.cache, vm.counters
@@ -192,17 +200,11 @@ class BinaryTranslation:
                 if vector == TIMER and not _may_be_int(vm, eip):
                     return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)
-                is_int = insn is not None and insn.mnemonic == "int" and insn.operands == (vector,)
+                is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
                 if vector == PF:
-                    assert self.cache is not None
-                    dropped = self.cache.invalidations
-                    fault = vm.shadow_fault(exit)
-                    if fault is None:
-                        self.state.step_over = self.cache.invalidations != dropped
-                        return None
-                    return vm.reflect_fault(fault)
+                    return self._page_fault(vm, exit, counted=True)
                 if is_int and exit.error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
@@ -244,4 +246,4 @@ def _may_be_int(vm: VM, eip: int) -> bool:
     s = vm.cpu.state
     mmu = vm.cpu.mmu
     off = mmu.read_cache[mode_index(s.cs & 3 == 3, s.cr0)].get(eip >> PAGE_SHIFT)
-    return off is None or vm.cpu.memory.data[eip + off] == _INT
+    return off is None or vm.cpu.memory.data[eip + off] == INT_OPCODE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ringlab.isa import TABLE, Instruction
 from ringlab.machine.exits import Exit
 from ringlab.machine.faults import Fault
 from ringlab.vmm.execute import no_intercepts
@@ -20,7 +21,21 @@ from ringlab.vmm.vcpu import enter_guest, guest_view, leave_guest
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["reflect_exception", "reflect_interrupt", "reflect_software_interrupt"]
+__all__ = ["INT_OPCODE", "int_vector", "reflect_exception", "reflect_interrupt", "reflect_software_interrupt"]
+
+INT_OPCODE = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
+"""``int n``'s opcode: its first byte, for a check that does not decode (bt's ``_may_be_int``)."""
+
+
+def int_vector(insn: Instruction | None) -> int | None:
+    """``n`` when ``insn`` is ``int n``, else None (another instruction, or none could be fetched).
+    The core exits alike on ``int n`` and on an exception or tick of the same vector: this is how
+    a VMM tells them apart (and with ``exit.error_code is None``, that the ``int`` itself exited)."""
+    if insn is None or insn.spec.mnemonic != "int":
+        return None
+    (vector,) = insn.operands
+    assert isinstance(vector, int)
+    return vector
 
 
 def reflect_exception(vm: VM, fault: Fault, *, counted: bool) -> Exit | None:

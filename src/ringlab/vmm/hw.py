@@ -18,7 +18,7 @@ from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
 from ringlab.vmm.emulate import emulate
-from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
+from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.exit_reasons import VmxExitReason as R
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import instruction_at
@@ -116,7 +116,7 @@ class Hw:
                 self._exit(vm, R.EXCEPTION_NMI)
                 eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
                 insn = instruction_at(vm, eip)
-                if insn is not None and insn.mnemonic == "int" and exit.error_code is None:
+                if int_vector(insn) is not None and exit.error_code is None:
                     # ``int 14`` exits too (the exception bitmap names the vector): deliver it
                     return reflect_software_interrupt(vm, exit.vector or 0, eip, vm.cpu.state.cs & 3)
                 return self._page_fault(vm, exit)
@@ -159,16 +159,10 @@ class Hw:
 def _hide_software_interrupt(vm: VM, exit: Exit) -> None:
     """A shadow miss while delivering ``int n`` re-executes the ``int``, which the core counts
     again: take the first count back (unless the miss was fetching the ``int`` itself)."""
-    cpu = vm.cpu
-    eip = exit.eip if exit.eip is not None else cpu.state.eip
-    try:
-        insn = cpu.mmu.fetch(eip, cpu.state.cs & 3 == 3)
-    except Fault:
-        return
-    if insn.mnemonic != "int":
+    eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
+    vector = int_vector(instruction_at(vm, eip))
+    if vector is None:
         return
     fault_page = (exit.cr2 or 0) >> 12
     if fault_page not in (eip >> 12, (eip + 1) >> 12):
-        (vector,) = insn.operands
-        assert isinstance(vector, int)
         vm.hide(vector)

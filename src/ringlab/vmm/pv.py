@@ -18,7 +18,7 @@ from ringlab.asm import format_instruction
 from ringlab.isa import MASK32, Class
 from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, TIMER, Fault
-from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
+from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.hypercalls import ENOSYS, HYPERCALLS, NO_RETURN, SHARED_TSS
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
@@ -87,7 +87,7 @@ class Paravirt:
                 vector, eip = exit.vector, exit.eip
                 assert vector is not None and eip is not None
                 insn = instruction_at(vm, eip)
-                is_int = insn is not None and insn.mnemonic == "int" and insn.operands == (vector,)
+                is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:
                     vm.counters.world_switches += 1
                     return vm.timer_tick()

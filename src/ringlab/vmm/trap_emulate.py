@@ -17,7 +17,7 @@ from ringlab.machine.exits import Controls, Exit, ExitReason
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.vmm.diagnostics import PROBED, observe
 from ringlab.vmm.emulate import emulate
-from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
+from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.vcpu import Deprivilege
@@ -79,19 +79,13 @@ class TrapEmulate:
                 vector, eip = exit.vector, exit.eip
                 assert vector is not None and eip is not None
                 insn = instruction_at(vm, eip)
-                if vector == TIMER and not (
-                    insn is not None and insn.mnemonic == "int" and insn.operands == (TIMER,)
-                ):
+                is_int = int_vector(insn) == vector
+                if vector == TIMER and not is_int:
                     return vm.timer_tick()
                 if vector == PF:
                     fault = vm.shadow_fault(exit)
                     return None if fault is None else vm.reflect_fault(fault)
-                if (
-                    insn is not None
-                    and insn.mnemonic == "int"
-                    and insn.operands == (vector,)
-                    and exit.error_code is None
-                ):
+                if is_int and exit.error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
                 if vector == GP and insn is not None and exit.error_code == 0 and allowed_natively(vm, insn):
                     vm.hide(GP)

@@ -226,19 +226,22 @@ class VM:
                 return Stop("shutdown", None, exit.detail)
         raise AssertionError(f"unexpected exit under {self.technique.name}: {exit}")
 
-    def shadow_fault(self, exit: Exit) -> Fault | None:
+    def shadow_fault(self, exit: Exit, *, counted: bool = True) -> Fault | None:
         """Shadow paging's decision on a #PF the core exited on (and counted as the guest's):
         None when it was the VMM's own (a shadow miss it filled, a write to a page it protects),
         hidden from the guest, and the instruction runs again; else the fault the guest sees,
-        its own #PF or the #MC the P2M raised instead (that #PF hidden then): ``reflect_fault``."""
+        its own #PF or the #MC the P2M raised instead (that #PF hidden then): ``reflect_fault``.
+        ``counted`` False: a #PF the core did not count (bt's translated code raised it), so
+        there is no count to take back."""
         fault = self.paging.page_fault(exit)
-        if fault is None or fault.vector != PF:
+        if counted and (fault is None or fault.vector != PF):
             self.hide(PF)
         return fault
 
-    def reflect_fault(self, fault: Fault) -> Exit | Stop | None:
-        """Deliver ``shadow_fault``'s fault through the virtual IDT (a #PF the core counted)."""
-        return reflect_exception(self, fault, counted=fault.vector == PF)
+    def reflect_fault(self, fault: Fault, *, counted: bool = True) -> Exit | Stop | None:
+        """Deliver ``shadow_fault``'s fault through the virtual IDT, counting it unless the core
+        did (a #PF it exited on, when ``counted``)."""
+        return reflect_exception(self, fault, counted=counted and fault.vector == PF)
 
     def device_out(self, exit: Exit) -> Stop | None:
         assert exit.port is not None and exit.value is not None
