@@ -15,24 +15,35 @@ How long a slice runs (stretched for a VM nobody else waits for) is the scheduli
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from ringlab.hypervisor import stop_status
 from ringlab.image import Image
+from ringlab.machine import Exit
 from ringlab.rpc import open_channel
 from ringlab.rpc.convert import REASON_NAMES
-from ringlab.sched import CreditPolicy, Entry, SliceOutcome, measured_rate, plan_slice, runs_alone
+from ringlab.sched import (
+    CreditPolicy,
+    Entry,
+    SliceOutcome,
+    SlicePlan,
+    measured_rate,
+    plan_slice,
+    runs_alone,
+)
 from ringlab.store import SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm import Stop
 from ringlab.vmm.translated import VmmCall
-from ringlab_hypervisor.remote import RemoteVm, stop_status
+from ringlab_hypervisor.remote import RemoteVm
 
 __all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
 
@@ -58,6 +69,50 @@ class VmRuntime:
     boot: int = 0
     """Which boot of the VM this is (its scheduler entry's ``boot``: StartVm of an ended VM boots
     it afresh, and a runtime of an earlier boot must not run)."""
+
+
+@dataclass
+class _Slice:
+    """One granted slice of one VM as it runs: what its world switches need and count."""
+
+    rt: VmRuntime
+    token: int
+    """The grant's fencing token."""
+    end: int
+    """The retired-instruction count at which the slice's instructions are used up."""
+    switches: int = 0
+    exits: dict[str, int] = field(default_factory=dict)
+    """Exits by reason in this slice."""
+    committed_at_switch: bool = False
+    """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
+
+    def count_exit(self, name: str) -> None:
+        if name:
+            vmm = self.rt.vmm
+            exits = vmm["exits_by_reason"]
+            exits[name] = exits.get(name, 0) + 1
+            self.exits[name] = self.exits.get(name, 0) + 1
+            vmm["exits"] = int(vmm.get("exits", 0)) + 1
+
+
+def _exit_name(response: cpu_pb2.RunVcpuResponse) -> str:
+    """The exit a world switch ended with, by name ("" for a used-up budget)."""
+    if response.HasField("tc") and response.tc.event:  # translated code called the VMM
+        return VmmCall(response.tc.event).exit_name
+    if response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
+        return REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
+    return ""
+
+
+def _slice_end(outcome: Stop | Exit | None, retired: int, limit: int | None) -> tuple[str, Stop | None]:
+    """(how the slice ended, the VM's end or None) from what ``VM.advance`` returned."""
+    if isinstance(outcome, Stop):
+        return "preempted", outcome
+    if outcome is not None:
+        return "idle", None  # the guest idles in hlt: it yields the rest of its slice
+    if limit is not None and retired >= int(limit):
+        return "preempted", Stop("limit", None, f"{limit} instructions retired")
+    return "preempted", None
 
 
 class Runtimes:
@@ -247,105 +302,114 @@ class PcpuDriver(threading.Thread):
         self, vm: str, token: int, *, lone: bool = False, boot: int = 0
     ) -> tuple[str, int, dict[str, int]]:
         """Run boot ``boot`` of ``vm`` for one slice (stretched when ``lone``: no other VM waits);
-        returns (how it ended, world switches, exits by reason)."""
+        returns (how it ended, world switches, exits by reason).  The steps: load the VM's copy,
+        size the slice, run it (every core run a world switch, ``_switch``), then commit."""
         try:
-            rt = self.runtimes.get(vm, self.state, boot)
+            rt = self._load(vm, boot)
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
             return "lost", 0, {}
-        remote = rt.remote
-        guest = remote.vm
-        vmm = rt.vmm
-        vmm.setdefault("started", time.time())
-        exits = vmm.setdefault("exits_by_reason", {})
-        seen: dict[str, int] = {}
-        switches = 0
+        guest = rt.remote.vm
         limit = rt.definition.get("max_instructions")
         left = None if limit is None else int(limit) - guest.cpu.stats.retired
         plan = plan_slice(self.policy, lone=lone, rate=rt.rate, left=left)
-        budget = plan.instructions
-        start, started = guest.cpu.stats.retired, time.perf_counter()
-        slice_end = start + budget
-        deadline = started + plan.seconds  # then the slice ends at the first exit
-
-        def until() -> bool:
-            return time.perf_counter() > deadline
-
-        committed_at_switch = False
-        """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
-
-        def link(
-            budget: int,
-            sync: cpu_pb2.VcpuSync,
-            controls: common_pb2.Controls,
-            nested: int,
-            tc: cpu_pb2.TcRun | None,
-        ) -> cpu_pb2.RunVcpuResponse:
-            nonlocal switches, committed_at_switch
-            request = cpu_pb2.RunVcpuRequest(
-                vm=vm,
-                lease_token=token,
-                generation=rt.generation,
-                budget=budget,
-                controls=controls,
-                sync=sync,
-                nested_ram_size=nested,
-                tc=tc,
-            )
-            if guest.cpu.stats.retired + budget >= slice_end:  # this run may end the slice
-                request.commit.CopyFrom(self._commit_request(rt))
-            response = self.stub.RunVcpu(request, timeout=60)
-            switches += 1
-            committed_at_switch = response.generation != rt.generation
-            if committed_at_switch:
-                self._committed(rt, response, len(guest.devices.console))
-            name = ""
-            if response.HasField("tc") and response.tc.event:  # translated code called the VMM
-                name = VmmCall(response.tc.event).exit_name
-            elif response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
-                name = REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
-            if name:
-                exits[name] = exits.get(name, 0) + 1
-                seen[name] = seen.get(name, 0) + 1
-                vmm["exits"] = int(vmm.get("exits", 0)) + 1
-            return response
-
-        remote.link = link
-        stop: Stop | None = None
-        how = "preempted"
-        failed = False
+        run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions)
+        rt.remote.link = functools.partial(self._switch, run)
         try:
-            outcome = guest.advance(budget, until) if budget > 0 else None
-            if isinstance(outcome, Stop):
-                stop = outcome
-            elif outcome is not None:
-                how = "idle"  # the guest idles in hlt: it yields the rest of its slice
-            elif limit is not None and guest.cpu.stats.retired >= int(limit):
-                stop = Stop("limit", None, f"{limit} instructions retired")
+            how, stop, failed = self._run(rt, plan)
         except grpc.RpcError as err:
-            return self._lost(vm, err, switches, seen)
+            return self._lost(vm, err, run.switches, run.exits)
+        return self._commit_slice(run, how, stop, failed)
+
+    def _load(self, vm: str, boot: int) -> VmRuntime:
+        """The VM's copy in this replica (replayed to its last commit if there was none)."""
+        rt = self.runtimes.get(vm, self.state, boot)
+        rt.vmm.setdefault("started", time.time())
+        rt.vmm.setdefault("exits_by_reason", {})
+        return rt
+
+    def _run(self, rt: VmRuntime, plan: SlicePlan) -> tuple[str, Stop | None, bool]:
+        """Run the guest for ``plan`` (its own loop, ``VM.advance``); returns (how the slice ended:
+        preempted or idle, the VM's end if it ended, whether the hypervisor itself failed).  A
+        refused or failed world switch raises ``grpc.RpcError``."""
+        guest = rt.remote.vm
+        start, started = guest.cpu.stats.retired, time.perf_counter()
+        deadline = started + plan.seconds  # then the slice ends at the first exit
+        try:
+            outcome = (
+                guest.advance(plan.instructions, lambda: time.perf_counter() > deadline)
+                if plan.instructions > 0
+                else None
+            )
+            how, stop = _slice_end(outcome, guest.cpu.stats.retired, rt.definition.get("max_instructions"))
+            failed = False
+        except grpc.RpcError:
+            raise
         except Exception as exc:  # a fault in the VMM itself: end this VM, keep the pCPU going
-            log.exception("VM %s: the hypervisor failed handling its exit", vm)
+            log.exception("VM %s: the hypervisor failed handling its exit", rt.vm)
+            how, stop = (
+                "preempted",
+                Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}"),
+            )
             failed = True  # its copy may be half-changed: commit the pCPU's state as it is
-            stop = Stop("shutdown", None, f"hypervisor error while handling an exit: {exc!r}")
         elapsed = time.perf_counter() - started
         if how == "preempted" and elapsed > 0:  # a full slice: what the next one may stretch to
             rt.rate = measured_rate(guest.cpu.stats.retired - start, elapsed)
-        if stop is None and committed_at_switch and not remote.changed_since_switch():
-            return how, switches, seen  # the slice's last run committed it, and nothing came after
+        return how, stop, failed
+
+    def _switch(
+        self,
+        run: _Slice,
+        budget: int,
+        sync: cpu_pb2.VcpuSync,
+        controls: common_pb2.Controls,
+        nested: int,
+        tc: cpu_pb2.TcRun | None,
+    ) -> cpu_pb2.RunVcpuResponse:
+        """One world switch of the slice ``run`` (the VM's ``Link``): the run that may end the
+        slice carries its commit."""
+        rt = run.rt
+        request = cpu_pb2.RunVcpuRequest(
+            vm=rt.vm,
+            lease_token=run.token,
+            generation=rt.generation,
+            budget=budget,
+            controls=controls,
+            sync=sync,
+            nested_ram_size=nested,
+            tc=tc,
+        )
+        if rt.remote.vm.cpu.stats.retired + budget >= run.end:  # this run may end the slice
+            request.commit.CopyFrom(self._commit_request(rt))
+        response = self.stub.RunVcpu(request, timeout=60)
+        run.switches += 1
+        run.committed_at_switch = response.generation != rt.generation
+        if run.committed_at_switch:
+            self._committed(rt, response, len(rt.remote.vm.devices.console))
+        run.count_exit(_exit_name(response))
+        return response
+
+    def _commit_slice(
+        self, run: _Slice, how: str, stop: Stop | None, failed: bool
+    ) -> tuple[str, int, dict[str, int]]:
+        """Commit what the slice did (unless its last run committed it already and nothing came
+        after); an ended VM's copy is dropped."""
+        rt = run.rt
+        if stop is None and run.committed_at_switch and not rt.remote.changed_since_switch():
+            return how, run.switches, run.exits
         try:
-            self._final_commit(rt, token, stop, failed)
+            self._final_commit(rt, run.token, stop, failed)
         except grpc.RpcError as err:
-            return self._lost(vm, err, switches + 1, seen)
+            return self._lost(rt.vm, err, run.switches + 1, run.exits)
         except Exception:  # building the commit failed: this copy cannot be trusted, reload it
-            log.exception("VM %s: the hypervisor failed to commit its slice", vm)
-            self.runtimes.drop(vm)
-            return "lost", switches, seen
-        switches += 1
+            log.exception("VM %s: the hypervisor failed to commit its slice", rt.vm)
+            self.runtimes.drop(rt.vm)
+            return "lost", run.switches, run.exits
+        run.switches += 1
         if stop is not None:
-            self.runtimes.drop(vm)
-            return "ended", switches, seen
-        return how, switches, seen
+            self.runtimes.drop(rt.vm)
+            return "ended", run.switches, run.exits
+        return how, run.switches, run.exits
 
     # -- commits ----------------------------------------------------------------------------------
     @staticmethod

@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ringlab.hypervisor import new_vm
 from ringlab.image import Image
 from ringlab.isa import decode
 from ringlab.machine import Exit
@@ -43,34 +44,18 @@ from ringlab.rpc.convert import (
     tc_run_to_proto,
 )
 from ringlab.v1 import common_pb2, cpu_pb2
-from ringlab.vmm import IN_PROCESS, TECHNIQUES, VM, CoreRunner, Stop, make_technique
+from ringlab.vmm import IN_PROCESS, VM, Stop
 from ringlab.vmm.bt import BinaryTranslation
 from ringlab.vmm.costs import vmm_cycles
 from ringlab.vmm.translated import ToVmm
 
-__all__ = ["SERVICE_TECHNIQUES", "STOP_STATUS", "Link", "RemoteVm", "new_vm", "stop_status"]
-
-SERVICE_TECHNIQUES = TECHNIQUES
-STOP_STATUS = {"poweroff": "poweroff", "halt": "halted", "shutdown": "shutdown", "limit": "limit"}
-"""ISA.md exit reason -> VM status; any other reason (``refused``) ends the VM as shut down."""
+__all__ = ["Link", "RemoteVm"]
 
 Link = Callable[
     [int, cpu_pb2.VcpuSync, common_pb2.Controls, int, cpu_pb2.TcRun | None], cpu_pb2.RunVcpuResponse
 ]
 """One world switch: (budget, the hypervisor's changes, controls, nested RAM, bt's translation to
 run instead of the core) -> the pCPU's run."""
-
-
-def new_vm(definition: dict[str, Any], image: Image, runner: CoreRunner = IN_PROCESS) -> VM:
-    """The VM a definition describes, booted (the state ``CreateVm`` stores as commit 0)."""
-    technique = make_technique(definition["technique"], nested_paging=bool(definition.get("nested_paging")))
-    return VM(
-        image,
-        technique,
-        memory_size=int(definition["memory_size"]),
-        input=str(definition.get("input", "")).encode("latin-1"),
-        runner=runner,
-    )
 
 
 class RemoteVm:
@@ -179,10 +164,3 @@ class RemoteVm:
         if stop is not None:
             out["result"] = self.vm.result(stop, 0.0).to_json()
         return json.dumps(out)
-
-
-def stop_status(stop: Stop) -> tuple[str, int | None, str]:
-    """(VM status, code, detail) for how a run ended."""
-    if stop.reason in STOP_STATUS:
-        return STOP_STATUS[stop.reason], stop.code, stop.detail
-    return "shutdown", stop.code, f"{stop.reason}: {stop.detail}"

@@ -7,7 +7,6 @@ import argparse
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -16,10 +15,19 @@ from typing import Any
 
 import grpc
 
-from ringlab.errors import ImageError
-from ringlab.guestos import FLAVOURS, NO_KERNEL, WORKLOADS, build_image
+from ringlab.guestos import NO_KERNEL
+from ringlab.hypervisor import (
+    RESULT_REASONS,
+    Defined,
+    LimitExceeded,
+    UnbootableKernel,
+    boot,
+    define,
+    differences,
+    plain_result,
+    simulated_cycles,
+)
 from ringlab.image import Image
-from ringlab.machine.stats import Stats
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -29,24 +37,18 @@ from ringlab.rpc import (
     config_from_args,
     open_channel,
 )
-from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json, stats_to_json
+from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab.vmm import TechniqueName, default_kernel
-from ringlab.vmm.costs import COSTS
 from ringlab_hypervisor.driver import PcpuDriver, Runtimes
-from ringlab_hypervisor.remote import SERVICE_TECHNIQUES, new_vm
 
 __all__ = ["HypervisorServicer", "main", "serve"]
 
 log = logging.getLogger("ringlab.hypervisor")
 
-MAX_MEMORY = 64 << 20
-DEFAULT_MEMORY = 4 << 20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TECHNIQUE_NAMES = {v: k for k, v in TECHNIQUES.items()}
 _KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
 STATUSES = {
@@ -63,148 +65,38 @@ STATUSES = {
 }
 END_EVENTS = frozenset({"ended", "stopped", "destroyed"})
 """The events after which a VM runs no more (until a StartVm boots it afresh)."""
-RESULT_REASONS = {"poweroff": "poweroff", "halted": "halt", "shutdown": "shutdown", "limit": "limit"}
 
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-DEFINE_MIN, DEFINE_MAX = -(1 << 31), (1 << 32) - 1
-"""A -D value fits in 32 bits, signed or unsigned (the assembler's .dword)."""
-COMPARED = (
-    "technique",
-    "nested_paging",
-    "kernel",
-    "workload",
-    "defines",
-    "image_sha256",
-    "memory_size",
-    "weight",
-    "cap",
-    "max_instructions",
-    "input",
-)
-"""What "the same definition" means for an idempotent CreateVm (hypervisor.proto, CreateVm)."""
-
-
-def _defines(request: hypervisor_pb2.CreateVmRequest) -> dict[str, int]:
-    defines = dict(sorted(request.defines.items()))
-    for name, value in defines.items():
-        if not _IDENTIFIER.match(name):
-            raise InvalidRequest(
-                f"define {name[:40]!r} is not a name: use letters, digits and '_', not starting with "
-                "a digit (e.g. ROUNDS)"
-            )
-        if not DEFINE_MIN <= value <= DEFINE_MAX:
-            raise InvalidRequest(
-                f"define {name}={value} does not fit in 32 bits: use {DEFINE_MIN} to {DEFINE_MAX}"
-            )
-    return defines
-
-
-def _kernel_and_image(
-    request: hypervisor_pb2.CreateVmRequest, technique: str, defines: dict[str, int]
-) -> tuple[str, bytes]:
-    """The kernel flavour and the image bytes: the raw image sent, or the workload built here."""
-    if request.image:
-        kernel = _KERNEL_NAMES.get(request.kernel, NO_KERNEL if request.kernel == 0 else "")
-        if not kernel:
-            raise InvalidRequest(f"unknown kernel flavour {request.kernel}")
-        return kernel, request.image
-    if not request.workload:
-        raise InvalidRequest(
-            "say what the VM runs: name a guest-OS workload in 'workload' (one of "
-            f"{', '.join(WORKLOADS)}) and the hypervisor builds the kernel+workload image, or send a "
-            "raw image in 'image' (ringlab.image.Image.to_bytes())"
-        )
-    if request.workload not in WORKLOADS:
-        raise InvalidRequest(
-            f"unknown workload {request.workload[:40]!r}: valid workloads are {', '.join(WORKLOADS)}"
-        )
+def _defined(request: hypervisor_pb2.CreateVmRequest) -> Defined:
+    """The VM definition a CreateVm request asks for, validated by the domain (hypervisor.proto,
+    CreateVm): the request's enums become names, unset fields their defaults."""
     if request.kernel == common_pb2.KERNEL_FLAVOUR_UNSPECIFIED:
-        kernel = default_kernel(technique)
-    else:
-        kernel = _KERNEL_NAMES.get(request.kernel, "")
-        if kernel not in FLAVOURS:
-            raise InvalidRequest(
-                f"kernel flavour {request.kernel} cannot boot workload {request.workload!r}: choose "
-                "KERNEL_FLAVOUR_STOCK or KERNEL_FLAVOUR_PARAVIRT (or leave it unspecified: paravirt "
-                "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image"
-            )
-    return kernel, build_image(request.workload, kernel, defines).to_bytes()
-
-
-def _definition(request: hypervisor_pb2.CreateVmRequest) -> tuple[dict[str, Any], bytes, Image]:
-    """Validate a CreateVm request into the VM's definition, its image bytes and the image."""
-    if not _NAME.match(request.name):
-        raise InvalidRequest(
-            f"VM name {request.name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    technique = _TECHNIQUE_NAMES.get(request.technique)
-    if technique is None:
-        raise InvalidRequest(f"choose a technique: one of {', '.join(TECHNIQUES)}")
-    if technique not in SERVICE_TECHNIQUES:
-        raise InvalidRequest(
-            f"technique {technique!r} is not available in this hypervisor yet "
-            f"(available: {', '.join(SERVICE_TECHNIQUES)})"
-        )
-    if request.nested_paging and technique != TechniqueName.HW:
-        raise InvalidRequest("nested_paging applies to technique hw only")
-    memory = request.memory_size or DEFAULT_MEMORY
-    if memory > MAX_MEMORY:
-        raise Exhausted(f"memory_size {memory} is above this hypervisor's per-VM limit of {MAX_MEMORY} bytes")
-    if memory % 4096:
-        raise InvalidRequest(f"memory_size {memory} must be a multiple of 4096 (one page)")
-    if request.cap > 100:
-        raise InvalidRequest(f"cap {request.cap} is a percent of one pCPU: 0 (none) to 100")
-    defines = _defines(request)
-    kernel, blob = _kernel_and_image(request, technique, defines)
+        kernel = None
+    else:  # an enum value this server does not know is named by its number
+        kernel = _KERNEL_NAMES.get(request.kernel, str(request.kernel))
     try:
-        image = Image.from_bytes(blob)
-    except ImageError as exc:
-        raise InvalidRequest(f"image is not a Ringlab image: {exc}") from None
-    if image.base < 0 or image.end > memory:
-        raise InvalidRequest(f"the image spans {image.base:#x}-{image.end:#x} but memory_size is {memory:#x}")
-    definition = {
-        "name": request.name,
-        "technique": technique,
-        "nested_paging": request.nested_paging,
-        "kernel": kernel,
-        "workload": request.workload,
-        "defines": defines,
-        "image_sha256": hashlib.sha256(blob).hexdigest(),
-        "memory_size": memory,
-        "weight": request.weight or 256,
-        "cap": request.cap,
-        "max_instructions": request.max_instructions if request.HasField("max_instructions") else None,
-        "input": request.input.decode("latin-1"),
-        "created": time.time(),
-    }
-    return definition, blob, image
-
-
-def _shown(field: str, value: Any) -> str:
-    if field == "image_sha256":
-        return f"sha256 {str(value)[:12]}"
-    if field == "defines":
-        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
-    if value is None:
-        return "none"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The fields of ``COMPARED`` in which two definitions differ, each as 'field: existing X,
-    requested Y'."""
-    out = []
-    for field in COMPARED:
-        old, new = existing.get(field), wanted.get(field)
-        if field == "defines":
-            old = dict(sorted((old or {}).items()))
-        if old != new:
-            name = "image" if field == "image_sha256" else field
-            out.append(f"{name}: existing {_shown(field, old)}, requested {_shown(field, new)}")
-    return out
+        return define(
+            name=request.name,
+            technique=_TECHNIQUE_NAMES.get(request.technique),
+            nested_paging=request.nested_paging,
+            kernel=kernel,
+            workload=request.workload,
+            defines=request.defines,
+            image=request.image,
+            memory_size=request.memory_size,
+            weight=request.weight,
+            cap=request.cap,
+            max_instructions=request.max_instructions if request.HasField("max_instructions") else None,
+            input=request.input,
+        )
+    except LimitExceeded as exc:
+        raise Exhausted(str(exc)) from None
+    except UnbootableKernel as exc:  # said in the protocol's names
+        raise InvalidRequest(
+            f"kernel flavour {request.kernel} cannot boot workload {exc.workload!r}: choose "
+            "KERNEL_FLAVOUR_STOCK or KERNEL_FLAVOUR_PARAVIRT (or leave it unspecified: paravirt "
+            "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image"
+        ) from None
 
 
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
@@ -217,25 +109,24 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def CreateVm(
         self, request: hypervisor_pb2.CreateVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.Vm:
-        definition, blob, image = _definition(request)
+        defined = _defined(request)
+        definition = defined.definition
         existing = self.state.vm_by_name(request.name)
         if existing is not None:  # idempotent for the same definition only
             return self._existing(existing, definition, request.start)
-        booted = new_vm(definition, image)  # commit 0: the VM as its technique sets it up
-        memory = booted.cpu.memory
-        definition["host_memory_size"] = memory.size  # RAM, plus the shadow tables' pool above it
-        pages = {p: memory.page(p) for p in range(memory.pages) if any(memory.page(p))}
+        commit0 = boot(definition, defined.image)  # the VM as its technique sets it up
+        definition["host_memory_size"] = commit0.host_memory_size
         entry = Entry(
             status="runnable" if request.start else "created", weight=definition["weight"], cap=request.cap
         )
         created, vm = self.state.create_vm(
             request.name,
             definition,
-            blob,
-            booted.cpu.state.to_dict(),
-            stats_to_json(Stats()),
+            defined.blob,
+            commit0.state,
+            commit0.stats,
             entry.to_dict(),
-            pages,
+            commit0.pages,
         )
         if not created:  # another client created the name meanwhile
             return self._existing(vm, definition, request.start)
@@ -274,13 +165,9 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def _reboot(self, vm: str) -> None:
         """Boot an ended VM afresh from its image (hypervisor.proto, StartVm)."""
         definition, _record = self.state.vm_record(vm)
-        booted = new_vm(definition, Image.from_bytes(self.state.vm_image(vm)))
-        memory = booted.cpu.memory
-        pages = {p: memory.page(p) for p in range(memory.pages) if any(memory.page(p))}
+        commit0 = boot(definition, Image.from_bytes(self.state.vm_image(vm)))
         entry = Entry(status="runnable", weight=int(definition["weight"]), cap=int(definition["cap"]))
-        done, status = self.state.reboot_vm(
-            vm, booted.cpu.state.to_dict(), stats_to_json(Stats()), entry.to_dict(), pages
-        )
+        done, status = self.state.reboot_vm(vm, commit0.state, commit0.stats, entry.to_dict(), commit0.pages)
         if not done:  # started again meanwhile (by another StartVm): an ordinary start
             log.info("VM %s was %s, not ended, when rebooting it", vm, status)
             self.state.control(vm, "start")
@@ -453,7 +340,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         status = record["status"] if record["status"] in TERMINAL else entry.get("status", record["status"])
         cpu_seconds = float(entry.get("cpu_seconds", 0.0))
         exits = int(vmm.get("exits", 0))
-        cycles = stats.retired * COSTS["instruction"] + int(stats_json.get("vmm_cycles", 0))
+        cycles = simulated_cycles(definition["technique"], stats, int(stats_json.get("vmm_cycles", 0)))
         out = hypervisor_pb2.Vm(
             id=vm,
             name=definition["name"],
@@ -501,7 +388,17 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             registers = {k: int(v) for k, v in doc["registers"].items()}
             reason, code = doc["exit"]["reason"], doc["exit"]["code"]
         else:
-            doc = self._plain_doc(console, reason, code, record, registers, stats, state, vmm, wall)
+            doc = plain_result(
+                console,
+                reason,
+                code,
+                record.get("detail", ""),
+                registers,
+                stats,
+                int(state.get("tsc", 0)),
+                int(vmm.get("exits", 0)),
+                wall,
+            )
         result = hypervisor_pb2.VmResult(
             vm=self._vm(vm),
             console=console,
@@ -515,29 +412,6 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         if code is not None:
             result.code = code
         return result
-
-    @staticmethod
-    def _plain_doc(
-        console: bytes,
-        reason: str,
-        code: int | None,
-        record: dict[str, str],
-        registers: dict[str, int],
-        stats: Stats,
-        state: dict[str, Any],
-        vmm: dict[str, Any],
-        wall: float,
-    ) -> dict[str, Any]:
-        """The JSON object of a VM that ended without a final commit of its own (stopped)."""
-        return {
-            "console": console.decode("latin-1"),
-            "exit": {"reason": reason, "code": code, "detail": record.get("detail", "")},
-            "registers": registers,
-            "stats": {
-                "guest": stats.guest(int(state.get("tsc", 0))),
-                "host": {"wall_seconds": wall, **stats.host(), "exits": int(vmm.get("exits", 0))},
-            },
-        }
 
 
 class DriverManager(threading.Thread):
