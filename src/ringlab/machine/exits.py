@@ -56,6 +56,34 @@ class Exit:
     eip: int | None = None
     detail: str = ""
 
+    # -- the fields a reason sets (``ExitReason``), narrowed: one missing is a bug in the core ----
+    def io_out(self) -> tuple[int, int]:
+        """``IO_OUT``: the port and the value written."""
+        if self.port is None or self.value is None:
+            raise self._missing("port and value")
+        return self.port, self.value
+
+    def io_in_port(self) -> int:
+        """``IO_IN``: the port read."""
+        if self.port is None:
+            raise self._missing("port")
+        return self.port
+
+    def exception_at(self) -> tuple[int, int]:
+        """``EXCEPTION``: the vector and the ``eip`` of the instruction it was raised at."""
+        if self.vector is None or self.eip is None:
+            raise self._missing("vector and eip")
+        return self.vector, self.eip
+
+    def intercepted(self) -> tuple[Instruction, int]:
+        """``INSTRUCTION``: the intercepted instruction and its ``eip``."""
+        if self.instruction is None or self.eip is None:
+            raise self._missing("instruction and eip")
+        return self.instruction, self.eip
+
+    def _missing(self, fields: str) -> AssertionError:
+        return AssertionError(f"an {self.reason.value} exit without its {fields}: {self}")
+
 
 @dataclass(frozen=True)
 class Controls:

@@ -60,20 +60,26 @@ class BinaryTranslation:
     shadow_paging = True
 
     def __init__(self) -> None:
-        self.cache: TranslationCache | None = None
+        self._cache: TranslationCache | None = None
         self.state = TcState()
 
     def controls(self) -> Controls:
         return Controls(intercept_vectors=ALL_VECTORS)
 
+    @property
+    def cache(self) -> TranslationCache:
+        """The translation cache (``attach`` makes it, on the VM's shadow page tables)."""
+        if self._cache is None:
+            raise AssertionError("bt has no translation cache before attach(vm)")
+        return self._cache
+
     def attach(self, vm: VM) -> None:
         shadow = vm.shadow
         assert shadow is not None
-        self.cache = TranslationCache(vm.cpu, shadow.protect)
+        self._cache = cache = TranslationCache(vm.cpu, shadow.protect)
 
         def written(frame: int) -> None:
-            assert self.cache is not None
-            self.cache.invalidate_frame(frame)
+            cache.invalidate_frame(frame)
             shadow.unprotect(frame)
 
         shadow.on_protected_write = written
@@ -83,7 +89,6 @@ class BinaryTranslation:
         if vm.vcpu.cpl == 3:
             return vm.runner.run_core(vm, budget)  # user code: directly on the core
         end = vm.cpu.stats.retired + budget
-        assert self.cache is not None
         port = _VmmPort(self, vm)
         if not vm.runner.remote:  # in-process: the translation runs beside the VMM
             exit = run_translated(vm, self.cache, port, end, self.state, lambda: vm.counters.shadow_flushes)
@@ -95,7 +100,6 @@ class BinaryTranslation:
     def _run_remote(self, vm: VM, port: _VmmPort, end: int) -> Exit | Stop:
         """The translation runs on the pCPU; each call it makes into the VMM comes back here as
         an event, is answered on this copy of the vCPU, and the translation runs on."""
-        assert self.cache is not None
         stats = vm.cpu.stats
         while True:
             if vm.vcpu.cpl == 3 or stats.retired >= end:
@@ -131,7 +135,6 @@ class BinaryTranslation:
 
     def tc_run(self, vm: VM, reset: bool) -> TcRun:
         """What the pCPU needs to run the translation (``remote.py``)."""
-        assert self.cache is not None
         if reset:  # from now on, keep what the pCPU's cache must learn
             self.cache.track()
         fresh, forgotten = self.cache.take()
@@ -147,7 +150,6 @@ class BinaryTranslation:
     def tc_report(self, vm: VM, report: TcReport) -> None:
         """What the pCPU's run of the translation changed and counted."""
         cache = self.cache
-        assert cache is not None
         load_vcpu(vm.vcpu, report.vcpu)
         self.state.step_over = report.step_over
         cache.hits += report.counts.get("hits", 0)
@@ -172,7 +174,6 @@ class BinaryTranslation:
         """Shadow paging's one #PF decision (``VM.shadow_fault``, ``VM.reflect_fault``), for a #PF
         the core exited on (``counted``) or one translated code raised.  A hidden fault that
         dropped translations runs the faulting instruction once uncached (``TcState.step_over``)."""
-        assert self.cache is not None
         dropped = self.cache.invalidations
         fault = vm.shadow_fault(exit, counted=counted)
         if fault is None:
@@ -182,7 +183,6 @@ class BinaryTranslation:
 
     def _publish(self, vm: VM) -> None:
         cache, counters = self.cache, vm.counters
-        assert cache is not None
         counters.translations = cache.translations
         counters.translated_instructions = cache.translated_instructions
         counters.cache_hits = cache.hits
@@ -195,8 +195,7 @@ class BinaryTranslation:
         match exit.reason:
             case ExitReason.EXCEPTION:
                 vm.counters.world_switches += 1
-                vector, eip = exit.vector, exit.eip
-                assert vector is not None and eip is not None
+                vector, eip = exit.exception_at()
                 if vector == TIMER and not _may_be_int(vm, eip):
                     return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)

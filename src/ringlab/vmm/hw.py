@@ -106,8 +106,7 @@ class Hw:
                 self._exit(vm, R.IO_INSTRUCTION)
                 return vm.common_exit(exit)
             case ExitReason.INSTRUCTION:
-                insn, eip = exit.instruction, exit.eip
-                assert insn is not None and eip is not None
+                insn, eip = exit.intercepted()
                 self._exit(vm, _BY_MNEMONIC[insn.mnemonic])
                 if insn.mnemonic == "vmcall":  # no hypercall ABI under hw: #UD, as natively
                     return reflect_exception(vm, Fault(UD), counted=False)
@@ -115,8 +114,7 @@ class Hw:
             case ExitReason.EXCEPTION:
                 self._exit(vm, R.EXCEPTION_NMI)
                 eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
-                insn = instruction_at(vm, eip)
-                if int_vector(insn) is not None and exit.error_code is None:
+                if int_vector(instruction_at(vm, eip)) is not None and exit.error_code is None:
                     # ``int 14`` exits too (the exception bitmap names the vector): deliver it
                     return reflect_software_interrupt(vm, exit.vector or 0, eip, vm.cpu.state.cs & 3)
                 return self._page_fault(vm, exit)

@@ -84,8 +84,7 @@ class Paravirt:
     def _handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit.reason:
             case ExitReason.EXCEPTION:
-                vector, eip = exit.vector, exit.eip
-                assert vector is not None and eip is not None
+                vector, eip = exit.exception_at()
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:

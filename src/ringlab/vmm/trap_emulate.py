@@ -68,16 +68,14 @@ class TrapEmulate:
         vm.sync()
         match exit.reason:
             case ExitReason.INSTRUCTION:  # a probe: not a trap, not an exit, just watched
-                insn, eip = exit.instruction, exit.eip
-                assert insn is not None and eip is not None
-                observe(vm, insn, eip)
-                result = execute(cpu, insn, eip, cpu.state.cs & 3)
+                probed, eip = exit.intercepted()
+                observe(vm, probed, eip)
+                result = execute(cpu, probed, eip, cpu.state.cs & 3)
                 vm.sync()
                 return result
             case ExitReason.EXCEPTION:
                 vm.counters.world_switches += 1
-                vector, eip = exit.vector, exit.eip
-                assert vector is not None and eip is not None
+                vector, eip = exit.exception_at()
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:

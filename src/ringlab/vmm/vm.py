@@ -244,15 +244,13 @@ class VM:
         return reflect_exception(self, fault, counted=counted and fault.vector == PF)
 
     def device_out(self, exit: Exit) -> Stop | None:
-        assert exit.port is not None and exit.value is not None
-        off = self.devices.out(exit.port, exit.value)
+        off = self.devices.out(*exit.io_out())
         if off is not None:
             return Stop("poweroff", off.code, f"power off with code {off.code}")
         return None
 
     def device_in(self, exit: Exit) -> None:
-        assert exit.port is not None
-        self.cpu.complete_in(self.devices.in_(exit.port))
+        self.cpu.complete_in(self.devices.in_(exit.io_in_port()))
 
     def timer_tick(self) -> Exit | None:
         """A tick fell (the core exited on vector 32, or bt saw it pending): deliver it through
