@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -59,6 +60,7 @@ class Up:
     out: list[str] = field(default_factory=list)
     err: list[str] = field(default_factory=list)
     serving: threading.Event = field(default_factory=threading.Event)
+    readers: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
     def start(cls, state: Path, *extra: str) -> Up:
@@ -73,20 +75,26 @@ class Up:
         )
         up = cls(process, target, state)
         for stream, lines in ((process.stdout, up.out), (process.stderr, up.err)):
-            threading.Thread(target=up._collect, args=(stream, lines), daemon=True).start()
+            reader = threading.Thread(target=up._collect, args=(stream, lines), daemon=True)
+            reader.start()
+            up.readers.append(reader)
         assert up.serving.wait(START_TIMEOUT) and process.poll() is None, "".join(up.out + up.err)
         return up
 
-    def _collect(self, stream: object, lines: list[str]) -> None:
-        for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
-            lines.append(line)
-            if line.startswith("or first: export RINGLAB_HYPERVISOR"):  # the last line of the hint
-                self.serving.set()
+    def _collect(self, stream: IO[str], lines: list[str]) -> None:
+        with stream:  # closed at its end, so no pipe is left for the garbage collector
+            for line in iter(stream.readline, ""):
+                lines.append(line)
+                if line.startswith("or first: export RINGLAB_HYPERVISOR"):  # the last line of the hint
+                    self.serving.set()
         self.serving.set()  # it ended: the waiter looks at the process
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        status = self.process.wait(timeout=60)
+        for reader in self.readers:  # the whole output, and both pipes closed
+            reader.join(timeout=10)
+        return status
 
     @property
     def stdout(self) -> str:
