@@ -9,6 +9,7 @@ the exact program it runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -33,8 +34,8 @@ def guest(*sources: str, defines: dict[str, int] | None = None) -> Image:
     return build_custom_image(sources, defines=defines)
 
 
-def stats(result: RunResult) -> dict[str, object]:
-    guest_stats: dict[str, object] = result.to_json()["stats"]["guest"]
+def stats(result: RunResult) -> dict[str, Any]:
+    guest_stats: dict[str, Any] = result.to_json()["stats"]["guest"]
     return guest_stats
 
 

@@ -22,7 +22,7 @@ def request(name: str, **fields: object) -> hypervisor_pb2.CreateVmRequest:
 def run(deployment: Deployment, name: str, **fields: object) -> hypervisor_pb2.VmResult:
     hv = deployment.hypervisor_stub()
     hv.CreateVm(request(name, start=True, **fields), timeout=60)
-    return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)  # type: ignore[no-any-return]
+    return hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=name, timeout_seconds=120), timeout=150)
 
 
 def refusal(deployment: Deployment, req: hypervisor_pb2.CreateVmRequest) -> tuple[grpc.StatusCode, str]:

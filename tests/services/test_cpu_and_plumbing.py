@@ -4,6 +4,7 @@ every server shares: health driven by real checks, reflection, the bearer token,
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -160,7 +161,7 @@ def test_health_reflection_and_stream_slots(deployment: Deployment) -> None:
             for name in ("", service):
                 reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)  # type: ignore[attr-defined]
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            reflect: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
             answers = reflect.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")])
             )

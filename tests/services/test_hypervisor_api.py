@@ -3,7 +3,9 @@ of what does not."""
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -16,18 +18,18 @@ HELLO = build_image("hello", "stock").to_bytes()
 
 
 def create(
-    hv: object, name: str, *, start: bool = False, image: bytes = HELLO, **fields: object
+    hv: Any, name: str, *, start: bool = False, image: bytes = HELLO, **fields: Any
 ) -> hypervisor_pb2.Vm:
     request = hypervisor_pb2.CreateVmRequest(
         name=name,
-        technique=fields.pop("technique", common_pb2.TECHNIQUE_NATIVE),  # type: ignore[arg-type]
+        technique=fields.pop("technique", common_pb2.TECHNIQUE_NATIVE),
         kernel=common_pb2.KERNEL_FLAVOUR_STOCK,
-        workload=fields.pop("workload", "hello"),  # type: ignore[arg-type]
+        workload=fields.pop("workload", "hello"),
         image=image,
         start=start,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
-    return hv.CreateVm(request, timeout=30)  # type: ignore[attr-defined,no-any-return]
+    return hv.CreateVm(request, timeout=30)
 
 
 def test_create_is_idempotent_by_name(deployment: Deployment) -> None:
@@ -58,7 +60,7 @@ def test_create_is_idempotent_by_name(deployment: Deployment) -> None:
     ],
 )
 def test_create_rejects_bad_requests_with_an_actionable_message(
-    deployment: Deployment, fields: dict[str, object], code: grpc.StatusCode, words: str
+    deployment: Deployment, fields: dict[str, Any], code: grpc.StatusCode, words: str
 ) -> None:
     hv = deployment.hypervisor_stub()
     name = str(fields.pop("name", unique("bad")))
@@ -72,7 +74,7 @@ def test_unknown_vm_is_not_found_everywhere(deployment: Deployment) -> None:
     hv = deployment.hypervisor_stub()
     ref = hypervisor_pb2.VmRef(vm="no-such-vm")
     for method in (hv.DescribeVm, hv.StartVm, hv.PauseVm, hv.ResumeVm, hv.StopVm, hv.DestroyVm):
-        assert code_of(lambda m=method: m(ref, timeout=10)) == grpc.StatusCode.NOT_FOUND
+        assert code_of(functools.partial(method, ref, timeout=10)) == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm="no-such-vm"), timeout=10)) == (
         grpc.StatusCode.NOT_FOUND
     )

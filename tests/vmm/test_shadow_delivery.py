@@ -14,6 +14,8 @@ shadowed all at once by the first hidden fault).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ringlab.asm import assemble
@@ -62,7 +64,7 @@ user:
     return kernel(body, paging=True, gates={0x32: HANDLER_RING3 if ring3_gate else HANDLER}, data=DATA)
 
 
-def _same_as_native(source: str, technique: str) -> dict[str, object]:
+def _same_as_native(source: str, technique: str) -> dict[str, Any]:
     image = assemble(source)
     expected, result = native(image), vm(image, technique)
     assert expected["exit"]["reason"] == "poweroff", expected["console"]
