@@ -1,4 +1,4 @@
-"""The assembler (ringlab.asm.assemble) against ISA.md's "Assembly syntax" and "Precise rules".
+"""The assembler (ringlab.asm.assemble) against docs/machine.md's "Assembly syntax" and "Precise rules".
 
 Every test shows the program it assembles.  Expected bytes come from ``isa.encode`` so the
 tests pin the assembler's syntax, not the encoding (tests/test_isa_table.py pins that).

@@ -30,7 +30,7 @@ from ringlab.vmm import run_vm
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [*DOCS, ROOT / "README.md"]
-FORBIDDEN = ("../shared", "ISA.md", "DESIGN.md", "seed-virtualisasi")
+FORBIDDEN = ("../shared", "ISA.md", "DESIGN.md", "ECOSYSTEM.md", "STYLE.md", "seed-virtualisasi")
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,25 @@ def test_no_page_refers_outside_the_repository(page: Path) -> None:
     text = page.read_text()
     for word in FORBIDDEN:
         assert word not in text, f"{page.name} mentions {word!r}: the docs must stand alone"
+
+
+def test_no_source_file_refers_outside_the_repository() -> None:
+    """Comments and messages in the code name the repository's own docs, never the team's notes
+    beside it, which a clone does not have."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    offenders = []
+    for name in tracked:
+        path = ROOT / name
+        if path == Path(__file__) or path.suffix in (".png", ".img") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        offenders += [f"{name}: {word}" for word in FORBIDDEN if word in text]
+    assert not offenders, offenders
 
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -1,4 +1,4 @@
-"""The instruction table (src/ringlab/isa.py) against ISA.md, its encoding, and docs/isa.md."""
+"""The instruction table (src/ringlab/isa.py) against docs/machine.md, its encoding, and docs/isa.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ringlab.cli.isa_doc import isa_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ISA.md, "Instruction classes", copied literally: the table must classify exactly these.
+# docs/machine.md, "Instruction classes", copied literally: the table must classify exactly these.
 ISA_MD_CLASSES = {
     isa.Class.INNOCUOUS: "mov movzx lea push pop xchg add sub and or xor not neg inc dec cmp test shl shr sar "
     "imul div jmp call ret nop rdtsc cpuid je jne jl jle jg jge jb jbe ja jae js jns jo jno",

@@ -52,7 +52,7 @@ NO_BASE = 8
 
 
 class EFLAGS:
-    """Bit masks of the architectural flags (ISA.md, State)."""
+    """Bit masks of the architectural flags (docs/machine.md, State)."""
 
     CF = 1 << 0
     ZF = 1 << 6
@@ -66,7 +66,7 @@ class EFLAGS:
 
 
 class Class(enum.Enum):
-    """Privilege classes of ISA.md's "Instruction classes" table."""
+    """Privilege classes of docs/machine.md's "Instruction classes" table."""
 
     INNOCUOUS = "innocuous"
     PRIVILEGED = "privileged"

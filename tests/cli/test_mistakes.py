@@ -290,3 +290,15 @@ def test_a_usage_error_under_debug_still_exits_2_with_its_message(tmp_path: Path
     p = ringlab("--debug", "run", str(prog))
     assert p.returncode == EXIT_USAGE
     assert p.stderr.strip().splitlines()[-1].startswith(f"ringlab: {prog}: the file is empty")
+
+
+def test_bench_efficiency_rounds_not_beyond_its_short_run_is_a_usage_error() -> None:
+    done = ringlab("bench", "--suite", "efficiency", "--rounds", "32")
+    assert done.returncode == 2
+    assert "give more than 32" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_repeats_for_a_suite_that_has_none_is_a_usage_error() -> None:
+    done = ringlab("bench", "--suite", "micro", "--repeats", "2")
+    assert done.returncode == 2
+    assert "--repeats applies to --suite efficiency only" in done.stderr

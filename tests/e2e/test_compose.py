@@ -83,7 +83,7 @@ def _free_port() -> int:
 
 def _host_env() -> dict[str, str]:
     """The environment for Docker's command-line tools: without the project's venv, because
-    Debian's docker-compose 1.29 must run on Debian's own Python packages (ECOSYSTEM.md)."""
+    Debian's docker-compose 1.29 must run on Debian's own Python packages."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     venv = os.environ.get("VIRTUAL_ENV")
     if venv:

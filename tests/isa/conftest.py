@@ -1,6 +1,6 @@
-"""Helpers for the RL-32 conformance suite (derived from ISA.md alone).
+"""Helpers for the RL-32 conformance suite (derived from docs/machine.md alone).
 
-``run(src)`` assembles an RL-32 program and runs it natively; it returns ISA.md's ``--json`` object
+``run(src)`` assembles an RL-32 program and runs it natively; it returns docs/machine.md's ``--json`` object
 as a dict, plus ``rec`` (the ``name=hex`` lines the recording handler printed) and ``sym`` (the
 image's symbols).
 
@@ -45,7 +45,7 @@ DEFAULT_RAM = 4 << 20
 def gate(
     handler: str, *, dpl: int = 0, ring: int = 0, trap: bool = False, present: bool = True
 ) -> tuple[str, int]:
-    """An IDT entry: (handler label, attribute dword) per ISA.md "Interrupts and exceptions"."""
+    """An IDT entry: (handler label, attribute dword) per docs/machine.md "Interrupts and exceptions"."""
     attrs = (0x8000 if present else 0) | (dpl << 13) | (0 if trap else 0x100) | ring
     return handler, attrs
 
@@ -296,7 +296,7 @@ def run(
     max_instructions: int | None = 200_000,
     input: bytes = b"",
 ) -> dict[str, Any]:
-    """Assemble and run natively; the ISA.md JSON dict + ``rec`` (dump lines) + ``sym``."""
+    """Assemble and run natively; the docs/machine.md JSON dict + ``rec`` (dump lines) + ``sym``."""
     from ringlab.asm import assemble
     from ringlab.machine import run_image
 

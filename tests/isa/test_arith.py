@@ -1,4 +1,4 @@
-"""Innocuous data and arithmetic instructions: results and CF ZF SF OF (ISA.md "Precise rules > Flags").
+"""Innocuous data and arithmetic instructions: results and CF ZF SF OF (docs/machine.md "Precise rules > Flags").
 
 Programs here need no prelude: they start at the origin at ring 0 with eflags = 0 and end with
 ``out 0xF4, r`` (power off; ``out`` changes no flags), so the final JSON registers are the result.

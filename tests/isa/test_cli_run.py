@@ -1,4 +1,4 @@
-"""`ringlab run` as ISA.md "Running a program" describes it (native technique)."""
+"""`ringlab run` as docs/machine.md "Running a program" describes it (native technique)."""
 
 from __future__ import annotations
 

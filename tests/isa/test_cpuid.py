@@ -1,4 +1,4 @@
-"""cpuid (ISA.md "Precise rules > Ports and cpuid")."""
+"""cpuid (docs/machine.md "Precise rules > Ports and cpuid")."""
 
 from __future__ import annotations
 

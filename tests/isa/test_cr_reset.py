@@ -1,4 +1,4 @@
-"""Control registers and reset state (ISA.md "State" and "Precise rules > Control registers / Reset")."""
+"""Control registers and reset state (docs/machine.md "State" and "Precise rules > Control registers / Reset")."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_cr8_keeps_low_4_bits():
 
 
 def test_cr2_is_writable_and_readable():
-    # SDM: mov cr2, r writes cr2 (ISA.md is silent beyond "last page-fault address")
+    # SDM: mov cr2, r writes cr2 (docs/machine.md is silent beyond "last page-fault address")
     r = regs("""
         mov eax, 0x12345678
         mov cr2, eax

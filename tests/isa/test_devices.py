@@ -1,4 +1,4 @@
-"""I/O ports (ISA.md "Devices" and "Precise rules > Ports and cpuid")."""
+"""I/O ports (docs/machine.md "Devices" and "Precise rules > Ports and cpuid")."""
 
 from __future__ import annotations
 

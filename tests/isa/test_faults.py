@@ -1,4 +1,4 @@
-"""Exception delivery (ISA.md "Interrupts and exceptions" and "Precise rules > Events").
+"""Exception delivery (docs/machine.md "Interrupts and exceptions" and "Precise rules > Events").
 
 The recording handler prints the frame it finds; see conftest.  Small RAM (``memory_size``) makes
 addresses beyond it "physical memory that does not exist" (#MC, vector 18, no error code).

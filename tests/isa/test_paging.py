@@ -1,4 +1,4 @@
-"""Paging, #PF and the TLB (ISA.md "Paging" and "Precise rules > Addresses / Control registers").
+"""Paging, #PF and the TLB (docs/machine.md "Paging" and "Precise rules > Addresses / Control registers").
 
 ``kernel(paging=True)`` identity-maps the first 4 MiB with every PDE/PTE = P|W|U through
 ``rl_pd`` / ``rl_pt0``; tests change single PTEs (``pte(addr)`` is the PTE's address) and

@@ -1,4 +1,4 @@
-"""Instruction classes at every ring (ISA.md "Instruction classes" and "Precise rules > cs and iret").
+"""Instruction classes at every ring (docs/machine.md "Instruction classes" and "Precise rules > cs and iret").
 
 Programs use the conftest prelude: ``at_ring(n, code, iopl=..)`` builds an IDT and a TSS at ring 0
 and irets to ``user:`` at ring n.  ``int 0x30`` (DPL 3) powers off with the caller's eax, leaving the

@@ -1,4 +1,4 @@
-"""The run contract's JSON object (ISA.md "Running a program")."""
+"""The run contract's JSON object (docs/machine.md "Running a program")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Virtual time, rdtsc and the timer (ISA.md "Devices" and "Precise rules > Time").
+"""Virtual time, rdtsc and the timer (docs/machine.md "Devices" and "Precise rules > Time").
 
 Virtual time = instructions retired + time skipped in hlt.  rdtsc returns the time before its own
 retirement.  After ``out 0x40, N`` retires (at time T0) ticks fall at T0 + k*N; a tick is taken

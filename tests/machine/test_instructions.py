@@ -1,4 +1,4 @@
-"""Per-instruction semantics and flags (ISA.md "Precise rules > Flags", the SDM elsewhere).
+"""Per-instruction semantics and flags (docs/machine.md "Precise rules > Flags", the SDM elsewhere).
 
 Each case runs a tiny ring-0 program: set eflags, run the instruction, ``pushf``/``pop`` the
 flags into ``edx``, stop with ``hlt`` (IF = 0).

@@ -1,5 +1,5 @@
 """Equivalence through the services: every workload under every technique prints, ends and
-counts exactly what the in-process run (``run_vm``) does (DESIGN.md, Equivalence).  Host
+counts exactly what the in-process run (``run_vm``) does (docs/design.md, Equivalence).  Host
 figures (wall time, block-cache hits) depend on how it ran and are left out."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The service boundary is the world switch (DESIGN.md): the pCPU runs guest code only (under bt,
+"""The service boundary is the world switch (docs/design.md): the pCPU runs guest code only (under bt,
 the translation the hypervisor installed), and every exit it takes crosses to the hypervisor,
 which handles it (emulation, hypercalls, shadow syncs, translation, callouts, devices) on its copy
 of the vCPU.  So the exits the hypervisor counts for a VM are exactly the exits its core takes

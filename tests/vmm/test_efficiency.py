@@ -1,4 +1,4 @@
-"""Efficiency (DESIGN.md): unprivileged guest code runs directly, so compute-bound work runs at
+"""Efficiency (docs/design.md): unprivileged guest code runs directly, so compute-bound work runs at
 >= 95% of native speed under bt, pv and hw.
 
 The program is the ``compute`` workload (src/ringlab/guestos/workloads/compute.s: FNV-1a

@@ -1,4 +1,4 @@
-"""Equivalence (DESIGN.md): every guest workload gives native's console output, exit, final
+"""Equivalence (docs/design.md): every guest workload gives native's console output, exit, final
 guest-visible registers and virtual time under bt, hw and hw with nested paging; the paravirt
 kernel under pv prints what the stock kernel prints natively.
 

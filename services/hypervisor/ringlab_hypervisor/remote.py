@@ -15,7 +15,7 @@ here (``ringlab.vmm.translated``).
 
 The VMM's state is not in Redis.  A hypervisor that has no copy of a VM (it restarted, another
 replica ran the VM, a slice was lost) rebuilds it by *replaying* the VM in-process from its image
-to the committed instruction count: runs are deterministic (DESIGN.md), so the state is the same,
+to the committed instruction count: runs are deterministic (docs/design.md), so the state is the same,
 and the first switch hands the pCPU every page the replay wrote.
 """
 
@@ -156,7 +156,7 @@ class RemoteVm:
 
     def statistics(self, stop: Stop | None) -> str:
         """The VMM's statistics for a commit: the cycles its events add (constant while the
-        guest runs on the pCPU), its world switches, and at the end ISA.md's JSON object as
+        guest runs on the pCPU), its world switches, and at the end docs/machine.md's JSON object as
         ``run_vm(...).to_json()`` builds it (console and wall time are filled in from the
         committed stream and the clock when it is read)."""
         counters = self.vm.counters

@@ -1,11 +1,11 @@
-"""The RL-32 assembler and disassembler (ISA.md, "Assembly syntax"; docs/internals.md).
+"""The RL-32 assembler and disassembler (docs/machine.md, "Assembly syntax"; docs/internals.md).
 
     image = assemble(source, filename="<input>", defines=None)
     image = assemble_file(path, defines=None)
     text = disassemble(image)                # assembles back to the same bytes, base and entry
     text = format_instruction(instruction)   # one isa.Instruction, as the disassembler prints it
 
-Both read ``ringlab.isa`` and add nothing to it.  Where ISA.md is silent, this assembler
+Both read ``ringlab.isa`` and add nothing to it.  Where docs/machine.md is silent, this assembler
 decides:
 
 - Numbers: decimal, ``0x`` hex and ``0b`` binary, letters in any case; a leading 0 is still

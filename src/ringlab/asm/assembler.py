@@ -1,4 +1,4 @@
-"""The RL-32 assembler: source text in, ``Image`` out (ISA.md, "Assembly syntax").
+"""The RL-32 assembler: source text in, ``Image`` out (docs/machine.md, "Assembly syntax").
 
 Two passes.  Pass 1 reads the source once -- includes, macros and conditionals are handled as
 lines arrive -- parses every statement, defines labels and advances the location counter.  It
@@ -8,7 +8,7 @@ evaluates their expressions now that every symbol is known, and encodes them wit
 ``isa.encode``.  ``.org .space .align .if`` change what pass 1 does, so their expressions are
 evaluated at once and may only use symbols defined above them.
 
-Decisions where ISA.md is silent are listed in the module docstring of ``ringlab.asm``.
+Decisions where docs/machine.md is silent are listed in the module docstring of ``ringlab.asm``.
 """
 
 from __future__ import annotations

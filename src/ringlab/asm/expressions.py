@@ -5,7 +5,7 @@ instruction operands and data, at once for ``.org .space .align .if``).  Symbol 
 qualified while parsing (``.loop`` becomes ``main.loop``) because the scope of a local label is
 the non-local label *before the reference*, which only pass 1 knows.
 
-Semantics (ISA.md, Precise rules > Assembler): C precedence -- unary ``- ~`` (and ``+``), then
+Semantics (docs/machine.md, Precise rules > Assembler): C precedence -- unary ``- ~`` (and ``+``), then
 ``* / %``, ``+ -``, ``<< >>``, ``&``, ``|``; every result wraps to 32 bits; ``/`` and ``%``
 are signed and truncate toward zero (as in C); ``>>`` is logical; shifting by 32 or more gives 0.
 """

@@ -1,6 +1,6 @@
 """Tokens of one source line, and the stream the parsers read them from.
 
-The assembler works line by line (ISA.md: one statement per line, ``;`` to the end of the line
+The assembler works line by line (docs/machine.md: one statement per line, ``;`` to the end of the line
 is a comment), so the lexer turns one line into a list of tokens ending with an ``eol`` token.
 Every token keeps its 1-based column: error messages point at the offending token.
 

@@ -225,7 +225,7 @@ def _console() -> Any:
 # -- run / boot --via ------------------------------------------------------------------------------
 @dataclass
 class RemoteResult:
-    """What ``cli._print_result`` needs: the console bytes and ISA.md's JSON object."""
+    """What ``cli._print_result`` needs: the console bytes and docs/machine.md's JSON object."""
 
     console: bytes
     doc: dict[str, Any]

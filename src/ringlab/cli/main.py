@@ -332,21 +332,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_suite(args)
 
 
-_BENCH_OPTIONS = {
+_BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
     "vms": ("--vms", "contention"),
     "weights": ("--weights", "contention"),
     "plot": ("--plot", "micro"),
     "only": ("--only", "micro"),
     "techniques": ("--techniques", "micro"),
-    "rounds": ("--rounds", "speed"),
+    "rounds": ("--rounds", "speed", "efficiency"),
+    "repeats": ("--repeats", "efficiency"),
 }
 
 
 def _check_bench_options(args: argparse.Namespace) -> None:
     """Refuse an option the chosen suite would silently ignore."""
-    for dest, (flag, suite) in _BENCH_OPTIONS.items():
-        if getattr(args, dest) is not None and args.suite != suite:
-            raise UsageError(f"{flag} applies to --suite {suite} only, not to --suite {args.suite}")
+    for dest, (flag, *suites) in _BENCH_OPTIONS.items():
+        if getattr(args, dest) is not None and args.suite not in suites:
+            which = " and ".join(f"--suite {s}" for s in suites)
+            raise UsageError(f"{flag} applies to {which} only, not to --suite {args.suite}")
+    if args.suite == "efficiency" and args.rounds is not None:
+        from ringlab.cli.bench.efficiency import ROUNDS
+
+        if args.rounds <= ROUNDS[0]:
+            raise UsageError(
+                f"--rounds {args.rounds}: the efficiency suite times the rounds beyond its short run of "
+                f"{ROUNDS[0]}, so give more than {ROUNDS[0]}"
+            )
     if args.weights is not None and args.vms is not None and len(args.weights) != args.vms:
         raise UsageError(
             f"--vms {args.vms} but --weights gives {len(args.weights)} weights: give one weight per VM "
@@ -451,6 +461,8 @@ def _command(sub: Any, name: str, summary: str, func: Callable[[argparse.Namespa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ringlab.cli.bench.efficiency import REPEATS as EFFICIENCY_REPEATS
+    from ringlab.cli.bench.efficiency import ROUNDS as EFFICIENCY_ROUNDS
     from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS
     from ringlab.cli.bench.speed import DEFAULT_ROUNDS
     from ringlab.cli.demo import CHART as DEMO_CHART
@@ -592,7 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounded(1, 1 << 20),
         default=None,
         metavar="N",
-        help=f"speed: FNV-1a rounds the guest and Python compute (default: {DEFAULT_ROUNDS})",
+        help=f"speed: FNV-1a rounds the guest and Python compute (default: {DEFAULT_ROUNDS}); "
+        f"efficiency: rounds of the long run, whose extra rounds are the work timed (default: {EFFICIENCY_ROUNDS[1]})",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_bounded(1, 100),
+        default=None,
+        metavar="N",
+        help=f"efficiency: best of N runs of each technique (default: {EFFICIENCY_REPEATS})",
     )
 
     # The service commands (up, vm, top, ...) live beside their gRPC clients.

@@ -13,7 +13,7 @@ from ringlab.vmm.counters import EventCounter
 __all__ = ["RESULT_REASONS", "STOP_STATUS", "plain_result", "simulated_cycles", "stop_status"]
 
 STOP_STATUS = {"poweroff": "poweroff", "halt": "halted", "shutdown": "shutdown", "limit": "limit"}
-"""ISA.md exit reason -> VM status; any other reason (``refused``) ends the VM as shut down."""
+"""docs/machine.md exit reason -> VM status; any other reason (``refused``) ends the VM as shut down."""
 RESULT_REASONS = {status: reason for reason, status in STOP_STATUS.items()}
 """VM status -> the result's exit reason."""
 

@@ -63,7 +63,7 @@ class Cpu:
     def boot(
         cls, image: Image, memory_size: int = 4 << 20, controls: Controls | None = None, fast: bool = True
     ) -> Cpu:
-        """A fresh machine in the ISA.md Reset state with ``image`` loaded."""
+        """A fresh machine in the docs/machine.md Reset state with ``image`` loaded."""
         if image.base < 0 or image.end > memory_size:
             raise ImageError(
                 f"the image spans {image.base:#x}-{image.end:#x} but RAM is {memory_size:#x} bytes "
@@ -370,7 +370,7 @@ class Cpu:
 
     def deliver(self, vector: int, error_code: int | None, eip: int, *, software: bool) -> None:
         """Enter the IDT gate of ``vector`` pushing ``eip``; raises ``Fault`` with nothing
-        changed when the gate is bad or a push faults (ISA.md Interrupts, Precise rules)."""
+        changed when the gate is bad or a push faults (docs/machine.md Interrupts, Precise rules)."""
         s = self._state
         mmu = self.mmu
         cpl = s.cs & 3

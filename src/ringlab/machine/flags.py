@@ -1,7 +1,7 @@
 """Flag arithmetic, shared by the interpreter and the block compiler.
 
 Each ``flags_*`` function takes the current ``eflags`` and the operands of one instruction and
-returns ``eflags`` with the bits that instruction writes replaced (ISA.md "Precise rules >
+returns ``eflags`` with the bits that instruction writes replaced (docs/machine.md "Precise rules >
 Flags", the SDM elsewhere).  The block compiler calls these same functions when it
 materialises flags it kept lazily, so both paths agree bit for bit.
 """

@@ -356,7 +356,7 @@ def _str(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
 
 
 def _lmsw(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
-    # The low 16 bits of cr0 hold only PE, which stays 1: lmsw can change nothing (ISA.md).
+    # The low 16 bits of cr0 hold only PE, which stays 1: lmsw can change nothing (docs/machine.md).
     cpu.state.eip = nxt
     return None
 

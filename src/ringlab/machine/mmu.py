@@ -2,7 +2,7 @@
 
 The modelled TLB (``tlb``: virtual page -> frame and the U/W bits of both levels) is the
 architectural one: a changed PTE takes effect only after ``invlpg`` on its address, a ``cr3``
-write or a change of ``cr0.PG`` (ISA.md Paging).  As the SDM says, a page fault also drops the
+write or a change of ``cr0.PG`` (docs/machine.md Paging).  As the SDM says, a page fault also drops the
 faulting page's entry, so a handler can fix a PTE and retry without ``invlpg``.
 
 For the block compiler the MMU keeps *fast caches* derived from the TLB: per access mode (user,

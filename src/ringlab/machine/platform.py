@@ -2,7 +2,7 @@
 
 This is ``ringlab run --technique native``: the image is the whole guest OS, its kernel runs in
 ring 0, and the platform serves the two devices the core does not model, the console (0x3F8)
-and power (0xF4).  ``RunResult.to_json()`` is ISA.md's ``--json`` object.
+and power (0xF4).  ``RunResult.to_json()`` is docs/machine.md's ``--json`` object.
 """
 
 from __future__ import annotations

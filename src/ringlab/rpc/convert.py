@@ -223,7 +223,7 @@ def guest_stats_to_proto(stats: Stats, virtual_time: int) -> common_pb2.GuestSta
 
 
 def guest_stats_to_json(g: common_pb2.GuestStats) -> dict[str, Any]:
-    """The ``stats.guest`` object of ISA.md's ``--json``, from its protobuf form."""
+    """The ``stats.guest`` object of docs/machine.md's ``--json``, from its protobuf form."""
     return {
         "retired": g.retired,
         "retired_by_ring": {str(ring): n for ring, n in enumerate(g.retired_by_ring)},

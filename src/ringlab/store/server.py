@@ -2,7 +2,7 @@
 
 ``ringlab up``, ``ringlab demo`` and the tests start one with ``LocalRedis.start()``; it listens on
 a loopback TCP port (so other processes can reach it), keeps no files unless asked, and is shut
-down explicitly (a leftover server would outlive the command, see ECOSYSTEM.md).
+down explicitly (a leftover server would outlive the command).
 """
 
 from __future__ import annotations

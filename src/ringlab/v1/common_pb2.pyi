@@ -40,7 +40,7 @@ class _TechniqueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Technique.V
     """hardware assist (VMX non-root)"""
 
 class Technique(_Technique, metaclass=_TechniqueEnumTypeWrapper):
-    """How a VM is virtualized (DESIGN.md, "Services")."""
+    """How a VM is virtualized (docs/design.md, "Services")."""
 
 TECHNIQUE_UNSPECIFIED: Technique.ValueType  # 0
 TECHNIQUE_NATIVE: Technique.ValueType  # 1

@@ -424,7 +424,7 @@ Global___WaitVmRequest: _TypeAlias = WaitVmRequest  # noqa: Y015
 
 @_typing.final
 class VmResult(_message.Message):
-    """How a VM ended: the fields of `ringlab run --json` (ISA.md)."""
+    """How a VM ended: the fields of `ringlab run --json` (docs/machine.md)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -464,7 +464,7 @@ class VmResult(_message.Message):
     detail: _builtins.str
     wall_seconds: _builtins.float
     result_json: _builtins.str
-    """the whole ISA.md --json object, as `ringlab run --json` prints it"""
+    """the whole docs/machine.md --json object, as `ringlab run --json` prints it"""
     @_builtins.property
     def vm(self) -> Global___Vm: ...
     @_builtins.property

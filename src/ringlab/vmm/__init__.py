@@ -2,7 +2,7 @@
 
     result = run_vm(image, technique="bt")          # native | trap-emulate | bt | pv | hw
     result = run_vm(image, technique="hw", nested_paging=True)
-    result.to_json()                                # ISA.md's --json object, + VMM stats
+    result.to_json()                                # docs/machine.md's --json object, + VMM stats
 
 Domain code: no grpc, no redis.  docs/techniques.md explains each technique and its costs.
 """
@@ -70,7 +70,7 @@ def run_vm(
 ) -> VmRunResult:
     """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
 
-    Returns ``machine.RunResult``'s shape (``to_json()`` is ISA.md's object) with ``registers``
+    Returns ``machine.RunResult``'s shape (``to_json()`` is docs/machine.md's object) with ``registers``
     the guest-visible (virtual) state; exit reason ``refused`` when the technique will not run
     this guest (a stock kernel under ``pv``)."""
     vm = VM(

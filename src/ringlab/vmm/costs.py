@@ -8,7 +8,7 @@ it does give, and the comment says so.
 [AA06] K. Adams, O. Agesen, "A Comparison of Software and Hardware Techniques for x86
        Virtualization", ASPLOS 2006.  Section 6 / Figure 4 (microbenchmarks on a 3.8 GHz
        Pentium 4 672 with first-generation VT-x): a VM exit plus the VM entry that resumes the
-       guest costs on the order of 1,500 cycles before the VMM does any work (DESIGN.md uses the
+       guest costs on the order of 1,500 cycles before the VMM does any work (docs/design.md uses the
        same ~1,500-cycle round trip), which is why hardware assist lost to binary translation on
        syscall-, page-table- and I/O-heavy work; the software VMM's translated code handles
        cli/sti/pushf/popf inline for a few cycles, and its callouts and hidden page faults cost

@@ -1,7 +1,7 @@
 """Popek-Goldberg diagnostics: sensitive instructions that did not trap and so lied to the guest.
 
 Under trap-and-emulate the guest kernel runs at ring 1, and the sensitive-but-unprivileged
-instructions (ISA.md) run there without trapping, against the *real* state.  The VMM watches
+instructions (docs/machine.md) run there without trapping, against the *real* state.  The VMM watches
 them (a probe that counts as neither a trap nor an exit) and records, per instruction address,
 what the guest saw and what native hardware would have shown it.
 """

@@ -8,7 +8,7 @@ cr0/cr3, and the P2M as second stage, so the walk, its permission rules and its 
 the hardware's), copies the guest's entry if there is one, and resumes; otherwise the fault
 was the guest's and is reflected with the guest's error code.
 
-That is exact under ISA.md's TLB rule: a changed PTE takes effect only after ``invlpg`` or a
+That is exact under docs/machine.md's TLB rule: a changed PTE takes effect only after ``invlpg`` or a
 cr3 write, and both are intercepted and drop shadow entries, so the shadow never holds a
 translation the guest's TLB could not.
 
@@ -105,7 +105,7 @@ class ShadowPageTables:
     def write_cr(self, n: int, value: int) -> None:
         if n == 0:
             old = self.cr0
-            self.cr0 = (value & (CR0_WP | CR0_PG)) | CR0_PE  # ISA.md: only WP and PG are writable
+            self.cr0 = (value & (CR0_WP | CR0_PG)) | CR0_PE  # docs/machine.md: only WP and PG are writable
             self.cpu.state.cr0 = self._real_cr0()
             if (old ^ self.cr0) & (CR0_PG | CR0_WP):
                 self.flush()  # shadow permissions depend on WP too (see _real_perm, fill)

@@ -45,7 +45,7 @@ def default_kernel(technique: str) -> str:
 
 @dataclass(frozen=True)
 class Stop:
-    """The run is over: ISA.md's exit reason, code and detail."""
+    """The run is over: docs/machine.md's exit reason, code and detail."""
 
     reason: str
     code: int | None = None

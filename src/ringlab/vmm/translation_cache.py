@@ -1,4 +1,4 @@
-"""Binary translation of guest kernel code, at the RL-32 level (DESIGN.md).
+"""Binary translation of guest kernel code, at the RL-32 level (docs/design.md).
 
 A guest kernel block (straight-line code up to a control transfer, a callout or ``MAX_BLOCK``
 instructions) is translated into a ``Block``: a tuple of ``Op``s, each the original instruction

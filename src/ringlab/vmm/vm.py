@@ -188,7 +188,7 @@ class VM:
         return None
 
     def result(self, stop: Stop, wall_seconds: float) -> VmRunResult:
-        """The run's result (``to_json()`` is ISA.md's object plus the VMM's statistics)."""
+        """The run's result (``to_json()`` is docs/machine.md's object plus the VMM's statistics)."""
         from ringlab.vmm.costs import cycles  # costs reads counters; imported late to keep vm small
 
         stats = self.guest_stats()

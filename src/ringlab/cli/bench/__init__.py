@@ -47,8 +47,10 @@ def run_suite(args: argparse.Namespace) -> int:
     if args.suite == "efficiency":
         from ringlab.cli.bench.efficiency import REPEATS, ROUNDS, efficiency_runs, efficiency_suite
 
-        with progress("efficiency", efficiency_runs(ROUNDS, REPEATS), enabled=show) as step:
-            eff = efficiency_suite(progress=step)
+        rounds = (ROUNDS[0], args.rounds or ROUNDS[1])
+        repeats = args.repeats or REPEATS
+        with progress("efficiency", efficiency_runs(rounds, repeats), enabled=show) as step:
+            eff = efficiency_suite(rounds, repeats, progress=step)
         if args.json:
             print(json.dumps(eff))
         else:

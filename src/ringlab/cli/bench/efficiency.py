@@ -1,7 +1,7 @@
 """The efficiency suite: compute-bound guest work under each technique against native.
 
-DESIGN.md's definition of virtualization: unprivileged code runs directly, so compute-bound
-work runs at >= 95% of native speed.  The ``compute`` workload is run with two round counts
+The definition of virtualization Ringlab holds itself to: unprivileged code runs directly, so
+compute-bound work runs at >= 95% of native speed.  The ``compute`` workload is run with two round counts
 under every technique, interleaved and best-of-``repeats``; the time of the extra rounds is the
 work's own time (the boot, which differs per technique, cancels out).  ``throughput`` is
 native's time for that work divided by the technique's; ``whole_run`` divides the whole runs

@@ -5,7 +5,7 @@ Each benchmark is a guest workload run twice, with a small and a larger iteratio
 difference divided by the difference in iterations is the cost of one iteration, with the boot
 and the kernel's set-up cancelled out.  Simulated cycles come from the cost model
 (``stats.guest.cycles``, each event priced in ``ringlab.vmm.costs``); wall time is what this
-host took.  The timer stays on, as DESIGN.md asks of every benchmark.
+host took.  The timer stays on, as docs/design.md asks of every benchmark.
 """
 
 from __future__ import annotations

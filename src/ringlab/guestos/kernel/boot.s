@@ -1,6 +1,6 @@
 ; boot.s - from reset to the first user process.
 ;
-; Reset leaves us in ring 0 with paging off, IF = 0 and esp = the top of RAM (ISA.md), which is
+; Reset leaves us in ring 0 with paging off, IF = 0 and esp = the top of RAM (docs/machine.md), which is
 ; how the kernel learns the memory size.  Boot order: memory size, IDT, TSS, paging, the frame
 ; allocator, process slots, init (program 0), the timer, then the scheduler, which never returns
 ; (it powers the machine off when the last process exits).

@@ -78,7 +78,7 @@ name_pf:        .asciz "page fault"
 name_mc:        .asciz "machine check"
 name_other:     .asciz "exception"
 
-; ---- the task state segment: esp0 at +4 (ISA.md); 104 bytes like x86's ----
+; ---- the task state segment: esp0 at +4 (docs/machine.md); 104 bytes like x86's ----
 .align 4
 tss:            .space 104
 

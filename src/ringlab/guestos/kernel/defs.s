@@ -18,7 +18,7 @@
 .equ VEC_TIMER,     32
 .equ IDT_ENTRIES,   256
 
-; IDT gate attributes (ISA.md): present bit 15, DPL bits 13-14, interrupt gate bit 8 (clears IF
+; IDT gate attributes (docs/machine.md): present bit 15, DPL bits 13-14, interrupt gate bit 8 (clears IF
 ; on entry; 0 = trap gate), handler ring bits 0-1.
 .equ GATE_PRESENT,  0x8000
 .equ GATE_DPL3,     0x6000
@@ -43,7 +43,7 @@
 .equ KMEM_MAX,      0x00400000
 
 ; ---- the timer ----
-; About 100,000 retired instructions per tick, a realistic tick (DESIGN.md); -D TIMER_PERIOD=n
+; About 100,000 retired instructions per tick, a realistic tick (docs/design.md); -D TIMER_PERIOD=n
 ; overrides it (0 turns preemption off).
 .ifndef TIMER_PERIOD
 .equ TIMER_PERIOD,  100000

@@ -1,4 +1,4 @@
-; kernel.s - the Ringlab guest kernel for RL-32 (ISA.md): top-level file.
+; kernel.s - the Ringlab guest kernel for RL-32 (docs/machine.md): top-level file.
 ;
 ; A small Unix-like kernel: per-process address spaces, round-robin preemption on the timer,
 ; demand paging, process spawn/wait/exit, and user faults that kill only the process.
