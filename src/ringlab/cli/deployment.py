@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ringlab.cli.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
+from ringlab.cli.options import define, int_in
 from ringlab.endpoints import DEFAULT_HYPERVISOR
 from ringlab.errors import DeploymentFailed, UsageError
 from ringlab.guestos import FLAVOURS
@@ -85,20 +86,6 @@ def _listen_address(text: str) -> str:
     return f"{host}:{port}"
 
 
-def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound} ({what}), got {value}")
-        return value
-
-    return parse
-
-
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -115,19 +102,6 @@ def _redis_url(text: str) -> str:
             f"expected a URL such as redis://127.0.0.1:6379/0 (or rediss://, unix:///path), got {text!r}"
         )
     return text
-
-
-def _define(text: str) -> tuple[str, int]:
-    """``-D NAME=VALUE`` or ``-D NAME`` (= 1)."""
-    name, sep, value = text.partition("=")
-    if not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"-D wants NAME or NAME=VALUE with NAME an identifier, got {text!r}")
-    if not sep:
-        return name, 1
-    try:
-        return name, int(value, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"-D {name}: value {value!r} is not an integer") from None
 
 
 class _Help(argparse.HelpFormatter):
@@ -870,7 +844,7 @@ def add_service_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--pcpus",
-        type=_int_in(1, MAX_PCPUS, "a deployment needs at least one pCPU"),
+        type=int_in(1, MAX_PCPUS, "a deployment needs at least one pCPU"),
         default=1,
         metavar="N",
         help=f"cpu services to start, one pCPU each, 1-{MAX_PCPUS} (default: 1)",
@@ -947,7 +921,7 @@ def add_service_commands(sub: Any) -> None:
         "-D",
         dest="defines",
         action="append",
-        type=_define,
+        type=define,
         default=[],
         metavar="NAME[=VALUE]",
         help="define an assembler symbol for the kernel and the program(s), e.g. -D ROUNDS=4 "
@@ -955,14 +929,14 @@ def add_service_commands(sub: Any) -> None:
     )
     q.add_argument(
         "--weight",
-        type=_int_in(1, MAX_WEIGHT, "the credit scheduler's weights, as in Xen"),
+        type=int_in(1, MAX_WEIGHT, "the credit scheduler's weights, as in Xen"),
         default=256,
         metavar="N",
         help=f"credit-scheduler weight, 1-{MAX_WEIGHT}: a VM gets CPU in proportion to it (default: 256)",
     )
     q.add_argument(
         "--cap",
-        type=_int_in(0, 100, "a percent of one pCPU; 0: no cap"),
+        type=int_in(0, 100, "a percent of one pCPU; 0: no cap"),
         default=0,
         metavar="PERCENT",
         help="at most this percent of one pCPU, 0-100; 0: no cap (default: 0)",

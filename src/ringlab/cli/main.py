@@ -32,6 +32,7 @@ from ringlab.cli.exitstatus import (
     GUEST_SHUTDOWN,
     guest_status,
 )
+from ringlab.cli.options import define, int_in
 from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
 from ringlab.guestos import NO_KERNEL
 from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
@@ -56,19 +57,6 @@ INTERNAL_ERROR = (
 
 
 # -- option types -------------------------------------------------------------------------------------
-def _parse_define(text: str) -> tuple[str, int]:
-    """``-D NAME=VALUE`` or ``-D NAME`` (= 1)."""
-    name, sep, value = text.partition("=")
-    if not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"-D wants NAME or NAME=VALUE with NAME an identifier, got {text!r}")
-    if not sep:
-        return name, 1
-    try:
-        return name, int(value, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"-D {name}: value {value!r} is not an integer") from None
-
-
 def _parse_size(text: str) -> int:
     """A byte count: ``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G``; at most ``MAX_MEMORY``."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -109,21 +97,6 @@ def _parse_input(text: str) -> str:
             "use characters U+0000-U+00FF (ASCII and Latin-1)"
         ) from None
     return text
-
-
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number from {low} to {high}, got {text!r}"
-            ) from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _parse_weights(text: str) -> list[int]:
@@ -439,7 +412,7 @@ def _add_defines(p: argparse.ArgumentParser) -> None:
         "-D",
         dest="defines",
         action="append",
-        type=_parse_define,
+        type=define,
         default=[],
         metavar="NAME[=VALUE]",
         help="define an assembler symbol, NAME alone means 1; may repeat (default: none)",
@@ -565,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--vms",
-        type=_bounded(1, MAX_BENCH_VMS),
+        type=int_in(1, MAX_BENCH_VMS),
         default=None,
         metavar="N",
         help=f"contention: VMs sharing one pCPU, 1-{MAX_BENCH_VMS} (default: 16, or one per --weights)",
@@ -601,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rounds",
-        type=_bounded(1, 1 << 20),
+        type=int_in(1, 1 << 20),
         default=None,
         metavar="N",
         help=f"speed: FNV-1a rounds the guest and Python compute (default: {DEFAULT_ROUNDS}); "
@@ -609,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--repeats",
-        type=_bounded(1, 100),
+        type=int_in(1, 100),
         default=None,
         metavar="N",
         help=f"efficiency: best of N runs of each technique (default: {EFFICIENCY_REPEATS})",
