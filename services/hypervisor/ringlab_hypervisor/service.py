@@ -65,6 +65,10 @@ STATUSES = {
 }
 END_EVENTS = frozenset({"ended", "stopped", "destroyed"})
 """The events after which a VM runs no more (until a StartVm boots it afresh)."""
+TRAILING_EVENTS_SECONDS = 2.0
+"""A followed stream of one VM ends with the "descheduled" event of the slice the VM ended in,
+which its pCPU reports after the "ended" event (in its next grant); when none comes within this
+long (the VM was not running, or its pCPU died), the stream ends without it."""
 
 
 def _defined(request: hypervisor_pb2.CreateVmRequest) -> Defined:
@@ -260,6 +264,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             if cursor == "$":
                 cursor = self.state.events_last_id()
             follow, checked = request.follow, time.monotonic()
+            ending: float | None = None  # when this VM's end was seen (following one VM)
             while context.is_active():
                 events = self.state.events_read(cursor, block_ms=250 if follow else None)
                 matched = False
@@ -268,23 +273,33 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                     if vm and e.get("vm") != vm:
                         continue
                     matched = True
+                    kind = e.get("kind", "")
                     yield hypervisor_pb2.Event(
                         cursor=cursor,
-                        kind=e.get("kind", ""),
+                        kind=kind,
                         vm=e.get("vm", ""),
                         pcpu=e.get("pcpu", ""),
                         detail=e.get("detail", ""),
                         time=float(e.get("time") or 0),
                     )
-                    if vm and follow and e.get("kind") in END_EVENTS:
-                        return  # following one VM: its end is the stream's end
+                    if (
+                        vm
+                        and follow
+                        and (kind == "destroyed" or (ending is not None and kind == "descheduled"))
+                    ):
+                        return  # following one VM: its last event is the stream's end
+                    if vm and follow and kind in END_EVENTS and ending is None:
+                        ending = time.monotonic()
                 if not follow and not events:
                     return
-                if vm and follow and not matched and time.monotonic() - checked >= 0.25:
-                    # It ended before this stream's cursor: send what is left, then stop (the
-                    # end and its event are one script, so the event is in the stream by now).
+                if ending is not None and time.monotonic() - ending >= TRAILING_EVENTS_SECONDS:
+                    return  # no pCPU reported the slice it ended in (it was not running, or died)
+                if vm and follow and ending is None and not matched and time.monotonic() - checked >= 0.25:
+                    # It ended before this stream's cursor: what is left of it (the slice it ended
+                    # in is reported by its pCPU's next grant) comes within the grace, then stop.
                     checked = time.monotonic()
-                    follow = not self._ended(vm)
+                    if self._ended(vm):
+                        ending = checked
 
     def _ended(self, vm: str) -> bool:
         try:

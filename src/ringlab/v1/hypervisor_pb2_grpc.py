@@ -181,8 +181,10 @@ class HypervisorServicer:
 
     def StreamEvents(self, request, context):
         """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
-        ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
-        itself.  A malformed `after` is INVALID_ARGUMENT.
+        ends once it has ended: after the "exit" and "descheduled" events of the slice it ended in
+        (its pCPU reports them after "ended"; at most 2 s after "ended" or "stopped" if none comes),
+        or after "destroyed".  Following every VM never ends by itself.  A malformed `after` is
+        INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

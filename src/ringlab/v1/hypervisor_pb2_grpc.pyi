@@ -69,8 +69,10 @@ class HypervisorStub:
     """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_hypervisor_pb2.StreamEventsRequest, _hypervisor_pb2.Event]
     """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
-    ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
-    itself.  A malformed `after` is INVALID_ARGUMENT.
+    ends once it has ended: after the "exit" and "descheduled" events of the slice it ended in
+    (its pCPU reports them after "ended"; at most 2 s after "ended" or "stopped" if none comes),
+    or after "destroyed".  Following every VM never ends by itself.  A malformed `after` is
+    INVALID_ARGUMENT.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]
 
@@ -112,8 +114,10 @@ class HypervisorAsyncStub(HypervisorStub):
     """
     StreamEvents: _aio.UnaryStreamMultiCallable[_hypervisor_pb2.StreamEventsRequest, _hypervisor_pb2.Event]  # type: ignore[assignment]
     """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
-    ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
-    itself.  A malformed `after` is INVALID_ARGUMENT.
+    ends once it has ended: after the "exit" and "descheduled" events of the slice it ended in
+    (its pCPU reports them after "ended"; at most 2 s after "ended" or "stopped" if none comes),
+    or after "destroyed".  Following every VM never ends by itself.  A malformed `after` is
+    INVALID_ARGUMENT.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]  # type: ignore[assignment]
 
@@ -218,8 +222,10 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_hypervisor_pb2.Event], _abc.AsyncIterator[_hypervisor_pb2.Event]]:
         """Lifecycle and scheduling events (created, scheduled, exit, ended, ...).  Following one VM
-        ends after that VM's "ended" event (or "destroyed"); following every VM never ends by
-        itself.  A malformed `after` is INVALID_ARGUMENT.
+        ends once it has ended: after the "exit" and "descheduled" events of the slice it ended in
+        (its pCPU reports them after "ended"; at most 2 s after "ended" or "stopped" if none comes),
+        or after "destroyed".  Following every VM never ends by itself.  A malformed `after` is
+        INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
