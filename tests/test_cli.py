@@ -10,19 +10,7 @@ import pytest
 
 from ringlab.cli import main
 from ringlab.guestos.reference import fnv1a_reference
-
-HELLO = """\
-.entry start
-msg:    .asciz "hi\\n"
-start:  mov esi, msg
-.next:  movzx eax, byte [esi]
-        test eax, eax
-        je .done
-        out 0x3F8, eax
-        inc esi
-        jmp .next
-.done:  out 0xF4, eax
-"""
+from tests.cli.conftest import HELLO
 
 
 def test_boot_prints_the_workload_console(capsys: pytest.CaptureFixture[str]) -> None:

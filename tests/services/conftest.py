@@ -90,3 +90,13 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     except grpc.RpcError as err:
         return err.code()
     raise AssertionError("the call succeeded")
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Parse ``ringlab ARGS`` in this process: it must stop with status 2; returns stderr."""
+    from ringlab.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(list(args))
+    assert stopped.value.code == 2
+    return capsys.readouterr().err

@@ -19,6 +19,7 @@ import pytest
 
 from ringlab.rpc.local import LocalDeployment
 from ringlab.store.server import free_port
+from tests.services.conftest import usage_error
 
 START_TIMEOUT = 120.0
 """A safety net: the services start in a few seconds even on a busy machine."""
@@ -38,16 +39,6 @@ def ringlab(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env=env or clean_env(),
         stdin=subprocess.DEVNULL,
     )
-
-
-def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """Parse ``ringlab ARGS`` in this process: it must stop with status 2; returns stderr."""
-    from ringlab.cli import main
-
-    with pytest.raises(SystemExit) as stopped:
-        main(list(args))
-    assert stopped.value.code == 2
-    return capsys.readouterr().err
 
 
 @dataclass

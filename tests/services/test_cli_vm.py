@@ -19,7 +19,7 @@ import pytest
 from ringlab.guestos import WORKLOADS
 from ringlab.store import LocalRedis
 from ringlab.store.server import free_port
-from tests.services.conftest import Deployment, start_deployment, unique
+from tests.services.conftest import Deployment, start_deployment, unique, usage_error
 
 TOKEN = "cli-s3cret"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -62,16 +62,6 @@ def ringlab(
         env=env if env is not None else clean_env(),
         stdin=subprocess.DEVNULL,
     )
-
-
-def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """Parse ``ringlab ARGS`` in this process: it must stop with status 2; returns stderr."""
-    from ringlab.cli import main
-
-    with pytest.raises(SystemExit) as stopped:
-        main(list(args))
-    assert stopped.value.code == 2
-    return capsys.readouterr().err
 
 
 def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
