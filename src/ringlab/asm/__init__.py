@@ -30,9 +30,12 @@ decides:
 - Macros: parameters listed after the name with commas or blanks; ``\\name`` substitutes,
   ``\\@`` is a counter unique per expansion (GNU as style: ``.loop\\@:``), ``\\()`` separates a
   parameter from following text.  Arguments are split at top-level commas; the count must
-  match.  Macro names cannot be mnemonics; macros may invoke macros (64 deep), but not define
-  them.  ``.include`` nests up to 32 deep, relative to the including file's directory.
+  match.  Macro names cannot be mnemonics; macros may invoke macros, but not define them.
+  ``.include`` is relative to the including file's directory and reads regular files only.
 - A conditional must be closed in the file or macro body that opened it.
+- Every input gets an answer: ``ringlab.asm.limits`` bounds expression, conditional, macro and
+  include nesting, source file size and the text expansions add (docs/assembly.md, "Limits").
+  A file that is not UTF-8 is an error at its first bad byte.
 - ``Image.symbols`` holds non-local labels and ``.equ`` values, not ``-D`` defines.
 """
 

@@ -16,13 +16,21 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringlab.asm.expressions import Expr, Sym, evaluate, parse_expression
+from ringlab.asm.expressions import Expr, Sym, evaluate, parse_expression, symbols_of
 from ringlab.asm.lexer import MAX_U32, SourceProblem, Token, TokenStream, tokenize
-from ringlab.asm.macros import Macro, parse_parameters, split_arguments, substitute
+from ringlab.asm.limits import (
+    MAX_CONDITIONAL_DEPTH,
+    MAX_EXPANDED_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_INCLUDE_DEPTH,
+    MAX_MACRO_DEPTH,
+    size_text,
+)
+from ringlab.asm.macros import ExpansionTooLarge, Macro, parse_parameters, split_arguments, substitute
 from ringlab.asm.operands import (
     SPECS,
     Operand,
@@ -31,6 +39,7 @@ from ringlab.asm.operands import (
     parse_operands,
     select_spec,
 )
+from ringlab.asm.sources import SourceRefused, decode_source, file_identity, read_source_bytes
 from ringlab.errors import AssemblyError
 from ringlab.image import Image
 from ringlab.isa import Spec
@@ -38,10 +47,6 @@ from ringlab.isa import Spec
 __all__ = ["assemble", "assemble_file", "DEFAULT_ORIGIN"]
 
 DEFAULT_ORIGIN = 0x1000
-MAX_INCLUDE_DEPTH = 32
-MAX_MACRO_DEPTH = 64
-MAX_IMAGE_BYTES = 256 << 20
-"""A guard against ``.space 0xFFFFFFFF``: far more than any RL-32 machine's memory."""
 
 _LEADING_DIRECTIVE = re.compile(r"\s*(?:[A-Za-z_.][A-Za-z0-9_.]*\s*:\s*)*(\.[A-Za-z_]+)")
 _SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -61,10 +66,12 @@ def assemble_file(path: str | Path, *, defines: dict[str, int] | None = None) ->
     """Assemble the file at ``path``."""
     name = str(path)
     try:
-        source = Path(path).read_text(encoding="utf-8")
+        blob = read_source_bytes(Path(path))
     except OSError as exc:
         raise AssemblyError(name, 1, 1, f"cannot read the program: {exc.strerror or exc}") from None
-    return assemble(source, filename=name, defines=defines)
+    except SourceRefused as exc:
+        raise AssemblyError(name, 1, 1, f"the program {exc.reason}") from None
+    return assemble(decode_source(blob, name), filename=name, defines=defines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,8 @@ class _Symbol:
     expr: Expr | None = None
     location: _Location | None = None
     resolving: bool = False
+    blocked_by: str | None = None
+    """In pass 1: the undefined name that stopped the last attempt to evaluate it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,28 @@ class _Conditional:
 class _NotYet(SourceProblem):
     """A symbol that pass 1 cannot know yet; ``.equ`` then waits for pass 2."""
 
+    @classmethod
+    def depends(cls, sym: Sym, purpose: str | None) -> _NotYet:
+        return cls(
+            sym.column,
+            f"symbol '{sym.text}' depends on symbols defined later ({purpose} needs symbols defined before it)",
+        )
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A file or a macro expansion whose lines are being assembled.  Included files and macro
+    bodies push a frame instead of recursing, so nesting costs no Python stack."""
+
+    lines: Sequence[tuple[int, str]]
+    file: str
+    chain: tuple[str, ...]
+    conditionals: int
+    """How many conditionals were open when it started: it must close those it opens."""
+    macro: bool
+    index: int = 0
+    """The next line to assemble."""
+
 
 @dataclass
 class _Assembler:
@@ -147,10 +178,14 @@ class _Assembler:
     conditionals: list[_Conditional] = field(default_factory=list)
     entry: tuple[Expr, _Location, int] | None = None
     expansions: int = 0
+    expanded_bytes: int = 0
+    """The text macro expansions and repeated includes have added so far (``MAX_EXPANDED_BYTES``
+    bounds it)."""
+    frames: list[_Frame] = field(default_factory=list)
     include_depth: int = 0
     macro_depth: int = 0
-    frame_depth: int = 0
-    """How many conditionals were open when the current file or macro body started."""
+    sources: dict[tuple[int, int], str] = field(default_factory=dict)
+    """Each included file's text, read once however often it is included."""
 
     def __post_init__(self) -> None:
         for name, value in self.defines.items():
@@ -160,45 +195,62 @@ class _Assembler:
 
     # ----------------------------------------------------------------- pass 1: lines
 
-    def process_file(self, text: str, filename: str, chain: tuple[str, ...] = ()) -> None:
-        lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1)]
-        self._process(lines, filename, chain)
+    def process_file(self, text: str, filename: str) -> None:
+        """Assemble the lines of the program ``text`` (pass 1)."""
+        self._push(text, filename, (), macro=False)
+        self._run()
 
-    def _process(self, lines: Sequence[tuple[int, str]], file: str, chain: tuple[str, ...]) -> None:
-        """Run a file's or a macro expansion's lines.  Conditionals must close where they open."""
-        depth = len(self.conditionals)
-        outer_depth, self.frame_depth = self.frame_depth, depth
-        try:
-            self._run_lines(lines, file, chain, depth)
-        finally:
-            self.frame_depth = outer_depth
-        if len(self.conditionals) > depth:
+    def _push(
+        self, text: str | list[tuple[int, str]], file: str, chain: tuple[str, ...], *, macro: bool
+    ) -> None:
+        """Start a file's or a macro expansion's lines; they run before the rest of the current one."""
+        lines = list(enumerate(text.splitlines(), start=1)) if isinstance(text, str) else text
+        self.frames.append(_Frame(lines, file, chain, len(self.conditionals), macro))
+        if macro:
+            self.macro_depth += 1
+        elif len(self.frames) > 1:
+            self.include_depth += 1
+
+    def _pop(self) -> None:
+        """The current file or macro body has ended: it must have closed its conditionals."""
+        frame = self.frames.pop()
+        if frame.macro:
+            self.macro_depth -= 1
+        elif self.frames:
+            self.include_depth -= 1
+        if len(self.conditionals) > frame.conditionals:
             cond = self.conditionals[-1]
-            what = "file" if not chain else "macro body"
+            what = "macro body" if frame.macro else "file"
             raise cond.location.error(cond.column, f"this .if has no .endif before the end of the {what}")
 
-    def _run_lines(
-        self, lines: Sequence[tuple[int, str]], file: str, chain: tuple[str, ...], depth: int
-    ) -> None:
-        i = 0
-        while i < len(lines):
-            number, text = lines[i]
-            location = _Location(file, number, chain)
-            directive = _leading_directive(text)
-            if len(self.conditionals) > depth and not self.conditionals[-1].active:
-                self._skip(directive, location, text, depth)
-            elif directive == ".macro":
-                i = self._define_macro(lines, i, location)
+    def _run(self) -> None:
+        """Assemble lines until every file and macro body has ended."""
+        frames = self.frames
+        while frames:
+            frame = frames[-1]
+            if frame.index >= len(frame.lines):
+                self._pop()
                 continue
+            number, text = frame.lines[frame.index]
+            location = _Location(frame.file, number, frame.chain)
+            directive = _leading_directive(text)
+            if len(self.conditionals) > frame.conditionals and not self.conditionals[-1].active:
+                frame.index += 1
+                self._skip(directive, location, text, frame.conditionals)
+            elif directive == ".macro":
+                frame.index = self._define_macro(frame.lines, frame.index, location)
             else:
+                frame.index += 1  # first: a statement may push an included file or a macro body
                 self._statement(text, location)
-            i += 1
 
     def _skip(self, directive: str | None, location: _Location, text: str, depth: int) -> None:
         """Inside a false conditional only nested conditionals are looked at."""
         column = text.lower().find(directive) + 1 if directive else 1
         if directive in _CONDITIONALS:
-            self.conditionals.append(_Conditional(False, False, True, location, column))
+            try:
+                self._open_conditional(_Conditional(False, False, True, location, column))
+            except SourceProblem as problem:
+                raise location.error(problem.column, problem.message) from None
         elif directive in (".else", ".endif"):
             self._close_or_flip(directive, location, column, depth)
 
@@ -359,13 +411,17 @@ class _Assembler:
         values = dict(zip(macro.parameters, args, strict=True))
         counter = self.expansions
         self.expansions += 1
-        lines = [(number, substitute(line, values, counter)) for number, line in macro.body]
+        lines: list[tuple[int, str]] = []
+        hint = f"does '{macro.name}' grow its arguments at each level, or expand too often?"
+        for number, line in macro.body:
+            try:
+                text = substitute(line, values, counter, MAX_EXPANDED_BYTES - self.expanded_bytes)
+            except ExpansionTooLarge:
+                raise _too_much_text(head.column, hint) from None
+            self._expand_by(len(text) + 1, head.column, hint)
+            lines.append((number, text))
         chain = (f"in macro {macro.name} expanded at {location.file}:{location.line}", *location.chain)
-        self.macro_depth += 1
-        try:
-            self._process(lines, macro.file, chain)
-        finally:
-            self.macro_depth -= 1
+        self._push(lines, macro.file, chain, macro=True)
 
     # ----------------------------------------------------------------- pass 1: directives
 
@@ -492,24 +548,39 @@ class _Assembler:
                 token.column,
                 f".include nested deeper than {MAX_INCLUDE_DEPTH} (does '{name}' include itself?)",
             )
-        try:
-            source = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SourceProblem(
-                token.column, f".include file '{name}' not found (looked for {path})"
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceProblem(token.column, f"cannot read .include file '{name}': {exc}") from None
         stream.expect_end(".include")
-        self.include_depth += 1
+        self._push(self._read_include(path, name, token.column), str(path), location.chain, macro=False)
+
+    def _read_include(self, path: Path, name: str, column: int) -> str:
+        """The text of an included file: a regular file of bounded size, read once.  Including
+        it again adds its text to the expanded text, which ``MAX_EXPANDED_BYTES`` bounds."""
         try:
-            self.process_file(source, str(path), location.chain)
-        finally:
-            self.include_depth -= 1
+            identity = file_identity(path)
+            source = self.sources.get(identity)
+            if source is None:
+                source = decode_source(read_source_bytes(path), str(path))
+                self.sources[identity] = source
+                return source
+        except FileNotFoundError:
+            raise SourceProblem(column, f".include file '{name}' not found (looked for {path})") from None
+        except OSError as exc:
+            raise SourceProblem(
+                column, f"cannot read .include file '{name}': {exc.strerror or exc}"
+            ) from None
+        except SourceRefused as exc:
+            raise SourceProblem(column, f".include file '{name}' {exc.reason}") from None
+        self._expand_by(len(source) + 1, column, f"is '{name}' included over and over (or by itself)?")
+        return source
+
+    def _expand_by(self, size: int, column: int, hint: str) -> None:
+        """Count ``size`` characters of expanded text against ``MAX_EXPANDED_BYTES``."""
+        if self.expanded_bytes + size > MAX_EXPANDED_BYTES:
+            raise _too_much_text(column, hint)
+        self.expanded_bytes += size
 
     def _if(self, head: Token, stream: TokenStream, location: _Location) -> None:
         value, _ = self._now(stream, ".if")
-        self.conditionals.append(_Conditional(True, value != 0, value != 0, location, head.column))
+        self._open_conditional(_Conditional(True, value != 0, value != 0, location, head.column))
 
     def _ifdef(self, head: Token, stream: TokenStream, location: _Location) -> None:
         token = stream.next()
@@ -519,11 +590,21 @@ class _Assembler:
             )
         defined = self._qualify(token.text, token.column) in self.symbols
         taken = defined if head.text.lower() == ".ifdef" else not defined
-        self.conditionals.append(_Conditional(True, taken, taken, location, head.column))
+        self._open_conditional(_Conditional(True, taken, taken, location, head.column))
+
+    def _open_conditional(self, cond: _Conditional) -> None:
+        if len(self.conditionals) >= MAX_CONDITIONAL_DEPTH:
+            outer = self.conditionals[0]
+            raise SourceProblem(
+                cond.column,
+                f"conditionals nested deeper than {MAX_CONDITIONAL_DEPTH} (the outermost open one is at"
+                f" {outer.location.at(outer.column)}; is an .endif missing?)",
+            )
+        self.conditionals.append(cond)
 
     def _else_endif(self, head: Token, stream: TokenStream, location: _Location) -> None:
         # A conditional opened in an enclosing file or macro body cannot be closed here.
-        self._close_or_flip(head.text.lower(), location, head.column, self.frame_depth)
+        self._close_or_flip(head.text.lower(), location, head.column, self.frames[-1].conditionals)
 
     def _endm(self, head: Token, stream: TokenStream, location: _Location) -> None:
         raise SourceProblem(head.column, ".endm without .macro")
@@ -545,24 +626,67 @@ class _Assembler:
         return self._resolve_equ(symbol, sym, purpose)
 
     def _resolve_equ(self, symbol: _Symbol, sym: Sym, purpose: str | None) -> int:
-        """Evaluate an ``.equ`` that named symbols defined after it."""
-        assert symbol.expr is not None and symbol.location is not None
-        if symbol.resolving:
-            raise SourceProblem(sym.column, f"symbol '{sym.text}' is defined in terms of itself")
+        """Evaluate an ``.equ`` that named symbols defined after it, after the waiting ones it
+        names, and theirs: depth first with an explicit stack, however long the chain, looking
+        at each name once."""
+        assert symbol.expr is not None
+        if purpose is not None and symbol.blocked_by is not None and symbol.blocked_by not in self.symbols:
+            raise _NotYet.depends(sym, purpose)
+        stack = [(symbol, iter(symbols_of(symbol.expr)))]
         symbol.resolving = True
         try:
-            value = evaluate(symbol.expr, lambda inner: self._value(inner, purpose))
+            while stack:
+                top, names = stack[-1]
+                waiting = self._next_waiting(top, names, stack, purpose)
+                if waiting is not None:
+                    assert waiting.expr is not None
+                    waiting.resolving = True
+                    stack.append((waiting, iter(symbols_of(waiting.expr))))
+                    continue
+                assert top.expr is not None and top.location is not None
+                try:
+                    top.value = evaluate(top.expr, lambda inner: self._value(inner, purpose))
+                except _NotYet:
+                    raise
+                except SourceProblem as problem:
+                    raise top.location.error(problem.column, problem.message) from None
+                top.resolving = False
+                stack.pop()
         except _NotYet:
-            raise _NotYet(
-                sym.column,
-                f"symbol '{sym.text}' depends on symbols defined later ({purpose} needs symbols defined before it)",
-            ) from None
-        except SourceProblem as problem:
-            raise symbol.location.error(problem.column, problem.message) from None
+            raise _NotYet.depends(sym, purpose) from None
         finally:
-            symbol.resolving = False
-        symbol.value = value
-        return value
+            for waiting, _ in stack:
+                waiting.resolving = False
+        assert symbol.value is not None
+        return symbol.value
+
+    def _next_waiting(
+        self,
+        top: _Symbol,
+        names: Iterator[Sym],
+        stack: list[tuple[_Symbol, Iterator[Sym]]],
+        purpose: str | None,
+    ) -> _Symbol | None:
+        """The next waiting ``.equ`` among the names ``top`` mentions (left to right), or None
+        when ``top`` can be evaluated now -- or when a name is undefined, which evaluating then
+        reports.  In pass 1 a name still undefined marks the whole chain as blocked by it, so
+        that asking again costs nothing until that name is defined."""
+        assert top.location is not None
+        for name in names:
+            found = self.symbols.get(name.name)
+            if found is not None and found.value is not None:
+                continue
+            blocker = name.name if found is None else found.blocked_by
+            if purpose is not None and blocker is not None and blocker not in self.symbols:
+                for waiting, _ in stack:
+                    waiting.blocked_by = blocker
+                raise _NotYet(name.column, f"undefined symbol '{name.text}'")
+            if found is None:
+                return None
+            if found.resolving:
+                raise top.location.error(name.column, f"symbol '{name.text}' is defined in terms of itself")
+            return found
+        return None
 
     # ----------------------------------------------------------------- pass 2
 
@@ -613,6 +737,14 @@ class _Assembler:
                     raise SourceProblem(column, f"value {shown} does not fit in {bits} bits")
             out += (number & ((1 << (8 * item.width)) - 1)).to_bytes(item.width, "little")
         return bytes(out)
+
+
+def _too_much_text(column: int, hint: str) -> SourceProblem:
+    return SourceProblem(
+        column,
+        f"macro expansions and repeated .includes add more than {size_text(MAX_EXPANDED_BYTES)}"
+        f" of text in all (the limit; {hint})",
+    )
 
 
 def _leading_directive(text: str) -> str | None:

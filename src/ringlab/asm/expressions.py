@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ringlab.asm.lexer import MAX_U32, SourceProblem, TokenStream
+from ringlab.asm.lexer import MAX_U32, SourceProblem, Token, TokenStream
+from ringlab.asm.limits import MAX_EXPRESSION_DEPTH
 
 __all__ = ["Expr", "Num", "Sym", "Unary", "Binary", "parse_expression", "evaluate", "symbols_of"]
 
@@ -63,60 +64,126 @@ Lookup = Callable[[Sym], int]
 
 
 def parse_expression(stream: TokenStream, qualify: Qualify) -> Expr:
-    """Parse the longest expression at the stream's cursor."""
-    return _binary(stream, qualify, 1)
+    """Parse the longest expression at the stream's cursor.
 
-
-def _binary(stream: TokenStream, qualify: Qualify, min_level: int) -> Expr:
-    """Precedence climbing: every operator is left-associative."""
-    left = _unary(stream, qualify)
+    Operator precedence with explicit stacks, so that no input recurses: a chain of binary
+    operators of any length reduces as it goes (every operator is left-associative), and
+    parentheses and unary operators may nest ``MAX_EXPRESSION_DEPTH`` deep."""
+    operands: list[Expr] = []
+    pending: list[_Pending] = []
+    depth = 0
     while True:
-        token = stream.peek()
-        level = _PRECEDENCE.get(token.text, 0) if token.kind == "op" else 0
-        if level < min_level or level == 0:
-            return left
-        stream.next()
-        right = _binary(stream, qualify, level + 1)
-        left = Binary(token.text, left, right, token.column)
+        token = stream.next()
+        # An operand: any unary operators and open parentheses, then a number or a name.
+        while token.kind == "op" and (token.text in _UNARY or token.text == "("):
+            depth += 1
+            if depth > MAX_EXPRESSION_DEPTH:
+                raise SourceProblem(
+                    token.column,
+                    f"expression nested deeper than {MAX_EXPRESSION_DEPTH} levels of parentheses and"
+                    " unary operators (give a part a name with .equ)",
+                )
+            pending.append(_Pending(token.text, token.column, 0 if token.text == "(" else _UNARY_LEVEL))
+            token = stream.next()
+        operands.append(_primary(token, qualify))
+        # Then binary operators and closing parentheses, until one that belongs to the caller.
+        while True:
+            token = stream.peek()
+            level = _PRECEDENCE.get(token.text, 0) if token.kind == "op" else 0
+            if level:
+                depth -= _reduce(operands, pending, level)
+                stream.next()
+                pending.append(_Pending(token.text, token.column, level))
+                break
+            depth -= _reduce(operands, pending, 1)
+            if pending and token.kind == "op" and token.text == ")":
+                pending.pop()  # its '('
+                depth -= 1
+                stream.next()
+                continue
+            if pending:
+                raise SourceProblem(token.column, f"expected ')' to close '(', got {token.describe()}")
+            return operands[0]
 
 
-def _unary(stream: TokenStream, qualify: Qualify) -> Expr:
-    token = stream.peek()
-    if token.kind == "op" and token.text in _UNARY:
-        stream.next()
-        return Unary(token.text, _unary(stream, qualify), token.column)
-    return _primary(stream, qualify)
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An operator waiting for its right operand, or an open parenthesis (``level`` 0)."""
+
+    op: str
+    column: int
+    level: int
 
 
-def _primary(stream: TokenStream, qualify: Qualify) -> Expr:
-    token = stream.next()
+_UNARY_LEVEL = 6
+"""Tighter than every binary operator."""
+
+
+def _reduce(operands: list[Expr], pending: list[_Pending], level: int) -> int:
+    """Apply the waiting operators that bind at least as tightly as ``level`` (stopping at an
+    open parenthesis); return how many unary operators were applied."""
+    unary = 0
+    while pending and pending[-1].level >= level:
+        waiting = pending.pop()
+        right = operands.pop()
+        if waiting.level == _UNARY_LEVEL:
+            operands.append(Unary(waiting.op, right, waiting.column))
+            unary += 1
+        else:
+            operands.append(Binary(waiting.op, operands.pop(), right, waiting.column))
+    return unary
+
+
+def _primary(token: Token, qualify: Qualify) -> Expr:
     if token.kind in ("num", "char"):
         return Num(token.value, token.column)
     if token.kind == "ident":
         return Sym(qualify(token.text, token.column), token.text, token.column)
-    if token.kind == "op" and token.text == "(":
-        inner = _binary(stream, qualify, 1)
-        stream.expect_op(")", "to close '('")
-        return inner
     if token.kind == "str":
         raise SourceProblem(token.column, f"a string {token.text} cannot be used as a number here")
     raise SourceProblem(token.column, f"expected an expression, got {token.describe()}")
 
 
+@dataclass(frozen=True, slots=True)
+class _Apply:
+    """In ``evaluate``'s work list: apply ``node`` to the values of its operands."""
+
+    node: Unary | Binary
+
+
 def evaluate(expr: Expr, lookup: Lookup) -> int:
-    """The value of ``expr`` as an unsigned 32-bit number."""
+    """The value of ``expr`` as an unsigned 32-bit number (operands left to right; no recursion,
+    whatever the tree's shape)."""
     if isinstance(expr, Num):
         return expr.value
     if isinstance(expr, Sym):
         return lookup(expr) & MAX_U32
-    if isinstance(expr, Unary):
-        value = evaluate(expr.operand, lookup)
-        if expr.op == "-":
-            return -value & MAX_U32
-        if expr.op == "~":
-            return ~value & MAX_U32
-        return value
-    return _apply(expr, evaluate(expr.left, lookup), evaluate(expr.right, lookup))
+    work: list[Expr | _Apply] = [expr]
+    values: list[int] = []
+    while work:
+        item = work.pop()
+        if isinstance(item, Num):
+            values.append(item.value)
+        elif isinstance(item, Sym):
+            values.append(lookup(item) & MAX_U32)
+        elif isinstance(item, Unary):
+            work += (_Apply(item), item.operand)
+        elif isinstance(item, Binary):
+            work += (_Apply(item), item.right, item.left)
+        elif isinstance(item.node, Unary):
+            values.append(_unary(item.node.op, values.pop()))
+        else:
+            right = values.pop()
+            values.append(_apply(item.node, values.pop(), right))
+    return values[0]
+
+
+def _unary(op: str, value: int) -> int:
+    if op == "-":
+        return -value & MAX_U32
+    if op == "~":
+        return ~value & MAX_U32
+    return value
 
 
 def _signed(value: int) -> int:
@@ -148,10 +215,14 @@ def _apply(expr: Binary, a: int, b: int) -> int:
 
 def symbols_of(expr: Expr) -> list[Sym]:
     """Every symbol the expression mentions, left to right."""
-    if isinstance(expr, Sym):
-        return [expr]
-    if isinstance(expr, Unary):
-        return symbols_of(expr.operand)
-    if isinstance(expr, Binary):
-        return symbols_of(expr.left) + symbols_of(expr.right)
-    return []
+    found: list[Sym] = []
+    work: list[Expr] = [expr]
+    while work:
+        item = work.pop()
+        if isinstance(item, Sym):
+            found.append(item)
+        elif isinstance(item, Unary):
+            work.append(item.operand)
+        elif isinstance(item, Binary):
+            work += (item.right, item.left)
+    return found

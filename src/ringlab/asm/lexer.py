@@ -95,22 +95,24 @@ def _unexpected(ch: str) -> str:
 def parse_number(text: str, column: int) -> int:
     """Decimal, ``0x`` hex or ``0b`` binary (any letter case); at most 32 bits."""
     lower = text.lower()
-    try:
-        if "_" in lower:
-            raise ValueError(text)
-        if lower.startswith("0x"):
-            value = int(lower[2:], 16)
-        elif lower.startswith("0b"):
-            value = int(lower[2:], 2)
-        elif lower.isdigit():
-            value = int(lower, 10)
-        else:
-            raise ValueError(text)
-    except ValueError:
-        raise SourceProblem(column, f"bad number '{text}' (write decimal, 0x hex or 0b binary)") from None
+    base, digits = 10, lower
+    if lower.startswith("0x"):
+        base, digits = 16, lower[2:]
+    elif lower.startswith("0b"):
+        base, digits = 2, lower[2:]
+    if not _DIGITS[base].fullmatch(digits):
+        raise SourceProblem(column, f"bad number '{text}' (write decimal, 0x hex or 0b binary)")
+    # No int() of a huge literal: it costs time (and Python refuses long decimal strings).
+    significant = digits.lstrip("0") or "0"
+    value = int(significant, base) if len(significant) <= _MAX_DIGITS[base] else MAX_U32 + 1
     if value > MAX_U32:
         raise SourceProblem(column, f"number {text} does not fit in 32 bits")
     return value
+
+
+_DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"[0-9a-f]+"), 2: re.compile(r"[01]+")}
+_MAX_DIGITS = {10: 10, 16: 8, 2: 32}
+"""Significant digits of the largest 32-bit number in each base."""
 
 
 def _quoted(line: str, start: int) -> tuple[Token, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ringlab.asm.lexer import SourceProblem
 
-__all__ = ["Macro", "split_arguments", "substitute"]
+__all__ = ["ExpansionTooLarge", "Macro", "parse_parameters", "split_arguments", "substitute"]
 
 _PARAMETER = re.compile(r"\\(\\|@|\(\)|[A-Za-z_][A-Za-z0-9_]*)")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -44,59 +44,81 @@ def parse_parameters(text: str, column: int) -> tuple[str, ...]:
     return tuple(names)
 
 
+class ExpansionTooLarge(Exception):
+    """A substituted line would be longer than the text the assembler still allows."""
+
+
+_SPECIAL = re.compile(r"[\"'()\[\],;]")
+_QUOTE_END = {'"': re.compile(r'["\\]'), "'": re.compile(r"['\\]")}
+
+
 def split_arguments(text: str) -> list[str]:
     """Split an invocation's argument text at commas outside quotes, brackets and parentheses,
-    stopping at a ``;`` comment."""
+    stopping at a ``;`` comment.  (It jumps from one special character to the next, so a long
+    argument costs no Python loop per character.)"""
     args: list[str] = []
     depth = 0
-    quote = ""
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            current.append(ch)
-            if ch == "\\" and i + 1 < len(text):
-                current.append(text[i + 1])
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-            current.append(ch)
+    start = 0
+    end = len(text)
+    pos = 0
+    while True:
+        m = _SPECIAL.search(text, pos)
+        if m is None:
+            break
+        ch, at = m.group(), m.start()
+        pos = at + 1
+        if ch in "\"'":
+            pos = _after_quote(text, ch, pos)
         elif ch == ";":
+            end = at
             break
         elif ch in "([":
             depth += 1
-            current.append(ch)
         elif ch in ")]":
             depth -= 1
-            current.append(ch)
-        elif ch == "," and depth == 0:
-            args.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    last = "".join(current).strip()
+        elif depth == 0:  # a comma
+            args.append(text[start:at].strip())
+            start = pos
+    last = text[start:end].strip()
     if args or last:
         args.append(last)
     return args
 
 
-def substitute(line: str, values: dict[str, str], counter: int) -> str:
-    """Replace ``\\param``, ``\\@`` and ``\\()`` in one body line."""
+def _after_quote(text: str, quote: str, pos: int) -> int:
+    """Where a quoted string or character whose text starts at ``pos`` ends (after the closing
+    quote; a backslash escapes the next character); the end of the text if it does not close."""
+    pattern = _QUOTE_END[quote]
+    while True:
+        m = pattern.search(text, pos)
+        if m is None:
+            return len(text)
+        if m.group() == quote:
+            return m.end()
+        pos = m.end() + 1
+
+
+def substitute(line: str, values: dict[str, str], counter: int, limit: int) -> str:
+    """Replace ``\\param``, ``\\@`` and ``\\()`` in one body line.  Raises ExpansionTooLarge,
+    before building it, if the result would be longer than ``limit`` characters."""
     if "\\" not in line:
+        if len(line) > limit:
+            raise ExpansionTooLarge
         return line
+    size = len(line)
 
     def replace(m: re.Match[str]) -> str:
+        nonlocal size
         word = m.group(1)
         if word == "@":
-            return str(counter)
-        if word == "()":
-            return ""
-        if word in values:
-            return values[word]
-        return m.group(0)
+            text = str(counter)
+        elif word == "()":
+            text = ""
+        else:
+            text = values.get(word, m.group(0))
+        size += len(text) - len(m.group(0))
+        if size > limit:
+            raise ExpansionTooLarge
+        return text
 
     return _PARAMETER.sub(replace, line)
