@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringlab.machine import Cpu, ExitReason, blocks, run_image
+from ringlab.machine import Cpu, ExitReason, IoOut, blocks, run_image
 from tests.machine.conftest import gate, image, kernel, reg, run, stack, sym
 from tests.machine.test_events import to_ring
 
@@ -98,7 +98,7 @@ def final(
     cpu = Cpu.boot(image(src), fast=fast)
     exit = cpu.run(budget)
     return (
-        cpu.state.to_dict() | {"exit": exit.reason, "value": exit.value},
+        cpu.state.to_dict() | {"exit": exit.reason, "value": exit.value if isinstance(exit, IoOut) else None},
         cpu.stats.guest(cpu.state.tsc),
         bytes(cpu.memory.data),
     )

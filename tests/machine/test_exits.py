@@ -1,4 +1,4 @@
-"""The exit API (Exit, Controls), state export/import, dirty tracking, boot and run_image."""
+"""The exit API (the Exit classes, Controls), state export/import, dirty tracking, boot and run_image."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import pytest
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
-from ringlab.machine import Controls, Cpu, CpuState, ExitReason, Memory, run_image
+from ringlab.machine import (
+    Controls,
+    Cpu,
+    CpuState,
+    ExitReason,
+    Intercept,
+    IoIn,
+    IoOut,
+    Memory,
+    Raised,
+    run_image,
+)
 from tests.machine.conftest import boot, image, kernel, reg, run, stopped_at_vector, sym
 from tests.machine.test_events import to_ring
 
@@ -22,10 +33,10 @@ start:  mov eax, 0x41
 """
     cpu = boot(src, fast)
     exit = run(cpu)
-    assert (exit.reason, exit.port, exit.value) == (ExitReason.IO_OUT, 0x3F8, 0x41)
+    assert isinstance(exit, IoOut) and (exit.port, exit.value) == (0x3F8, 0x41)
     assert cpu.stats.retired == 2
     exit = run(cpu)
-    assert (exit.reason, exit.port, exit.register) == (ExitReason.IO_IN, 0x3F8, 1)
+    assert isinstance(exit, IoIn) and (exit.port, exit.register) == (0x3F8, 1)
     with pytest.raises(RuntimeError):
         run(cpu)
     cpu.complete_in(0x5A)
@@ -38,7 +49,8 @@ def test_intercept_io_exits_for_the_core_ports_too(fast: bool) -> None:
     cpu = boot(
         ".entry s\ns: out 0x40, eax\n   in eax, 0x80\n   hlt", fast, controls=Controls(intercept_io=True)
     )
-    assert run(cpu).port == 0x40
+    exit = run(cpu)
+    assert isinstance(exit, IoOut | IoIn) and exit.port == 0x40
     assert cpu.state.timer_period == 0
     assert run(cpu).reason is ExitReason.IO_IN
 
@@ -47,9 +59,9 @@ def test_intercepted_mnemonic_exits_before_any_check(fast: bool) -> None:
     src = kernel(f"{to_ring(3)}\nfaulting: mov cr3, eax")
     cpu = boot(src, fast, controls=Controls(intercept_mnemonics=frozenset({"mov cr,r"})))
     exit = run(cpu)
-    assert exit.reason is ExitReason.INSTRUCTION
+    assert isinstance(exit, Intercept)
     assert exit.eip == cpu.state.eip == sym(src, "faulting")
-    assert exit.instruction is not None and exit.instruction.mnemonic == "mov"
+    assert exit.instruction.mnemonic == "mov"
     assert cpu.state.cs == 3  # no #GP was raised
 
 
@@ -59,7 +71,7 @@ def test_intercepted_vector_exits_with_state_before_the_faulting_instruction(fas
     retired = None
     exit = run(cpu)
     retired = cpu.stats.retired
-    assert (exit.reason, exit.vector, exit.error_code) == (ExitReason.EXCEPTION, 13, 0)
+    assert isinstance(exit, Raised) and (exit.vector, exit.error_code) == (13, 0)
     assert cpu.state.eip == sym(src, "faulting") and cpu.state.cs == 1
     # a VMM emulates the cli for its ring-1 guest, then resumes it
     cpu.state.eip += 1
@@ -71,7 +83,7 @@ def test_intercepted_page_fault_reports_cr2_and_leaves_cr2(fast: bool) -> None:
     src = kernel("        mov [0x81000 + 0x300 * 4], 0\nfaulting: mov eax, [0x300004]", paging=True)
     cpu = boot(src, fast, controls=Controls(intercept_vectors=frozenset({14})))
     exit = run(cpu)
-    assert (exit.vector, exit.error_code, exit.cr2) == (14, 0, 0x300004)
+    assert isinstance(exit, Raised) and (exit.vector, exit.error_code, exit.cr2) == (14, 0, 0x300004)
     assert cpu.state.cr2 == 0
     assert cpu.inject(14, error_code=0, cr2=0x300004) is None  # reflect it into the guest
     assert cpu.state.cr2 == 0x300004 and cpu.state.eip == sym(src, "fault_14")
@@ -81,7 +93,7 @@ def test_intercepted_int_n_exits_at_the_int_without_retiring(fast: bool) -> None
     src = kernel("        nop\nfaulting: int 0x82")
     cpu = boot(src, fast, controls=Controls(intercept_vectors=frozenset({0x82})))
     exit = run(cpu)
-    assert (exit.reason, exit.vector, exit.eip) == (ExitReason.EXCEPTION, 0x82, sym(src, "faulting"))
+    assert isinstance(exit, Raised) and (exit.vector, exit.eip) == (0x82, sym(src, "faulting"))
     assert cpu.state.eip == sym(src, "faulting")
     assert cpu.stats.retired == 6
 
@@ -90,7 +102,7 @@ def test_intercepted_timer_exits_and_leaves_delivery_to_the_vmm(fast: bool) -> N
     src = kernel("        mov eax, 3\n        out 0x40, eax\n        sti\n.l:     jmp .l")
     cpu = boot(src, fast, controls=Controls(intercept_vectors=frozenset({32})))
     exit = run(cpu)
-    assert (exit.reason, exit.vector) == (ExitReason.EXCEPTION, 32)
+    assert isinstance(exit, Raised) and exit.vector == 32
     assert not cpu.state.timer_pending
 
 
@@ -101,7 +113,7 @@ def test_vmcall_raises_ud_natively_and_exits_in_vmx_non_root(fast: bool) -> None
     assert stopped_at_vector(cpu, src) == 6
     cpu = boot(src, fast, controls=Controls(vmx_nonroot=True))
     exit = run(cpu)
-    assert exit.reason is ExitReason.INSTRUCTION and exit.instruction is not None
+    assert isinstance(exit, Intercept)
     assert exit.instruction.mnemonic == "vmcall"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ringlab.guestos.build import build_image
 from ringlab.image import Image
-from ringlab.machine import Cpu, Exit, ExitReason, Memory
+from ringlab.machine import Cpu, Exit, IoIn, Memory
 from ringlab.machine.context import apply_delta, take_delta, track
 from ringlab.vmm import VM, make_technique
 from ringlab.vmm.bt import BinaryTranslation
@@ -57,8 +57,7 @@ class _Split:
         crossed["switches"] += 1
         if isinstance(outcome, ToVmm):
             crossed["events"] += 1
-        elif outcome.reason is ExitReason.IO_IN:
-            assert outcome.register is not None
+        elif isinstance(outcome, IoIn):
             here.expect_in(outcome.register)
         return outcome
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from ringlab.machine import Cpu, CpuState, Exit, ExitReason, Memory
+from ringlab.machine import Budget, Cpu, CpuState, Exit, Idle, Memory
 from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, track
 from ringlab.machine.faults import Fault
 from ringlab.machine.p2m import P2M
@@ -43,7 +43,7 @@ from ringlab.rpc.convert import (
 )
 from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
-from ringlab.vmm.translated import Executor, TcReport
+from ringlab.vmm.translated import Executor, TcReport, ToVmm
 
 __all__ = ["CpuServicer", "main", "serve"]
 
@@ -51,7 +51,7 @@ log = logging.getLogger("ringlab.cpu")
 
 CACHE_SIZE = 64
 ZERO_PAGE = bytes(4096)
-_SLICE_END = (ExitReason.BUDGET, ExitReason.IDLE)
+_SLICE_END = (Budget, Idle)
 """A run that ends so has nothing left for the hypervisor to handle: it may commit right away."""
 
 
@@ -146,14 +146,14 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             if request.HasField("tc"):  # bt: run the guest kernel's translation
                 exit, report = self._run_translated(request, cached)
             else:
-                exit = cpu.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
+                exit = cpu.run(request.budget) if request.budget else Budget()
             run_seconds = time.perf_counter() - started
             if request.budget:
                 cached.clean = False
             generation = cached.generation
             vmm_turn = report is not None and report.event is not None
             if request.HasField("commit") and (
-                request.budget == 0 or (exit.reason in _SLICE_END and not vmm_turn)
+                request.budget == 0 or (isinstance(exit, _SLICE_END) and not vmm_turn)
             ):
                 generation = self._commit(request, cached)
             s = cpu.state
@@ -180,8 +180,8 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             executor.apply(tc_run_from_proto(request.tc))
         except Fault as fault:
             raise InvalidRequest(f"VM {request.vm}: a block to install cannot be fetched ({fault})") from None
-        outcome = executor.run(request.budget) if request.budget else Exit(ExitReason.BUDGET)
-        exit = outcome if isinstance(outcome, Exit) else Exit(ExitReason.BUDGET)
+        outcome = executor.run(request.budget) if request.budget else Budget()
+        exit = Budget() if isinstance(outcome, ToVmm) else outcome
         return exit, executor.report(outcome)
 
     @staticmethod

@@ -5,13 +5,43 @@
     exit = cpu.run(budget=100_000)       # until an exit or `budget` retired instructions
     result = run_image(image)            # the native platform, to the end
 
-The core never sleeps, prints or does I/O: every device it does not model is an ``Exit``.
+The core never sleeps, prints or does I/O: every device it does not model is an ``Exit``
+(``exits.py``: one small class per reason, matched with class patterns).
 """
 
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import (
+    Budget,
+    Controls,
+    Exit,
+    ExitReason,
+    Halt,
+    Idle,
+    Intercept,
+    IoIn,
+    IoOut,
+    Raised,
+    Shutdown,
+)
 from ringlab.machine.memory import Memory
 from ringlab.machine.platform import RunResult, run_image
 from ringlab.machine.state import CpuState
 
-__all__ = ["Controls", "Cpu", "CpuState", "Exit", "ExitReason", "Memory", "RunResult", "run_image"]
+__all__ = [
+    "Budget",
+    "Controls",
+    "Cpu",
+    "CpuState",
+    "Exit",
+    "ExitReason",
+    "Halt",
+    "Idle",
+    "Intercept",
+    "IoIn",
+    "IoOut",
+    "Memory",
+    "Raised",
+    "RunResult",
+    "Shutdown",
+    "run_image",
+]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringlab.isa import BY_OPCODE, FORMS, JCC, REGISTERS, Form, Instruction, Mem, decode
 from ringlab.machine import flags as F
-from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.exits import Budget, Exit
 from ringlab.machine.faults import Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
 from ringlab.machine.mmu import mode_index
@@ -247,9 +247,9 @@ class CompiledBlocks:
         while True:
             retired = stats.retired
             if retired >= end:
-                return Exit(ExitReason.BUDGET)
+                return Budget()
             if s.timer_pending and s.eflags & F.IF:
-                exit = cpu.take_timer()
+                exit: Exit | None = cpu.take_timer()
                 if exit is not None:
                     return exit
                 continue

@@ -95,5 +95,5 @@ def apply_delta(cpu: Cpu, delta: ContextDelta) -> None:
             mmu.invalidate(op)
     mmu.sync()  # cr3 or cr0.PG changed without a flush of their own: what run() does first
     mmu.log = log  # (the other side did these itself: nothing to send back)
-    cpu.cancel_in()  # a pending IO_IN was completed on the other side (its register is in state)
+    cpu.cancel_in()  # a pending IoIn was completed on the other side (its register is in state)
     stats_from_json(delta.stats, cpu.stats)

@@ -16,7 +16,7 @@ from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.isa import BY_OPCODE, MASK32, TABLE, Class, Instruction, decode
 from ringlab.machine.blocks import CompiledBlocks
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Budget, Controls, Exit, Intercept, Raised, Shutdown
 from ringlab.machine.faults import DF, GP, HAS_ERROR_CODE, PF, TIMER, Fault
 from ringlab.machine.flags import IF
 from ringlab.machine.interpreter import HANDLERS
@@ -149,9 +149,9 @@ class Cpu:
         stats = self.stats
         while True:
             if stats.retired >= end:
-                return Exit(ExitReason.BUDGET)
+                return Budget()
             if s.timer_pending and s.eflags & IF:
-                exit = self.take_timer()
+                exit: Exit | None = self.take_timer()
                 if exit is not None:
                     return exit
                 continue
@@ -170,7 +170,7 @@ class Cpu:
                 insn = self.mmu.fetch(eip, cpl == 3)
             spec = insn.spec
             if spec.opcode in self._intercepted:
-                return Exit(ExitReason.INSTRUCTION, instruction=insn, eip=eip)
+                return Intercept(insn, eip)
             if spec.cls is Class.PRIVILEGED:
                 if cpl:
                     raise Fault(GP, 0)
@@ -184,7 +184,7 @@ class Cpu:
             return None
         if outcome is True:
             return None
-        assert isinstance(outcome, Exit)
+        assert not isinstance(outcome, bool)
         return outcome
 
     def _fetch_cached(self, eip: int, cpl: int) -> Instruction | None:
@@ -247,14 +247,14 @@ class Cpu:
         self._pending_in = register
 
     def complete_in(self, value: int) -> None:
-        """Finish an ``IO_IN`` exit: store the port's value in the ``in``'s register."""
+        """Finish an ``IoIn`` exit: store the port's value in the ``in``'s register."""
         if self._pending_in is None:
             raise RuntimeError("no IO_IN exit is pending")
         self._state.regs[self._pending_in] = value & MASK32
         self._pending_in = None
 
     def cancel_in(self) -> None:
-        """Forget a pending ``IO_IN``: the VMM completed it on its own copy of the vCPU, whose
+        """Forget a pending ``IoIn``: the VMM completed it on its own copy of the vCPU, whose
         registers arrive with the next world switch (``context.py``)."""
         self._pending_in = None
 
@@ -286,12 +286,12 @@ class Cpu:
         self.mmu.invalidate(linear)
 
     # -- events ----------------------------------------------------------------------------------
-    def take_timer(self) -> Exit | None:
+    def take_timer(self) -> Raised | Shutdown | None:
         """Deliver the pending tick (IF = 1 was checked by the caller)."""
         s = self._state
         if TIMER in self._controls.intercept_vectors:
             s.timer_pending = False  # the VMM owns the tick now (it virtualizes IF)
-            return Exit(ExitReason.EXCEPTION, vector=TIMER, eip=s.eip)
+            return Raised(TIMER, s.eip)
         try:
             self.deliver(TIMER, None, s.eip, software=False)
         except Fault as fault:
@@ -303,26 +303,19 @@ class Cpu:
         self.stats.interrupts += 1
         return None
 
-    def software_interrupt(self, vector: int, eip: int, nxt: int) -> Exit | None:
+    def software_interrupt(self, vector: int, eip: int, nxt: int) -> Raised | None:
         """``int n``: an intercepted vector exits with ``eip`` at the ``int``; a fault while
         delivering it is raised from the ``int`` (delivered as itself)."""
         self.stats.count_exception(vector)
         if vector in self._controls.intercept_vectors:
-            return Exit(ExitReason.EXCEPTION, vector=vector, eip=eip)
+            return Raised(vector, eip)
         self.deliver(vector, None, nxt, software=True)
         return None
 
-    def _intercept_exit(self, fault: Fault, eip: int, delivering: int | None = None) -> Exit:
-        return Exit(
-            ExitReason.EXCEPTION,
-            vector=fault.vector,
-            error_code=fault.error_code,
-            cr2=fault.cr2,
-            delivering=delivering,
-            eip=eip,
-        )
+    def _intercept_exit(self, fault: Fault, eip: int, delivering: int | None = None) -> Raised:
+        return Raised(fault.vector, eip, fault.error_code, fault.cr2, delivering)
 
-    def exception(self, fault: Fault, eip: int, *, injected: bool = False) -> Exit | None:
+    def exception(self, fault: Fault, eip: int, *, injected: bool = False) -> Raised | Shutdown | None:
         """Raise ``fault`` for the instruction at ``eip``: deliver it (with #DF and triple-fault
         escalation) or exit if a VMM intercepts its vector.  An ``injected`` fault (a VMM
         reflecting one it intercepted and already counted) is delivered, not intercepted."""
@@ -360,13 +353,13 @@ class Cpu:
             return self._shutdown(third, Fault(DF, 0), eip)
         return None
 
-    def _shutdown(self, fault: Fault, delivering: Fault, eip: int) -> Exit:
+    def _shutdown(self, fault: Fault, delivering: Fault, eip: int) -> Shutdown:
         detail = (
             f"triple fault: {vector_name(fault.vector)} while delivering #DF (instruction at {eip:#x})"
             if delivering.vector == DF
             else f"triple fault at {eip:#x}"
         )
-        return Exit(ExitReason.SHUTDOWN, vector=fault.vector, eip=eip, detail=detail)
+        return Shutdown(fault.vector, eip, detail)
 
     def deliver(self, vector: int, error_code: int | None, eip: int, *, software: bool) -> None:
         """Enter the IDT gate of ``vector`` pushing ``eip``; raises ``Fault`` with nothing
@@ -403,13 +396,15 @@ class Cpu:
         if attrs & 0x100:  # interrupt gate
             s.eflags &= ~IF
 
-    def inject(self, vector: int, *, error_code: int | None = None, cr2: int | None = None) -> Exit | None:
+    def inject(
+        self, vector: int, *, error_code: int | None = None, cr2: int | None = None
+    ) -> Raised | Shutdown | None:
         """Deliver an exception into the guest as if its current instruction raised it (a VMM
         reflecting a fault it intercepted).  Returns an exit only on shutdown or intercept."""
         code = error_code if error_code is not None or vector not in HAS_ERROR_CODE else 0
         return self.exception(Fault(vector, code, cr2), self._state.eip, injected=True)
 
-    def inject_interrupt(self, vector: int) -> Exit | None:
+    def inject_interrupt(self, vector: int) -> Raised | Shutdown | None:
         """Deliver an external interrupt at the current ``eip`` (a VMM's virtual timer)."""
         s = self._state
         try:

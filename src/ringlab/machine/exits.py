@@ -1,88 +1,156 @@
-"""Why ``Cpu.run`` returned (``Exit``) and what a VMM asks the core to intercept (``Controls``).
+"""Why ``Cpu.run`` returned (an ``Exit``) and what a VMM asks the core to intercept (``Controls``).
 
-The core runs until an exit, like ``KVM_RUN``; each reason says what state the CPU is in and
-what the caller must do before the next ``run``.  A VMM layer (trap-and-emulate, binary
-translation, paravirt, VT-x-like hardware) drives the core only through these, the
-``CpuState`` it exports and imports, and the small set of ``Cpu`` helpers for emulation
-(``retire``, ``inject``, ``complete_in``, ``flush_tlb``, ``invalidate_page``).
+The core runs until an exit, like ``KVM_RUN``; each exit says what state the CPU is in and what
+the caller must do before the next ``run``.  ``Exit`` is a closed set of small frozen classes, one
+per ``ExitReason``, each with exactly the fields its reason has (Firecracker's ``VcpuExit`` sum
+type): a VMM dispatches with class patterns, ``match exit: case IoOut(port=p, value=v): ...``.
+Each class's ``reason`` (a class attribute) is its ``ExitReason``, the key exits are counted by
+and the proto's ``ExitReason`` (``rpc/convert.py``); it is typed as a ``Literal``, so a type checker
+narrows ``exit`` on ``exit.reason is ExitReason.IO_IN`` as on ``isinstance(exit, IoIn)``.
+
+A VMM layer (trap-and-emulate, binary translation, paravirt, VT-x-like hardware) drives the
+core only through these, the ``CpuState`` it exports and imports, and the small set of ``Cpu``
+helpers for emulation (``retire``, ``inject``, ``complete_in``, ``flush_tlb``,
+``invalidate_page``).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias
 
 from ringlab.isa import Instruction, Spec
 
-__all__ = ["Controls", "Exit", "ExitReason"]
+__all__ = [
+    "Budget",
+    "Controls",
+    "Exit",
+    "ExitReason",
+    "Halt",
+    "Idle",
+    "Intercept",
+    "IoIn",
+    "IoOut",
+    "Raised",
+    "Shutdown",
+]
 
 
 class ExitReason(enum.Enum):
+    """Why the core exited: one per ``Exit`` class (its ``reason``)."""
+
     IO_OUT = "io_out"
-    """``out`` to a port the core does not model; it has retired.  Fields: port, value."""
+    """``IoOut``."""
     IO_IN = "io_in"
-    """``in`` from such a port; it has retired; call ``cpu.complete_in(value)`` before the next
-    ``run``.  Fields: port, register."""
+    """``IoIn``."""
     HALT = "halt"
-    """``hlt`` with IF = 0 or the timer off: the machine stops (the ``hlt`` retired)."""
+    """``Halt``."""
     SHUTDOWN = "shutdown"
-    """Triple fault.  Field: detail."""
+    """``Shutdown``."""
     BUDGET = "budget"
-    """``budget`` instructions retired."""
+    """``Budget``."""
     EXCEPTION = "exception"
-    """A vector in ``Controls.intercept_vectors`` was raised and not delivered; the state is as
-    before the faulting instruction (for ``int n``, ``eip`` at the ``int``).  Fields: vector,
-    error_code, cr2 (#PF), delivering (the vector whose delivery faulted, if any)."""
+    """``Raised``."""
     INSTRUCTION = "instruction"
-    """An intercepted instruction is about to execute (before any check); the state is before
-    it.  Fields: instruction, eip."""
+    """``Intercept``."""
     IDLE = "idle"
+    """``Idle``."""
+
+
+@dataclass(frozen=True, slots=True)
+class IoOut:
+    """``out`` to a port the core does not model (every port under ``Controls.intercept_io``);
+    it has retired."""
+
+    reason: ClassVar[Literal[ExitReason.IO_OUT]] = ExitReason.IO_OUT
+    port: int
+    value: int
+    """The value written (the whole register)."""
+    eip: int
+    """The ``out``'s address."""
+
+
+@dataclass(frozen=True, slots=True)
+class IoIn:
+    """``in`` from such a port; it has retired; call ``cpu.complete_in(value)`` before the next
+    ``run``."""
+
+    reason: ClassVar[Literal[ExitReason.IO_IN]] = ExitReason.IO_IN
+    port: int
+    register: int
+    """Register number (``isa.REGISTERS`` index) the ``in`` completes."""
+    eip: int
+    """The ``in``'s address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """``hlt`` with IF = 0 or the timer off: the machine stops (the ``hlt`` retired)."""
+
+    reason: ClassVar[Literal[ExitReason.HALT]] = ExitReason.HALT
+    eip: int
+    """The ``hlt``'s address."""
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Triple fault: ``vector`` was raised while delivering #DF for the instruction at ``eip``."""
+
+    reason: ClassVar[Literal[ExitReason.SHUTDOWN]] = ExitReason.SHUTDOWN
+    vector: int
+    eip: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """``budget`` instructions retired (or, from a VMM's loop, it hands back to the caller)."""
+
+    reason: ClassVar[Literal[ExitReason.BUDGET]] = ExitReason.BUDGET
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """A vector in ``Controls.intercept_vectors`` was raised (an exception, ``int n`` or the
+    timer) and not delivered; the state is as before the faulting instruction (for ``int n``,
+    ``eip`` at the ``int``)."""
+
+    reason: ClassVar[Literal[ExitReason.EXCEPTION]] = ExitReason.EXCEPTION
+    vector: int
+    eip: int
+    """The instruction it was raised at (for the timer, the one it fell before)."""
+    error_code: int | None = None
+    """The exception's error code, None for one that pushes none (``int n``, the timer)."""
+    cr2: int | None = None
+    """The faulting address of a #PF, else None."""
+    delivering: int | None = None
+    """The vector whose delivery raised this one, None when the instruction itself did."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intercept:
+    """An intercepted instruction (``Controls.intercept_mnemonics``, ``vmcall`` in VMX non-root
+    mode) is about to execute, before any check; the state is before it."""
+
+    reason: ClassVar[Literal[ExitReason.INSTRUCTION]] = ExitReason.INSTRUCTION
+    instruction: Instruction
+    eip: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
     """``hlt`` with IF = 1 and ``Controls.exit_on_idle_hlt``: it retired; virtual time has not
     jumped yet (the next ``run`` does that first, unless the VMM clears ``state.halted``)."""
 
-
-@dataclass(frozen=True)
-class Exit:
-    reason: ExitReason
-    port: int | None = None
-    value: int | None = None
-    register: int | None = None
-    """Register number (``isa.REGISTERS`` index) an ``IO_IN`` completes."""
-    vector: int | None = None
-    error_code: int | None = None
-    cr2: int | None = None
-    delivering: int | None = None
-    instruction: Instruction | None = None
+    reason: ClassVar[Literal[ExitReason.IDLE]] = ExitReason.IDLE
     eip: int | None = None
-    detail: str = ""
+    """The ``hlt``'s address; None when a VMM emulated the ``hlt`` (``VM.advance``)."""
 
-    # -- the fields a reason sets (``ExitReason``), narrowed: one missing is a bug in the core ----
-    def io_out(self) -> tuple[int, int]:
-        """``IO_OUT``: the port and the value written."""
-        if self.port is None or self.value is None:
-            raise self._missing("port and value")
-        return self.port, self.value
 
-    def io_in_port(self) -> int:
-        """``IO_IN``: the port read."""
-        if self.port is None:
-            raise self._missing("port")
-        return self.port
-
-    def exception_at(self) -> tuple[int, int]:
-        """``EXCEPTION``: the vector and the ``eip`` of the instruction it was raised at."""
-        if self.vector is None or self.eip is None:
-            raise self._missing("vector and eip")
-        return self.vector, self.eip
-
-    def intercepted(self) -> tuple[Instruction, int]:
-        """``INSTRUCTION``: the intercepted instruction and its ``eip``."""
-        if self.instruction is None or self.eip is None:
-            raise self._missing("instruction and eip")
-        return self.instruction, self.eip
-
-    def _missing(self, fields: str) -> AssertionError:
-        return AssertionError(f"an {self.reason.value} exit without its {fields}: {self}")
+Exit: TypeAlias = IoOut | IoIn | Halt | Shutdown | Budget | Raised | Intercept | Idle
+"""Why ``Cpu.run`` returned: one of these classes, matched with class patterns."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +166,7 @@ class Controls:
     """Every ``in``/``out`` exits, the timer and POST ports included (after the IOPL check)."""
     exit_on_idle_hlt: bool = False
     vmx_nonroot: bool = False
-    """VMX non-root mode: ``vmcall`` exits as ``INSTRUCTION`` instead of raising #UD."""
+    """VMX non-root mode: ``vmcall`` exits (``Intercept``) instead of raising #UD."""
     cpuid_hypervisor_bit: bool = False
     """``cpuid`` leaf 1 ``ecx`` bit 31."""
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringlab.isa import BY_OPCODE, JCC, TABLE, Form, Instruction, Mem
 from ringlab.machine import flags as F
-from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.exits import Exit, Halt, Idle, IoIn, IoOut
 from ringlab.machine.faults import DE, UD, Fault
 
 if TYPE_CHECKING:
@@ -314,10 +314,10 @@ def _hlt(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
     cpu.retire(s.cs & 3)
     if not s.eflags & F.IF or not s.timer_period:
         why = "IF = 0" if not s.eflags & F.IF else "the timer off"
-        return Exit(ExitReason.HALT, eip=eip, detail=f"hlt at {eip:#x} with {why}")
+        return Halt(eip, f"hlt at {eip:#x} with {why}")
     if cpu.controls.exit_on_idle_hlt:
         s.halted = True
-        return Exit(ExitReason.IDLE, eip=eip)
+        return Idle(eip)
     cpu.wait_for_tick()
     return True
 
@@ -408,7 +408,7 @@ def _in(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
     cpu.retire(s.cs & 3)
     cpu.stats.io += 1
     cpu.expect_in(r)
-    return Exit(ExitReason.IO_IN, port=port, register=r, eip=eip)
+    return IoIn(port, r, eip)
 
 
 def _out(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
@@ -424,7 +424,7 @@ def _out(cpu: Cpu, ins: Instruction, eip: int, nxt: int) -> Outcome:
             return None
     cpu.retire(s.cs & 3)
     cpu.stats.io += 1
-    return Exit(ExitReason.IO_OUT, port=port, value=value, eip=eip)
+    return IoOut(port, value, eip)
 
 
 # -- sensitive, unprivileged -----------------------------------------------------------------

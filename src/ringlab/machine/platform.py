@@ -14,7 +14,7 @@ from typing import Any
 from ringlab.image import Image
 from ringlab.isa import REGISTERS
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import ExitReason
+from ringlab.machine.exits import Budget, Halt, IoIn, IoOut, Shutdown
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
 
@@ -111,26 +111,23 @@ def run_image(
             if budget <= 0:
                 detail = f"{max_instructions} instructions retired"
                 break
-        exit = cpu.run(budget)
-        if exit.reason is ExitReason.BUDGET:
-            continue
-        if exit.reason is ExitReason.IO_OUT:
-            assert exit.port is not None and exit.value is not None
-            off = devices.out(exit.port, exit.value)
-            if off is not None:
+        match cpu.run(budget):
+            case Budget():
+                continue
+            case IoOut(port=port, value=value):
+                off = devices.out(port, value)
+                if off is None:
+                    continue
                 reason, code, detail = "poweroff", off.code, f"power off with code {off.code}"
-                break
-            continue
-        if exit.reason is ExitReason.IO_IN:
-            assert exit.port is not None
-            cpu.complete_in(devices.in_(exit.port))
-            continue
-        if exit.reason is ExitReason.HALT:
-            reason, detail = "halt", exit.detail
-        elif exit.reason is ExitReason.SHUTDOWN:
-            reason, detail = "shutdown", exit.detail
-        else:  # the native platform intercepts nothing, so no other exit can happen
-            raise AssertionError(f"unexpected exit {exit}")
+            case IoIn(port=port):
+                cpu.complete_in(devices.in_(port))
+                continue
+            case Halt(detail=detail):
+                reason = "halt"
+            case Shutdown(detail=detail):
+                reason = "shutdown"
+            case exit:  # the native platform intercepts nothing, so no other exit can happen
+                raise AssertionError(f"unexpected exit {exit}")
         break
     return RunResult(
         console=bytes(devices.console),

@@ -46,7 +46,7 @@ class CpuState:
     tsc: int = 0
     """Virtual time: instructions retired plus time skipped in ``hlt``."""
     halted: bool = False
-    """Set when an idle ``hlt`` exited to a VMM (``IDLE``): the next ``run`` first waits for the
+    """Set when an idle ``hlt`` exited to a VMM (``Idle``): the next ``run`` first waits for the
     tick, as the ``hlt`` would have."""
 
     @property

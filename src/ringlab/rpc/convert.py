@@ -7,7 +7,19 @@ from typing import Any, Literal
 
 from ringlab.guestos.build import NO_KERNEL, KernelFlavour
 from ringlab.isa import decode, encode
-from ringlab.machine import Controls, Exit, ExitReason
+from ringlab.machine import (
+    Budget,
+    Controls,
+    Exit,
+    ExitReason,
+    Halt,
+    Idle,
+    Intercept,
+    IoIn,
+    IoOut,
+    Raised,
+    Shutdown,
+)
 from ringlab.machine.context import ContextDelta
 from ringlab.machine.stats import Stats, stats_from_json, stats_to_json
 from ringlab.v1 import common_pb2, cpu_pb2
@@ -91,38 +103,79 @@ def controls_to_proto(c: Controls) -> common_pb2.Controls:
     )
 
 
-_EXIT_FIELDS: tuple[
-    Literal["port", "value", "register", "vector", "error_code", "cr2", "delivering", "eip"], ...
-] = (
-    "port",
-    "value",
-    "register",
-    "vector",
-    "error_code",
-    "cr2",
-    "delivering",
-    "eip",
-)
 _REASON_OF = {v: k for k, v in EXIT_REASONS.items()}
+_U32 = 0xFFFFFFFF
 
 
 def exit_to_proto(e: Exit) -> cpu_pb2.VcpuExit:
-    out = cpu_pb2.VcpuExit(reason=EXIT_REASONS[e.reason], detail=e.detail)
-    for name in _EXIT_FIELDS:
-        value = getattr(e, name)
-        if value is not None:
-            setattr(out, name, value & 0xFFFFFFFF)
-    if e.instruction is not None:
-        out.instruction = str(e.instruction)
-        out.instruction_bytes = encode(e.instruction.spec, e.instruction.operands)
+    """The exit on the wire: its reason and exactly the fields its class has (a field that is
+    None is left unset)."""
+    out = cpu_pb2.VcpuExit(reason=EXIT_REASONS[e.reason])
+    match e:
+        case IoOut(port=port, value=value, eip=eip):
+            out.port, out.value, out.eip = port & _U32, value & _U32, eip & _U32
+        case IoIn(port=port, register=register, eip=eip):
+            out.port, out.register, out.eip = port & _U32, register & _U32, eip & _U32
+        case Halt(eip=eip, detail=detail):
+            out.eip, out.detail = eip & _U32, detail
+        case Shutdown(vector=vector, eip=eip, detail=detail):
+            out.vector, out.eip, out.detail = vector & _U32, eip & _U32, detail
+        case Budget():
+            pass
+        case Raised(vector=vector, eip=eip, error_code=error_code, cr2=cr2, delivering=delivering):
+            out.vector, out.eip = vector & _U32, eip & _U32
+            if error_code is not None:
+                out.error_code = error_code & _U32
+            if cr2 is not None:
+                out.cr2 = cr2 & _U32
+            if delivering is not None:
+                out.delivering = delivering & _U32
+        case Intercept(instruction=instruction, eip=eip):
+            out.eip = eip & _U32
+            out.instruction = str(instruction)
+            out.instruction_bytes = encode(instruction.spec, instruction.operands)
+        case Idle(eip=eip):
+            if eip is not None:
+                out.eip = eip & _U32
     return out
 
 
+_VcpuExitField = Literal["port", "value", "register", "vector", "error_code", "cr2", "delivering", "eip"]
+
+
 def exit_from_proto(e: cpu_pb2.VcpuExit) -> Exit:
-    """The exit as the core returned it (the instruction decoded from its encoding)."""
-    values = {name: getattr(e, name) for name in _EXIT_FIELDS if e.HasField(name)}
-    instruction = decode(e.instruction_bytes) if e.instruction_bytes else None
-    return Exit(_REASON_OF[e.reason], instruction=instruction, detail=e.detail, **values)
+    """The exit as the core returned it (the instruction decoded from its encoding).  Raises
+    ``ValueError`` when a field its reason always has is missing."""
+    reason = _REASON_OF[e.reason]
+
+    def need(name: _VcpuExitField) -> int:
+        if not e.HasField(name):
+            raise ValueError(f"a {reason.value} exit without its {name}: {e}")
+        return int(getattr(e, name))
+
+    def may(name: _VcpuExitField) -> int | None:
+        return int(getattr(e, name)) if e.HasField(name) else None
+
+    match reason:
+        case ExitReason.IO_OUT:
+            return IoOut(need("port"), need("value"), need("eip"))
+        case ExitReason.IO_IN:
+            return IoIn(need("port"), need("register"), need("eip"))
+        case ExitReason.HALT:
+            return Halt(need("eip"), e.detail)
+        case ExitReason.SHUTDOWN:
+            return Shutdown(need("vector"), need("eip"), e.detail)
+        case ExitReason.BUDGET:
+            return Budget()
+        case ExitReason.EXCEPTION:
+            return Raised(need("vector"), need("eip"), may("error_code"), may("cr2"), may("delivering"))
+        case ExitReason.INSTRUCTION:
+            instruction = decode(e.instruction_bytes) if e.instruction_bytes else None
+            if instruction is None:
+                raise ValueError(f"an instruction exit without a decodable instruction: {e}")
+            return Intercept(instruction, need("eip"))
+        case ExitReason.IDLE:
+            return Idle(may("eip"))
 
 
 def delta_to_proto(d: ContextDelta) -> cpu_pb2.VcpuSync:

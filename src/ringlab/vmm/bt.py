@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Controls, Exit, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
@@ -39,6 +39,7 @@ from ringlab.vmm.translated import (
     TcReport,
     TcRun,
     TcState,
+    ToVmm,
     VmmCall,
     load_vcpu,
     run_translated,
@@ -105,7 +106,7 @@ class BinaryTranslation:
             if vm.vcpu.cpl == 3 or stats.retired >= end:
                 return YIELD
             outcome = vm.runner.run_translated(vm, end - stats.retired)
-            if isinstance(outcome, Exit):
+            if not isinstance(outcome, ToVmm):
                 return outcome
             result: Exit | Stop | None
             match outcome.event:
@@ -166,11 +167,11 @@ class BinaryTranslation:
         """A fault raised by translated code (or by fetching it) at ``eip``: the core did not
         count it (the VMM ran the code), so delivering it counts it."""
         if fault.vector == PF:
-            exit = Exit(ExitReason.EXCEPTION, vector=PF, error_code=fault.error_code, cr2=fault.cr2)
+            exit = Raised(PF, vm.cpu.state.eip, fault.error_code, fault.cr2)
             return self._page_fault(vm, exit, counted=False)
         return reflect_exception(vm, fault, counted=False)
 
-    def _page_fault(self, vm: VM, exit: Exit, *, counted: bool) -> Exit | Stop | None:
+    def _page_fault(self, vm: VM, exit: Raised, *, counted: bool) -> Exit | Stop | None:
         """Shadow paging's one #PF decision (``VM.shadow_fault``, ``VM.reflect_fault``), for a #PF
         the core exited on (``counted``) or one translated code raised.  A hidden fault that
         dropped translations runs the faulting instruction once uncached (``TcState.step_over``)."""
@@ -192,10 +193,9 @@ class BinaryTranslation:
     # -- exits -------------------------------------------------------------------------------
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         vm.sync()
-        match exit.reason:
-            case ExitReason.EXCEPTION:
+        match exit:
+            case Raised(vector=vector, eip=eip, error_code=error_code):
                 vm.counters.world_switches += 1
-                vector, eip = exit.exception_at()
                 if vector == TIMER and not _may_be_int(vm, eip):
                     return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)
@@ -204,9 +204,9 @@ class BinaryTranslation:
                     return vm.timer_tick()
                 if vector == PF:
                     return self._page_fault(vm, exit, counted=True)
-                if is_int and exit.error_code is None:
+                if is_int and error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
-                return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
+                return reflect_exception(vm, Fault(vector, error_code, exit.cr2), counted=True)
             case _:  # an I/O exit comes from a callout
                 return vm.common_exit(exit)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ringlab.machine.cpu import vector_name
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Controls, Exit, Intercept, IoIn, IoOut, Raised, Shutdown
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
@@ -101,30 +101,28 @@ class Hw:
         vm.counters.world_switches += 1
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
-        match exit.reason:
-            case ExitReason.IO_OUT | ExitReason.IO_IN:
+        match exit:
+            case IoOut() | IoIn():
                 self._exit(vm, R.IO_INSTRUCTION)
                 return vm.common_exit(exit)
-            case ExitReason.INSTRUCTION:
-                insn, eip = exit.intercepted()
+            case Intercept(instruction=insn, eip=eip):
                 self._exit(vm, _BY_MNEMONIC[insn.mnemonic])
                 if insn.mnemonic == "vmcall":  # no hypercall ABI under hw: #UD, as natively
                     return reflect_exception(vm, Fault(UD), counted=False)
                 return emulate(vm, insn, eip)
-            case ExitReason.EXCEPTION:
+            case Raised(vector=vector, eip=eip, error_code=error_code):
                 self._exit(vm, R.EXCEPTION_NMI)
-                eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
-                if int_vector(instruction_at(vm, eip)) is not None and exit.error_code is None:
+                if int_vector(instruction_at(vm, eip)) is not None and error_code is None:
                     # ``int 14`` exits too (the exception bitmap names the vector): deliver it
-                    return reflect_software_interrupt(vm, exit.vector or 0, eip, vm.cpu.state.cs & 3)
+                    return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 return self._page_fault(vm, exit)
-            case ExitReason.SHUTDOWN:
+            case Shutdown():
                 self._exit(vm, R.TRIPLE_FAULT)
                 return vm.common_exit(exit)
             case _:  # budget; a halt from the emulated hlt (its HLT exit is counted already)
                 return vm.common_exit(exit)
 
-    def _page_fault(self, vm: VM, exit: Exit) -> Exit | Stop | None:
+    def _page_fault(self, vm: VM, exit: Raised) -> Exit | Stop | None:
         """#PF is the only vector in the exception bitmap (shadow paging)."""
         assert exit.vector == PF
         cpu = vm.cpu
@@ -135,7 +133,7 @@ class Hw:
                 _hide_software_interrupt(vm, exit)
                 return None
             return vm.reflect_fault(fault)
-        fault = vm.paging.page_fault(exit)
+        fault = vm.shadow_fault(exit, counted=False)  # a #PF while delivering: the core did not count it
         if fault is None:  # a shadow miss: the delivery is retried
             if delivering != TIMER:
                 vm.hide(delivering)  # the retried instruction raises it (and it is counted) again
@@ -154,10 +152,10 @@ class Hw:
         return reflect_exception(vm, Fault(DF, 0), counted=False)
 
 
-def _hide_software_interrupt(vm: VM, exit: Exit) -> None:
+def _hide_software_interrupt(vm: VM, exit: Raised) -> None:
     """A shadow miss while delivering ``int n`` re-executes the ``int``, which the core counts
     again: take the first count back (unless the miss was fetching the ``int`` itself)."""
-    eip = exit.eip if exit.eip is not None else vm.cpu.state.eip
+    eip = exit.eip
     vector = int_vector(instruction_at(vm, eip))
     if vector is None:
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Exit
+from ringlab.machine.exits import Raised
 from ringlab.machine.faults import Fault
 
 __all__ = ["DirectPaging", "Paging"]
@@ -21,9 +21,10 @@ class Paging(Protocol):
     def read_cr(self, n: int) -> int: ...
     def write_cr(self, n: int, value: int) -> None: ...
     def invlpg(self, linear: int) -> None: ...
-    def page_fault(self, exit: Exit) -> Fault | None:
-        """A real #PF exit: ``None`` if it was the VMM's (now fixed: resume), else the fault the
-        guest must see (a #PF with the guest's error code, or #MC)."""
+    def page_fault(self, exit: Raised) -> Fault | None:
+        """A real #PF exit (or a #PF bt's translated code raised): ``None`` if it was the VMM's
+        (now fixed: resume), else the fault the guest must see (a #PF with the guest's error
+        code, or #MC).  ``VM.shadow_fault`` is its one caller."""
         ...
 
     def prepare_delivery(self, vector: int, cpl: int) -> None:
@@ -47,7 +48,7 @@ class DirectPaging:
     def invlpg(self, linear: int) -> None:
         self.cpu.invalidate_page(linear)
 
-    def page_fault(self, exit: Exit) -> Fault | None:
+    def page_fault(self, exit: Raised) -> Fault | None:
         return Fault(14, exit.error_code, exit.cr2)
 
     def prepare_delivery(self, vector: int, cpl: int) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ringlab.asm import format_instruction
 from ringlab.isa import MASK32, Class
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Controls, Exit, Raised
 from ringlab.machine.faults import GP, TIMER, Fault
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.hypercalls import ENOSYS, HYPERCALLS, NO_RETURN, SHARED_TSS
@@ -82,9 +82,8 @@ class Paravirt:
         return result
 
     def _handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
-        match exit.reason:
-            case ExitReason.EXCEPTION:
-                vector, eip = exit.exception_at()
+        match exit:
+            case Raised(vector=vector, eip=eip, error_code=error_code):
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:
@@ -93,7 +92,7 @@ class Paravirt:
                 if is_int and vector == HYPERCALL_VECTOR and vm.vcpu.cpl == 1:
                     return self._hypercall(vm, eip)
                 vm.counters.world_switches += 1
-                if is_int and exit.error_code is None:
+                if is_int and error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 if (
                     vector == GP
@@ -102,7 +101,7 @@ class Paravirt:
                     and vm.vcpu.cpl != 3
                 ):
                     return self._refuse(vm, insn, eip)
-                return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
+                return reflect_exception(vm, Fault(vector, error_code, exit.cr2), counted=True)
             case _:
                 return vm.common_exit(exit)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Exit
+from ringlab.machine.exits import Raised
 from ringlab.machine.faults import PF, Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
 from ringlab.machine.mmu import Mmu
@@ -131,7 +131,7 @@ class ShadowPageTables:
         return self._walker.read_bytes(linear, n, False)
 
     # -- filling and dropping ---------------------------------------------------------------
-    def page_fault(self, exit: Exit) -> Fault | None:
+    def page_fault(self, exit: Raised) -> Fault | None:
         linear = exit.cr2 or 0
         code = exit.error_code or 0
         key = (linear >> PAGE_SHIFT, code, self.cpu.stats.retired)

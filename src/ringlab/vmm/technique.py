@@ -3,7 +3,8 @@ ops table per policy).
 
 A technique says how the guest is deprivileged, what the core must intercept, how a slice of
 guest execution runs, and handles every exit in ONE place (``handle``: one ``match`` over the
-exit reason, Firecracker-style).
+exit's class, ``machine.exits``, Firecracker-style), handing the exits every technique handles
+alike to ``VM.common_exit``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from ringlab.isa import Instruction, encode
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.exits import Budget, Exit
 from ringlab.machine.faults import Fault
 from ringlab.vmm.counters import EventCounter
 from ringlab.vmm.emulate import privilege_fault
@@ -52,7 +52,7 @@ __all__ = [
 
 STRAIGHT = 3
 """Runs of at least this many innocuous kernel instructions go to the core's compiled code."""
-YIELD = Exit(ExitReason.BUDGET)
+YIELD = Budget()
 """Back to the VMM loop (the guest changed mode, or the budget ran out)."""
 _DIRECT = Kind.DIRECT
 BT_DEPRIVILEGE = Deprivilege(vmm_tables=False, user_flags_direct=True)
@@ -361,7 +361,7 @@ class Executor:
             return event
         except Untranslated as miss:
             return ToVmm(VmmCall.MISS, miss.eip)
-        assert isinstance(outcome, Exit), "a pCPU's port never ends the run itself"
+        assert not isinstance(outcome, Stop), "a pCPU's port never ends the run itself"
         return outcome
 
     def report(self, outcome: Exit | ToVmm) -> TcReport:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ringlab.isa import Class
-from ringlab.machine.exits import Controls, Exit, ExitReason
+from ringlab.machine.exits import Controls, Exit, Intercept, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.vmm.diagnostics import PROBED, observe
 from ringlab.vmm.emulate import emulate
@@ -66,16 +66,14 @@ class TrapEmulate:
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         cpu = vm.cpu
         vm.sync()
-        match exit.reason:
-            case ExitReason.INSTRUCTION:  # a probe: not a trap, not an exit, just watched
-                probed, eip = exit.intercepted()
+        match exit:
+            case Intercept(instruction=probed, eip=eip):  # a probe: not a trap, not an exit, just watched
                 observe(vm, probed, eip)
                 result = execute(cpu, probed, eip, cpu.state.cs & 3)
                 vm.sync()
                 return result
-            case ExitReason.EXCEPTION:
+            case Raised(vector=vector, eip=eip, error_code=error_code):
                 vm.counters.world_switches += 1
-                vector, eip = exit.exception_at()
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:
@@ -83,9 +81,9 @@ class TrapEmulate:
                 if vector == PF:
                     fault = vm.shadow_fault(exit)
                     return None if fault is None else vm.reflect_fault(fault)
-                if is_int and exit.error_code is None:
+                if is_int and error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
-                if vector == GP and insn is not None and exit.error_code == 0 and allowed_natively(vm, insn):
+                if vector == GP and insn is not None and error_code == 0 and allowed_natively(vm, insn):
                     vm.hide(GP)
                     vm.counters.traps[insn.mnemonic] += 1
                     vm.counters.handled(insn.mnemonic, "trap")
@@ -93,6 +91,6 @@ class TrapEmulate:
                     if result is not None:
                         return result
                     return vm.deliver_pending()
-                return reflect_exception(vm, Fault(vector, exit.error_code, exit.cr2), counted=True)
+                return reflect_exception(vm, Fault(vector, error_code, exit.cr2), counted=True)
             case _:  # an I/O exit comes from an emulated in/out
                 return vm.common_exit(exit)

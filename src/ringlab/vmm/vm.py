@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ringlab.errors import ImageError
 from ringlab.image import Image
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.exits import Exit, ExitReason
+from ringlab.machine.exits import Budget, Exit, Halt, Idle, IoIn, IoOut, Raised, Shutdown
 from ringlab.machine.faults import PF, Fault
 from ringlab.machine.p2m import P2M
 from ringlab.machine.platform import DeviceBackEnd, RunResult
@@ -162,10 +162,10 @@ class VM:
                 break
         return self.result(stop, time.perf_counter() - started)
 
-    def advance(self, budget: int, until: Callable[[], bool] | None = None) -> Stop | Exit | None:
+    def advance(self, budget: int, until: Callable[[], bool] | None = None) -> Stop | Idle | None:
         """Run the guest for ``budget`` more retired instructions, handling every exit: the
         VMM's main loop (the technique runs a stretch of guest code, its one handler takes the
-        exit, repeat).  Returns the ``Stop`` when the run is over, an ``IDLE`` exit when the guest
+        exit, repeat).  Returns the ``Stop`` when the run is over, an ``Idle`` exit when the guest
         idled in ``hlt`` and the caller wants to know (the core's controls ask for that, or
         ``yield_when_idle`` for a ``hlt`` the VMM emulated: the services yield the pCPU then), or
         None once ``budget`` instructions have retired - or earlier, at an exit after which
@@ -174,15 +174,15 @@ class VM:
         end = cpu.stats.retired + budget
         while cpu.stats.retired < end:
             outcome: Exit | Stop | None = self.technique.run(self, end - cpu.stats.retired)
-            if isinstance(outcome, Exit) and outcome.reason is ExitReason.IDLE:
+            if isinstance(outcome, Idle):
                 return outcome
             idle = cpu.stats.idle
-            while isinstance(outcome, Exit):
+            while outcome is not None and not isinstance(outcome, Stop):
                 outcome = self.technique.handle(self, outcome)
             if isinstance(outcome, Stop):
                 return outcome
             if self.yield_when_idle and cpu.stats.idle != idle:
-                return Exit(ExitReason.IDLE)  # the VMM waited for the tick in the guest's hlt
+                return Idle()  # the VMM waited for the tick in the guest's hlt
             if until is not None and until():
                 return None
         return None
@@ -209,24 +209,28 @@ class VM:
 
     # -- shared exit handling (called from each technique's one match) ------------------------
     def common_exit(self, exit: Exit) -> Stop | None:
-        """The exits every technique handles alike: the budget ran out (resume), ``in``/``out``
-        to a device back end, ``hlt`` with nothing to wake it and a triple fault (the end).  Any
-        other exit here is a bug in the technique, which handles its own before it calls this."""
-        match exit.reason:
-            case ExitReason.BUDGET:
+        """The exits every technique handles alike, handled here only: the budget ran out
+        (resume), ``in``/``out`` to the device back end, ``hlt`` with nothing to wake it and a
+        triple fault (the end).  Any other exit here is a bug in the technique, which handles its
+        own before it calls this."""
+        match exit:
+            case Budget():
                 return None
-            case ExitReason.IO_OUT:
-                return self.device_out(exit)
-            case ExitReason.IO_IN:
-                self.device_in(exit)
+            case IoOut(port=port, value=value):
+                off = self.devices.out(port, value)
+                if off is not None:
+                    return Stop("poweroff", off.code, f"power off with code {off.code}")
                 return None
-            case ExitReason.HALT:
-                return Stop("halt", None, exit.detail)
-            case ExitReason.SHUTDOWN:
-                return Stop("shutdown", None, exit.detail)
+            case IoIn(port=port):
+                self.cpu.complete_in(self.devices.in_(port))
+                return None
+            case Halt(detail=detail):
+                return Stop("halt", None, detail)
+            case Shutdown(detail=detail):
+                return Stop("shutdown", None, detail)
         raise AssertionError(f"unexpected exit under {self.technique.name}: {exit}")
 
-    def shadow_fault(self, exit: Exit, *, counted: bool = True) -> Fault | None:
+    def shadow_fault(self, exit: Raised, *, counted: bool = True) -> Fault | None:
         """Shadow paging's decision on a #PF the core exited on (and counted as the guest's):
         None when it was the VMM's own (a shadow miss it filled, a write to a page it protects),
         hidden from the guest, and the instruction runs again; else the fault the guest sees,
@@ -242,15 +246,6 @@ class VM:
         """Deliver ``shadow_fault``'s fault through the virtual IDT, counting it unless the core
         did (a #PF it exited on, when ``counted``)."""
         return reflect_exception(self, fault, counted=counted and fault.vector == PF)
-
-    def device_out(self, exit: Exit) -> Stop | None:
-        off = self.devices.out(*exit.io_out())
-        if off is not None:
-            return Stop("poweroff", off.code, f"power off with code {off.code}")
-        return None
-
-    def device_in(self, exit: Exit) -> None:
-        self.cpu.complete_in(self.devices.in_(exit.io_in_port()))
 
     def timer_tick(self) -> Exit | None:
         """A tick fell (the core exited on vector 32, or bt saw it pending): deliver it through
