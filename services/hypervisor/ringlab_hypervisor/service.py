@@ -1,5 +1,6 @@
 """The hypervisor's gRPC API: a thin servicer over ``SharedState`` (VMs, consoles, events,
-statistics) plus the pCPU drivers that schedule and run the VMs."""
+statistics), and the runtime's pCPU drivers (``ringlab.hypervisor.DriverManager``) plugged into
+the deployment: the store, and each pCPU through ``GrpcPcpu``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import argparse
 import hashlib
 import json
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,9 @@ from ringlab.guestos import NO_KERNEL
 from ringlab.hypervisor import (
     RESULT_REASONS,
     Defined,
+    DriverManager,
     LimitExceeded,
+    Runtimes,
     UnbootableKernel,
     boot,
     define,
@@ -43,7 +44,7 @@ from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab_hypervisor.driver import PcpuDriver, Runtimes
+from ringlab_hypervisor.pcpu_link import GrpcPcpu
 
 __all__ = ["HypervisorServicer", "main", "serve"]
 
@@ -104,9 +105,10 @@ def _defined(request: hypervisor_pb2.CreateVmRequest) -> Defined:
 
 
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
-    def __init__(self, state: SharedState, streams: StreamSlots, token: str = "") -> None:
+    def __init__(self, state: SharedState, streams: StreamSlots, runtimes: Runtimes, token: str = "") -> None:
         self.state = state
         self.streams = streams
+        self.runtimes = runtimes  # the drivers' copies of the VMs: a booted VM's first slice runs it
         self.token = token  # for the calls this service makes to the pCPUs
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -134,6 +136,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         )
         if not created:  # another client created the name meanwhile
             return self._existing(vm, definition, request.start)
+        self.runtimes.adopt(vm, 0, commit0.copy)
         return self._vm(vm)
 
     def _existing(self, vm: str, wanted: dict[str, Any], start: bool) -> hypervisor_pb2.Vm:
@@ -171,9 +174,11 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         definition, _record = self.state.vm_record(vm)
         commit0 = boot(definition, Image.from_bytes(self.state.vm_image(vm)))
         entry = Entry(status="runnable", weight=int(definition["weight"]), cap=int(definition["cap"]))
-        done, status = self.state.reboot_vm(vm, commit0.state, commit0.stats, entry.to_dict(), commit0.pages)
-        if not done:  # started again meanwhile (by another StartVm): an ordinary start
-            log.info("VM %s was %s, not ended, when rebooting it", vm, status)
+        done, what = self.state.reboot_vm(vm, commit0.state, commit0.stats, entry.to_dict(), commit0.pages)
+        if done:  # ``what`` is the boot number
+            self.runtimes.adopt(vm, int(what), commit0.copy)
+        else:  # started again meanwhile (by another StartVm): an ordinary start
+            log.info("VM %s was %s, not ended, when rebooting it", vm, what)
             self.state.control(vm, "start")
 
     def PauseVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
@@ -190,6 +195,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     ) -> hypervisor_pb2.DestroyVmResponse:
         vm = self.state.resolve(request.vm)
         destroyed = self.state.destroy_vm(vm)
+        self.runtimes.forget(vm)
         for _pcpu, (address, alive) in self.state.pcpus().items():
             if alive:  # free the pCPUs' cached copies (best effort: a stale cache is never used)
                 channel = open_channel(address, self.token)
@@ -429,66 +435,22 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         return result
 
 
-class DriverManager(threading.Thread):
-    """Starts a driver for every live pCPU registered in Redis, and stops those that died."""
-
-    def __init__(self, state: SharedState, config: ServiceConfig, policy: CreditPolicy) -> None:
-        super().__init__(name="drivers", daemon=True)
-        self.state = state
-        self.config = config
-        self.policy = policy
-        self.owner = f"hypervisor-{uuid.uuid4().hex[:8]}"
-        self.runtimes = Runtimes(state)
-        self.drivers: dict[str, PcpuDriver] = {}
-        self.stop_event = threading.Event()
-        self.alive = 0
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                pcpus = self.state.pcpus()
-                self.alive = sum(1 for _a, alive in pcpus.values() if alive)
-                for pcpu, (address, alive) in pcpus.items():
-                    driver = self.drivers.get(pcpu)
-                    if alive and (driver is None or not driver.is_alive()):
-                        driver = PcpuDriver(
-                            self.state,
-                            self.runtimes,
-                            self.policy,
-                            pcpu,
-                            address,
-                            self.owner,
-                            self.config.token,
-                            lambda: self.alive,
-                        )
-                        self.drivers[pcpu] = driver
-                        driver.start()
-                    elif not alive and driver is not None:
-                        driver.stop()
-                        del self.drivers[pcpu]
-            except Exception as exc:
-                log.warning("cannot list pCPUs: %s", exc)
-            self.stop_event.wait(0.5)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for driver in self.drivers.values():
-            driver.stop()
-        for driver in self.drivers.values():
-            driver.join(timeout=5)
-
-
 def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
     state = SharedState.from_url(config.redis)
     streams = StreamSlots(config.max_streams)
 
+    manager = DriverManager(
+        state,
+        lambda address: GrpcPcpu(address, config.token),
+        CreditPolicy(slice_instructions=config.slice),
+    )
+
     def register(server: grpc.Server) -> None:
         hypervisor_pb2_grpc.add_HypervisorServicer_to_server(
-            HypervisorServicer(state, streams, config.token), server
+            HypervisorServicer(state, streams, manager.runtimes, config.token), server
         )
 
     server = build_server(config, register, ["ringlab.v1.Hypervisor"], checks=[state.ping])
-    manager = DriverManager(state, config, CreditPolicy(slice_instructions=config.slice))
     server.on_stop.append(manager.stop)
     manager.start()
     server.start()

@@ -70,7 +70,7 @@ def _token_default() -> str:
 # -- option values -----------------------------------------------------------------------------------
 def _split_address(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
-    example = "e.g. 127.0.0.1:50051"
+    example = f"e.g. {DEFAULT_HYPERVISOR}"
     if not sep or not host or not port_text.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT ({example}), got {text!r}")
     port = int(port_text)
@@ -789,7 +789,7 @@ def add_client_flags(
             "--hypervisor",
             default=argparse.SUPPRESS if suppress else _hypervisor_default(),
             metavar="HOST:PORT",
-            help="the deployment's hypervisor (default: $RINGLAB_HYPERVISOR, else 127.0.0.1:50051)",
+            help=f"the deployment's hypervisor (default: $RINGLAB_HYPERVISOR, else {DEFAULT_HYPERVISOR})",
         )
     parser.add_argument(
         "--token",
@@ -832,7 +832,7 @@ def add_service_commands(sub: Any) -> None:
         type=_listen_address,
         metavar="HOST:PORT",
         help="where the hypervisor listens; port 0: any free port (default: $RINGLAB_HYPERVISOR, "
-        "else 127.0.0.1:50051)",
+        f"else {DEFAULT_HYPERVISOR})",
     )
     p.add_argument(
         "--redis",

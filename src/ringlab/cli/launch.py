@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ringlab.endpoints import DEFAULT_PORTS
+
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
@@ -107,6 +109,12 @@ def _state_home() -> Path:
     return Path(base) / "ringlab" / "launched"
 
 
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Processes this process started and has not reaped: a detached service outlives the command
+that launched it, so its ``Popen`` is kept (not collected while running, which Python warns
+about) and reaped here if this process removes it too (no zombie left behind)."""
+
+
 class ProcessLauncher:
     """Detached local processes, one record (JSON) and one log file per name in ``state_dir``."""
 
@@ -142,11 +150,13 @@ class ProcessLauncher:
                 )
             except OSError as err:
                 raise LaunchError(f"cannot start {spec.command[0]!r}: {err}") from err
+        _CHILDREN[proc.pid] = proc
         launched = Launched(spec.name, self.kind, str(proc.pid), str(log_path))
         record.write_text(json.dumps({"pid": proc.pid, "command": list(spec.command), "log": str(log_path)}))
         # A configuration error shows at once: report it here rather than leave a dead record.
         time.sleep(self.startup_check)
         if proc.poll() is not None:
+            del _CHILDREN[proc.pid]
             record.unlink(missing_ok=True)
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise LaunchError(
@@ -174,12 +184,19 @@ class ProcessLauncher:
         if item is None or not _alive(item):
             return []
         pid = int(item.ref)
+        child = _CHILDREN.pop(pid, None)  # started by this process: reap it, leave no zombie
+
+        def running() -> bool:
+            return child.poll() is None if child is not None else _alive(item)
+
         os.kill(pid, signal.SIGTERM)  # the services stop gracefully on SIGTERM
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and _alive(item):
+        while time.monotonic() < deadline and running():
             time.sleep(0.05)
-        if _alive(item):
+        if running():
             os.kill(pid, signal.SIGKILL)
+            if child is not None:
+                child.wait(timeout=5)
         return [item]
 
 
@@ -271,7 +288,7 @@ class DockerLauncher:
         env = dict(
             item.split("=", 1) for item in anchor.attrs.get("Config", {}).get("Env") or [] if "=" in item
         )
-        port = env.get("RINGLAB_LISTEN", "0.0.0.0:50051").rpartition(":")[2]
+        port = env.get("RINGLAB_LISTEN", f"0.0.0.0:{DEFAULT_PORTS['hypervisor']}").rpartition(":")[2]
         out = {"RINGLAB_HYPERVISOR": f"{self.anchor_service}:{port}"}
         out.update({k: env[k] for k in ("RINGLAB_REDIS", "RINGLAB_TOKEN") if k in env})
         return out
@@ -399,5 +416,5 @@ def guest_spec(
         if token is not None:
             env["RINGLAB_TOKEN"] = token
         return LaunchSpec(name, (sys.executable, "-m", "ringlab_guest"), env)
-    env["RINGLAB_LISTEN"] = "0.0.0.0:50071"
+    env["RINGLAB_LISTEN"] = f"0.0.0.0:{DEFAULT_PORTS['guest']}"
     return LaunchSpec(name, ("python", "-m", "ringlab_guest"), env)

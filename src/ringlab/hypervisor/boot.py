@@ -1,5 +1,7 @@
 """Booting a VM from its definition: the VMM object a technique sets up around the image, and
-the commit 0 that ``CreateVm`` (and ``StartVm`` of an ended VM) stores for it."""
+the commit 0 that ``CreateVm`` (and ``StartVm`` of an ended VM) stores for it.  A VM is booted
+once: the hypervisor's copy that took commit 0 is the one its first slice runs
+(``Runtimes.adopt``); only a replica without that copy boots it again, to replay it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ringlab.hypervisor.vm_copy import VmCopy
 from ringlab.image import Image
 from ringlab.machine.stats import Stats, stats_to_json
 from ringlab.vmm import IN_PROCESS, VM, CoreRunner, make_technique
@@ -35,11 +38,14 @@ class Boot:
     stats: dict[str, Any]
     pages: dict[int, bytes]
     host_memory_size: int
+    copy: VmCopy
+    """The hypervisor's copy of the VM, at commit 0: its first slice runs it."""
 
 
 def boot(definition: Mapping[str, Any], image: Image) -> Boot:
     """Boot the VM ``definition`` describes and take its commit 0."""
-    vm = new_vm(definition, image)
+    copy = VmCopy(lambda runner: new_vm(definition, image, runner=runner), 0)
+    vm = copy.vm
     memory = vm.cpu.memory
     pages = {p: page for p in range(memory.pages) if (page := memory.page(p)).count(0) != len(page)}
-    return Boot(vm.cpu.state.to_dict(), stats_to_json(Stats()), pages, memory.size)
+    return Boot(vm.cpu.state.to_dict(), stats_to_json(Stats()), pages, memory.size, copy)

@@ -19,11 +19,10 @@ import os
 import socket
 from dataclasses import dataclass
 
-from ringlab.endpoints import DEFAULT_HYPERVISOR
+from ringlab.endpoints import DEFAULT_HYPERVISOR, DEFAULT_PORTS
 
 __all__ = ["DEFAULT_PORTS", "ServiceConfig", "add_service_flags", "env_default", "config_from_args"]
 
-DEFAULT_PORTS = {"hypervisor": 50051, "cpu": 50061, "guest": 50071}
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 

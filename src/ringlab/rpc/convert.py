@@ -6,6 +6,7 @@ import json
 from typing import Any, Literal
 
 from ringlab.guestos.build import NO_KERNEL, KernelFlavour
+from ringlab.hypervisor.vm_copy import MAX_RUN_BUDGET
 from ringlab.isa import decode, encode
 from ringlab.machine import (
     Budget,
@@ -73,12 +74,6 @@ EXIT_REASONS: dict[ExitReason, common_pb2.ExitReason.ValueType] = {
     ExitReason.INSTRUCTION: common_pb2.EXIT_REASON_INSTRUCTION,
     ExitReason.IDLE: common_pb2.EXIT_REASON_IDLE,
 }
-REASON_NAMES = {v: k.value for k, v in EXIT_REASONS.items()}
-
-
-MAX_RUN_BUDGET = 50_000_000
-"""RunVcpu's per-call maximum of instructions (a few seconds): a pCPU stays responsive.  The cpu
-service refuses more; the hypervisor splits a longer run into several calls."""
 
 
 def controls_from_proto(c: common_pb2.Controls) -> Controls:

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from ringlab.hypervisor.ports import GrantResult
 from ringlab.store import keys
 from ringlab.store.errors import InvalidRequest, StaleLease, VmNotFound, WrongState
 from ringlab.store.scripts import Scripts
@@ -79,14 +80,6 @@ class Commit:
     pages: dict[int, bytes] | None = None
 
 
-@dataclass
-class GrantResult:
-    applied: bool
-    token: int
-    version: int
-    entries: dict[str, dict[str, Any]]
-
-
 def _entries(flat: list[Any]) -> dict[str, dict[str, Any]]:
     it = iter(flat)
     return {_s(k): json.loads(v) for k, v in zip(it, it)}
@@ -106,6 +99,10 @@ class SharedState:
     @classmethod
     def from_url(cls, url: str) -> SharedState:
         return cls(connect(url))
+
+    def counted(self) -> SharedState:
+        """A handle on the same Redis (the same connection pool) that counts its own round trips."""
+        return SharedState(self.r)
 
     def ping(self) -> bool:
         try:

@@ -1,35 +1,43 @@
-"""Driving one pCPU: the scheduler loop (decide, grant, run a slice, account) and the slice loop
-(the VM's own loop, ``VM.advance``, whose every core run is a ``RunVcpu`` world switch and whose
-every exit is handled here, ``remote.py``).
+"""Driving the pCPUs: per pCPU, the scheduler loop (decide, grant, run a slice, account) and the
+slice loop (the VM's own loop, ``VM.advance``, whose every core run is a world switch through the
+``Pcpu`` port and whose every exit is handled here, on the VM's copy, ``vm_copy``).
 
-Per slice the steady state costs two Redis round trips: the commit (done by the pCPU in the
-slice's last RunVcpu, with the hypervisor's last changes) and the grant that accounts this slice
-and hands out the next (it also returns the fresh snapshot the next decision needs).  Exits inside
-a slice cost no Redis at all: runs are deterministic, so progress after the last commit is simply
-re-executed after a crash.
+Per slice the steady state costs two store round trips: the commit (done by the pCPU in the
+slice's last world switch, with the hypervisor's last changes) and the grant that accounts this
+slice and hands out the next (it also returns the fresh snapshot the next decision needs).  Exits
+inside a slice cost no store round trip at all: runs are deterministic, so progress after the last
+commit is simply re-executed after a crash.
 
 How long a slice runs (stretched for a VM nobody else waits for) is the scheduling policy's:
-``ringlab.sched.slices``.
+``ringlab.sched.slices``.  Which pCPUs exist, and the connection to each, come from outside:
+``DriverManager`` takes the store and a ``ConnectPcpu``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from ringlab.hypervisor import stop_status
+from ringlab.hypervisor.boot import new_vm
+from ringlab.hypervisor.ports import (
+    ConnectPcpu,
+    Pcpu,
+    SchedulerStore,
+    Switched,
+    SwitchFailed,
+    WorldSwitch,
+)
+from ringlab.hypervisor.vm_copy import VmCopy
 from ringlab.image import Image
-from ringlab.machine import Exit
-from ringlab.rpc import open_channel
-from ringlab.rpc.convert import REASON_NAMES
+from ringlab.machine import Controls, Exit, ExitReason
+from ringlab.machine.context import ContextDelta
 from ringlab.sched import (
     CreditPolicy,
     Entry,
@@ -39,27 +47,28 @@ from ringlab.sched import (
     plan_slice,
     runs_alone,
 )
-from ringlab.store import SharedState
-from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm import Stop
-from ringlab.vmm.translated import VmmCall
-from ringlab_hypervisor.remote import RemoteVm
+from ringlab.vmm.translated import TcRun, VmmCall
 
-__all__ = ["PcpuDriver", "Runtimes", "VmRuntime"]
+__all__ = ["DriverManager", "PcpuDriver", "Runtimes", "VmRuntime"]
 
 log = logging.getLogger("ringlab.hypervisor")
 
 DRIVER_TTL_MS = 3_000
+"""A pCPU's driver lease: another replica takes the pCPU over this long after its driver died."""
 IDLE_POLL = 0.01
+"""How long a driver with nothing to run waits before looking again (seconds)."""
+SWITCH_DEADLINE = 60.0
+"""The longest one world switch may take before the pCPU counts as lost (seconds)."""
 
 
 @dataclass
 class VmRuntime:
-    """What the hypervisor keeps per VM between slices (rebuilt from Redis when stale)."""
+    """What the hypervisor keeps per VM between slices (rebuilt from the store when stale)."""
 
     vm: str
     definition: dict[str, Any]
-    remote: RemoteVm
+    copy: VmCopy
     vmm: dict[str, Any]
     """The VMM's per-VM record (exits by reason, start and end times), as of the pCPU's progress."""
     generation: int
@@ -95,12 +104,12 @@ class _Slice:
             vmm["exits"] = int(vmm.get("exits", 0)) + 1
 
 
-def _exit_name(response: cpu_pb2.RunVcpuResponse) -> str:
+def exit_name(switched: Switched) -> str:
     """The exit a world switch ended with, by name ("" for a used-up budget)."""
-    if response.HasField("tc") and response.tc.event:  # translated code called the VMM
-        return VmmCall(response.tc.event).exit_name
-    if response.exit.reason != common_pb2.EXIT_REASON_BUDGET:
-        return REASON_NAMES.get(response.exit.reason, str(response.exit.reason))
+    if switched.tc is not None and switched.tc.event:  # translated code called the VMM
+        return VmmCall(switched.tc.event).exit_name
+    if switched.exit.reason is not ExitReason.BUDGET:
+        return str(switched.exit.reason.value)
     return ""
 
 
@@ -118,36 +127,57 @@ def _slice_end(outcome: Stop | Exit | None, retired: int, limit: int | None) -> 
 class Runtimes:
     """VM runtimes shared by this replica's drivers (a VM runs on one pCPU at a time)."""
 
-    def __init__(self, state: SharedState) -> None:
-        self.state = state
+    MAX_ADOPTED = 1024
+    """Booted copies kept for a first slice at most (the oldest go first: a VM another replica
+    runs never comes for its copy here)."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_vm: dict[str, VmRuntime] = {}
+        self._booted: dict[tuple[str, int], VmCopy] = {}
 
-    def get(self, vm: str, state: SharedState, boot: int = 0) -> VmRuntime:
-        """The runtime of boot ``boot`` of ``vm``, loaded through ``state`` (the caller's, which
+    def adopt(self, vm: str, boot: int, copy: VmCopy) -> None:
+        """Keep ``copy``, boot ``boot`` of ``vm`` at commit 0 (``boot.boot``), for its first slice."""
+        with self._lock:
+            self._booted[(vm, boot)] = copy
+            while len(self._booted) > self.MAX_ADOPTED:
+                del self._booted[next(iter(self._booted))]
+
+    def get(self, vm: str, store: SchedulerStore, boot: int = 0) -> VmRuntime:
+        """The runtime of boot ``boot`` of ``vm``, loaded through ``store`` (the caller's, which
         counts its round trips) and replayed to its last commit when this replica has none."""
         with self._lock:
             rt = self._by_vm.get(vm)
         if rt is not None and rt.boot == boot:
             return rt
-        definition, _ = state.vm_record(vm)
-        _state, stats, vmm, generation = state.vm_vcpu_summary(vm)
-        image = Image.from_bytes(state.vm_image(vm))
-        rt = VmRuntime(
-            vm,
-            definition,
-            RemoteVm(definition, image, int(stats.get("retired", 0))),
-            vmm,
-            generation,
-            boot=boot,
-        )
+        definition, _ = store.vm_record(vm)
+        _state, stats, vmm, generation = store.vm_vcpu_summary(vm)
+        retired = int(stats.get("retired", 0))
+        with self._lock:
+            copy = self._booted.pop((vm, boot), None)
+        if copy is None or retired != 0:  # no copy at commit 0 here: boot and replay the VM
+            image = Image.from_bytes(store.vm_image(vm))
+            copy = VmCopy(
+                lambda runner: new_vm(definition, image, runner=runner),
+                retired,
+                name=str(definition.get("name", vm)),
+            )
+        rt = VmRuntime(vm, definition, copy, vmm, generation, boot=boot)
         with self._lock:
             self._by_vm[vm] = rt
         return rt
 
     def drop(self, vm: str) -> None:
+        """Forget ``vm``'s copy (its next slice loads it afresh from its commit)."""
         with self._lock:
             self._by_vm.pop(vm, None)
+
+    def forget(self, vm: str) -> None:
+        """``vm`` is destroyed: forget every copy of it."""
+        with self._lock:
+            self._by_vm.pop(vm, None)
+            for key in [key for key in self._booted if key[0] == vm]:
+                del self._booted[key]
 
 
 class PcpuDriver(threading.Thread):
@@ -155,26 +185,23 @@ class PcpuDriver(threading.Thread):
 
     def __init__(
         self,
-        state: SharedState,
+        store: SchedulerStore,
         runtimes: Runtimes,
         policy: CreditPolicy,
         pcpu: str,
-        address: str,
+        link: Pcpu,
         owner: str,
-        token: str,
-        pcpus: Any,
+        pcpus: Callable[[], int],
     ) -> None:
         super().__init__(name=f"driver-{pcpu}", daemon=True)
-        self.state = SharedState(state.r)  # its own round-trip counter, the same connection pool
+        self.store = store.counted()  # its own round-trip counter on the same state
         self.runtimes = runtimes
         self.policy = policy
         self.pcpu = pcpu
-        self.address = address
+        self.link = link
         self.owner = owner
         self.stop_event = threading.Event()
-        self.channel = open_channel(address, token)
-        self.stub = cpu_pb2_grpc.CpuStub(self.channel)
-        self._pcpus = pcpus  # callable: how many pCPUs are alive (refill scales with it)
+        self._pcpus = pcpus  # how many pCPUs are alive (refill scales with it)
         self._lease_renewed = 0.0
         self._reported_trips = 0
         self._unreleased: SliceOutcome | None = None
@@ -187,7 +214,7 @@ class PcpuDriver(threading.Thread):
         now = time.monotonic()
         if now - self._lease_renewed < DRIVER_TTL_MS / 3000:
             return True
-        if self.state.renew_driver(self.pcpu, self.owner, DRIVER_TTL_MS):
+        if self.store.renew_driver(self.pcpu, self.owner, DRIVER_TTL_MS):
             self._lease_renewed = now
             return True
         return False
@@ -201,8 +228,8 @@ class PcpuDriver(threading.Thread):
             with contextlib.suppress(Exception):
                 self._release_last_slice()
             with contextlib.suppress(Exception):
-                self.state.release_driver(self.pcpu, self.owner)
-            self.channel.close()
+                self.store.release_driver(self.pcpu, self.owner)
+            self.link.close()
 
     def _release_last_slice(self) -> None:
         """On a graceful stop, account the slice that just ended and hand its VM back to the run
@@ -211,14 +238,14 @@ class PcpuDriver(threading.Thread):
         for _attempt in range(5):
             if finished is None:
                 return
-            version, raw = self.state.sched_snapshot()
+            version, raw = self.store.sched_snapshot()
             entries = {vm: Entry.from_dict(d) for vm, d in raw.items()}
             if finished.vm not in entries:
                 return
             now = time.time()
             self.policy.account(entries, finished, now)
             update = {finished.vm: entries[finished.vm].to_dict()}
-            result = self.state.grant(
+            result = self.store.grant(
                 version=version,
                 pcpu=self.pcpu,
                 now=now,
@@ -239,7 +266,7 @@ class PcpuDriver(threading.Thread):
                 return
 
     def _loop(self) -> None:
-        version, raw = self.state.sched_snapshot()
+        version, raw = self.store.sched_snapshot()
         finished: SliceOutcome | None = None
         slice_exits: dict[str, int] = {}
         busy = 0.0
@@ -258,7 +285,7 @@ class PcpuDriver(threading.Thread):
                     # same script as the grant, so it costs no round trip.
                     counts = ", ".join(f"{name} x{n}" for name, n in sorted(slice_exits.items()))
                     decision.events.insert(0, {"kind": "exit", "vm": finished.vm, "detail": counts})
-                result = self.state.grant(
+                result = self.store.grant(
                     version=version,
                     pcpu=self.pcpu,
                     now=now,
@@ -270,9 +297,9 @@ class PcpuDriver(threading.Thread):
                     scheduler_seconds=time.perf_counter() - t0,
                     slices=1 if finished else 0,
                     world_switches=switches,
-                    round_trips=self.state.round_trips - self._reported_trips + 1,  # + this grant
+                    round_trips=self.store.round_trips - self._reported_trips + 1,  # + this grant
                 )
-                self._reported_trips = self.state.round_trips
+                self._reported_trips = self.store.round_trips
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
@@ -280,7 +307,7 @@ class PcpuDriver(threading.Thread):
                 self._unreleased = None
                 if decision.chosen is None:
                     self.stop_event.wait(IDLE_POLL)
-                    version, raw = self.state.sched_snapshot()
+                    version, raw = self.store.sched_snapshot()
                     continue
                 lone = runs_alone(self.policy, entries, decision.chosen, now)
                 started = time.perf_counter()
@@ -291,11 +318,11 @@ class PcpuDriver(threading.Thread):
                 busy = time.perf_counter() - started
                 finished = SliceOutcome(decision.chosen, result.token, busy, ended)
                 self._unreleased = finished
-            except Exception as exc:  # Redis or the pCPU went away: keep trying, say why
+            except Exception as exc:  # the store or the pCPU went away: keep trying, say why
                 log.warning("pCPU %s: %s", self.pcpu, exc)
                 self.stop_event.wait(0.5)
                 with contextlib.suppress(Exception):
-                    version, raw = self.state.sched_snapshot()
+                    version, raw = self.store.sched_snapshot()
 
     # -- one slice ------------------------------------------------------------------------------
     def run_slice(
@@ -309,21 +336,21 @@ class PcpuDriver(threading.Thread):
         except Exception as exc:
             log.warning("VM %s cannot run: %s", vm, exc)
             return "lost", 0, {}
-        guest = rt.remote.vm
+        guest = rt.copy.vm
         limit = rt.definition.get("max_instructions")
         left = None if limit is None else int(limit) - guest.cpu.stats.retired
         plan = plan_slice(self.policy, lone=lone, rate=rt.rate, left=left)
         run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions)
-        rt.remote.link = functools.partial(self._switch, run)
+        rt.copy.link = functools.partial(self._switch, run)
         try:
             how, stop, failed = self._run(rt, plan)
-        except grpc.RpcError as err:
+        except SwitchFailed as err:
             return self._lost(vm, err, run.switches, run.exits)
         return self._commit_slice(run, how, stop, failed)
 
     def _load(self, vm: str, boot: int) -> VmRuntime:
         """The VM's copy in this replica (replayed to its last commit if there was none)."""
-        rt = self.runtimes.get(vm, self.state, boot)
+        rt = self.runtimes.get(vm, self.store, boot)
         rt.vmm.setdefault("started", time.time())
         rt.vmm.setdefault("exits_by_reason", {})
         return rt
@@ -331,8 +358,8 @@ class PcpuDriver(threading.Thread):
     def _run(self, rt: VmRuntime, plan: SlicePlan) -> tuple[str, Stop | None, bool]:
         """Run the guest for ``plan`` (its own loop, ``VM.advance``); returns (how the slice ended:
         preempted or idle, the VM's end if it ended, whether the hypervisor itself failed).  A
-        refused or failed world switch raises ``grpc.RpcError``."""
-        guest = rt.remote.vm
+        refused or failed world switch raises ``SwitchFailed``."""
+        guest = rt.copy.vm
         start, started = guest.cpu.stats.retired, time.perf_counter()
         deadline = started + plan.seconds  # then the slice ends at the first exit
         try:
@@ -343,7 +370,7 @@ class PcpuDriver(threading.Thread):
             )
             how, stop = _slice_end(outcome, guest.cpu.stats.retired, rt.definition.get("max_instructions"))
             failed = False
-        except grpc.RpcError:
+        except SwitchFailed:
             raise
         except Exception as exc:  # a fault in the VMM itself: end this VM, keep the pCPU going
             log.exception("VM %s: the hypervisor failed handling its exit", rt.vm)
@@ -361,33 +388,35 @@ class PcpuDriver(threading.Thread):
         self,
         run: _Slice,
         budget: int,
-        sync: cpu_pb2.VcpuSync,
-        controls: common_pb2.Controls,
+        delta: ContextDelta,
+        controls: Controls,
         nested: int,
-        tc: cpu_pb2.TcRun | None,
-    ) -> cpu_pb2.RunVcpuResponse:
-        """One world switch of the slice ``run`` (the VM's ``Link``): the run that may end the
+        tc: TcRun | None,
+    ) -> Switched:
+        """One world switch of the slice ``run`` (the copy's ``Link``): the run that may end the
         slice carries its commit."""
         rt = run.rt
-        request = cpu_pb2.RunVcpuRequest(
-            vm=rt.vm,
-            lease_token=run.token,
-            generation=rt.generation,
-            budget=budget,
-            controls=controls,
-            sync=sync,
-            nested_ram_size=nested,
-            tc=tc,
+        ends_slice = rt.copy.vm.cpu.stats.retired + budget >= run.end
+        switched = self.link.switch(
+            WorldSwitch(
+                vm=rt.vm,
+                token=run.token,
+                generation=rt.generation,
+                budget=budget,
+                controls=controls,
+                delta=delta,
+                nested_ram_size=nested,
+                tc=tc,
+                commit=rt.copy.commit(rt.vmm) if ends_slice else None,
+            )
         )
-        if rt.remote.vm.cpu.stats.retired + budget >= run.end:  # this run may end the slice
-            request.commit.CopyFrom(self._commit_request(rt))
-        response = self.stub.RunVcpu(request, timeout=60)
         run.switches += 1
-        run.committed_at_switch = response.generation != rt.generation
+        run.committed_at_switch = switched.generation != rt.generation
         if run.committed_at_switch:
-            self._committed(rt, response, len(rt.remote.vm.devices.console))
-        run.count_exit(_exit_name(response))
-        return response
+            rt.generation = switched.generation
+            rt.copy.committed()
+        run.count_exit(exit_name(switched))
+        return switched
 
     def _commit_slice(
         self, run: _Slice, how: str, stop: Stop | None, failed: bool
@@ -395,11 +424,11 @@ class PcpuDriver(threading.Thread):
         """Commit what the slice did (unless its last run committed it already and nothing came
         after); an ended VM's copy is dropped."""
         rt = run.rt
-        if stop is None and run.committed_at_switch and not rt.remote.changed_since_switch():
+        if stop is None and run.committed_at_switch and not rt.copy.changed_since_switch():
             return how, run.switches, run.exits
         try:
             self._final_commit(rt, run.token, stop, failed)
-        except grpc.RpcError as err:
+        except SwitchFailed as err:
             return self._lost(rt.vm, err, run.switches + 1, run.exits)
         except Exception:  # building the commit failed: this copy cannot be trusted, reload it
             log.exception("VM %s: the hypervisor failed to commit its slice", rt.vm)
@@ -411,46 +440,81 @@ class PcpuDriver(threading.Thread):
             return "ended", run.switches, run.exits
         return how, run.switches, run.exits
 
-    # -- commits ----------------------------------------------------------------------------------
-    @staticmethod
-    def _commit_request(rt: VmRuntime, stop: Stop | None = None) -> cpu_pb2.CommitRequest:
-        remote = rt.remote
-        commit = cpu_pb2.CommitRequest(console=remote.new_console(), stats_json=remote.statistics(stop))
-        if stop is not None:
-            rt.vmm["ended"] = time.time()
-            commit.status, code, commit.detail = stop_status(stop)
-            if code is not None:
-                commit.code = code
-        commit.vmm_state = json.dumps(rt.vmm)
-        return commit
-
-    @staticmethod
-    def _committed(rt: VmRuntime, response: cpu_pb2.RunVcpuResponse, console_end: int) -> None:
-        rt.generation = response.generation
-        rt.remote.console_committed = console_end
-
     def _final_commit(
         self, rt: VmRuntime, token: int, stop: Stop | None = None, failed: bool = False
     ) -> None:
-        """A RunVcpu that runs nothing and commits: the hypervisor's last changes go with it."""
-        remote = rt.remote
-        request = cpu_pb2.RunVcpuRequest(
-            vm=rt.vm,
-            lease_token=token,
-            generation=rt.generation,
-            budget=0,
-            controls=remote.controls(),
-            sync=None if failed else remote.sync(),
-            commit=self._commit_request(rt, stop),
+        """A world switch that runs nothing and commits: the hypervisor's last changes go with it
+        (none when the VMM failed: its copy may be half-changed, the pCPU's stands)."""
+        copy = rt.copy
+        if stop is not None:
+            rt.vmm["ended"] = time.time()
+        switched = self.link.switch(
+            WorldSwitch(
+                vm=rt.vm,
+                token=token,
+                generation=rt.generation,
+                budget=0,
+                controls=copy.controls(),
+                delta=None if failed else copy.sync(),
+                commit=copy.commit(rt.vmm, stop),
+            )
         )
-        response = self.stub.RunVcpu(request, timeout=60)
-        self._committed(rt, response, len(remote.vm.devices.console))
+        rt.generation = switched.generation
+        copy.committed()
 
     def _lost(
-        self, vm: str, err: grpc.RpcError, switches: int, seen: dict[str, int]
+        self, vm: str, err: SwitchFailed, switches: int, seen: dict[str, int]
     ) -> tuple[str, int, dict[str, int]]:
         """A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
         generation or a dead pCPU: drop what this slice did; the VM resumes from its commit."""
-        log.info("VM %s slice on %s abandoned: %s: %s", vm, self.pcpu, err.code(), err.details())
+        log.info("VM %s slice on %s abandoned: %s", vm, self.pcpu, err)
         self.runtimes.drop(vm)
         return "lost", switches, seen
+
+
+class DriverManager(threading.Thread):
+    """Starts a driver for every live pCPU registered in the store, and stops those that died."""
+
+    def __init__(self, store: SchedulerStore, connect: ConnectPcpu, policy: CreditPolicy) -> None:
+        super().__init__(name="drivers", daemon=True)
+        self.store = store
+        self.connect = connect
+        self.policy = policy
+        self.owner = f"hypervisor-{uuid.uuid4().hex[:8]}"
+        self.runtimes = Runtimes()
+        self.drivers: dict[str, PcpuDriver] = {}
+        self.stop_event = threading.Event()
+        self.alive = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                pcpus = self.store.pcpus()
+                self.alive = sum(1 for _a, alive in pcpus.values() if alive)
+                for pcpu, (address, alive) in pcpus.items():
+                    driver = self.drivers.get(pcpu)
+                    if alive and (driver is None or not driver.is_alive()):
+                        driver = PcpuDriver(
+                            self.store,
+                            self.runtimes,
+                            self.policy,
+                            pcpu,
+                            self.connect(address),
+                            self.owner,
+                            lambda: self.alive,
+                        )
+                        self.drivers[pcpu] = driver
+                        driver.start()
+                    elif not alive and driver is not None:
+                        driver.stop()
+                        del self.drivers[pcpu]
+            except Exception as exc:
+                log.warning("cannot list pCPUs: %s", exc)
+            self.stop_event.wait(0.5)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for driver in self.drivers.values():
+            driver.stop()
+        for driver in self.drivers.values():
+            driver.join(timeout=5)

@@ -1,0 +1,80 @@
+"""The hypervisor runtime's ``Pcpu`` port over gRPC: a world switch is one ``Cpu/RunVcpu`` call.
+
+``ringlab.hypervisor`` drives the pCPUs in domain values (``WorldSwitch`` -> ``Switched``); this
+adapter converts them to the protocol and back, and turns every failed call into
+``SwitchFailed`` (with the status, so the log says why the slice was lost).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grpc
+
+from ringlab.hypervisor import SWITCH_DEADLINE, SliceCommit, Switched, SwitchFailed, WorldSwitch
+from ringlab.machine import Controls
+from ringlab.rpc import open_channel
+from ringlab.rpc.convert import (
+    controls_to_proto,
+    delta_from_proto,
+    delta_to_proto,
+    exit_from_proto,
+    tc_report_from_proto,
+    tc_run_to_proto,
+)
+from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
+
+__all__ = ["GrpcPcpu"]
+
+
+@functools.lru_cache(maxsize=256)
+def _controls(controls: Controls) -> common_pb2.Controls:
+    """Controls are few and change rarely (a technique keeps one object): convert each once."""
+    return controls_to_proto(controls)
+
+
+def _commit(c: SliceCommit) -> cpu_pb2.CommitRequest:
+    out = cpu_pb2.CommitRequest(console=c.console, stats_json=c.stats_json, vmm_state=c.vmm_state)
+    if c.status:
+        out.status, out.detail = c.status, c.detail
+        if c.code is not None:
+            out.code = c.code
+    return out
+
+
+class GrpcPcpu:
+    """A pCPU at ``address``, reached through one channel carrying ``token``."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.address = address
+        self._channel = open_channel(address, token)
+        self._stub = cpu_pb2_grpc.CpuStub(self._channel)
+
+    def switch(self, request: WorldSwitch) -> Switched:
+        call = cpu_pb2.RunVcpuRequest(
+            vm=request.vm,
+            lease_token=request.token,
+            generation=request.generation,
+            budget=request.budget,
+            controls=_controls(request.controls),
+            nested_ram_size=request.nested_ram_size,
+        )
+        if request.delta is not None:
+            call.sync.CopyFrom(delta_to_proto(request.delta))
+        if request.tc is not None:
+            call.tc.CopyFrom(tc_run_to_proto(request.tc))
+        if request.commit is not None:
+            call.commit.CopyFrom(_commit(request.commit))
+        try:
+            response = self._stub.RunVcpu(call, timeout=SWITCH_DEADLINE)
+        except grpc.RpcError as err:
+            raise SwitchFailed(f"pCPU {self.address}: {err.code().name}: {err.details()}") from None
+        return Switched(
+            delta=delta_from_proto(response.sync),
+            exit=exit_from_proto(response.exit),
+            tc=None if request.tc is None else tc_report_from_proto(response.tc),
+            generation=response.generation,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
