@@ -36,6 +36,12 @@ class EventCounter:
     cache_invalidations: int = 0
     """Translated blocks dropped because their code page was written."""
     callouts: int = 0
+    indirect_lookups: int = 0
+    """bt: indirect branches (``ret``, ``call r``, ``jmp r``) in translated code, each one a lookup
+    of its target's translation (the translation cannot jump to a guest address)."""
+    traced_writes: int = 0
+    """bt: guest writes to a traced (write-protected) page table that trapped into the VMM and
+    were emulated there, before adaptive translation turned the instruction into a callout."""
     shadow_syncs: int = 0
     """Shadow page-table entries filled from the guest's tables (hidden page faults)."""
     shadow_flushes: int = 0
@@ -72,6 +78,8 @@ class EventCounter:
             translations=self.translations,
             translated_instructions=self.translated_instructions,
             callouts=self.callouts,
+            indirect_lookups=self.indirect_lookups,
+            traced_writes=self.traced_writes,
             shadow_syncs=self.shadow_syncs,
             shadow_flushes=self.shadow_flushes,
             shadow_invalidations=self.shadow_invalidations,
