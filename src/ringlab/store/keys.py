@@ -18,6 +18,9 @@ keep them on one shard; the scheduler's keys are global because one decision spa
     rl:sched:meta                hash  version (bumped by every change to rl:sched:vms)
     rl:fence                     INCR: fencing tokens, one per grant, never reused
     rl:events                    stream  lifecycle and scheduling events
+    rl:commits                   stream  the commit log: every applied or refused commit (vm, its
+                                         token, the grant current then, generations, retired;
+                                         capped), read by ``ringlab chaos``' checker
     rl:pcpus                     hash  pcpu id -> gRPC address
     rl:pcpu:ID:alive             string with a TTL: the cpu service's heartbeat
     rl:pcpu:ID:driver            string with a TTL: the hypervisor replica driving this pCPU
@@ -28,6 +31,7 @@ keep them on one shard; the scheduler's keys are global because one decision spa
 from __future__ import annotations
 
 __all__ = [
+    "COMMITS",
     "EVENTS",
     "FENCE",
     "PCPUS",
@@ -53,6 +57,7 @@ SCHED_VMS = "rl:sched:vms"
 SCHED_META = "rl:sched:meta"
 FENCE = "rl:fence"
 EVENTS = "rl:events"
+COMMITS = "rl:commits"
 PCPUS = "rl:pcpus"
 
 

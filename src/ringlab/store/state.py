@@ -8,6 +8,8 @@ changes are plain commands; reads that must agree are one MULTI/EXEC round trip.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,8 +24,20 @@ from ringlab.store.scripts import Scripts
 
 __all__ = ["Commit", "GrantResult", "SharedState", "VcpuContext", "check_cursor", "connect"]
 
+log = logging.getLogger("ringlab.store")
+
 PCPU_TTL_MS = 5_000
 _CURSOR = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
+UNSAFE_NO_FENCING = "RINGLAB_UNSAFE_NO_FENCING"
+"""A teaching switch (docs/labs/chaos.md): ``1`` makes every commit this process makes skip the
+lease check in lua/commit.lua (the token and the VM's status), so a stale holder's commit lands.
+Never set it outside that exercise; ``ringlab chaos check`` then finds the stale commits."""
+_warned = False
+
+
+def fencing_enabled() -> bool:
+    """False only under ``RINGLAB_UNSAFE_NO_FENCING=1`` (read at each commit)."""
+    return os.environ.get(UNSAFE_NO_FENCING, "").strip() != "1"
 
 
 def check_cursor(cursor: str, what: str = "after") -> str:
@@ -95,6 +109,14 @@ class SharedState:
         self.round_trips = 0
         """Round trips made by the hot-path methods (loads, commits, grants, snapshots): the
         services benchmark divides them by world switches."""
+        global _warned
+        if not fencing_enabled() and not _warned:
+            _warned = True
+            log.warning(
+                "!!! %s=1: commits are NOT fenced by their lease token: a stale pCPU's commit will "
+                "land. A teaching exercise only (docs/labs/chaos.md); never run a deployment so !!!",
+                UNSAFE_NO_FENCING,
+            )
 
     @classmethod
     def from_url(cls, url: str) -> SharedState:
@@ -306,6 +328,7 @@ class SharedState:
             "" if c.code is None else c.code,
             c.detail,
             time.time(),
+            "1" if fencing_enabled() else "0",
         ]
         for number, blob in sorted((c.pages or {}).items()):
             args += [number, blob]
@@ -319,6 +342,7 @@ class SharedState:
                 keys.vm_console(c.vm),
                 keys.vm_record(c.vm),
                 keys.EVENTS,
+                keys.COMMITS,
             ],
             args,
         )
@@ -398,6 +422,12 @@ class SharedState:
             for entry_id, fields in entries:
                 out.append({"cursor": _s(entry_id)} | {_s(k): _s(v) for k, v in fields.items()})
         return out
+
+    def commits_read(self, after: str = "0-0", count: int = 10_000) -> list[dict[str, str]]:
+        """The commit log after ``after`` (lua/commit.lua appends every applied or refused commit):
+        each entry's fields as strings, with its ``cursor``, oldest first."""
+        entries = self.r.xrange(keys.COMMITS, f"({after}" if after != "0-0" else "-", "+", count=count)
+        return [{"cursor": _s(i)} | {_s(k): _s(v) for k, v in f.items()} for i, f in entries]
 
     def events_last_id(self) -> str:
         info = self.r.xrevrange(keys.EVENTS, count=1)

@@ -1,13 +1,16 @@
 -- commit: a vCPU's state at an exit boundary, fenced by the grant's token.
 -- KEYS[1] rl:sched:vms  KEYS[2] rl:sched:meta  KEYS[3] vcpu  KEYS[4] pages  KEYS[5] console
--- KEYS[6] record  KEYS[7] rl:events
+-- KEYS[6] record  KEYS[7] rl:events  KEYS[8] rl:commits (the commit log, for `ringlab chaos`)
 -- ARGV[1] vm id  ARGV[2] fencing token  ARGV[3] base generation (what the committer loaded)
 -- ARGV[4] CpuState JSON (registers, timer phase, pending events)  ARGV[5] Stats JSON
 -- ARGV[6] hypervisor per-VM state JSON  ARGV[7] console bytes produced since the last commit
 -- ARGV[8] terminal status or ''  ARGV[9] exit code or ''  ARGV[10] detail  ARGV[11] now
--- ARGV[12..] page number, page bytes, ... (the dirty pages)
+-- ARGV[12] '1': check the token (always, but for the RINGLAB_UNSAFE_NO_FENCING=1 exercise)
+-- ARGV[13..] page number, page bytes, ... (the dirty pages)
 -- Returns {1, generation, 0} when applied; {1, generation, 1} when this exact commit was already
 -- applied (a client retry); {0, why} when refused (stale token, stale generation, VM gone).
+-- Every applied or refused commit is also appended to the capped commit log: the committer's
+-- token, the grant current at that moment, the generations and the retired count.
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
   return {0, 'the VM no longer exists'}
@@ -20,17 +23,31 @@ local last_token = tonumber(redis.call('HGET', KEYS[3], 'token') or '0')
 if generation == base + 1 and last_token == token then
   return {1, generation, 1}
 end
-if tonumber(entry.token) ~= token or entry.status ~= 'running' then
-  return {0, 'stale lease: token ' .. ARGV[2] .. ' is not the current grant (current ' ..
-    tostring(entry.token) .. ', VM ' .. entry.status .. ')'}
+local decoded, stats = pcall(cjson.decode, ARGV[5])
+local retired = decoded and type(stats) == 'table' and tonumber(stats.retired) or -1
+local function log(outcome, landed, why)
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 100000, '*', 'vm', ARGV[1], 'token', ARGV[2],
+    'current', tostring(entry.token or 0), 'status', tostring(entry.status), 'pcpu',
+    tostring(entry.pcpu or ''), 'boot', tostring(entry.boot or 0), 'base', ARGV[3],
+    'generation', landed, 'retired', retired, 'end', ARGV[8], 'outcome', outcome, 'why', why,
+    'fenced', ARGV[12], 'time', ARGV[11])
+end
+if ARGV[12] == '1' and (tonumber(entry.token) ~= token or entry.status ~= 'running') then
+  local why = 'stale lease: token ' .. ARGV[2] .. ' is not the current grant (current ' ..
+    tostring(entry.token) .. ', VM ' .. entry.status .. ')'
+  log('refused', generation, why)
+  return {0, why}
 end
 if generation ~= base then
-  return {0, 'stale generation: committed ' .. generation .. ', committer loaded ' .. ARGV[3]}
+  local why = 'stale generation: committed ' .. generation .. ', committer loaded ' .. ARGV[3]
+  log('refused', generation, why)
+  return {0, why}
 end
 generation = generation + 1
+log('applied', generation, '')
 redis.call('HSET', KEYS[3], 'state', ARGV[4], 'stats', ARGV[5], 'vmm', ARGV[6],
   'generation', generation, 'token', token)
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
 end
 if #ARGV[7] > 0 then
