@@ -461,6 +461,8 @@ class PcpuDriver(threading.Thread):
         )
         rt.generation = switched.generation
         copy.committed()
+        if not failed:  # the pCPU now stands where the handlers left the copy: the next slice's
+            copy.accept(switched)  # changes are counted from there
 
     def _lost(
         self, vm: str, err: SwitchFailed, switches: int, seen: dict[str, int]

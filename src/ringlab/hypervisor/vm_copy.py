@@ -112,12 +112,18 @@ class VmCopy:
         nested = self.vm.p2m.ram_size if cpu.mmu.second_stage is not None else 0
         budget = min(budget, MAX_RUN_BUDGET)  # a longer run takes several switches
         switched = self.link(budget, take_delta(cpu, self.base), self.controls(), nested, tc)
-        apply_delta(cpu, switched.delta)
-        self.base = cpu.stats.retired
-        self._as_sent = (switched.delta.state, switched.delta.stats)
+        self.accept(switched)
         if isinstance(switched.exit, IoIn):  # the guest's in completes when the VMM answers
             cpu.expect_in(switched.exit.register)
         return switched
+
+    def accept(self, switched: Switched) -> None:
+        """Take what the pCPU's run changed: from now on both copies stand at the same place
+        (the base of the next switch's changes)."""
+        cpu = self.vm.cpu
+        apply_delta(cpu, switched.delta)
+        self.base = cpu.stats.retired
+        self._as_sent = (switched.delta.state, switched.delta.stats)
 
     def controls(self) -> Controls:
         """The technique's intercepts, as the pCPU runs with them (the same object while the
