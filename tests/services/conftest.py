@@ -17,9 +17,17 @@ from ringlab.v1 import cpu_pb2_grpc, hypervisor_pb2_grpc
 
 
 def service_config(
-    service: str, redis_url: str, *, pcpu: str = "", token: str = "", slice: int = 50_000
+    service: str,
+    redis_url: str,
+    *,
+    pcpu: str = "",
+    token: str = "",
+    slice: int = 50_000,
+    lease: float = 10.0,
 ) -> ServiceConfig:
-    return ServiceConfig(service, "127.0.0.1:0", "127.0.0.1:0", redis_url, token, 16, 4, pcpu, "", slice)
+    return ServiceConfig(
+        service, "127.0.0.1:0", "127.0.0.1:0", redis_url, token, 16, 4, pcpu, "", slice, lease
+    )
 
 
 @dataclass

@@ -442,7 +442,7 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
     manager = DriverManager(
         state,
         lambda address: GrpcPcpu(address, config.token),
-        CreditPolicy(slice_instructions=config.slice),
+        CreditPolicy(slice_instructions=config.slice, lease_seconds=config.lease),
     )
 
     def register(server: grpc.Server) -> None:

@@ -42,6 +42,8 @@ class ServiceConfig:
     pcpu: str
     hypervisor: str
     slice: int
+    lease: float = 10.0
+    """hypervisor: how long a grant lasts (seconds): a pCPU that stops answering loses its VM then."""
 
     @property
     def port(self) -> int:
@@ -62,6 +64,14 @@ def add_service_flags(parser: argparse.ArgumentParser, service: str) -> None:
     )
     parser.add_argument(
         "--slice", type=int, default=int(env_default("SLICE", "500000")), metavar="INSTRUCTIONS"
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=float(env_default("LEASE", "10")),
+        metavar="SECONDS",
+        help="hypervisor: how long a grant of a pCPU lasts; a pCPU that stops answering loses its "
+        "VM when it ends",
     )
 
 
@@ -85,4 +95,5 @@ def config_from_args(args: argparse.Namespace, service: str) -> ServiceConfig:
         pcpu=pcpu,
         hypervisor=args.hypervisor,
         slice=max(1000, args.slice),
+        lease=max(1.0, args.lease),
     )
