@@ -12,6 +12,9 @@ The command's own statuses (every command):
                                   assemble, a file that is not an image or cannot be read
     3       ``EXIT_DEPLOYMENT``   a deployment is unreachable, refuses the caller, or cannot be
                                   started
+    4       ``EXIT_CHECK_FAILED`` ``ringlab chaos run`` / ``chaos check``: a property of the
+                                  history failed (a lost VM, a differing console, a stale commit,
+                                  state that went backwards); the verdict says which
     130     ``EXIT_INTERRUPTED``  interrupted (Ctrl-C)
     ======  ====================  ==============================================================
 
@@ -40,6 +43,7 @@ they say the run itself did not work.
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CHECK_FAILED",
     "EXIT_DEPLOYMENT",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
@@ -58,6 +62,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_DEPLOYMENT = 3
+EXIT_CHECK_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 GUEST_HALT = 250

@@ -446,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ringlab: see and measure why a CPU with protection rings is hard to virtualize.",
         epilog=(
             "Start with 'ringlab demo'. Every command takes --help. Exit statuses: 0 worked, 1 internal "
-            "error (a bug), 2 bad usage, 3 deployment unreachable or refusing, 130 interrupted."
+            "error (a bug), 2 bad usage, 3 deployment unreachable or refusing, 4 a chaos check failed, "
+            "130 interrupted."
         ),
     )
     parser.add_argument("--version", action="version", version=f"ringlab {__version__}")
@@ -592,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ringlab.cli.deployment import add_service_commands
 
     add_service_commands(sub)
+    from ringlab.cli.chaos import add_chaos_command
+
+    add_chaos_command(sub)  # ringlab chaos run | check
 
     p = _command(sub, "isa", "print the RL-32 instruction table", cmd_isa)
     p.add_argument(
