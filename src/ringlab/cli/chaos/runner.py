@@ -413,9 +413,9 @@ def split_brain(
     the first: it finishes its slice and commits with its old token (refused when commits are
     fenced; landing when ``RINGLAB_UNSAFE_NO_FENCING=1``); then resume the second.  True when
     the old holder's commit was attempted while the VM was granted elsewhere."""
-    vm_id = next(
-        (r["id"] for r in recorder.history.records if r["type"] == "vm" and r["name"] == vm_name), vm_name
-    )
+    from ringlab.v1 import hypervisor_pb2
+
+    vm_id = recorder.stub.DescribeVm(hypervisor_pb2.VmRef(vm=vm_name), timeout=30).id
     for attempt in range(1, attempts + 1):
         now = time.time()
         first = recorder.wait_event(
