@@ -18,32 +18,35 @@ class Spec:
     technique: str
     workload: str
     nested_paging: bool = False
+    defines: tuple[tuple[str, int], ...] = ()
 
     @property
     def label(self) -> str:
         return self.technique + ("+np" if self.nested_paging else "")
 
 
+FEW = (("ITERATIONS", 200),)
 FLEET = (
-    Spec("native", "compute"),
-    Spec("native", "io"),
+    Spec("native", "compute", defines=(("ROUNDS", 8),)),
+    Spec("native", "io", defines=(("ITERATIONS", 10),)),
     Spec("trap-emulate", "hello"),
-    Spec("trap-emulate", "syscall"),
-    Spec("bt", "syscall"),
-    Spec("bt", "divzero"),
-    Spec("pv", "io"),
+    Spec("trap-emulate", "syscall", defines=FEW),
+    Spec("bt", "syscall", defines=FEW),
+    Spec("bt", "divzero", defines=(("ITERATIONS", 10),)),
+    Spec("pv", "io", defines=(("ITERATIONS", 10),)),
     Spec("pv", "hello"),
-    Spec("hw", "spawnwait"),
-    Spec("hw", "compute"),
+    Spec("hw", "spawnwait", defines=(("ITERATIONS", 4),)),
+    Spec("hw", "compute", defines=(("ROUNDS", 8),)),
     Spec("hw", "hello", nested_paging=True),
-    Spec("hw", "syscall", nested_paging=True),
+    Spec("hw", "syscall", nested_paging=True, defines=FEW),
 )
-"""Twelve VMs: two of every technique, hw with nested paging included."""
+"""Twelve VMs: two of every technique, hw with nested paging included, each a short run (a
+second or two of a pCPU through the services)."""
 
 
 @functools.cache
-def _image(workload: str, kernel: str) -> bytes:
-    return build_image(workload, kernel).to_bytes()
+def _image(workload: str, kernel: str, defines: tuple[tuple[str, int], ...]) -> bytes:
+    return build_image(workload, kernel, dict(defines)).to_bytes()
 
 
 def create(target: str, prefix: str, specs: tuple[Spec, ...] = FLEET, *, start: bool = True) -> list[str]:
@@ -61,10 +64,25 @@ def create(target: str, prefix: str, specs: tuple[Spec, ...] = FLEET, *, start: 
                     nested_paging=spec.nested_paging,
                     kernel=KERNELS[kernel],
                     workload=spec.workload,
-                    image=_image(spec.workload, kernel),
+                    image=_image(spec.workload, kernel, spec.defines),
+                    defines=dict(spec.defines),
                     start=start,
                 ),
                 timeout=60,
             )
             names.append(name)
     return names
+
+
+def start(target: str, names: list[str]) -> None:
+    with open_channel(target, "") as channel:
+        stub = hypervisor_pb2_grpc.HypervisorStub(channel)
+        for name in names:
+            stub.StartVm(hypervisor_pb2.VmRef(vm=name), timeout=30)
+
+
+def destroy(target: str, names: list[str]) -> None:
+    with open_channel(target, "") as channel:
+        stub = hypervisor_pb2_grpc.HypervisorStub(channel)
+        for name in names:
+            stub.DestroyVm(hypervisor_pb2.VmRef(vm=name), timeout=30)

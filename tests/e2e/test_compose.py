@@ -397,3 +397,38 @@ def test_docker_launcher_starts_a_guest_container_that_down_removes(
     assert "image 'ringlab:missing' is missing: build it" in missing.stderr, missing.stderr
     assert [item.name for item in launcher.running()] == ["e2e-left"]
     timings.mark("launcher")
+
+
+def test_compose_chaos_trial_loses_nothing_committed(
+    deployment: Deployment, timings: Timings, tmp_path: Path
+) -> None:
+    """`ringlab chaos run --compose` on the compose deployment, through the Docker SDK: VMs under
+    every technique run while the cpu container is killed (and started again), Redis and the
+    hypervisor are paused and the cpu is cut off the network for a while; `ringlab chaos check`
+    (run by `chaos run` itself) must find every VM ended as in-process, no stale commit, nothing
+    gone back. One trial: the compose deployment is slow to build, not to break."""
+    d = deployment
+    for technique in ("native", "trap-emulate", "bt", "pv", "hw"):
+        d.ringlab(
+            "vm", "create", f"chaos-{technique}", "--technique", technique, "--workload", "syscall",
+            "-D", "ITERATIONS=300", "--start",
+        )  # fmt: skip
+    history = tmp_path / "chaos.jsonl"
+    env = os.environ | {"RINGLAB_HYPERVISOR": d.target, "RINGLAB_COMPOSE_PROJECT": d.project}
+    schedule = "0.5:kill:cpu,2:pause:redis:2,4.5:pause:hypervisor:1.5,6.5:partition:cpu:2"
+    done = subprocess.run(
+        ["ringlab", "chaos", "run", "--compose", d.project, "--schedule", schedule, "--history", str(history),
+         "--timeout", str(RUN_TIMEOUT), "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 300, check=False,
+    )  # fmt: skip
+    timings.mark("chaos")
+    assert done.stdout.strip(), f"ringlab chaos printed no verdict:\n{done.stderr[-3000:]}"
+    verdict = json.loads(done.stdout.strip().splitlines()[-1])
+    records = [json.loads(line) for line in history.read_text().splitlines()]
+    faults = [(r["action"], r["kind"]) for r in records if r["type"] == "fault"]
+    assert faults == [("kill", "cpu"), ("pause", "redis"), ("pause", "hypervisor"), ("partition", "cpu")], (
+        faults
+    )
+    failed = {p["name"]: p["failures"][:5] for p in verdict["properties"] if not p["ok"]}
+    assert done.returncode == 0 and not failed, f"chaos on compose failed: {failed}\n{done.stderr[-2000:]}"
+    assert {r["name"] for r in records if r["type"] == "result"} >= {f"chaos-{t}" for t in ("native", "pv")}
