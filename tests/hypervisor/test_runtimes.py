@@ -44,7 +44,7 @@ def test_a_created_vm_is_booted_once_its_first_slice_runs_the_copy_that_took_com
     vm, commit0 = created(state)
     runtimes = Runtimes()
     runtimes.adopt(vm, 0, commit0.copy)
-    rt = runtimes.get(vm, state, boot=0)
+    rt = runtimes.take(vm, state, boot=0)
     assert rt.copy is commit0.copy
     assert rt.generation == 0 and rt.definition["name"] == "vm"
 
@@ -69,7 +69,7 @@ def test_without_its_copy_a_replica_boots_the_vm_and_replays_it_to_the_commit(st
     )
     runtimes = Runtimes()
     runtimes.adopt(vm, 0, commit0.copy)  # a copy at commit 0 is stale once the VM made progress
-    rt = runtimes.get(vm, state, boot=0)
+    rt = runtimes.take(vm, state, boot=0)
     assert rt.copy is not commit0.copy
     assert rt.copy.vm.cpu.stats.retired == 1_000
     assert rt.copy.vm.cpu.state.to_dict() == reference.cpu.state.to_dict()
@@ -80,7 +80,7 @@ def test_a_copy_of_another_boot_is_never_run(state: SharedState) -> None:
     vm, commit0 = created(state)
     runtimes = Runtimes()
     runtimes.adopt(vm, 1, commit0.copy)  # StartVm's reboot, while the driver asks for boot 0
-    assert runtimes.get(vm, state, boot=0).copy is not commit0.copy
+    assert runtimes.take(vm, state, boot=0).copy is not commit0.copy
 
 
 def test_a_destroyed_vm_leaves_no_copy_behind(state: SharedState) -> None:
@@ -88,4 +88,4 @@ def test_a_destroyed_vm_leaves_no_copy_behind(state: SharedState) -> None:
     runtimes = Runtimes()
     runtimes.adopt(vm, 0, commit0.copy)
     runtimes.forget(vm)
-    assert runtimes.get(vm, state, boot=0).copy is not commit0.copy
+    assert runtimes.take(vm, state, boot=0).copy is not commit0.copy

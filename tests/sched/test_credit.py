@@ -79,3 +79,36 @@ def test_a_capped_vm_is_not_scheduled_past_its_cap() -> None:
 def test_jain_index() -> None:
     assert jain_index([1, 1, 1, 1]) == 1.0
     assert jain_index([1, 0, 0, 0]) == 0.25
+
+
+def test_a_lost_slice_is_not_charged_but_releases_the_grant() -> None:
+    """A slice whose pCPU failed (or whose grant was revoked) kept nothing: the VM goes on from its
+    last commit, so the time is not taken from its credit or counted as its CPU time."""
+    policy = CreditPolicy()
+    entries = {"1": Entry(status="running", token=3, pcpu="p", credit=0.2, cpu_seconds=1.0)}
+    policy.account(entries, SliceOutcome("1", 3, 4.5, "lost"), now=10.0)
+    e = entries["1"]
+    assert (e.credit, e.cpu_seconds) == (0.2, 1.0)
+    assert (e.status, e.token, e.pcpu) == ("runnable", 0, "")
+
+
+def test_a_slice_that_ran_is_charged_what_it_held() -> None:
+    policy = CreditPolicy()
+    entries = {"1": Entry(status="running", token=3, credit=0.2, cpu_seconds=1.0)}
+    policy.account(entries, SliceOutcome("1", 3, 0.05, "preempted"), now=10.0)
+    assert entries["1"].credit == pytest.approx(0.15)
+    assert entries["1"].cpu_seconds == pytest.approx(1.05)
+
+
+def test_a_pcpu_unfit_to_run_accounts_its_last_slice_and_picks_nobody() -> None:
+    """The driver of a pCPU that stopped answering still hands its last slice back (so the VM runs
+    elsewhere at once), but takes no VM until the pCPU answers again."""
+    policy = CreditPolicy()
+    entries = {
+        "1": Entry(status="running", token=3, pcpu="p", credit=0.5),
+        "2": Entry(status="runnable", credit=0.5),
+    }
+    decision = policy.decide(entries, 5.0, finished=SliceOutcome("1", 3, 0.1, "lost"), pick=False)
+    assert decision.chosen is None
+    assert decision.updates["1"]["status"] == "runnable"
+    assert [e["kind"] for e in decision.events] == ["descheduled"]

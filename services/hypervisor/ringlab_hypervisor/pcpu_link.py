@@ -26,6 +26,11 @@ from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 
 __all__ = ["GrpcPcpu"]
 
+_UNANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""The pCPU is gone, stopped or cut off (not: it refused the call)."""
+PROBE_TIMEOUT = 1.0
+"""How long ``ready`` waits for a pCPU that stopped answering (seconds)."""
+
 
 @functools.lru_cache(maxsize=256)
 def _controls(controls: Controls) -> common_pb2.Controls:
@@ -65,16 +70,27 @@ class GrpcPcpu:
             call.tc.CopyFrom(tc_run_to_proto(request.tc))
         if request.commit is not None:
             call.commit.CopyFrom(_commit(request.commit))
+        deadline = SWITCH_DEADLINE if request.deadline is None else min(SWITCH_DEADLINE, request.deadline)
         try:
-            response = self._stub.RunVcpu(call, timeout=SWITCH_DEADLINE)
+            response = self._stub.RunVcpu(call, timeout=deadline)
         except grpc.RpcError as err:
-            raise SwitchFailed(f"pCPU {self.address}: {err.code().name}: {err.details()}") from None
+            code = err.code()
+            raise SwitchFailed(
+                f"pCPU {self.address}: {code.name}: {err.details()}", unreachable=code in _UNANSWERED
+            ) from None
         return Switched(
             delta=delta_from_proto(response.sync),
             exit=exit_from_proto(response.exit),
             tc=None if request.tc is None else tc_report_from_proto(response.tc),
             generation=response.generation,
         )
+
+    def ready(self) -> bool:
+        try:
+            self._stub.DescribeCpu(cpu_pb2.DescribeCpuRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.RpcError:
+            return False
+        return True
 
     def close(self) -> None:
         self._channel.close()

@@ -59,7 +59,10 @@ DRIVER_TTL_MS = 3_000
 IDLE_POLL = 0.01
 """How long a driver with nothing to run waits before looking again (seconds)."""
 SWITCH_DEADLINE = 60.0
-"""The longest one world switch may take before the pCPU counts as lost (seconds)."""
+"""The longest one world switch may take before the pCPU counts as lost (seconds); within a
+grant, what is left of its lease comes first."""
+PROBE_INTERVAL = 0.5
+"""How often the driver of a pCPU that stopped answering asks whether it answers again (seconds)."""
 
 
 @dataclass
@@ -89,11 +92,20 @@ class _Slice:
     """The grant's fencing token."""
     end: int
     """The retired-instruction count at which the slice's instructions are used up."""
+    lease_end: float
+    """When the grant's lease ends (``time.monotonic()``): every call must be answered by then."""
     switches: int = 0
     exits: dict[str, int] = field(default_factory=dict)
     """Exits by reason in this slice."""
     committed_at_switch: bool = False
     """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
+
+    def deadline(self) -> float:
+        """Seconds left for the next world switch: what is left of the lease."""
+        left = self.lease_end - time.monotonic()
+        if left <= 0:
+            raise SwitchFailed("the grant's lease ended before the slice did")
+        return left
 
     def count_exit(self, name: str) -> None:
         if name:
@@ -143,11 +155,13 @@ class Runtimes:
             while len(self._booted) > self.MAX_ADOPTED:
                 del self._booted[next(iter(self._booted))]
 
-    def get(self, vm: str, store: SchedulerStore, boot: int = 0) -> VmRuntime:
-        """The runtime of boot ``boot`` of ``vm``, loaded through ``store`` (the caller's, which
-        counts its round trips) and replayed to its last commit when this replica has none."""
+    def take(self, vm: str, store: SchedulerStore, boot: int = 0) -> VmRuntime:
+        """The runtime of boot ``boot`` of ``vm`` for one slice, loaded through ``store`` (the
+        caller's, which counts its round trips) and replayed to its last commit when this replica
+        has none.  It is the caller's until ``give_back``: a slice that outlived its grant (its
+        pCPU stopped answering) never shares a copy with the slice that took the VM over."""
         with self._lock:
-            rt = self._by_vm.get(vm)
+            rt = self._by_vm.pop(vm, None)
         if rt is not None and rt.boot == boot:
             return rt
         definition, _ = store.vm_record(vm)
@@ -162,15 +176,13 @@ class Runtimes:
                 retired,
                 name=str(definition.get("name", vm)),
             )
-        rt = VmRuntime(vm, definition, copy, vmm, generation, boot=boot)
-        with self._lock:
-            self._by_vm[vm] = rt
-        return rt
+        return VmRuntime(vm, definition, copy, vmm, generation, boot=boot)
 
-    def drop(self, vm: str) -> None:
-        """Forget ``vm``'s copy (its next slice loads it afresh from its commit)."""
+    def give_back(self, rt: VmRuntime) -> None:
+        """The slice that took ``rt`` ended and its copy stands at the VM's last commit: the next
+        slice goes on from it (unless a newer copy came back meanwhile)."""
         with self._lock:
-            self._by_vm.pop(vm, None)
+            self._by_vm.setdefault(rt.vm, rt)
 
     def forget(self, vm: str) -> None:
         """``vm`` is destroyed: forget every copy of it."""
@@ -206,6 +218,19 @@ class PcpuDriver(threading.Thread):
         self._reported_trips = 0
         self._unreleased: SliceOutcome | None = None
         """A slice that ended but whose accounting (the next grant) has not been applied yet."""
+        self._unanswered = False
+        """The pCPU stopped answering: it gets no VM until it answers again."""
+        self._probed = 0.0
+
+    def _fit(self) -> bool:
+        """Whether the pCPU may be given a VM: yes, unless it stopped answering and still does
+        not (asked at most every ``PROBE_INTERVAL``)."""
+        if self._unanswered and time.monotonic() - self._probed >= PROBE_INTERVAL:
+            self._probed = time.monotonic()
+            if self.link.ready():
+                log.info("pCPU %s answers again", self.pcpu)
+                self._unanswered = False
+        return not self._unanswered
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -279,7 +304,9 @@ class PcpuDriver(threading.Thread):
                 t0 = time.perf_counter()
                 entries = {vm: Entry.from_dict(d) for vm, d in raw.items()}
                 now = time.time()
-                decision = self.policy.decide(entries, now, pcpus=max(1, self._pcpus()), finished=finished)
+                decision = self.policy.decide(
+                    entries, now, pcpus=max(1, self._pcpus()), finished=finished, pick=self._fit()
+                )
                 if finished is not None and slice_exits:
                     # One "exit" event per slice (not per exit: a console byte is an exit), in the
                     # same script as the grant, so it costs no round trip.
@@ -306,14 +333,15 @@ class PcpuDriver(threading.Thread):
                 finished, busy, switches = None, 0.0, 0
                 self._unreleased = None
                 if decision.chosen is None:
-                    self.stop_event.wait(IDLE_POLL)
+                    self.stop_event.wait(PROBE_INTERVAL if self._unanswered else IDLE_POLL)
                     version, raw = self.store.sched_snapshot()
                     continue
                 lone = runs_alone(self.policy, entries, decision.chosen, now)
+                lease_end = time.monotonic() + self.policy.lease_seconds - (time.time() - now)
                 started = time.perf_counter()
                 boot = int(entries[decision.chosen].extra.get("boot", 0))
                 ended, switches, slice_exits = self.run_slice(
-                    decision.chosen, result.token, lone=lone, boot=boot
+                    decision.chosen, result.token, lone=lone, boot=boot, lease_end=lease_end
                 )
                 busy = time.perf_counter() - started
                 finished = SliceOutcome(decision.chosen, result.token, busy, ended)
@@ -326,11 +354,12 @@ class PcpuDriver(threading.Thread):
 
     # -- one slice ------------------------------------------------------------------------------
     def run_slice(
-        self, vm: str, token: int, *, lone: bool = False, boot: int = 0
+        self, vm: str, token: int, *, lone: bool = False, boot: int = 0, lease_end: float | None = None
     ) -> tuple[str, int, dict[str, int]]:
-        """Run boot ``boot`` of ``vm`` for one slice (stretched when ``lone``: no other VM waits);
-        returns (how it ended, world switches, exits by reason).  The steps: load the VM's copy,
-        size the slice, run it (every core run a world switch, ``_switch``), then commit."""
+        """Run boot ``boot`` of ``vm`` for one slice (stretched when ``lone``: no other VM waits)
+        within its grant's lease (ending at ``lease_end``, ``time.monotonic()``); returns (how it
+        ended, world switches, exits by reason).  The steps: take the VM's copy, size the slice,
+        run it (every core run a world switch, ``_switch``), commit, give the copy back."""
         try:
             rt = self._load(vm, boot)
         except Exception as exc:
@@ -340,17 +369,22 @@ class PcpuDriver(threading.Thread):
         limit = rt.definition.get("max_instructions")
         left = None if limit is None else int(limit) - guest.cpu.stats.retired
         plan = plan_slice(self.policy, lone=lone, rate=rt.rate, left=left)
-        run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions)
+        if lease_end is None:
+            lease_end = time.monotonic() + self.policy.lease_seconds
+        run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions, lease_end)
         rt.copy.link = functools.partial(self._switch, run)
         try:
             how, stop, failed = self._run(rt, plan)
         except SwitchFailed as err:
             return self._lost(vm, err, run.switches, run.exits)
-        return self._commit_slice(run, how, stop, failed)
+        ended = self._commit_slice(run, how, stop, failed)
+        if ended[0] not in ("lost", "ended"):
+            self.runtimes.give_back(rt)
+        return ended
 
     def _load(self, vm: str, boot: int) -> VmRuntime:
         """The VM's copy in this replica (replayed to its last commit if there was none)."""
-        rt = self.runtimes.get(vm, self.store, boot)
+        rt = self.runtimes.take(vm, self.store, boot)
         rt.vmm.setdefault("started", time.time())
         rt.vmm.setdefault("exits_by_reason", {})
         return rt
@@ -408,6 +442,7 @@ class PcpuDriver(threading.Thread):
                 nested_ram_size=nested,
                 tc=tc,
                 commit=rt.copy.commit(rt.vmm) if ends_slice else None,
+                deadline=run.deadline(),
             )
         )
         run.switches += 1
@@ -427,36 +462,34 @@ class PcpuDriver(threading.Thread):
         if stop is None and run.committed_at_switch and not rt.copy.changed_since_switch():
             return how, run.switches, run.exits
         try:
-            self._final_commit(rt, run.token, stop, failed)
+            self._final_commit(run, stop, failed)
         except SwitchFailed as err:
             return self._lost(rt.vm, err, run.switches + 1, run.exits)
         except Exception:  # building the commit failed: this copy cannot be trusted, reload it
             log.exception("VM %s: the hypervisor failed to commit its slice", rt.vm)
-            self.runtimes.drop(rt.vm)
             return "lost", run.switches, run.exits
         run.switches += 1
         if stop is not None:
-            self.runtimes.drop(rt.vm)
             return "ended", run.switches, run.exits
         return how, run.switches, run.exits
 
-    def _final_commit(
-        self, rt: VmRuntime, token: int, stop: Stop | None = None, failed: bool = False
-    ) -> None:
+    def _final_commit(self, run: _Slice, stop: Stop | None = None, failed: bool = False) -> None:
         """A world switch that runs nothing and commits: the hypervisor's last changes go with it
         (none when the VMM failed: its copy may be half-changed, the pCPU's stands)."""
+        rt = run.rt
         copy = rt.copy
         if stop is not None:
             rt.vmm["ended"] = time.time()
         switched = self.link.switch(
             WorldSwitch(
                 vm=rt.vm,
-                token=token,
+                token=run.token,
                 generation=rt.generation,
                 budget=0,
                 controls=copy.controls(),
                 delta=None if failed else copy.sync(),
                 commit=copy.commit(rt.vmm, stop),
+                deadline=run.deadline(),
             )
         )
         rt.generation = switched.generation
@@ -468,9 +501,13 @@ class PcpuDriver(threading.Thread):
         self, vm: str, err: SwitchFailed, switches: int, seen: dict[str, int]
     ) -> tuple[str, int, dict[str, int]]:
         """A refused commit (stale lease: paused, stopped, destroyed or re-granted), a stale
-        generation or a dead pCPU: drop what this slice did; the VM resumes from its commit."""
+        generation, a dead, stopped or cut-off pCPU, or copies that disagree: drop what this slice
+        did (its copy is not given back); the VM resumes from its commit."""
         log.info("VM %s slice on %s abandoned: %s", vm, self.pcpu, err)
-        self.runtimes.drop(vm)
+        if err.unreachable:
+            log.warning("pCPU %s does not answer: no VM for it until it does", self.pcpu)
+            self._unanswered = True
+            self._probed = time.monotonic()
         return "lost", switches, seen
 
 

@@ -67,6 +67,9 @@ class WorldSwitch:
     """bt: run the guest kernel's translation instead of the core."""
     commit: SliceCommit | None = None
     """Commit after the run (atomically, with the pCPU's registers and pages)."""
+    deadline: float | None = None
+    """Seconds the pCPU has to answer (what is left of the grant's lease): a pCPU that does not
+    answer by then has lost the slice (None: the adapter's own limit)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,14 @@ class Switched:
 
 
 class SwitchFailed(Exception):
-    """The pCPU refused the switch (a stale grant or generation) or could not be reached: the
-    slice is lost, and the VM resumes from its last commit."""
+    """The pCPU refused the switch (a stale grant or generation), could not be reached or did not
+    answer in time, or the two copies of the vCPU disagree: the slice is lost, and the VM resumes
+    from its last commit."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        """The pCPU did not answer (dead, stopped or cut off): give it no VM until it does."""
 
 
 class Pcpu(Protocol):
@@ -89,6 +98,10 @@ class Pcpu(Protocol):
 
     def switch(self, request: WorldSwitch) -> Switched:
         """Raises ``SwitchFailed``."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether the pCPU answers now (asked after it failed to, before it gets a VM again)."""
         ...
 
     def close(self) -> None: ...

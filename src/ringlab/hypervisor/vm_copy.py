@@ -26,11 +26,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ringlab.hypervisor.ports import SliceCommit, Switched
+from ringlab.hypervisor.ports import SliceCommit, Switched, SwitchFailed
 from ringlab.hypervisor.results import stop_status
 from ringlab.isa import decode
 from ringlab.machine import Controls, Exit
-from ringlab.machine.context import ContextDelta, apply_delta, take_delta
+from ringlab.machine.context import ContextDelta, ContextMismatch, apply_delta, take_delta
 from ringlab.machine.exits import IoIn
 from ringlab.machine.faults import Fault
 from ringlab.machine.mmu import TLB_FLUSH
@@ -121,7 +121,10 @@ class VmCopy:
         """Take what the pCPU's run changed: from now on both copies stand at the same place
         (the base of the next switch's changes)."""
         cpu = self.vm.cpu
-        apply_delta(cpu, switched.delta)
+        try:
+            apply_delta(cpu, switched.delta)
+        except ContextMismatch as exc:  # as the pCPU does: start again from the last commit
+            raise SwitchFailed(f"{exc}: resynchronising from the last commit") from None
         self.base = cpu.stats.retired
         self._as_sent = (switched.delta.state, switched.delta.stats)
 

@@ -109,18 +109,21 @@ class CreditPolicy:
     cap_window_seconds: float = 1.0
 
     def account(self, entries: dict[str, Entry], outcome: SliceOutcome, now: float) -> None:
-        """Charge ``outcome.vm`` for the host time it held the pCPU and release the grant."""
+        """Charge ``outcome.vm`` for the host time it held the pCPU and release the grant.  A
+        lost slice is not charged: nothing it did was kept (the VM goes on from its last commit),
+        and the time went to a pCPU that failed or a grant that was revoked, not to the VM."""
         e = entries.get(outcome.vm)
         if e is None:
             return  # destroyed meanwhile
-        e.credit -= outcome.held_seconds
-        e.cpu_seconds += outcome.held_seconds
+        held = 0.0 if outcome.ended == "lost" else outcome.held_seconds
+        e.credit -= held
+        e.cpu_seconds += held
         e.slices += 1
         e.last_run = now
         if e.cap:
             if now - e.cap_window >= self.cap_window_seconds:
                 e.cap_window, e.cap_used = now, 0.0
-            e.cap_used += outcome.held_seconds
+            e.cap_used += held
         if e.token != outcome.token or e.status != "running":
             return  # an operator or another grant took it: the status is theirs
         e.token, e.pcpu, e.lease_until = 0, "", 0.0
@@ -141,9 +144,11 @@ class CreditPolicy:
         now: float,
         pcpus: int = 1,
         finished: SliceOutcome | None = None,
+        pick: bool = True,
     ) -> Decision:
         """Account ``finished`` (if any), refill credits if every candidate is out, pick the next
-        VM.  Returns the entries to write back and the VM to grant (or None: idle)."""
+        VM (unless not ``pick``: the pCPU is not fit to run one).  Returns the entries to write
+        back and the VM to grant (or None: idle)."""
         changed: set[str] = set()
         events: list[dict[str, str]] = []
         if finished is not None and finished.vm in entries:
@@ -157,7 +162,7 @@ class CreditPolicy:
                 }
             )
         candidates = [vm for vm, e in entries.items() if self.eligible(e, now)]
-        if candidates and all(entries[vm].credit <= 0 for vm in candidates):
+        if pick and candidates and all(entries[vm].credit <= 0 for vm in candidates):
             live = [vm for vm, e in entries.items() if e.status in LIVE]
             total = sum(entries[vm].weight for vm in live) or 1
             for vm in live:
@@ -167,7 +172,7 @@ class CreditPolicy:
                 e.credit = min(e.credit + quantum, 2 * quantum)
                 changed.add(vm)
         chosen: str | None = None
-        if candidates:
+        if candidates and pick:
             chosen = min(
                 candidates,
                 key=lambda vm: (not entries[vm].boost, -entries[vm].credit, entries[vm].last_run, int(vm)),
