@@ -268,8 +268,8 @@ main:
 
 
 def test_unknown_system_calls_return_enosys(run_guest: RunGuest) -> None:
-    """eax = 0, 11 (one past the last), 99 and -1: -ENOSYS (-38)."""
-    calls = "".join(f"    mov eax, {n}\n    int 0x80\n{PRINT_EAX}" for n in (0, 11, 99, 0xFFFFFFFF))
+    """eax = 0, 12 (one past the last), 99 and -1: -ENOSYS (-38)."""
+    calls = "".join(f"    mov eax, {n}\n    int 0x80\n{PRINT_EAX}" for n in (0, 12, 99, 0xFFFFFFFF))
     result = run_guest('.include "lib.s"\nmain:\n' + calls + "    xor eax, eax\n    ret\n")
     assert result.console == b"-38\n-38\n-38\n-38\n"
 

@@ -17,14 +17,26 @@
 .equ SYS_UNMAP,   8     ; unmap(vaddr)          ->  0, or -EINVAL
 .equ SYS_BENCH,   9     ; bench(op, iterations) ->  0, or -EINVAL
 .equ SYS_SLEEP,  10     ; sleep(ticks)          ->  0  (blocks for that many timer ticks)
-.equ NSYSCALLS,  11     ; numbers >= this (and 0) return -ENOSYS
+.equ SYS_CATCH,  11     ; catch(vector, handler) -> 0, or -EINVAL  (a user-mode fault handler)
+.equ NSYSCALLS,  12     ; numbers >= this (and 0) return -ENOSYS
+
+; catch(vector, handler): the exceptions a process may handle itself.  When one of them is raised
+; in ring 3 and the process registered a handler for it, the kernel does not kill the process: it
+; pushes the faulting instruction's address on the user stack and resumes the process at the
+; handler, every register as it was.  The handler returns there with `ret` (running the
+; instruction again), or past it (`add [esp], <length>` first), or anywhere it stores in [esp].
+; handler 0 restores the default (the process is killed).
+.equ CATCH_DE,    0     ; divide error
+.equ CATCH_UD,    6     ; invalid opcode
+.equ CATCH_GP,   13     ; general protection
 
 ; bench(op, n) operations: an in-kernel loop of n times one sensitive operation
 .equ BENCH_PORT_IN,  0  ; in  eax, 0x80  (POST port)
 .equ BENCH_PORT_OUT, 1  ; out 0x80, eax
 .equ BENCH_CR8,      2  ; mov cr8, eax
 .equ BENCH_PTE,      3  ; write a PTE, then invlpg its address
-.equ BENCH_OPS,      4
+.equ BENCH_CALLRET,  4  ; call a leaf function, which returns (ret: an indirect branch)
+.equ BENCH_OPS,      5
 
 ; errors (returned negated, Linux numbering so they are familiar)
 .equ ECHILD, 10         ; wait: no such child of the caller
@@ -32,7 +44,7 @@
 .equ ENOMEM, 12         ; spawn/map: out of physical frames
 .equ EFAULT, 14         ; write: the buffer is not mapped user memory
 .equ EEXIST, 17         ; map: the page is already mapped
-.equ EINVAL, 22         ; bad argument (program number, address, bench op)
+.equ EINVAL, 22         ; bad argument (program number, address, bench op, catch vector)
 .equ ENOSYS, 38         ; unknown system call number
 
 ; A process killed by an exception exits with KILLED_STATUS + vector (128 = divide error,

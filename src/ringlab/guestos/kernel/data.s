@@ -26,6 +26,7 @@ syscall_table:
     .dword sys_unmap                ; 8  SYS_UNMAP
     .dword sys_bench                ; 9  SYS_BENCH
     .dword sys_sleep                ; 10 SYS_SLEEP
+    .dword sys_catch                ; 11 SYS_CATCH
 
 ; ---- exception names: vector, string; -1 ends it (its string names anything else) ----
 exception_names:

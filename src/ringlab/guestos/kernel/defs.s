@@ -79,6 +79,9 @@
 .equ P_EXIT,        28            ; exit code, valid once a zombie
 .equ P_WAITPID,     32            ; ST_WAITING: the child pid waited for
 .equ P_WAKE,        36            ; ST_SLEEPING: the tick to wake at
+.equ P_CATCH_DE,    40            ; user-mode handlers (catch): 0 = none, the process is killed
+.equ P_CATCH_UD,    44
+.equ P_CATCH_GP,    48
 .equ P_SIZE,        64
 ; states
 .equ ST_FREE,       0

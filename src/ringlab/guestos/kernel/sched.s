@@ -131,6 +131,9 @@ proc_alloc_slot:
     mov [eax + P_PGDIR], 0
     mov [eax + P_UPT], 0
     mov [eax + P_EXIT], 0
+    mov [eax + P_CATCH_DE], 0
+    mov [eax + P_CATCH_UD], 0
+    mov [eax + P_CATCH_GP], 0
 .out:
     PV_IRQ_RESTORE ecx
     pop ecx

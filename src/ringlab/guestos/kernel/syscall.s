@@ -92,6 +92,31 @@ sys_sleep:
     xor eax, eax
     ret
 
+; catch(vector, handler) -> 0 | -EINVAL: from now on, the exception `vector` (CATCH_DE, CATCH_UD,
+; CATCH_GP) raised in ring 3 runs `handler` (a user address; 0 = kill again) instead of killing the
+; process (trap.s, deliver_to_user)
+sys_catch:
+    mov eax, [ebx + F_EBX]
+    call catch_slot
+    test eax, eax
+    jz .einval
+    mov ecx, [ebx + F_ECX]
+    test ecx, ecx
+    jz .set                         ; 0: the default again
+    cmp ecx, USER_BASE
+    jb .einval
+    cmp ecx, USER_TOP
+    jae .einval
+.set:
+    mov edx, [current]
+    add edx, eax
+    mov [edx], ecx
+    xor eax, eax
+    ret
+.einval:
+    mov eax, 0 - EINVAL
+    ret
+
 ; bench(op, iterations) -> 0 | -EINVAL
 ; A microbenchmark: `iterations` times one sensitive operation, in a tight kernel loop, so its
 ; cost per iteration is the operation plus two innocuous instructions (dec, jnz).
@@ -108,7 +133,16 @@ sys_bench:
     je .cr8
     cmp eax, BENCH_PTE
     je .pte
+    cmp eax, BENCH_CALLRET
+    je .callret
     mov eax, 0 - EINVAL
+    ret
+.callret:
+    call .leaf                      ; a direct call, and the leaf's ret: an indirect branch
+    dec ecx
+    jnz .callret
+    jmp .ok
+.leaf:
     ret
 .port_in:
     PV_IN eax, PORT_POST

@@ -12,8 +12,10 @@
 ;   int 0x80        system call (syscall.s)
 ;   #PF (14)        ring 3, not-present page in [USER_HEAP, USER_TOP): demand-zero a fresh
 ;                   frame and retry; otherwise like any other exception
-;   exceptions      from ring 3: print "pid N: <what> at 0x<eip>, killed" and exit the
-;                   process with KILLED_STATUS + vector; from ring 0: kernel panic
+;   exceptions      from ring 3: the process's own handler when it registered one for the
+;                   vector (catch: #DE #UD #GP), resumed in user mode; else print "pid N:
+;                   <what> at 0x<eip>, killed" and exit the process with KILLED_STATUS +
+;                   vector; from ring 0: kernel panic
 
 ; ---- stubs ----
 trap_de:
@@ -79,7 +81,8 @@ trap_dispatch:
     je .timer
     cmp eax, VEC_PF
     je .page_fault
-    call exception                  ; does not return
+    call exception                  ; returns only when a user handler takes the fault
+    jmp .return
 .syscall:
     call syscall_dispatch
     jmp .return
@@ -141,12 +144,17 @@ page_fault:
     call map_current_page           ; retry the faulting instruction on return
     ret
 
-; ---- exceptions that are not handled: kill the process, or panic ----
-; exception(ebx = frame).  Never returns.
+; ---- exceptions that are not handled: a user handler, else kill the process, or panic ----
+; exception(ebx = frame).  Returns only when the process's own handler takes the fault.
 exception:
     mov eax, [ebx + F_CS]
     cmp eax, USER_CS
     jne kernel_fault
+    call deliver_to_user
+    test eax, eax
+    jnz .kill
+    ret                             ; trap_return resumes the process in its handler
+.kill:
     mov eax, msg_pid
     call kputs
     mov eax, [current]
@@ -160,6 +168,63 @@ exception:
     mov eax, [ebx + F_VEC]
     add eax, KILLED_STATUS
     call do_exit                    ; never returns
+
+; deliver_to_user(ebx = frame from ring 3) -> eax = 0 when the process's handler for the vector
+; (catch, syscall.s) takes it: the faulting eip is pushed on the user stack and the frame resumes
+; at the handler; 1 when there is no handler, or the 4 bytes below the user esp are not mapped
+; user memory (the process is killed then, as without a handler).
+deliver_to_user:
+    push esi
+    push edi
+    mov eax, [ebx + F_VEC]
+    call catch_slot
+    test eax, eax
+    jz .none
+    mov edi, [current]
+    add edi, eax
+    mov edi, [edi]                  ; the handler
+    test edi, edi
+    jz .none
+    mov esi, [ebx + F_ESP]
+    sub esi, 4
+    mov eax, esi
+    mov edx, 4
+    call user_range_ok              ; the kernel never faults on a user pointer
+    test eax, eax
+    jz .none
+    mov eax, [ebx + F_EIP]
+    mov [esi], eax                  ; where it faulted: the handler's return address
+    mov [ebx + F_ESP], esi
+    mov [ebx + F_EIP], edi
+    xor eax, eax
+    jmp .out
+.none:
+    mov eax, 1
+.out:
+    pop edi
+    pop esi
+    ret
+
+; catch_slot(eax = vector) -> eax = offset of its user handler in struct proc, 0 if the vector
+; cannot be caught
+catch_slot:
+    cmp eax, CATCH_DE
+    je .de
+    cmp eax, CATCH_UD
+    je .ud
+    cmp eax, CATCH_GP
+    je .gp
+    xor eax, eax
+    ret
+.de:
+    mov eax, P_CATCH_DE
+    ret
+.ud:
+    mov eax, P_CATCH_UD
+    ret
+.gp:
+    mov eax, P_CATCH_GP
+    ret
 
 ; kernel_fault(ebx = frame): the kernel itself faulted.  Report it and power off with
 ; POWEROFF_PANIC: a kernel that faulted cannot be trusted to go on.
