@@ -200,6 +200,7 @@ def tc_run_to_proto(t: TcRun) -> cpu_pb2.TcRun:
         if spec.source is not None:
             block.source_pa, block.source = spec.source
     out.drop.extend(cpu_pb2.TcKey(eip=eip, pa=pa) for eip, pa in t.drop)
+    out.adapted.extend(t.adapted)
     return out
 
 
@@ -208,7 +209,15 @@ def tc_run_from_proto(t: cpu_pb2.TcRun) -> TcRun:
         BlockSpec(b.eip, b.pa, b.count, (b.source_pa, b.source) if b.HasField("source_pa") else None)
         for b in t.install
     ]
-    return TcRun(dict(t.vcpu), t.epoch, t.step_over, t.reset, install, [(k.eip, k.pa) for k in t.drop])
+    return TcRun(
+        dict(t.vcpu),
+        t.epoch,
+        t.step_over,
+        t.reset,
+        install,
+        [(k.eip, k.pa) for k in t.drop],
+        list(t.adapted),
+    )
 
 
 def tc_report_to_proto(r: TcReport) -> cpu_pb2.TcReport:

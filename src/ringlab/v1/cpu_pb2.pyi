@@ -300,6 +300,7 @@ class TcRun(_message.Message):
     RESET_FIELD_NUMBER: _builtins.int
     INSTALL_FIELD_NUMBER: _builtins.int
     DROP_FIELD_NUMBER: _builtins.int
+    ADAPTED_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     """shadow page-table flushes so far (chain links of older ones die)"""
     step_over: _builtins.bool
@@ -314,6 +315,10 @@ class TcRun(_message.Message):
     def install(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcBlock]: ...
     @_builtins.property
     def drop(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcKey]: ...
+    @_builtins.property
+    def adapted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """eips that translate to adaptive callouts from now on (all on reset)"""
+
     def __init__(
         self,
         *,
@@ -323,10 +328,11 @@ class TcRun(_message.Message):
         reset: _builtins.bool = ...,
         install: _abc.Iterable[Global___TcBlock] | None = ...,
         drop: _abc.Iterable[Global___TcKey] | None = ...,
+        adapted: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "epoch", b"epoch", "install", b"install", "reset", b"reset", "step_over", b"step_over", "vcpu", b"vcpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapted", b"adapted", "drop", b"drop", "epoch", b"epoch", "install", b"install", "reset", b"reset", "step_over", b"step_over", "vcpu", b"vcpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,7 +429,7 @@ class TcReport(_message.Message):
     def vcpu(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """hits, chained, self_checks, invalidations since the last report"""
+        """hits, chained, self_checks, invalidations, indirect_lookups since the last report"""
 
     @_builtins.property
     def dropped(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcKey]:

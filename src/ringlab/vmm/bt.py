@@ -11,6 +11,18 @@ and the guest is equivalent to native, virtual time included.
 The loop that runs the translation is ``translated.py``: in-process it calls this VMM directly;
 through the services it runs on the pCPU (the VM's ``CoreRunner.run_translated``) and each call
 into the VMM comes back here as an event (``_run_remote``).
+
+Traced page tables and adaptive translation (Adams & Agesen 2006, sections 4.2 and 6's ptemod):
+as VMware's VMM does, bt write-protects the guest page tables its shadow mirrors (the directory
+and the page table a hidden page fault read), so a guest kernel that rewrites an entry traps
+into the VMM, which makes the write itself (``traced_writes``).  Ringlab's shadow is exact
+under the machine's TLB rule (``shadow.py``: the guest's ``invlpg`` and cr3 writes keep it
+coherent), so the write changes no shadow entry; what is modelled is the trap and its price.
+An instruction that traps ``ADAPT_AFTER`` times is translated again as an ``ADAPTIVE`` callout
+(``TranslationCache.adapt``), which makes the write without the trap.  Traces belong to the
+current shadow: a shadow flush (a guest cr3 write) ends them, and a page-table page written
+other than from translated kernel code (user code, an event's stack frame) stops being traced
+until the next flush.
 """
 
 from __future__ import annotations
@@ -18,11 +30,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from ringlab.isa import MASK32, Instruction
 from ringlab.machine.exits import Controls, Exit, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.machine.interpreter import HANDLERS
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
+from ringlab.machine.state import CR0_PG, CR0_WP
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import (
     INT_OPCODE,
@@ -45,14 +59,19 @@ from ringlab.vmm.translated import (
     run_translated,
     vcpu_dict,
 )
-from ringlab.vmm.translation_cache import Op, TranslationCache, kind_of
+from ringlab.vmm.translation_cache import Kind, Op, TranslationCache, kind_of
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
 from ringlab.vmm.vcpu import Deprivilege
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["BinaryTranslation"]
+__all__ = ["ADAPT_AFTER", "BinaryTranslation"]
+
+ADAPT_AFTER = 4
+"""Traps on traced page tables at one instruction after which it becomes an adaptive callout."""
+_P, _W, _U = 1, 2, 4
+_FRAME = 0xFFFFF000
 
 
 class BinaryTranslation:
@@ -63,6 +82,15 @@ class BinaryTranslation:
     def __init__(self) -> None:
         self._cache: TranslationCache | None = None
         self.state = TcState()
+        self.traced: set[int] = set()
+        """Host frame numbers of the guest page tables being traced (write-protected)."""
+        self._given_up: set[int] = set()
+        """Page-table frames written other than by translated code: not traced again before
+        the next shadow flush (a page table the guest's user code may write, say)."""
+        self._traced_under = 0
+        """The shadow flush the traces were made after (``EventCounter.shadow_flushes``)."""
+        self.traps_at: Counter[int] = Counter()
+        """Guest eip -> writes to traced page tables that trapped there."""
 
     def controls(self) -> Controls:
         return Controls(intercept_vectors=ALL_VECTORS)
@@ -80,6 +108,12 @@ class BinaryTranslation:
         self._cache = cache = TranslationCache(vm.cpu, shadow.protect)
 
         def written(frame: int) -> None:
+            if frame in self.traced:  # a page table written other than by translated code
+                self.traced.discard(frame)
+                self._given_up.add(frame)
+                if not cache.holds_code(frame):
+                    shadow.unprotect(frame)
+                    return
             cache.invalidate_frame(frame)
             shadow.unprotect(frame)
 
@@ -126,7 +160,9 @@ class BinaryTranslation:
                 case VmmCall.CALLOUT:
                     assert outcome.insn is not None
                     insn = outcome.insn
-                    result = port.callout(Op(kind_of(insn), insn, outcome.eip, 0, HANDLERS[insn.spec.opcode]))
+                    kind = kind_of(insn, self.cache.adapted, outcome.eip)
+                    nxt = (outcome.eip + insn.length) & MASK32
+                    result = port.callout(Op(kind, insn, outcome.eip, nxt, HANDLERS[insn.spec.opcode]))
                     if result is None and vm.vcpu.cpl == 3:
                         result = port.to_user()
                 case VmmCall.USER:
@@ -139,6 +175,7 @@ class BinaryTranslation:
         if reset:  # from now on, keep what the pCPU's cache must learn
             self.cache.track()
         fresh, forgotten = self.cache.take()
+        adapted = sorted(self.cache.adapted) if reset else self.cache.take_adapted()
         return TcRun(
             vcpu_dict(vm.vcpu),
             vm.counters.shadow_flushes,
@@ -146,6 +183,7 @@ class BinaryTranslation:
             reset,
             [BlockSpec.of(b) for b in fresh if b.valid],
             forgotten,
+            adapted,
         )
 
     def tc_report(self, vm: VM, report: TcReport) -> None:
@@ -157,6 +195,7 @@ class BinaryTranslation:
         cache.chained += report.counts.get("chained", 0)
         cache.self_checks += report.counts.get("self_checks", 0)
         cache.invalidations += report.counts.get("invalidations", 0)
+        vm.counters.indirect_lookups += report.counts.get("indirect_lookups", 0)
         for key in report.dropped:
             cache.forget(key)
         for mnemonic, kinds in report.handled.items():
@@ -174,13 +213,116 @@ class BinaryTranslation:
     def _page_fault(self, vm: VM, exit: Raised, *, counted: bool) -> Exit | Stop | None:
         """Shadow paging's one #PF decision (``VM.shadow_fault``, ``VM.reflect_fault``), for a #PF
         the core exited on (``counted``) or one translated code raised.  A hidden fault that
-        dropped translations runs the faulting instruction once uncached (``TcState.step_over``)."""
+        dropped translations runs the faulting instruction once uncached (``TcState.step_over``).
+        Translated code's write to a traced page table is the VMM's to make (``_traced_write``);
+        a hidden fault that filled the shadow traces the page tables it read (``_trace``)."""
+        self._untrace_if_flushed(vm)
+        if not counted and self._is_traced_write(vm, exit):
+            return self._traced_write(vm)
         dropped = self.cache.invalidations
         fault = vm.shadow_fault(exit, counted=counted)
         if fault is None:
             self.state.step_over = self.cache.invalidations != dropped
+            self._trace(vm, exit.cr2 or 0)
             return None
         return vm.reflect_fault(fault, counted=counted)
+
+    # -- traced page tables and adaptive translation -------------------------------------------
+    def _trace(self, vm: VM, linear: int) -> None:
+        """Write-protect the guest page directory and page table that map ``linear`` (what the
+        hidden fault just read), unless translations came from them (they are protected then)."""
+        shadow = vm.shadow
+        assert shadow is not None
+        if not shadow.cr0 & CR0_PG:
+            return
+        try:
+            directory = vm.p2m.translate(shadow.cr3 & _FRAME, False)
+            pde = vm.cpu.memory.read32(directory + ((linear >> 22) & 0x3FF) * 4)
+            frames = [directory >> PAGE_SHIFT]
+            if pde & _P:
+                frames.append(vm.p2m.translate(pde & _FRAME, False) >> PAGE_SHIFT)
+        except Fault:  # the guest's cr3 or PDE points beyond its RAM: nothing to trace
+            return
+        for frame in frames:
+            if frame not in self.traced and frame not in self._given_up and not self.cache.holds_code(frame):
+                self.traced.add(frame)
+                shadow.protect(frame)
+
+    def _untrace_if_flushed(self, vm: VM) -> None:
+        """Traces belong to the shadow that read the tables: a flush ends them all."""
+        flushes = vm.counters.shadow_flushes
+        if flushes == self._traced_under:
+            return
+        self._traced_under = flushes
+        shadow = vm.shadow
+        assert shadow is not None
+        for frame in self.traced:
+            if not self.cache.holds_code(frame):
+                shadow.unprotect(frame)
+        self.traced.clear()
+        self._given_up.clear()
+
+    def _is_traced_write(self, vm: VM, exit: Raised) -> bool:
+        """Is this #PF a kernel write, allowed by the guest's own tables, to a traced page table
+        (and to nothing translations came from)?"""
+        if exit.vector != PF or (exit.error_code or 0) & (_P | _W | _U) != _P | _W or not self.traced:
+            return False
+        shadow = vm.shadow
+        assert shadow is not None
+        try:
+            frame, _ = shadow.walk(exit.cr2 or 0, True, False)
+        except Fault:  # the guest's own fault: reflected as usual
+            return False
+        frame >>= PAGE_SHIFT
+        return frame in self.traced and not self.cache.holds_code(frame)
+
+    def _traced_write(self, vm: VM) -> Exit | Stop | None:
+        """Translated code wrote a traced page table and trapped: the VMM makes the write (the
+        instruction, with the trace's write protection lifted) and counts the trap; after
+        ``ADAPT_AFTER`` traps at one instruction it is translated again as a callout."""
+        counters = vm.counters
+        counters.traced_writes += 1
+        counters.world_switches += 1
+        eip = vm.cpu.state.eip
+        self.traps_at[eip] += 1
+        if self.traps_at[eip] >= ADAPT_AFTER:
+            self.cache.adapt(eip)
+        insn = instruction_at(vm, eip)
+        assert insn is not None, "the instruction that just faulted can be fetched"
+        return self._write_lifted(vm, insn, eip)
+
+    def _adaptive_callout(self, vm: VM, op: Op) -> Exit | Stop | None:
+        """An ``ADAPTIVE`` op: the instruction run by the VMM, which writes a traced page table
+        itself (no trap), and any other target as the instruction would."""
+        cpu = vm.cpu
+        try:
+            outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
+        except Fault as fault:
+            raised = Raised(fault.vector, op.eip, fault.error_code, fault.cr2)
+            if self._is_traced_write(vm, raised):
+                return self._write_lifted(vm, op.insn, op.eip)
+            return self._fault(vm, fault)
+        if outcome is None:
+            cpu.retire(cpu.state.cs & 3)
+        return None
+
+    def _write_lifted(self, vm: VM, insn: Instruction, eip: int) -> Exit | Stop | None:
+        """Run ``insn`` with the real cr0.WP off: the shadow entries of a traced page table are
+        read-only only to trap the guest's writes, which the guest's own tables allow (checked
+        by ``_is_traced_write``).  It retires at the ring translated code runs at."""
+        cpu = vm.cpu
+        s = cpu.state
+        cr0 = s.cr0
+        s.cr0 = cr0 & ~CR0_WP
+        try:
+            outcome = HANDLERS[insn.spec.opcode](cpu, insn, eip, (eip + insn.length) & MASK32)
+        except Fault as fault:  # another access of the instruction's faulted: as usual
+            s.cr0 = cr0
+            return self._fault(vm, fault)
+        s.cr0 = cr0
+        if outcome is None:
+            cpu.retire(s.cs & 3)
+        return None
 
     def _publish(self, vm: VM) -> None:
         cache, counters = self.cache, vm.counters
@@ -231,7 +373,11 @@ class _VmmPort:
         counters = self.vm.counters
         counters.callouts += 1
         counters.world_switches += 1
-        return emulate(self.vm, op.insn, op.eip)
+        if op.kind is Kind.ADAPTIVE:
+            return self.bt._adaptive_callout(self.vm, op)
+        result = emulate(self.vm, op.insn, op.eip)
+        self.bt._untrace_if_flushed(self.vm)  # a cr3 or cr0 write flushes the shadow
+        return result
 
     def to_user(self) -> Exit | Stop:
         result = self.vm.deliver_pending()

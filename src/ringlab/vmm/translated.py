@@ -55,6 +55,7 @@ STRAIGHT = 3
 YIELD = Budget()
 """Back to the VMM loop (the guest changed mode, or the budget ran out)."""
 _DIRECT = Kind.DIRECT
+_INDIRECT = Kind.INDIRECT
 BT_DEPRIVILEGE = Deprivilege(vmm_tables=False, user_flags_direct=True)
 """bt's ring compression (the kernel at real ring 1; the guest's own tables and, in ring 3, flags)."""
 
@@ -205,7 +206,7 @@ def _exec_block(
             # (a self-checking block is compared again once some of it has run: an
             # instruction may have written the block's own code, with no fault to say so)
             return None
-        if op.kind is not _DIRECT:
+        if op.kind is not _DIRECT and op.kind is not _INDIRECT:
             result = _exec_sensitive(g, port, op)
             if result is not _Next.OP:
                 return result
@@ -237,6 +238,11 @@ def _exec_block(
             cpu.retire(1)
         elif isinstance(outcome, Exit):
             return outcome  # pragma: no cover - innocuous handlers do not exit
+        if op.kind is _INDIRECT:
+            # An indirect branch (always its block's last op): translated code looks its
+            # target's translation up (the next ``_find_block``), priced per branch however
+            # the lookup then finds the block.
+            g.counters.indirect_lookups += 1
         i += 1
     return block
 
@@ -248,7 +254,7 @@ class _Next(enum.Enum):
 
 def _exec_sensitive(g: Guest, port: Port, op: Op) -> Exit | Stop | _Next | None:
     """An INLINE op (against the virtual CPU, unless the guest's IOPL forbids it: #GP) or a
-    CALLOUT (the VMM emulates it).  ``_Next.OP`` when the block goes on, else what
+    CALLOUT or ADAPTIVE op (the VMM emulates it).  ``_Next.OP`` when the block goes on, else what
     ``_exec_block`` returns."""
     vcpu = g.vcpu
     g.counters.handled(op.insn.mnemonic, op.kind.value)
@@ -293,6 +299,8 @@ class TcRun:
     reset: bool = False
     install: list[BlockSpec] = field(default_factory=list)
     drop: list[tuple[int, int]] = field(default_factory=list)
+    adapted: list[int] = field(default_factory=list)
+    """Instructions that translate to ``ADAPTIVE`` callouts from now on (all of them on reset)."""
 
 
 @dataclass
@@ -307,7 +315,7 @@ class TcReport:
     fault: tuple[int, int | None, int | None] | None = None
     instruction: bytes = b""
     counts: dict[str, int] = field(default_factory=dict)
-    """hits, chained, self_checks, invalidations since the last report."""
+    """hits, chained, self_checks, invalidations, indirect_lookups since the last report."""
     dropped: list[tuple[int, int]] = field(default_factory=list)
     """Blocks a self-check found changed."""
     handled: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -347,6 +355,7 @@ class Executor:
             self.cache = self._new_cache()
         load_vcpu(self.vcpu, run.vcpu)
         self.epoch, self.state.step_over = run.epoch, run.step_over
+        self.cache.adapted.update(run.adapted)
         for key in run.drop:
             self.cache.forget(key)
         for spec in run.install:
@@ -379,8 +388,10 @@ class Executor:
             "chained": cache.chained,
             "self_checks": cache.self_checks,
             "invalidations": cache.invalidations,
+            "indirect_lookups": self.counters.indirect_lookups,
         }
         cache.hits = cache.chained = cache.self_checks = cache.invalidations = 0
+        self.counters.indirect_lookups = 0
         out.dropped = cache.take_dropped()
         out.handled = {m: dict(c) for m, c in self.counters.sensitive.items()}
         self.counters.sensitive.clear()

@@ -8,7 +8,15 @@ tagged with how it runs in the translation:
 * ``INLINE``: a sensitive instruction rewritten into an operation on the virtual CPU state
   (``cli sti pushf popf sgdt sidt str smsw``, ``mov r, cs``): no exit;
 * ``CALLOUT``: an instruction the translation replaces by a call into the VMM (port I/O, control
-  registers, descriptor-table loads, ``invlpg``, ``iret``, ``int n``, ``hlt``).
+  registers, descriptor-table loads, ``invlpg``, ``iret``, ``int n``, ``hlt``);
+* ``INDIRECT``: an indirect branch (``ret``, ``call r``, ``jmp r``).  Translated code cannot jump
+  to a guest address, so it looks the target's translation up (VMware's translator: a hash table
+  of translations, a few tens of cycles, Adams & Agesen 2006 section 6's call/ret); counted as
+  ``indirect_lookups`` and never run by the core's compiled code, which would skip the lookup;
+* ``ADAPTIVE``: an innocuous instruction that kept faulting on a traced page table (a page the
+  shadow page tables mirror, write-protected so the VMM sees the guest change it), retranslated
+  into a callout that makes the write in the VMM without the trap (``adapt``; Adams & Agesen 2006
+  section 4.2, "adaptive binary translation").
 
 Blocks live in a cache keyed by (virtual eip, host address of eip) and are chained to the blocks
 that follow them.  The pages they were translated from are write-protected through the shadow
@@ -22,7 +30,7 @@ answer to the same problem, Adams & Agesen 2006, section 3.3 "adaptive binary tr
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,19 +52,26 @@ class Kind(enum.Enum):
     DIRECT = "direct"
     INLINE = "inline"
     CALLOUT = "callout"
+    INDIRECT = "indirect"
+    ADAPTIVE = "adaptive"
 
 
 _INLINE = frozenset({"cli", "sti", "pushf", "popf", "sgdt", "sidt", "str", "smsw"})
 _ENDS_BLOCK = frozenset({"jmp", "call", "ret", "int", "iret", "hlt"})
 
 
-def kind_of(insn: Instruction) -> Kind:
-    """How the translator handles an instruction (the table docs/techniques.md shows)."""
+def kind_of(insn: Instruction, adapted: Collection[int] = (), eip: int = -1) -> Kind:
+    """How the translator handles an instruction (the table docs/techniques.md shows); an
+    innocuous one at an ``adapted`` address (``TranslationCache.adapt``) is ``ADAPTIVE``."""
     spec = insn.spec
     if spec.mnemonic in _INLINE or spec.form is Form.RCS:
         return Kind.INLINE
     if spec.cls in (Class.PRIVILEGED, Class.IOPL, Class.CONTROL):
         return Kind.CALLOUT
+    if spec.mnemonic == "ret" or (spec.mnemonic in ("jmp", "call") and spec.form is Form.R):
+        return Kind.INDIRECT
+    if eip in adapted:
+        return Kind.ADAPTIVE
     return Kind.DIRECT
 
 
@@ -148,6 +163,10 @@ class TranslationCache:
         self._written: dict[int, int] = {}
         self.volatile: set[int] = set()
         """Host frames whose translations are self-checking instead of write-protected."""
+        self.adapted: set[int] = set()
+        """Guest addresses of instructions translated as ``ADAPTIVE`` callouts (``adapt``)."""
+        self.newly_adapted: list[int] | None = None
+        """When a list (``track``): addresses adapted since the other side last learnt them."""
         self.current = Block(0, (), frozenset())
         """The block the core is running for the VMM (``follow`` moves it along its links)."""
 
@@ -239,6 +258,25 @@ class TranslationCache:
         if self.forgotten is not None and block.pa >= 0:
             self.forgotten.append((block.eip, block.pa))
 
+    def holds_code(self, frame: int) -> bool:
+        """Whether translations of ours came from host frame ``frame`` (it is write-protected
+        for them, or self-checking)."""
+        return frame in self.volatile or any(b.valid for b in self._by_frame.get(frame, ()))
+
+    def adapt(self, eip: int) -> None:
+        """The instruction at ``eip`` keeps faulting on traced page tables: from now on it
+        translates to an ``ADAPTIVE`` callout.  Every block holding it is dropped, so it is
+        translated again (on the other side of a world switch too, ``forgotten``)."""
+        if eip in self.adapted:
+            return
+        self.adapted.add(eip)
+        if self.newly_adapted is not None:
+            self.newly_adapted.append(eip)
+        for key, block in [(k, b) for k, b in self._blocks.items() if eip in b.index]:
+            if block.valid:
+                self._drop(block)
+            del self._blocks[key]
+
     def single(self, eip: int) -> Block:
         """One instruction, translated but neither cached nor write-protected: how the VMM
         steps over a write into the very page being translated (self-modifying code, or code
@@ -263,7 +301,7 @@ class TranslationCache:
                 break  # the block ends before an instruction that cannot be fetched
             if ops and last != start_pa >> PAGE_SHIFT and (volatile or last in self.volatile):
                 break  # a self-checking block stays in its page: one compare covers it
-            kind = kind_of(insn)
+            kind = kind_of(insn, self.adapted, eip)
             nxt = (eip + insn.length) & MASK32
             ops.append(Op(kind, insn, eip, nxt, HANDLERS[insn.spec.opcode]))
             frames.update((first, last))
@@ -298,8 +336,15 @@ class TranslationCache:
 
     # -- the two sides of a world switch (ringlab.vmm.translated) ---------------------------------
     def track(self) -> None:
-        """Keep what the other side's cache must learn: blocks translated, blocks dropped."""
-        self.fresh, self.forgotten = [], []
+        """Keep what the other side's cache must learn: blocks translated, blocks dropped,
+        instructions adapted."""
+        self.fresh, self.forgotten, self.newly_adapted = [], [], []
+
+    def take_adapted(self) -> list[int]:
+        adapted = self.newly_adapted or []
+        if self.newly_adapted is not None:
+            self.newly_adapted = []
+        return adapted
 
     def take(self) -> tuple[list[Block], list[tuple[int, int]]]:
         fresh, forgotten = self.fresh or [], self.forgotten or []
