@@ -19,6 +19,8 @@ import pytest
 from ringlab.guestos.build import build_image
 from ringlab.vmm import VM, make_technique
 from ringlab.vmm.bt import ADAPT_AFTER, BinaryTranslation
+from ringlab.vmm.costs import PROFILES, vmm_cycles
+from ringlab.vmm.counters import EventCounter
 from tests.vmm.conftest import native, observable, program, vm
 from tests.vmm.test_translated import _split
 
@@ -71,6 +73,14 @@ def test_kernel_call_ret_costs_one_lookup_per_call() -> None:
     """bench op 4 (BENCH_CALLRET): the kernel calls a leaf function n times."""
     a, b = (vm(build_image("bench", "stock", {"OP": 4, "ITERATIONS": n}), "bt") for n in (100, 300))
     assert b["stats"]["guest"]["indirect_lookups"] - a["stats"]["guest"]["indirect_lookups"] == 200
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_lookups_and_traced_writes_are_priced_in_every_profile(name: str) -> None:
+    costs = PROFILES[name].costs
+    assert vmm_cycles(EventCounter(indirect_lookups=3), name) == 3 * costs["indirect_lookup"] > 0
+    trapped = vmm_cycles(EventCounter(traced_writes=2), name)
+    assert trapped == 2 * costs["traced_write"] > 0
 
 
 # -- adaptive translation of page-table writes ------------------------------------------------

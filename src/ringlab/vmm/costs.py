@@ -76,6 +76,15 @@ P4_2006: dict[str, int] = {
     # cycles: the translation calls the VMM's device model, no exit, no trap) is one callout:
     # estimate 200.
     "callout": 200,
+    # [AA06] section 6, Figure 4's call/ret: 11 cycles natively, 51 under the software VMM.  A
+    # translated indirect branch (``ret``, ``call r``, ``jmp r``) cannot jump to its guest
+    # target: it looks the target's translation up in the translation cache's hash table, the
+    # 40 cycles the software VMM adds to each call/ret pair.
+    "indirect_lookup": 40,
+    # [AA06] section 4.2: a guest write to a traced page table before adaptive translation makes
+    # the instruction a callout: a #PF into the VMM (a hardware exception round trip, as
+    # ``trap``) and the decode and emulation of the write (as ``emulation``): estimate 1,300.
+    "traced_write": 1300,
     # [AA06] translating a guest block: the translator's per-instruction work, estimate 100
     # cycles per instruction translated (paid once per block, amortized by the cache).
     "translated_instruction": 100,
@@ -181,6 +190,8 @@ def vmm_cycles(counters: EventCounter, cost_profile: str | Profile | None = None
     total += traps * (c["trap"] + c["emulation"])
     total += inline * c["inline"]
     total += counters.callouts * c["callout"]
+    total += counters.indirect_lookups * c["indirect_lookup"]
+    total += counters.traced_writes * c["traced_write"]
     total += counters.translated_instructions * c["translated_instruction"]
     total += counters.shadow_syncs * c["shadow_sync"] + counters.shadow_flushes * c["shadow_flush"]
     total += counters.reflected * c["reflect"]

@@ -47,10 +47,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("syscall", "syscall", (100, 300), what="getpid through int 0x80"),
     Benchmark("in", "bench", (100, 300), fixed={"OP": 0}, what="in from the POST port, in the kernel"),
     Benchmark("cr8wr", "bench", (100, 300), fixed={"OP": 2}, what="mov cr8, r in the kernel"),
-    Benchmark("callret", "callret", (100, 1100), what="user-mode call and ret"),
+    Benchmark(
+        "callret", "bench", (1000, 3000), fixed={"OP": 4}, what="call and ret of a leaf, in the kernel"
+    ),
     Benchmark("pagefault", "pagefault", (10, 40), what="touch a fresh demand-zero page"),
-    Benchmark("divzero", "divzero", (1, 4), what="a child divides by zero and is killed"),
-    Benchmark("ptemod", "ptemod", (10, 60), what="map, write and unmap a page"),
+    Benchmark("divzero", "divzero", (100, 300), what="divide by zero, caught by a user handler"),
+    Benchmark("ptemod", "bench", (100, 300), fixed={"OP": 3}, what="a PTE write and invlpg, in the kernel"),
     Benchmark("spawnwait", "spawnwait", (2, 8), what="spawn a child and wait for it"),
     Benchmark("compute", "compute", (1, 3), knob="ROUNDS", what="FNV-1a over 4 KiB, one round"),
 )
