@@ -720,7 +720,16 @@ NESTED_PF_CR2 = "hw-nested-page-fault-cr2"
 TICK_ORDER = "bt-tick-order"
 TRAP_EMULATE_RINGS = "trap-emulate-guest-rings-1-2"
 SHADOW_TLB = "shadow-tlb-is-not-the-native-tlb"
-CLASSES = (RING_ACCOUNTING, DELIVERY_PF, NESTED_PF_CR2, TICK_ORDER, TRAP_EMULATE_RINGS, SHADOW_TLB)
+SPURIOUS_PF = "shadow-spurious-page-fault"
+CLASSES = (
+    RING_ACCOUNTING,
+    DELIVERY_PF,
+    NESTED_PF_CR2,
+    TICK_ORDER,
+    TRAP_EMULATE_RINGS,
+    SHADOW_TLB,
+    SPURIOUS_PF,
+)
 """The divergence classes tests/vmm/test_equivalence_regressions.py pins, one test (or more) each."""
 
 
@@ -743,8 +752,17 @@ def classify(d: Divergence) -> tuple[str, ...]:
     if not rest:
         return tuple(found)
     native_exit, vm_exit = d.native["exit"], d.vm["exit"]
-    if d.technique in SHADOW and "#PF while delivering #DF" in vm_exit["detail"] and native_exit != vm_exit:
+    double_faults = (native_guest["exceptions"].get("8", 0), vm_guest["exceptions"].get("8", 0))
+    if (
+        d.technique in SHADOW
+        and native_exit != vm_exit
+        and ("#PF while delivering #DF" in vm_exit["detail"] or double_faults[1] > double_faults[0])
+    ):
         found.append(DELIVERY_PF)
+    elif d.technique in SHADOW and vm_guest["exceptions"].get("14", 0) > native_guest["exceptions"].get(
+        "14", 0
+    ):
+        found.append(SPURIOUS_PF)
     elif d.technique == "hw" and rest == {"registers.cr2"}:
         found.append(NESTED_PF_CR2)
     elif (
