@@ -109,9 +109,19 @@ class CpuProcess:
 
 @dataclass
 class TwoPcpus:
+    url: str
     state: SharedState
     hypervisor: ServiceServer
     cpus: list[CpuProcess]
+
+    def restart_hypervisor(self, lease: float) -> None:
+        """Stop the hypervisor and start a new one (which has no copy of any VM)."""
+        from ringlab_hypervisor.service import serve as serve_hypervisor
+
+        self.hypervisor.stop(1)
+        self.hypervisor, _ = serve_hypervisor(
+            service_config("hypervisor", self.url, slice=20_000, lease=lease)
+        )
 
     def stub(self) -> hypervisor_pb2_grpc.HypervisorStub:
         return hypervisor_pb2_grpc.HypervisorStub(open_channel(f"127.0.0.1:{self.hypervisor.port}", ""))
@@ -133,10 +143,11 @@ def two_pcpus(redis_server: LocalRedis) -> Iterator[TwoPcpus]:
     state.r.flushdb()
     cpus = [CpuProcess.start(url, unique("pcpu-a")), CpuProcess.start(url, unique("pcpu-b"))]
     hypervisor, _ = serve_hypervisor(service_config("hypervisor", url, slice=20_000, lease=LEASE))
+    d = TwoPcpus(url, state, hypervisor, cpus)
     try:
-        yield TwoPcpus(state, hypervisor, cpus)
+        yield d
     finally:
-        hypervisor.stop(1)
+        d.hypervisor.stop(1)
         for cpu in cpus:
             cpu.stop()
         state.r.close()
@@ -247,3 +258,15 @@ def test_a_killed_pcpu_is_not_given_the_vm_again_and_the_lost_time_is_not_charge
     cpu_seconds = d.stub().DescribeVm(hypervisor_pb2.VmRef(vm=vm), timeout=10).stats.cpu_seconds
     assert cpu_seconds == pytest.approx(sum(kept), abs=1e-5 * len(accounted))
     assert sum(spans) > sum(kept)  # the lost slice took time, which was not charged
+
+
+def test_a_vm_whose_replay_outlasts_the_lease_goes_on_from_its_copy(two_pcpus: TwoPcpus) -> None:
+    """A hypervisor without a copy of a VM (here: a new one) replays it to its last commit before
+    running it.  When the replay takes longer than the grant's lease (a long-running VM, a short
+    lease, a busy machine), that slice ends without a world switch, and the replayed copy is kept:
+    the next slice runs it (thrown away, every slice would replay again and none would run)."""
+    d = two_pcpus
+    name, vm, image, _ = _long_vm(d)
+    _until("the VM is well on", lambda: int(d.state.vm_vcpu_summary(vm)[1]["retired"]) >= 50_000_000)
+    d.restart_hypervisor(lease=1.0)
+    _finishes_as_in_process(d, name, image)

@@ -47,6 +47,7 @@ from ringlab.sched import (
     plan_slice,
     runs_alone,
 )
+from ringlab.sched.slices import LEASE_FRACTION
 from ringlab.vmm import Stop
 from ringlab.vmm.translated import TcRun, VmmCall
 
@@ -371,6 +372,12 @@ class PcpuDriver(threading.Thread):
         plan = plan_slice(self.policy, lone=lone, rate=rt.rate, left=left)
         if lease_end is None:
             lease_end = time.monotonic() + self.policy.lease_seconds
+        if lease_end - time.monotonic() < self.policy.lease_seconds / LEASE_FRACTION:
+            # Loading the copy (a replay) took most of the lease: run it in the next slice rather
+            # than lose the slice at its first switch and the replayed copy with it.
+            log.info("VM %s: replayed to its commit; it runs in its next slice", vm)
+            self.runtimes.give_back(rt)
+            return "lost", 0, {}
         run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions, lease_end)
         rt.copy.link = functools.partial(self._switch, run)
         try:
