@@ -180,7 +180,7 @@ def _make_scratch(folder: Path) -> Scratch:
     }
     for name, data in texts.items():
         (folder / name).write_bytes(data)
-    names = [*texts, "missing.s", "dir.s", "dangling.s", "sub/../nop.s", "./nop.s", "/"]
+    names = [*texts, "missing.s", "dir.s", "dangling.s", "sub/../nop.s", "./nop.s", "/", "nul\\0.s", ""]
     (folder / "dir.s").mkdir()
     (folder / "sub").mkdir()
     (folder / "dangling.s").symlink_to(folder / "nowhere.s")

@@ -170,6 +170,17 @@ def test_include_of_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
     )
 
 
+def test_an_include_name_holding_a_nul_is_an_error_not_a_value_error(tmp_path: Path) -> None:
+    # found while writing the fuzzer: os.stat raised ValueError (embedded null byte)
+    err = error('nop\n.include "a\\0b.s"', filename=str(tmp_path / "main.s"))
+    assert (err.line, err.column, err.message) == (
+        2,
+        10,
+        ".include file name 'a\\0b.s' holds a NUL character (\\0)",
+    )
+    assert file_error(tmp_path / "a\0b.s").message == "cannot read the program: embedded null byte"
+
+
 # ---------------------------------------------------------------- each limit: at it, and past it
 
 

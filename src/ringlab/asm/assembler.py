@@ -71,6 +71,8 @@ def assemble_file(path: str | Path, *, defines: dict[str, int] | None = None) ->
         raise AssemblyError(name, 1, 1, f"cannot read the program: {exc.strerror or exc}") from None
     except SourceRefused as exc:
         raise AssemblyError(name, 1, 1, f"the program {exc.reason}") from None
+    except ValueError as exc:  # a NUL in the path, or a name the file system cannot encode
+        raise AssemblyError(name, 1, 1, f"cannot read the program: {exc}") from None
     return assemble(decode_source(blob, name), filename=name, defines=defines)
 
 
@@ -554,6 +556,9 @@ class _Assembler:
     def _read_include(self, path: Path, name: str, column: int) -> str:
         """The text of an included file: a regular file of bounded size, read once.  Including
         it again adds its text to the expanded text, which ``MAX_EXPANDED_BYTES`` bounds."""
+        if "\0" in name:
+            shown = name.replace("\0", "\\0")
+            raise SourceProblem(column, f".include file name '{shown}' holds a NUL character (\\0)")
         try:
             identity = file_identity(path)
             source = self.sources.get(identity)
@@ -569,6 +574,8 @@ class _Assembler:
             ) from None
         except SourceRefused as exc:
             raise SourceProblem(column, f".include file '{name}' {exc.reason}") from None
+        except ValueError as exc:  # a name the file system cannot encode
+            raise SourceProblem(column, f"cannot read .include file '{name}': {exc}") from None
         self._expand_by(len(source) + 1, column, f"is '{name}' included over and over (or by itself)?")
         return source
 
