@@ -4,96 +4,16 @@ the services' logs go to files in the deployment's state folder, not into the te
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from ringlab.rpc.local import LocalDeployment
 from ringlab.store.server import free_port
 from tests.services.conftest import usage_error
-
-START_TIMEOUT = 120.0
-"""A safety net: the services start in a few seconds even on a busy machine."""
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RINGLAB_HYPERVISOR", "RINGLAB_TOKEN")}
-    return {**env, **extra}
-
-
-def ringlab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ringlab.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        env=env or clean_env(),
-        stdin=subprocess.DEVNULL,
-    )
-
-
-@dataclass
-class Up:
-    """A ``ringlab up`` in the background, its output collected as it comes."""
-
-    process: subprocess.Popen[str]
-    target: str
-    state: Path
-    out: list[str] = field(default_factory=list)
-    err: list[str] = field(default_factory=list)
-    serving: threading.Event = field(default_factory=threading.Event)
-    readers: list[threading.Thread] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, state: Path, *extra: str) -> Up:
-        target = f"127.0.0.1:{free_port()}"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ringlab.cli", "up", "--listen", target, "--state", str(state), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=clean_env(),
-        )
-        up = cls(process, target, state)
-        for stream, lines in ((process.stdout, up.out), (process.stderr, up.err)):
-            reader = threading.Thread(target=up._collect, args=(stream, lines), daemon=True)
-            reader.start()
-            up.readers.append(reader)
-        assert up.serving.wait(START_TIMEOUT) and process.poll() is None, "".join(up.out + up.err)
-        return up
-
-    def _collect(self, stream: IO[str], lines: list[str]) -> None:
-        with stream:  # closed at its end, so no pipe is left for the garbage collector
-            for line in iter(stream.readline, ""):
-                lines.append(line)
-                if line.startswith("or first: export RINGLAB_HYPERVISOR"):  # the last line of the hint
-                    self.serving.set()
-        self.serving.set()  # it ended: the waiter looks at the process
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(timeout=60)
-        for reader in self.readers:  # the whole output, and both pipes closed
-            reader.join(timeout=10)
-        return status
-
-    @property
-    def stdout(self) -> str:
-        return "".join(self.out)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err)
+from tests.services.up_process import Up, clean_env, ringlab
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +37,12 @@ def test_up_service_logs_go_to_the_state_folder_not_the_terminal(up: Up) -> None
     hypervisor_log = (up.state / "hypervisor.log").read_text()
     assert f"serving on {up.target}" in hypervisor_log
     assert "serving on" in (up.state / "cpu0.log").read_text()
+    assert (up.state / "redis.log").exists()
     assert "serving on" not in up.stdout + up.stderr  # no service log line reached the terminal
 
 
 def test_up_listen_on_a_port_in_use_is_refused(up: Up) -> None:
-    done = ringlab("up", "--listen", up.target, "--state", str(up.state.parent / "second"))
+    done = ringlab("up", "--listen", up.target, "--data", str(up.state.parent / "second"))
     assert done.returncode == 3, done.stderr
     assert f"port {up.target.rsplit(':', 1)[1]}" in done.stderr and "already in use" in done.stderr
     assert "--listen" in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -184,8 +105,30 @@ def test_local_deployment_keeps_service_logs_out_of_the_terminal(capfd: pytest.C
     with LocalDeployment.start(pcpus=1) as d:
         assert d.state_dir is not None
         state = d.state_dir
-        assert sorted(d.logs) == ["cpu0", "hypervisor"]
+        assert sorted(d.logs) == ["cpu0", "hypervisor", "redis"]
+        assert not (state / "redis").exists()  # no persistence asked: Redis keeps no files here
         assert "serving on" in d.logs["hypervisor"].read_text()
     assert not state.exists()
     out, err = capfd.readouterr()
     assert "serving on" not in out + err and "INFO" not in out + err
+
+
+def test_up_state_is_another_name_for_data() -> None:
+    from ringlab.cli.main import build_parser
+
+    parsed = build_parser().parse_args(["up", "--state", "/some/folder"])
+    assert parsed.data == "/some/folder"
+
+
+def test_up_fresh_with_an_external_redis_is_a_usage_error(tmp_path: Path) -> None:
+    done = ringlab(
+        "up", "--listen", f"127.0.0.1:{free_port()}", "--redis", "redis://127.0.0.1:1/0", "--fresh",
+        "--data", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--fresh" in done.stderr and "--redis" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_up_max_restarts_below_zero_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(capsys, "up", "--max-restarts", "-1")
+    assert "--max-restarts" in err and "at least 0" in err, err

