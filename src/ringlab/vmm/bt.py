@@ -30,13 +30,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ringlab.isa import MASK32, Instruction
+from ringlab.isa import MASK32, Form, Instruction, Mem
 from ringlab.machine.exits import Controls, Exit, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
-from ringlab.machine.interpreter import HANDLERS
+from ringlab.machine.interpreter import HANDLERS, effective_address
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
-from ringlab.machine.state import CR0_PG, CR0_WP
+from ringlab.machine.state import CR0_PG, CR0_WP, CpuState
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import (
     INT_OPCODE,
@@ -72,6 +72,11 @@ ADAPT_AFTER = 4
 """Traps on traced page tables at one instruction after which it becomes an adaptive callout."""
 _P, _W, _U = 1, 2, 4
 _FRAME = 0xFFFFF000
+_ESP = 4
+_STORES = frozenset({Form.M, Form.MR, Form.MI, Form.M8R})
+"""Forms whose first operand is memory the instruction writes (``inc``/``dec``/``neg``/``not``
+[m], ``mov``/``add``... [m], r|imm, ``mov byte [m], r``); ``lgdt``/``lidt``/``invlpg`` [m] read
+or name memory, but they are callouts, never adaptive."""
 
 
 class BinaryTranslation:
@@ -295,12 +300,12 @@ class BinaryTranslation:
         """An ``ADAPTIVE`` op: the instruction run by the VMM, which writes a traced page table
         itself (no trap), and any other target as the instruction would."""
         cpu = vm.cpu
+        linear = _written_address(cpu.state, op.insn)
+        if linear is not None and self._is_traced_write(vm, Raised(PF, op.eip, _P | _W, linear)):
+            return self._write_lifted(vm, op.insn, op.eip)
         try:
             outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
         except Fault as fault:
-            raised = Raised(fault.vector, op.eip, fault.error_code, fault.cr2)
-            if self._is_traced_write(vm, raised):
-                return self._write_lifted(vm, op.insn, op.eip)
             return self._fault(vm, fault)
         if outcome is None:
             cpu.retire(cpu.state.cs & 3)
@@ -382,6 +387,18 @@ class _VmmPort:
     def to_user(self) -> Exit | Stop:
         result = self.vm.deliver_pending()
         return result if result is not None else YIELD
+
+
+def _written_address(s: CpuState, insn: Instruction) -> int | None:
+    """The linear address ``insn`` stores to (its memory operand, or the stack for a push or a
+    call), None if it stores nothing."""
+    if insn.spec.form in _STORES:
+        mem = insn.operands[0]
+        assert isinstance(mem, Mem)
+        return effective_address(s.regs, mem)
+    if insn.mnemonic in ("push", "call"):
+        return (s.regs[_ESP] - 4) & MASK32
+    return None
 
 
 def _may_be_int(vm: VM, eip: int) -> bool:
