@@ -29,7 +29,7 @@ def test_up_vm_top_and_graceful_shutdown(tmp_path: Path) -> None:
     port = free_port()
     target = f"127.0.0.1:{port}"
     up = subprocess.Popen(
-        [sys.executable, "-m", "ringlab.cli", "up", "--listen", target],
+        [sys.executable, "-m", "ringlab.cli", "up", "--listen", target, "--data", str(tmp_path / "data")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -292,7 +292,7 @@ class PcpuDriver(threading.Thread):
                 return
 
     def _loop(self) -> None:
-        version, raw = self.store.sched_snapshot()
+        version, raw = 0, {}  # nothing known yet: the first grant is refused and brings the entries
         finished: SliceOutcome | None = None
         slice_exits: dict[str, int] = {}
         busy = 0.0
@@ -529,6 +529,8 @@ class DriverManager(threading.Thread):
         self.owner = f"hypervisor-{uuid.uuid4().hex[:8]}"
         self.runtimes = Runtimes()
         self.drivers: dict[str, PcpuDriver] = {}
+        self.addresses: dict[str, str] = {}
+        """Where each driven pCPU was when its driver started (a pCPU may come back elsewhere)."""
         self.stop_event = threading.Event()
         self.alive = 0
 
@@ -539,6 +541,10 @@ class DriverManager(threading.Thread):
                 self.alive = sum(1 for _a, alive in pcpus.values() if alive)
                 for pcpu, (address, alive) in pcpus.items():
                     driver = self.drivers.get(pcpu)
+                    if alive and driver is not None and self.addresses.get(pcpu) != address:
+                        log.info("pCPU %s moved to %s: driving it there", pcpu, address)
+                        driver.stop()  # restarted elsewhere: its old driver calls the old address
+                        driver = None
                     if alive and (driver is None or not driver.is_alive()):
                         driver = PcpuDriver(
                             self.store,
@@ -550,6 +556,7 @@ class DriverManager(threading.Thread):
                             lambda: self.alive,
                         )
                         self.drivers[pcpu] = driver
+                        self.addresses[pcpu] = address
                         driver.start()
                     elif not alive and driver is not None:
                         driver.stop()
