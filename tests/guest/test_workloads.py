@@ -19,6 +19,7 @@ SMALL: dict[str, dict[str, int]] = {
     "io": {"ITERATIONS": 3},
     "callret": {"ITERATIONS": 50},
     "pagefault": {"ITERATIONS": 8},
+    "tlbmiss": {"PAGES": 70, "ITERATIONS": 2},
     "ptemod": {"ITERATIONS": 10},
     "divzero": {"ITERATIONS": 2},
     "spawnwait": {"ITERATIONS": 3},

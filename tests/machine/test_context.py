@@ -77,17 +77,31 @@ def test_nothing_written_sends_no_pages() -> None:
 def test_tlb_maintenance_is_replayed_on_the_other_copy() -> None:
     a, b = _pair()
     for cpu in (a, b):
-        cpu.mmu.tlb[0x5] = (0x5000, 7)
-        cpu.mmu.tlb[0x6] = (0x6000, 7)
+        cpu.mmu.tlb.insert(0x5, (0x5000, 6))
+        cpu.mmu.tlb.insert(0x6, (0x6000, 6))
     a.invalidate_page(0x5000)
     delta = take_delta(a, 0)
-    assert delta.tlb == [0x5000]
+    assert delta.maintenance == [0x5000]
     apply_delta(b, delta)
     assert 0x5 not in b.mmu.tlb and 0x6 in b.mmu.tlb
     a.flush_tlb()
     apply_delta(b, take_delta(a, 0))
-    assert b.mmu.tlb == {}
-    assert take_delta(a, 0).tlb == []  # replayed once, not again
+    assert len(b.mmu.tlb) == 0
+    assert take_delta(a, 0).maintenance == []  # replayed once, not again
+
+
+def test_the_tlb_contents_cross_the_switch_in_replacement_order() -> None:
+    """What one side filled (and in which order: FIFO is the replacement state) is the other's
+    after the switch, so both evict the same page next, as the one TLB in-process would."""
+    a, b = _pair()
+    sets = a.mmu.tlb.geometry.sets
+    pages = [0x10 + k * sets for k in range(a.mmu.tlb.ways)]  # one set, filled
+    for vpn in pages:
+        a.mmu.tlb.insert(vpn, (vpn << 12, 6))
+    b.mmu.tlb.insert(0x7, (0x7000, 6))  # the receiver's own entry goes: it becomes the sender's
+    apply_delta(b, take_delta(a, 0))
+    assert sorted(b.mmu.tlb) == sorted(pages)
+    assert b.mmu.tlb.insert(0x10 + 9 * sets, (0, 6)) == pages[0]  # the oldest fill goes first
 
 
 def test_a_delta_for_another_copy_is_refused_and_changes_nothing() -> None:

@@ -166,6 +166,12 @@ def _multi(d: Mapping[str, int]) -> Expected:
     return re.compile(b"(?:%s){%d}%s" % (line, workers * steps, re.escape(done)))
 
 
+def _tlbmiss(d: Mapping[str, int]) -> Expected:
+    pages, rounds = d["PAGES"], d["ITERATIONS"]
+    total = rounds * pages * (pages - 1) // 2 % (1 << 32)
+    return f"tlbmiss: {rounds} rounds over {pages} pages, sum {total}\n".encode()
+
+
 def _bench(d: Mapping[str, int]) -> Expected:
     result = 0 if 0 <= d["OP"] < 5 else -22
     return f"bench: op {d['OP']}, {d['ITERATIONS']} iterations, result {result}\n".encode()
@@ -227,6 +233,13 @@ WORKLOADS: dict[str, Workload] = dict(
             ["pagefault.s"],
             {"ITERATIONS": 32},
             lambda d: f"pagefault: {d['ITERATIONS']} fresh pages, zero-filled\n".encode(),
+        ),
+        _workload(
+            "tlbmiss",
+            "reads PAGES heap pages (more than the TLB holds) in turn, ITERATIONS rounds: a TLB miss per load",
+            ["tlbmiss.s"],
+            {"PAGES": 128, "ITERATIONS": 16},
+            _tlbmiss,
         ),
         _workload(
             "ptemod",

@@ -323,6 +323,8 @@ class CompiledBlocks:
         ran = 0
         eip = s.eip
         off = rc.get(eip >> PAGE_SHIFT)
+        if off is None:
+            off = self._refetch(eip, cpl)
         while off is not None:
             pa = eip + off
             key = (eip << 32) | pa
@@ -349,6 +351,8 @@ class CompiledBlocks:
                 break
             eip = s.eip
             off = rc.get(eip >> PAGE_SHIFT)
+            if off is None:
+                off = self._refetch(eip, cpl)
             if off is None or not follow(eip, eip + off):
                 break
         done = t - start
@@ -361,6 +365,19 @@ class CompiledBlocks:
             if s.timer_period and t >= s.timer_next:
                 cpu.tick()
         return done
+
+    def _refetch(self, eip: int, cpl: int) -> int | None:
+        """The read cache lacks ``eip``'s page (the TLB evicted it, or never held it): fetch
+        needs its translation, so ask the MMU (a TLB hit, or a miss and a walk, as a fetch
+        would), which puts it back in the cache; None when the fetch would fault (the caller's
+        to run) or the page takes the slow path.  Without this, code that a VMM runs only
+        through ``run_straight`` would stay off the fast path once its page was evicted."""
+        mmu = self.cpu.mmu
+        try:
+            mmu.translate(eip, False, cpl == 3)
+        except Fault:
+            return None
+        return mmu.read_cache[mode_index(cpl == 3, self.cpu.state.cr0)].get(eip >> PAGE_SHIFT)
 
     def _lookup(self, key: int, eip: int, pa: int) -> Block | None:
         heat = self.heat.get(key, 0) + 1

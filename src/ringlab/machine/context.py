@@ -4,8 +4,10 @@ The pCPU (the cpu service) runs guest code; the VMM (the hypervisor service) han
 Each keeps a copy of the vCPU: its ``Cpu`` with registers, statistics and the VM's host memory.
 At every switch the side that ran hands the other a ``ContextDelta``: all registers and counters
 (a few hundred bytes), the pages it wrote since the previous switch (``Memory.take_recent``, the
-dirty log KVM keeps for migration) and the TLB maintenance it did (``Mmu.log``), so both copies
-are equal again before the other side touches them.  In-process the two sides are one ``Cpu`` and
+dirty log KVM keeps for migration), the TLB maintenance it did (``Mmu.log``) and its TLB's
+contents (at most the TLB's size, 64 words by default), so both copies are equal again before the
+other side touches them - the TLB included, so which accesses miss, and what the cost model
+charges for them, is what it is in-process, where the two sides share one TLB.  In-process the two sides are one ``Cpu`` and
 nothing is copied (``ringlab.vmm.InProcessCore``, the default ``CoreRunner``).
 
 ``base`` guards the protocol: a delta applies only to a copy at the retired-instruction count the
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ringlab.machine.cpu import Cpu
-from ringlab.machine.mmu import TLB_FLUSH
+from ringlab.machine.mmu import TLB_FLUSH, TLB_LOAD
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import stats_from_json, stats_to_json
 
@@ -41,7 +43,14 @@ class ContextDelta:
     pages: dict[int, bytes] = field(default_factory=dict)
     """Page number -> its bytes, for every page written since the last switch."""
     tlb: list[int] = field(default_factory=list)
-    """TLB maintenance to replay, in order: ``TLB_FLUSH`` or a linear address (``invlpg``)."""
+    """TLB maintenance to replay, in order: ``TLB_FLUSH`` or a linear address (``invlpg``); then
+    ``TLB_LOAD`` and the sender's TLB contents (``Tlb.snapshot``), which the receiver's TLB
+    becomes (``maintenance`` is the part before it)."""
+
+    @property
+    def maintenance(self) -> list[int]:
+        """The TLB maintenance alone, without the contents that follow ``TLB_LOAD``."""
+        return self.tlb[: self.tlb.index(TLB_LOAD)] if TLB_LOAD in self.tlb else list(self.tlb)
 
 
 def track(cpu: Cpu) -> None:
@@ -58,6 +67,8 @@ def take_delta(cpu: Cpu, base: int) -> ContextDelta:
     tlb = list(log) if log is not None else []
     if log is not None:
         log.clear()
+    tlb.append(TLB_LOAD)
+    tlb.extend(cpu.mmu.tlb_snapshot())
     return ContextDelta(base, cpu.state.to_dict(), stats_to_json(cpu.stats), pages, tlb)
 
 
@@ -88,12 +99,16 @@ def apply_delta(cpu: Cpu, delta: ContextDelta) -> None:
     mmu = cpu.mmu
     log = mmu.log
     mmu.log = None
-    for op in delta.tlb:
+    ops = delta.tlb
+    contents = ops.index(TLB_LOAD) if TLB_LOAD in ops else len(ops)
+    for op in ops[:contents]:
         if op == TLB_FLUSH:
             mmu.flush()
         else:
             mmu.invalidate(op)
     mmu.sync()  # cr3 or cr0.PG changed without a flush of their own: what run() does first
+    if contents < len(ops):
+        mmu.load_tlb(ops[contents + 1 :])
     mmu.log = log  # (the other side did these itself: nothing to send back)
     cpu.cancel_in()  # a pending IoIn was completed on the other side (its register is in state)
     stats_from_json(delta.stats, cpu.stats)

@@ -1,14 +1,23 @@
 """The MMU: linear -> physical translation with x86 32-bit two-level paging and a modelled TLB.
 
-The modelled TLB (``tlb``: virtual page -> frame and the U/W bits of both levels) is the
-architectural one: a changed PTE takes effect only after ``invlpg`` on its address, a ``cr3``
-write or a change of ``cr0.PG`` (docs/machine.md Paging).  As the SDM says, a page fault also drops the
-faulting page's entry, so a handler can fix a PTE and retry without ``invlpg``.
+The modelled TLB (``tlb``, ``machine.tlb.Tlb``: virtual page -> frame and the U/W bits of both
+levels; bounded and set-associative, 64 entries 4-way unless configured) is the architectural
+one: a changed PTE may be used until ``invlpg`` on its address, a ``cr3`` write or a change of
+``cr0.PG`` (docs/machine.md Paging), or until the TLB evicts it.  As the SDM says, a page fault
+also drops the faulting page's entry, so a handler can fix a PTE and retry without ``invlpg``.
+
+Every miss is a page walk (``stats.tlb_misses``) that makes memory references the cost model
+prices (``stats.walk_references``): 2 for RL-32's two-level tables natively and under shadow
+paging (the core walks the shadow), ``(2+1)**2 - 1 = 8`` under nested paging, where each of the
+guest walk's guest-physical addresses (the guest's root, its directory entry, its table entry)
+is itself walked through the host's two-level table (Bhargava et al., ASPLOS 2008).  Walks never
+retire instructions or take virtual time: the guest cannot tell a hit from a miss.
 
 For the block compiler the MMU keeps *fast caches* derived from the TLB: per access mode (user,
 WP, PG) a dict from virtual page to ``physical - linear`` offset, one for reads and one for
 writes.  Compiled code indexes them directly and leaves to the slow path (this module) on a
-miss.  A page enters a write cache only on a write, which marks it dirty, and never while it
+miss.  Every page in a paging-on fast cache is in the TLB (an eviction drops it from them), so a
+fast-cache hit is a TLB hit, which changes nothing in a FIFO TLB (``tlb.py``).  A page enters a write cache only on a write, which marks it dirty, and never while it
 holds compiled code, so writes to code always take the slow path that invalidates blocks.
 
 Hooks for the layers above, which never need to modify this module:
@@ -29,12 +38,33 @@ from ringlab.machine.faults import PF, UD, Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE, Memory
 from ringlab.machine.state import CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
+from ringlab.machine.tlb import Tlb, TlbGeometry
 
-__all__ = ["TLB_FLUSH", "Mmu", "SecondStage", "mode_index"]
+__all__ = [
+    "TLB_FLUSH",
+    "TLB_LOAD",
+    "WALK_REFERENCES",
+    "WALK_REFERENCES_NESTED",
+    "Mmu",
+    "SecondStage",
+    "mode_index",
+]
 
 M = 0xFFFFFFFF
 TLB_FLUSH = -1
 """In ``Mmu.log``: the whole TLB was flushed."""
+TLB_LOAD = -2
+"""In a world switch's TLB list (``context.py``): what follows is the TLB's contents (``Tlb.snapshot``)."""
+LEVELS = 2
+"""RL-32's page tables: a directory and a table."""
+WALK_REFERENCES = LEVELS
+"""Memory references of a one-dimensional walk (natively, or of a shadow table)."""
+WALK_REFERENCES_NESTED = (LEVELS + 1) ** 2 - 1
+"""Of a two-dimensional walk: each of the LEVELS + 1 guest-physical addresses the guest walk
+makes (its root, each entry) walked through the host's LEVELS-level table, plus the guest's
+LEVELS entries themselves (Bhargava et al.'s (n+1)^2 - 1)."""
+_PAGING_MODES = (4, 5, 6, 7)
+"""The fast caches' paging-on modes (``mode_index`` bit 2): the ones derived from the TLB."""
 _FRAME = 0xFFFFF000
 _P, _W, _U = 1, 2, 4
 
@@ -51,12 +81,21 @@ def mode_index(user: bool, cr0: int) -> int:
 
 
 class Mmu:
-    def __init__(self, memory: Memory, state: CpuState, stats: Stats, *, fast_caches: bool = False) -> None:
+    def __init__(
+        self,
+        memory: Memory,
+        state: CpuState,
+        stats: Stats,
+        *,
+        fast_caches: bool = False,
+        tlb: TlbGeometry | None = None,
+    ) -> None:
         self.memory = memory
         self.state = state
         self.stats = stats
-        self.tlb: dict[int, tuple[int, int]] = {}
+        self.tlb = Tlb(tlb)
         """Virtual page -> (frame address, U|W bits common to both levels)."""
+        self._tlb_map = self.tlb.map  # the hit path: a plain dict lookup
         self.fast_caches = fast_caches
         self.read_cache: list[dict[int, int]] = [{} for _ in range(8)]
         self.write_cache: list[dict[int, int]] = [{} for _ in range(8)]
@@ -69,6 +108,12 @@ class Mmu:
         memory.on_clear_dirty.append(self.forget_writes)
 
     # -- TLB maintenance -----------------------------------------------------------------
+    def resize_tlb(self, geometry: TlbGeometry) -> None:
+        """Replace the TLB by an empty one of ``geometry`` (a flush: nothing the guest can see)."""
+        self.tlb = Tlb(geometry)
+        self._tlb_map = self.tlb.map
+        self.flush()
+
     def flush(self) -> None:
         """Drop every translation (a ``cr3`` write, a change of ``cr0.PG``)."""
         self.tlb.clear()
@@ -85,9 +130,29 @@ class Mmu:
         vpn = (linear & M) >> PAGE_SHIFT
         if self.log is not None:
             self.log.append(linear & M)
-        self.tlb.pop(vpn, None)
+        self.tlb.invalidate(vpn)
         for cache in (*self.read_cache, *self.write_cache):
             cache.pop(vpn, None)
+
+    def _evicted(self, vpn: int) -> None:
+        """The TLB dropped ``vpn`` to make room: so do the fast caches derived from it."""
+        for mode in _PAGING_MODES:
+            self.read_cache[mode].pop(vpn, None)
+            self.write_cache[mode].pop(vpn, None)
+
+    def tlb_snapshot(self) -> list[int]:
+        """The TLB's contents for the other side of a world switch (``context.py``)."""
+        return self.tlb.snapshot()
+
+    def load_tlb(self, snapshot: list[int]) -> None:
+        """Take the other side's TLB contents: every page whose translation is not the same
+        afterwards leaves the fast caches (they must stay a subset of the TLB)."""
+        before = dict(self.tlb.items())
+        self.tlb.load(snapshot)
+        get = self.tlb.get
+        for vpn, entry in before.items():
+            if get(vpn) != entry:
+                self._evicted(vpn)
 
     def sync(self) -> None:
         """Flush if ``cr3`` or ``cr0.PG`` changed behind the MMU's back (a VMM wrote the state)."""
@@ -111,7 +176,9 @@ class Mmu:
         return gpa if stage is None else stage.translate(gpa, write)
 
     def _walk(self, linear: int, write: bool, user: bool) -> tuple[int, int]:
-        self.stats.tlb_misses += 1
+        stats = self.stats
+        stats.tlb_misses += 1
+        stats.walk_references += WALK_REFERENCES if self.second_stage is None else WALK_REFERENCES_NESTED
         code = (_W if write else 0) | (_U if user else 0)
         pde = self.memory.read32(self._phys((self.state.cr3 & _FRAME) | ((linear >> 22) << 2), False))
         if not pde & _P:
@@ -120,7 +187,9 @@ class Mmu:
         if not pte & _P:
             raise Fault(PF, code, linear)
         entry = (pte & _FRAME, pde & pte & (_U | _W))
-        self.tlb[linear >> PAGE_SHIFT] = entry
+        evicted = self.tlb.insert(linear >> PAGE_SHIFT, entry)
+        if evicted is not None:
+            self._evicted(evicted)
         return entry
 
     def translate(self, linear: int, write: bool, user: bool) -> int:
@@ -128,7 +197,7 @@ class Mmu:
         cr0 = self.state.cr0
         if cr0 & CR0_PG:
             vpn = linear >> PAGE_SHIFT
-            entry = self.tlb.get(vpn)
+            entry = self._tlb_map.get(vpn)
             if entry is None:
                 entry = self._walk(linear, write, user)
             frame, perm = entry

@@ -17,11 +17,25 @@ from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Budget, Halt, IoIn, IoOut, Shutdown
 from ringlab.machine.state import CpuState
 from ringlab.machine.stats import Stats
+from ringlab.machine.tlb import TlbGeometry
 
-__all__ = ["CONSOLE_PORT", "POWER_PORT", "DeviceBackEnd", "PowerOff", "RunResult", "run_image"]
+__all__ = [
+    "CONSOLE_PORT",
+    "CONSOLE_STATUS_PORT",
+    "POWER_PORT",
+    "DeviceBackEnd",
+    "PowerOff",
+    "RunResult",
+    "run_image",
+]
 
 CONSOLE_PORT = 0x3F8
+CONSOLE_STATUS_PORT = 0x3FD
+"""The console's line-status register (a 16550 UART's LSR): ``in`` only."""
 POWER_PORT = 0xF4
+LSR_DATA_READY = 0x01
+LSR_TRANSMITTER_EMPTY = 0x60
+"""THRE | TEMT: the console takes every byte at once, so it always reads empty."""
 NO_INPUT = 0xFFFFFFFF
 _SLICE = 1 << 40
 
@@ -33,7 +47,8 @@ class PowerOff:
 
 @dataclass
 class DeviceBackEnd:
-    """The console (0x3F8) and power (0xF4): the devices the core leaves to its platform.
+    """The console (0x3F8, its line status 0x3FD) and power (0xF4): the devices the core leaves
+    to its platform.
     The native platform and every hypervisor technique use this one back end."""
 
     input: bytes = b""
@@ -55,6 +70,8 @@ class DeviceBackEnd:
                 self._read += 1
                 return self.input[self._read - 1]
             return NO_INPUT
+        if port == CONSOLE_STATUS_PORT:
+            return LSR_TRANSMITTER_EMPTY | (LSR_DATA_READY if self._read < len(self.input) else 0)
         return 0 if port == POWER_PORT else NO_INPUT
 
 
@@ -97,9 +114,13 @@ def run_image(
     max_instructions: int | None = None,
     input: bytes = b"",
     fast: bool = True,
+    tlb: TlbGeometry | None = None,
 ) -> RunResult:
-    """Boot ``image`` natively and run it until power-off, halt, shutdown or the limit."""
+    """Boot ``image`` natively and run it until power-off, halt, shutdown or the limit.
+    ``tlb``: the TLB's size (default 64 entries, 4-way: ``machine.tlb``)."""
     cpu = Cpu.boot(image, memory_size=memory_size, fast=fast)
+    if tlb is not None:
+        cpu.mmu.resize_tlb(tlb)
     devices = DeviceBackEnd(input)
     started = time.perf_counter()
     reason, code, detail = "limit", None, ""

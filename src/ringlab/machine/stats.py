@@ -29,6 +29,8 @@ class Stats:
     tlb_flushes: int = 0
     tlb_misses: int = 0
     """Page walks."""
+    walk_references: int = 0
+    """Memory references the page walks made (2 each, 8 under nested paging: ``mmu.py``)."""
     blocks_compiled: int = 0
     block_cache_hits: int = 0
     block_invalidations: int = 0
@@ -54,6 +56,7 @@ class Stats:
             "block_invalidations": self.block_invalidations,
             "tlb_flushes": self.tlb_flushes,
             "tlb_misses": self.tlb_misses,
+            "walk_references": self.walk_references,
         }
 
 

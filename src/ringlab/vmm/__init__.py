@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ringlab.errors import UsageError
 from ringlab.image import Image
+from ringlab.machine.tlb import TlbGeometry
 from ringlab.vmm.technique import TECHNIQUES, Stop, Technique, TechniqueName, default_kernel
 from ringlab.vmm.vm import IN_PROCESS, VM, CoreRunner, InProcessCore, VmRunResult
 
@@ -67,12 +68,14 @@ def run_vm(
     max_instructions: int | None = None,
     input: bytes = b"",
     fast: bool = True,
+    tlb: TlbGeometry | None = None,
 ) -> VmRunResult:
     """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
 
     Returns ``machine.RunResult``'s shape (``to_json()`` is docs/machine.md's object) with ``registers``
     the guest-visible (virtual) state; exit reason ``refused`` when the technique will not run
-    this guest (a stock kernel under ``pv``)."""
+    this guest (a stock kernel under ``pv``).  ``tlb``: the core's TLB size (default 64 entries,
+    4-way: ``machine.tlb``); it changes the page walks and their cycles, never the guest's results."""
     vm = VM(
         image,
         make_technique(technique, nested_paging=nested_paging),
@@ -80,4 +83,6 @@ def run_vm(
         input=input,
         fast=fast,
     )
+    if tlb is not None:
+        vm.cpu.mmu.resize_tlb(tlb)
     return vm.run(max_instructions)
