@@ -10,8 +10,12 @@ fill.  A hit changes nothing, which is what lets the core keep its *fast caches*
 translations compiled blocks index inline) without telling the TLB about every hit: the MMU keeps
 every fast-cache entry a subset of the TLB (an eviction drops the page from the fast caches), so a
 fast-cache hit is a TLB hit, and the TLB's contents - hence which accesses miss - depend only on
-the sequence of misses, the same on the interpreter's path and on compiled code's.  (LRU would
-need every hit recorded, inline in every compiled load and store.)
+the sequence of misses: a data access misses on compiled code's path exactly when it would on
+the interpreter's.  (LRU would need every hit recorded, inline in every compiled load and
+store.)  Instruction fetch is the one difference: the interpreter translates each instruction's
+address, compiled code its block's once (as the Pentium 4's trace cache delivers decoded
+instructions without an ITLB lookup), so when a data access evicts the code page in mid-block
+the interpreter walks again at the next instruction and compiled code at the next block.
 
 The TLB is a cache: an entry may go at any moment (eviction), and a guest that keeps its
 page tables and ``invlpg`` right, as x86 requires, sees the same results whatever the size.

@@ -54,6 +54,9 @@ class EventCounter:
     """Exception vector -> times the core counted it but the VMM absorbed it."""
     reflected: int = 0
     """Events delivered into the guest by the VMM through its virtual IDT."""
+    io_passthrough: int = 0
+    """``hw``: ``in``/``out`` to a port whose I/O-bitmap bit is clear (no exit: the device is
+    reached directly)."""
 
     def handled(self, mnemonic: str, how: str) -> None:
         ways = self.sensitive.get(mnemonic)
@@ -86,6 +89,8 @@ class EventCounter:
             reflected=self.reflected,
             world_switches=self.world_switches,
         )
+        if self.io_passthrough:
+            out["io_passthrough"] = self.io_passthrough
         return out
 
     def host(self) -> dict[str, Any]:

@@ -1,12 +1,23 @@
 """``hw``: hardware-assisted virtualization (first-generation VT-x).
 
 The guest kernel runs at its own ring 0 in VMX non-root mode, so every instruction behaves as
-natively except those the VMCS's exit controls name: they cause VM exits, handled here in one
-place and counted by Intel's exit-reason number.  ``cpuid`` always exits (and announces the
-hypervisor in leaf 1 ecx bit 31, the one difference equivalence allows); console and power
-I/O exit (the I/O bitmap); the timer and POST ports are virtual devices in the vCPU context.
-With shadow paging, cr accesses, ``invlpg`` and the guest's page faults exit; with nested
-paging (EPT) none do: the MMU walks the guest's tables and then the P2M.
+natively except those the VMCS's controls name (``Vmcs``): they cause VM exits, handled here in
+one place and counted by Intel's exit-reason number.  ``cpuid`` always exits (and announces the
+hypervisor in leaf 1 ecx bit 31, the one difference equivalence allows).
+
+- I/O: the I/O bitmap decides, port by port: an ``in``/``out`` to a port whose bit is set exits
+  (the devices the VMM emulates: the console's data and line-status ports, power); one whose
+  bit is clear reaches its device without an exit (a device assigned to the guest).  The timer
+  (0x40) and the POST port (0x80) are devices of the vCPU itself (docs/design.md), which the
+  bitmap cannot name.
+- TPR shadow (on, as on the first-generation parts [AA06] measured): ``cr8`` reads and writes
+  go to the virtual APIC's task-priority register without an exit, whatever the paging mode.
+- With shadow paging, the other control registers, ``invlpg`` and the guest's page faults
+  exit; with nested paging (EPT) none do: the MMU walks the guest's tables and then the P2M.
+
+The core intercepts control-register moves by direction, not by register, so a move the VMCS
+does not name (``cr8`` under the TPR shadow, ``cr3`` under nested paging) can reach this
+handler: it is completed as the hardware would, and no exit is counted.
 """
 
 from __future__ import annotations
@@ -14,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ringlab.isa import Form, Instruction
 from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Controls, Exit, Intercept, IoIn, IoOut, Raised, Shutdown
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
+from ringlab.machine.platform import CONSOLE_PORT, CONSOLE_STATUS_PORT, POWER_PORT
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.exit_reasons import VmxExitReason as R
@@ -27,25 +40,44 @@ from ringlab.vmm.vcpu import Deprivilege
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["Hw", "Vmcs"]
+__all__ = ["EMULATED_PORTS", "VCPU_PORTS", "Hw", "Vmcs"]
+
+EMULATED_PORTS = frozenset({CONSOLE_PORT, CONSOLE_STATUS_PORT, POWER_PORT})
+"""The ports of the devices the VMM emulates: their bits are set in the default I/O bitmap."""
+VCPU_PORTS = frozenset({0x40, 0x80})
+"""The timer and the POST port: devices of the vCPU itself (the core's), never in the bitmap."""
+CR8 = 8
 
 
 @dataclass(frozen=True)
 class Vmcs:
-    """The exit controls of the VMCS (the subset RL-32 needs)."""
+    """The VM-execution controls of the VMCS (the subset RL-32 needs)."""
 
     cpuid_exiting: bool = True  # architectural: cpuid always exits
     hlt_exiting: bool = True
-    io_bitmap_ports: frozenset[int] = frozenset({0x3F8, 0xF4})
-    """Documentation of the I/O bitmap: ports the core does not model exit; 0x40/0x80 don't."""
+    io_bitmap: frozenset[int] = EMULATED_PORTS
+    """"Use I/O bitmaps": an ``in``/``out`` exits iff its port's bit is set (here: is listed)."""
     cr3_load_exiting: bool = True
+    """Moves to ``cr0``, ``cr2`` and ``cr3`` exit (with the CR0 guest/host mask, what shadow
+    paging needs)."""
     cr3_store_exiting: bool = True
+    """Moves from ``cr0``, ``cr2`` and ``cr3`` exit."""
+    tpr_shadow: bool = True
+    """"Use TPR shadow": ``cr8`` moves use the virtual APIC's TPR and never exit; off, every
+    ``cr8`` move exits (CR8-load and CR8-store exiting).  Independent of the paging mode."""
     invlpg_exiting: bool = True
     exception_bitmap: frozenset[int] = frozenset({PF})
     nested_paging: bool = False
 
+    def __post_init__(self) -> None:
+        if self.io_bitmap & VCPU_PORTS:
+            raise ValueError(
+                f"ports {', '.join(f'{p:#x}' for p in sorted(self.io_bitmap & VCPU_PORTS))} are the vCPU's "
+                "own devices (timer, POST): the I/O bitmap cannot make them exit"
+            )
+
     @classmethod
-    def for_paging(cls, nested: bool) -> Vmcs:
+    def for_paging(cls, nested: bool, *, tpr_shadow: bool = True) -> Vmcs:
         if nested:
             return cls(
                 cr3_load_exiting=False,
@@ -53,16 +85,29 @@ class Vmcs:
                 invlpg_exiting=False,
                 exception_bitmap=frozenset(),
                 nested_paging=True,
+                tpr_shadow=tpr_shadow,
             )
-        return cls()
+        return cls(tpr_shadow=tpr_shadow)
+
+    def io_exits(self, port: int) -> bool:
+        """Does an ``in``/``out`` to ``port`` exit?"""
+        return port in self.io_bitmap
+
+    def cr_exits(self, n: int, write: bool) -> bool:
+        """Does a move to (``write``) or from control register ``n`` exit?"""
+        if n == CR8:
+            return not self.tpr_shadow
+        return self.cr3_load_exiting if write else self.cr3_store_exiting
 
     def controls(self) -> Controls:
         mnemonics = {"cpuid"} if self.cpuid_exiting else set()
         if self.hlt_exiting:
             mnemonics.add("hlt")
-        if self.cr3_load_exiting:
+        # The core intercepts a direction of control-register move, not a register: what a
+        # listed direction brings that the VMCS does not name, ``Hw.handle`` completes unexited.
+        if self.cr3_load_exiting or not self.tpr_shadow:
             mnemonics.add("mov cr,r")
-        if self.cr3_store_exiting:
+        if self.cr3_store_exiting or not self.tpr_shadow:
             mnemonics.add("mov r,cr")
         if self.invlpg_exiting:
             mnemonics.add("invlpg")
@@ -81,10 +126,10 @@ class Hw:
     name = TechniqueName.HW.value
     deprivilege: Deprivilege | None = None
 
-    def __init__(self, nested_paging: bool = False) -> None:
-        self.nested_paging = nested_paging
-        self.shadow_paging = not nested_paging
-        self.vmcs = Vmcs.for_paging(nested_paging)
+    def __init__(self, nested_paging: bool = False, vmcs: Vmcs | None = None) -> None:
+        self.vmcs = vmcs if vmcs is not None else Vmcs.for_paging(nested_paging)
+        self.nested_paging = self.vmcs.nested_paging
+        self.shadow_paging = not self.nested_paging
 
     def controls(self) -> Controls:
         return self.vmcs.controls()
@@ -102,10 +147,15 @@ class Hw:
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit:
-            case IoOut() | IoIn():
-                self._exit(vm, R.IO_INSTRUCTION)
+            case IoOut(port=port) | IoIn(port=port):
+                if self.vmcs.io_exits(port):
+                    self._exit(vm, R.IO_INSTRUCTION)
+                else:  # its bit is clear: the guest reached the device itself
+                    vm.counters.io_passthrough += 1
                 return vm.common_exit(exit)
             case Intercept(instruction=insn, eip=eip):
+                if insn.mnemonic == "mov" and not self._cr_exits(insn):
+                    return emulate(vm, insn, eip)  # the hardware's own (TPR shadow, EPT): no exit
                 self._exit(vm, _BY_MNEMONIC[insn.mnemonic])
                 if insn.mnemonic == "vmcall":  # no hypercall ABI under hw: #UD, as natively
                     return reflect_exception(vm, Fault(UD), counted=False)
@@ -121,6 +171,12 @@ class Hw:
                 return vm.common_exit(exit)
             case _:  # budget; a halt from the emulated hlt (its HLT exit is counted already)
                 return vm.common_exit(exit)
+
+    def _cr_exits(self, insn: Instruction) -> bool:
+        write = insn.spec.form is Form.CRR
+        n = insn.operands[0] if write else insn.operands[1]
+        assert isinstance(n, int)
+        return self.vmcs.cr_exits(n, write)
 
     def _page_fault(self, vm: VM, exit: Raised) -> Exit | Stop | None:
         """#PF is the only vector in the exception bitmap (shadow paging)."""
