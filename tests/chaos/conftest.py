@@ -10,27 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.store.conftest import redis_server, state
 
-from ringlab.store import LocalRedis, SharedState
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
-    server = LocalRedis.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def state(redis_server: LocalRedis) -> Iterator[SharedState]:
-    shared = SharedState.from_url(redis_server.url)
-    shared.r.flushdb()
-    yield shared
-    shared.r.close()
+__all__ = ["Up", "redis_server", "state"]
 
 
 class Up:

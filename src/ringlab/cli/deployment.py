@@ -458,24 +458,6 @@ def _print_vms(vms: list[Any], as_json: bool) -> None:
     _console().print(vm_table(rows))
 
 
-def _table(title: str, columns: list[tuple[str, str]]) -> Any:
-    """A compact table (no vertical rules): columns as (header, justify); long cells fold, never "…"."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
-    for header, justify in columns:
-        table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    return table
-
-
 def _count(n: int) -> str:
     """Short counts for narrow tables: 9876, 12.3k, 456k, 4.56M, 7.89G."""
     if n < 10_000:
@@ -493,7 +475,9 @@ def vm_table(rows: list[dict[str, Any]], title: str = "VMs") -> Any:
     """id, name, technique, kernel, workload, status (with the exit code), weight, CPU share,
     exits and retired instructions ("instr"), narrow enough for 80 columns (slices are in --json
     and in top's pCPU table)."""
-    table = _table(
+    from ringlab.cli.termout import compact_table
+
+    table = compact_table(
         title,
         [
             ("id", "right"), ("name", "left"), ("technique", "left"), ("kernel", "left"),
@@ -686,7 +670,9 @@ TOP_REASONS = 4
 def exits_table(rows: list[dict[str, Any]], rates: dict[tuple[str, str], float] | None = None) -> Any:
     """Exits by reason per VM, most frequent first (as kvm_stat shows them): total, share of the
     VM's exits, and the rate since the previous refresh."""
-    table = _table(
+    from ringlab.cli.termout import compact_table
+
+    table = compact_table(
         "exits by reason",
         [("VM", "left"), ("reason", "left"), ("total", "right"), ("%", "right"), ("per s", "right")],
     )
@@ -707,6 +693,8 @@ def top_renderable(stats: Any, previous: Any = None, elapsed: float = 0.0) -> An
     seconds earlier) gives the exit rates."""
     from rich.console import Group
 
+    from ringlab.cli.termout import compact_table
+
     rows = [vm_row(vm) for vm in stats.vms]
     rates: dict[tuple[str, str], float] | None = None
     if previous is not None and elapsed > 0:
@@ -716,7 +704,7 @@ def top_renderable(stats: Any, previous: Any = None, elapsed: float = 0.0) -> An
             for r in rows
             for k, v in r["exits_by_reason"].items()
         }
-    pcpus = _table(
+    pcpus = compact_table(
         "ringlab top: pCPUs",
         [
             ("pCPU", "left"), ("address", "left"), ("alive", "left"), ("running", "left"),

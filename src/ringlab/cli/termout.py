@@ -38,6 +38,23 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr)
 
 
+def compact_table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A compact table (no vertical rules): columns as (header, justify); long cells fold, never "…"."""
+    from rich import box
+
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        title_justify="left",
+    )
+    for header, justify in columns:
+        table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    return table
+
+
 def fit_table(table: Table) -> Table:
     """Let every column wrap (folding a word too long for its column) instead of cutting it with
     "…", so the table fits any width it is given."""

@@ -292,7 +292,8 @@ class PcpuDriver(threading.Thread):
                 return
 
     def _loop(self) -> None:
-        version, raw = 0, {}  # nothing known yet: the first grant is refused and brings the entries
+        # Nothing known yet: the first grant is refused and brings the entries.
+        version, raw = 0, dict[str, dict[str, Any]]()
         finished: SliceOutcome | None = None
         slice_exits: dict[str, int] = {}
         busy = 0.0

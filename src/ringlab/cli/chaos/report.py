@@ -14,23 +14,6 @@ EVIDENCE = 3
 """Failures shown per property (``--json`` has them all)."""
 
 
-def _table(title: str, columns: list[tuple[str, str]]) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
-        title_justify="left",
-    )
-    for header, justify in columns:
-        table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    return table
-
-
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -40,7 +23,9 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
     from rich.console import Group
     from rich.text import Text
 
-    props = _table(
+    from ringlab.cli.termout import compact_table
+
+    props = compact_table(
         "properties", [("property", "left"), ("result", "left"), ("checked", "right"), ("evidence", "left")]
     )
     for p in verdict.properties:
@@ -50,7 +35,7 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
         props.add_row(
             p.name, "[green]ok[/]" if p.ok else "[bold red]FAIL[/]", str(p.checked), evidence or p.summary
         )
-    faults = _table(
+    faults = compact_table(
         "faults",
         [("#", "right"), ("at s", "right"), ("action", "left"), ("target", "left"), ("hit", "right"), ("failover s", "right"), ("charged s", "right")],
     )  # fmt: skip
