@@ -77,7 +77,7 @@ def test_bench_table_on_a_terminal_of_80_columns_fits_and_shows_progress_on_stde
 
 
 def test_bench_piped_prints_the_whole_table_and_no_progress() -> None:
-    p = ringlab("bench", "--only", "callret", "--techniques", *ALL_COLUMNS, env={"COLUMNS": "80"})
+    p = ringlab("bench", "--only", "cr8wr", "--techniques", *ALL_COLUMNS, env={"COLUMNS": "80"})
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
     assert ELLIPSIS not in p.stdout
