@@ -312,7 +312,10 @@ _BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
     "only": ("--only", "micro"),
     "techniques": ("--techniques", "micro"),
     "rounds": ("--rounds", "speed", "efficiency"),
-    "repeats": ("--repeats", "efficiency"),
+    "repeats": ("--repeats", "efficiency", "micro"),
+    "profile": ("--profile", "micro"),
+    "paper": ("--paper", "micro"),
+    "tlb": ("--tlb", "micro"),
 }
 
 
@@ -335,6 +338,15 @@ def _check_bench_options(args: argparse.Namespace) -> None:
             f"--vms {args.vms} but --weights gives {len(args.weights)} weights: give one weight per VM "
             "(or leave out --vms: the number of weights is the number of VMs)"
         )
+
+
+def _parse_tlb(text: str) -> Any:
+    from ringlab.machine.tlb import TlbGeometry
+
+    try:
+        return TlbGeometry.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -437,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ringlab.cli.bench.efficiency import REPEATS as EFFICIENCY_REPEATS
     from ringlab.cli.bench.efficiency import ROUNDS as EFFICIENCY_ROUNDS
     from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS
+    from ringlab.cli.bench.micro import REPEATS as MICRO_REPEATS
     from ringlab.cli.bench.speed import DEFAULT_ROUNDS
     from ringlab.cli.demo import CHART as DEMO_CHART
     from ringlab.guestos.build import FLAVOURS, WORKLOADS
+    from ringlab.vmm.costs import DEFAULT_PROFILE, PROFILES
 
     parser = argparse.ArgumentParser(
         prog="ringlab",
@@ -586,7 +600,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_in(1, 100),
         default=None,
         metavar="N",
-        help=f"efficiency: best of N runs of each technique (default: {EFFICIENCY_REPEATS})",
+        help=f"efficiency: best of N runs of each technique (default: {EFFICIENCY_REPEATS}); micro: the "
+        f"CPU time per iteration from the fastest of N runs of each count (default: {MICRO_REPEATS})",
+    )
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=None,
+        help=f"micro: the cost model's era, {'; '.join(f'{k}: {v.about}' for k, v in PROFILES.items())} "
+        f"(default: {DEFAULT_PROFILE})",
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        default=None,
+        help="micro: print the published cycles beside Ringlab's (Adams & Agesen 2006; Bhargava et al. "
+        "2008 for tlbmiss) and each benchmark's software/hardware ratio in both (default: off)",
+    )
+    p.add_argument(
+        "--tlb",
+        type=_parse_tlb,
+        default=None,
+        metavar="ENTRIES[xWAYS]",
+        help="micro: the core's TLB, e.g. 64x4 (entries x ways; ways = entries is fully associative); "
+        "it changes the page walks' cycles, never a result (default: 64x4)",
     )
 
     # The service commands (up, vm, top, ...) live beside their gRPC clients.

@@ -78,21 +78,82 @@ def _print_efficiency(eff: dict[str, Any], console: Console | None = None) -> No
 def _run_micro(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS, micro_suite, plot
+    from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS, REPEATS, Setup, micro_suite, plot
     from ringlab.cli.termout import progress
+    from ringlab.vmm.costs import DEFAULT_PROFILE
 
     benches = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     columns = [c for c in COLUMNS if not args.techniques or c.label in args.techniques]
+    setup = Setup(
+        profile=args.profile or DEFAULT_PROFILE,
+        tlb=args.tlb,
+        repeats=args.repeats or REPEATS,
+    )
     with progress("benchmarks", len(benches) * len(columns), enabled=not args.json) as step:
-        figures = micro_suite(benches, columns, progress=step)
+        figures = micro_suite(benches, columns, progress=step, setup=setup, paper=bool(args.paper))
     if args.plot:
         plot(figures, args.plot)
         Console(stderr=True).print(f"chart written to {args.plot}", highlight=False, markup=False)
     if args.json:
         print(json.dumps(figures))
+    elif args.paper:
+        _print_paper(figures, [c.label for c in columns])
     else:
         _print_micro(figures, [c.label for c in columns])
     return 0
+
+
+def _title(figures: dict[str, Any], what: str) -> str:
+    return f"{what} (cost profile {figures['profile']}, TLB {figures['tlb']})"
+
+
+def _paper_table(figures: dict[str, Any], labels: list[str]) -> Table:
+    """Ringlab's cycles per iteration with the published figure in brackets, and the ratio of
+    the software VMM's cost to the hardware VMM's in Ringlab and in the paper."""
+    from rich import box
+    from rich.table import Table
+
+    from ringlab.cli.bench.paper import PAPER, Published
+
+    table = Table(title=_title(figures, "simulated cycles per iteration [the paper's]"), box=box.SIMPLE_HEAD)
+    table.add_column("benchmark")
+    for label in labels:
+        table.add_column(label, justify="right")
+    table.add_column("sw/hw Ringlab [paper]", justify="right")
+    for name, row in figures["benchmarks"].items():
+        published = PAPER.get(name)
+        cells = []
+        for label in labels:
+            cell = row.get(label)
+            text = "[dim]-[/]" if cell is None else f"{cell['cycles_per_iter']:,.0f}"
+            if isinstance(published, Published) and label in published.columns:
+                which = ("native", "software", "hardware")[published.columns.index(label)]
+                text += f" [dim]\\[{getattr(published, which):,}][/]"
+            cells.append(text)
+        ratio = ""
+        doc = figures.get("paper", {}).get(name, {})
+        if isinstance(published, Published):
+            ours = doc.get("ringlab_sw_hw_ratio")
+            ratio = f"{ours:.3g}" if ours is not None else "-"
+            ratio += f" [dim]\\[{published.sw_hw:.3g}][/]"
+        elif published is not None:  # tlbmiss: nested against shadow paging's walk references
+            ours = doc.get("ringlab_nested_over_shadow_walk_references")
+            ratio = "np/shadow walks " + (f"{ours:.3g}" if ours is not None else "-")
+            ratio += f" [dim]\\[{published.nested}/{published.native} for x86-64][/]"
+        table.add_row(name, *cells, ratio)
+    return table
+
+
+def _print_paper(figures: dict[str, Any], labels: list[str], console: Console | None = None) -> None:
+    from ringlab.cli.bench.paper import AA06, BSSM08
+    from ringlab.cli.termout import fit_table, stdout_console
+
+    console = console or stdout_console()
+    console.print(fit_table(_paper_table(figures, labels)))
+    console.print(
+        f"[dim]\\[brackets]: {AA06}, native / software VMM (bt) / hardware VMM (hw); tlbmiss: "
+        f"{BSSM08}, memory references per TLB miss.  sw/hw: bt's cycles over hw's.[/]"
+    )
 
 
 def _micro_table(figures: dict[str, Any], labels: list[str], *, events: bool) -> Table:
@@ -103,9 +164,9 @@ def _micro_table(figures: dict[str, Any], labels: list[str], *, events: bool) ->
     from ringlab.cli.bench.micro import dominant_events
 
     if events:
-        table = Table(title="simulated cycles per iteration (dominant events per iteration)")
+        table = Table(title=_title(figures, "simulated cycles per iteration (dominant events per iteration)"))
     else:
-        table = Table(title="simulated cycles per iteration", box=box.SIMPLE_HEAD)
+        table = Table(title=_title(figures, "simulated cycles per iteration"), box=box.SIMPLE_HEAD)
     table.add_column("benchmark")
     for label in labels:
         table.add_column(label, justify="right")
