@@ -59,7 +59,7 @@ def test_run_of_a_truncated_image_is_a_usage_error_naming_the_file(tmp_path: Pat
 
 
 def test_run_of_a_directory_is_a_usage_error(tmp_path: Path) -> None:
-    _usage_error(ringlab("run", str(tmp_path)), str(tmp_path), "is a directory")
+    _usage_error(ringlab("run", str(tmp_path)), str(tmp_path), "is not a regular file (a directory)")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
@@ -89,6 +89,33 @@ def test_disasm_of_assembly_source_is_a_usage_error_naming_the_file(tmp_path: Pa
     src = tmp_path / "p.s"
     src.write_text(HELLO)
     _usage_error(ringlab("disasm", str(src)), str(src), "not an RL-32 image")
+
+
+def test_asm_of_a_file_that_is_not_utf8_names_its_line_and_column(tmp_path: Path) -> None:
+    src = tmp_path / "latin1.s"
+    src.write_bytes(b"mov eax, 1\n; caf\xe9\n")
+    _usage_error(ringlab("asm", str(src)), f"{src}:2:6:", "not UTF-8", "0xe9")
+
+
+@pytest.mark.parametrize("command", ["asm", "run", "disasm"])
+def test_a_symlink_to_dev_zero_is_refused_not_read_forever(tmp_path: Path, command: str) -> None:
+    link = tmp_path / "zero.s"
+    link.symlink_to("/dev/zero")
+    _usage_error(ringlab(command, str(link)), str(link), "not a regular file", "character device")
+
+
+def test_run_of_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.s"
+    os.mkfifo(fifo)
+    _usage_error(ringlab("run", str(fifo)), str(fifo), "not a regular file", "FIFO")
+
+
+def test_run_of_a_source_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    from ringlab.asm.limits import MAX_SOURCE_BYTES
+
+    big = tmp_path / "big.s"
+    big.write_bytes(b"; " + b"x" * MAX_SOURCE_BYTES + b"\n")
+    _usage_error(ringlab("run", str(big)), str(big), "over the")
 
 
 # -- run: options ---------------------------------------------------------------------------------------

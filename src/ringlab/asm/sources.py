@@ -28,23 +28,23 @@ _KINDS = (
 
 class SourceRefused(Exception):
     """The file exists but is not one the assembler reads; ``reason`` completes a sentence
-    about it ("is a directory, not a regular file")."""
+    about it ("is not a regular file (a directory); ...")."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def _check(info: os.stat_result) -> None:
+def _check(info: os.stat_result, limit: int = MAX_SOURCE_BYTES) -> None:
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _KINDS if test(info.st_mode)), "a special file")
         raise SourceRefused(f"is not a regular file ({kind}); only regular files are read as source")
-    if info.st_size > MAX_SOURCE_BYTES:
-        raise SourceRefused(_too_big(info.st_size))
+    if info.st_size > limit:
+        raise SourceRefused(_too_big(info.st_size, limit))
 
 
-def _too_big(size: int) -> str:
-    return f"is {size:,} bytes, over the {size_text(MAX_SOURCE_BYTES)} a source file may hold"
+def _too_big(size: int, limit: int) -> str:
+    return f"is {size:,} bytes, over the {size_text(limit)} a source file may hold"
 
 
 def file_identity(path: Path) -> tuple[int, int]:
@@ -55,20 +55,21 @@ def file_identity(path: Path) -> tuple[int, int]:
     return (info.st_dev, info.st_ino)
 
 
-def read_source_bytes(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``, at most ``MAX_SOURCE_BYTES`` of them.
+def read_source_bytes(path: Path, limit: int = MAX_SOURCE_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them (``MAX_SOURCE_BYTES``
+    unless the caller reads something else, such as an image, through the same checks).
 
     Raises OSError (FileNotFoundError, PermissionError...) as ``open`` would, or SourceRefused.
     The file is checked before it is opened (opening a device may do something), and again once
     open and while reading, in case it was replaced or grows meanwhile; it is opened without
     blocking, so a FIFO put in its place cannot hang the assembler."""
-    _check(os.stat(path))
+    _check(os.stat(path), limit)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     with open(os.open(path, flags), "rb") as f:
-        _check(os.fstat(f.fileno()))
-        data = f.read(MAX_SOURCE_BYTES + 1)
-    if len(data) > MAX_SOURCE_BYTES:
-        raise SourceRefused(_too_big(len(data)))
+        _check(os.fstat(f.fileno()), limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SourceRefused(_too_big(len(data), limit))
     return data
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ringlab import __version__
+from ringlab.asm.limits import MAX_SOURCE_BYTES, size_text
 from ringlab.cli.exitstatus import (
     EXIT_DEPLOYMENT,
     EXIT_INTERNAL,
@@ -122,14 +123,34 @@ def _parse_weights(text: str) -> list[int]:
 _WHAT_RUN_TAKES = "RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm'"
 
 
+_MAX_INPUT_BYTES = MAX_MEMORY + 4096
+"""The most ``run`` reads of an image (all of the largest RAM, and its header)."""
+
+
+def _read_input(path: str, limit: int) -> bytes:
+    """The bytes of the file ``path`` names, read as the assembler reads an ``.include``: a
+    regular file of at most ``limit`` bytes (a symlink to /dev/zero or a FIFO is refused at
+    once, never read until memory runs out or a writer comes), or a UsageError saying why not."""
+    from ringlab.asm.sources import SourceRefused, read_source_bytes
+
+    try:
+        return read_source_bytes(Path(path), limit)
+    except SourceRefused as exc:
+        raise UsageError(f"{path}: {exc.reason}") from None
+
+
 def _read_source(path: str) -> str:
-    """The text of an assembly source file, or a UsageError saying what the file is instead."""
+    """The text of an assembly source file, or an error saying what the file is instead: a
+    byte that is not UTF-8 is an AssemblyError at its line and column."""
+    from ringlab.asm.sources import decode_source
     from ringlab.image import MAGIC
 
-    blob = Path(path).read_bytes()
+    blob = _read_input(path, MAX_SOURCE_BYTES)
     if blob.startswith(MAGIC):
         raise UsageError(f"{path}: is an RL-32 image already (it starts with {MAGIC!r}), not assembly source")
-    return _decode_source(path, blob, "RL-32 assembly source")
+    if not blob.strip():
+        raise UsageError(f"{path}: the file is empty: expected RL-32 assembly source")
+    return decode_source(blob, path)
 
 
 def _decode_source(path: str, blob: bytes, expected: str = _WHAT_RUN_TAKES) -> str:
@@ -153,7 +174,7 @@ def _load_program(path: str, defines: dict[str, int]) -> Any:
     from ringlab.asm import assemble
     from ringlab.image import MAGIC, Image
 
-    blob = Path(path).read_bytes()
+    blob = _read_input(path, _MAX_INPUT_BYTES)
     if blob.startswith(MAGIC):
         if defines:
             raise UsageError(
@@ -163,6 +184,11 @@ def _load_program(path: str, defines: dict[str, int]) -> Any:
             return Image.from_bytes(blob)
         except ImageError as exc:
             raise ImageError(f"{path}: {exc}") from None
+    if len(blob) > MAX_SOURCE_BYTES:
+        raise UsageError(
+            f"{path}: not an RL-32 image (it does not start with b'RL32'), and at {len(blob):,} bytes "
+            f"over the {size_text(MAX_SOURCE_BYTES)} an assembly source file may hold"
+        )
     return assemble(_decode_source(path, blob), filename=path, defines=defines)
 
 
@@ -252,7 +278,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     from ringlab.image import Image
 
     try:
-        image = Image.load(args.image)
+        image = Image.from_bytes(_read_input(args.image, _MAX_INPUT_BYTES))
     except ImageError as exc:
         raise ImageError(f"{args.image}: {exc}") from None
     sys.stdout.write(disassemble(image))
