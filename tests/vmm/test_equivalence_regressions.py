@@ -15,8 +15,8 @@ and where; the classes:
   to have filled every shadow entry the delivery touches; three ways it has not, three tests.
 * ``hw-nested-page-fault-cr2``: hw with shadow paging turns a guest #PF raised while the core
   delivers another exception into #DF without writing cr2.
-* ``bt-tick-order``: bt's translated-code loop checks for a pending timer tick at other points than
-  the core's run loop (after the budget, before the next fetch).
+* ``bt-tick-order`` (fixed): bt's translated-code loop checked for a pending timer tick at other
+  points than the core's run loop (after the budget, before the next fetch).
 * ``trap-emulate-guest-rings-1-2``: under trap-emulate a guest kernel that uses ring 1 (or 2)
   loses track of its ring with no diagnostic.
 * ``shadow-tlb-is-not-the-native-tlb``: the shadow page tables hold translations the native TLB
@@ -40,7 +40,6 @@ from tests.vmm.fuzz_equivalence import (
     RING_ACCOUNTING,
     SHADOW_TLB,
     SPURIOUS_PF,
-    TICK_ORDER,
     TRAP_EMULATE_RINGS,
     differences,
     run_as,
@@ -348,16 +347,15 @@ idtd:   .word idt_end - idt - 1
 """
 
 
-@pytest.mark.parametrize("technique", techniques(f"{TICK_ORDER}: a tick is delivered after the limit", "bt"))
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_tick_pending_at_the_instruction_limit_stays_pending(technique: str) -> None:
     """With ``--max-instructions 53`` the run stops natively with a tick pending, at ``spin``
-    (eip 0x1014, esp 0x400000); bt delivers the tick first (eip 0x1019 = ``tick``, esp 0x3FFFF4).
+    (eip 0x1014, esp 0x400000), not in ``tick`` (eip 0x1019, esp 0x3FFFF4).
 
     ``Cpu.interpret`` (and the compiled blocks' loop) check the budget first, then a pending
-    tick, then fetch.  ``translated._exec_block`` checks the tick first (``s.timer_pending`` ->
-    ``vcpu.pending_tick`` -> ``port.tick()``) and the budget after, so the last op of a slice
-    that made a tick pending is followed by its delivery.  Fix: test ``stats.retired >= end``
-    before the pending-tick check in ``_exec_block``.
+    tick, then fetch.  bt's ``translated._exec_block`` used to check the tick first and the
+    budget after, so the last op of a slice that made a tick pending was followed by its
+    delivery; it now tests ``stats.retired >= end`` first, as the core does.
     """
     assert_equivalent(TICK_EVERY_2, technique, limit=53)
 
@@ -390,18 +388,16 @@ idtd:   .word idt_end - idt - 1
 """
 
 
-@pytest.mark.parametrize(
-    "technique", techniques(f"{TICK_ORDER}: a pending tick waits behind the next fetch's fault", "bt")
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_pending_tick_comes_before_the_next_fetch(technique: str) -> None:
-    """Natively power off with code 32 (the tick first); under bt code 6 (the #UD first).
+    """Natively power off with code 32 (the tick first), not 6 (the #UD first).
 
-    ``Cpu.interpret`` takes a pending tick before it fetches the next instruction.
-    ``translated.run_translated`` looks the next block up first (``_find_block``), and
-    translating the bytes at ``bad`` raises #UD, reflected through ``port.fault`` before
-    ``_exec_block`` ever checks the tick; the same for a #PF fetching a block on an unmapped
-    page.  Fix: check the pending tick (and the budget) at the top of ``run_translated``'s loop,
-    before ``_find_block``, as the core does.
+    ``Cpu.interpret`` takes a pending tick before it fetches the next instruction.  bt's
+    ``translated.run_translated`` used to look the next block up first (``_find_block``), and
+    translating the bytes at ``bad`` raised #UD, reflected through ``port.fault`` before
+    ``_exec_block`` ever checked the tick (the same for a #PF fetching a block on an unmapped
+    page); its loop now checks the budget and the pending tick before ``_find_block``, as the
+    core does.
     """
     assert_equivalent(TICK_BEFORE_FAULT, technique)
 

@@ -150,18 +150,19 @@ def run_translated(
     vcpu, s, stats = g.vcpu, g.cpu.state, g.cpu.stats
     previous: Block | None = None
     while stats.retired < end:
-        try:
-            block = _find_block(cache, state, s.eip, previous, epoch)
-        except Fault as fault:
-            result = port.fault(fault)
-            if result is not None:
-                return result
-            previous = None
+        result: Block | Exit | Stop | None
+        if _tick_due(g):  # as the core's run loop: the budget, then a pending tick, then the fetch
+            result = port.tick()
         else:
-            went = _exec_block(g, cache, port, block, end)
-            if went is not None and not isinstance(went, Block):
-                return went
-            previous = went
+            try:
+                block = _find_block(cache, state, s.eip, previous, epoch)
+            except Fault as fault:
+                result = port.fault(fault)
+            else:
+                result = _exec_block(g, cache, port, block, end)
+        if result is not None and not isinstance(result, Block):
+            return result
+        previous = result
         if vcpu.cpl == 3:
             return YIELD
     return YIELD
@@ -192,14 +193,15 @@ def _exec_block(
     ops, runs, tails, i = block.ops, block.direct_runs, block.tails, 0
     while i < len(ops):
         op = ops[i]
-        if s.timer_pending:  # a tick fell: the VMM holds it until the virtual IF allows
+        if stats.retired >= end:  # the core's order: the budget first, then a pending tick
+            return None
+        if s.timer_pending:  # (``_tick_due``, in line: this is every op's path)
             s.timer_pending = False
             vcpu.pending_tick = True
         if vcpu.pending_tick and vcpu.interrupts_enabled:
             return port.tick()
         if (
-            stats.retired >= end
-            or not block.valid
+            not block.valid
             or s.eip != op.eip
             or (i and block.source is not None and not cache.unchanged(block))
         ):
@@ -245,6 +247,16 @@ def _exec_block(
             g.counters.indirect_lookups += 1
         i += 1
     return block
+
+
+def _tick_due(g: Guest) -> bool:
+    """Is a timer tick to be taken before the next instruction?  A tick that fell becomes the
+    VMM's (``VirtualCpu.pending_tick``), held until the virtual IF lets it through."""
+    s, vcpu = g.cpu.state, g.vcpu
+    if s.timer_pending:
+        s.timer_pending = False
+        vcpu.pending_tick = True
+    return vcpu.pending_tick and vcpu.interrupts_enabled
 
 
 class _Next(enum.Enum):
