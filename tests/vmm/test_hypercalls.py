@@ -63,6 +63,15 @@ CASES: dict[str, tuple[str, int]] = {
         "    mov eax, 33\n    mov ebx, 0\n    mov ecx, 0x40\n    mov edx, 5\n    int 0x82\n",
         EPERM,
     ),
+    "physdev_op: a write to the console's line status, which is read-only": (
+        "    mov eax, 33\n    mov ebx, 0\n    mov ecx, 0x3FD\n    mov edx, 5\n    int 0x82\n",
+        EPERM,
+    ),
+    # read-only, but readable: a 16550 LSR with the transmitter empty (0x60) and no input waiting
+    "physdev_op: a read of the console's line status": (
+        "    mov eax, 33\n    mov ebx, 1\n    mov ecx, 0x3FD\n    int 0x82\n",
+        0x60,
+    ),
 }
 
 

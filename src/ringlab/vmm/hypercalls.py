@@ -215,8 +215,9 @@ def sched_op(pv: Paravirt, vm: VM, cmd: int, reason: int, code: int) -> Result:
 
 
 def physdev_op(pv: Paravirt, vm: VM, cmd: int, port: int, value: int) -> Result:
-    """ebx = 0 out / 1 in, ecx = port, edx = value: only POST (0x80) and the console (0x3F8)."""
-    if port not in (0x80, 0x3F8):
+    """ebx = 0 out / 1 in, ecx = port, edx = value: only POST (0x80), the console (0x3F8) and,
+    for reading, the console's line status (0x3FD)."""
+    if port not in (0x80, 0x3F8, 0x3FD) or (port == 0x3FD and cmd == 0):
         return EPERM
     if cmd == 0:
         if port == 0x3F8:

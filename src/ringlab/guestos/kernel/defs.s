@@ -2,6 +2,7 @@
 
 ; ---- machine ----
 .equ PORT_POST,     0x80
+.equ PORT_LSR,      0x3FD         ; the console's line status (a 16550's LSR): a device the VMM emulates
 .equ CR0_PE,        0x00000001
 .equ CR0_WP,        0x00010000
 .equ CR0_PG,        0x80000000

@@ -145,7 +145,7 @@ sys_bench:
 .leaf:
     ret
 .port_in:
-    PV_IN eax, PORT_POST
+    PV_IN eax, PORT_LSR
     dec ecx
     jnz .port_in
     jmp .ok
