@@ -31,7 +31,7 @@
 .equ CATCH_GP,   13     ; general protection
 
 ; bench(op, n) operations: an in-kernel loop of n times one sensitive operation
-.equ BENCH_PORT_IN,  0  ; in  eax, 0x80  (POST port)
+.equ BENCH_PORT_IN,  0  ; in  eax, 0x3FD (the console's line status)
 .equ BENCH_PORT_OUT, 1  ; out 0x80, eax
 .equ BENCH_CR8,      2  ; mov cr8, eax
 .equ BENCH_PTE,      3  ; write a PTE, then invlpg its address

@@ -1,6 +1,6 @@
 ; bench.s - the `bench` workload (program 0): one bench(OP, ITERATIONS) system call, an
 ; in-kernel loop of one sensitive operation, for microbenchmarks of what a VMM must intercept.
-; -D OP=n: 0 port in (POST port 0x80), 1 port out (0x80), 2 cr8 write, 3 page-table write +
+; -D OP=n: 0 port in (the console's line status, 0x3FD), 1 port out (POST port 0x80), 2 cr8 write, 3 page-table write +
 ; invlpg (abi.s BENCH_*); default 0.  Default ITERATIONS = 100.
 ; Output: "bench: op <OP>, <ITERATIONS> iterations, result <r>\n" (r = 0, or -22 for a bad op)
 
