@@ -1,5 +1,6 @@
 """The checker on small hand-built histories: each broken property makes it fail, naming the
-evidence; a clean history passes; the failover and charge measures come out of the events."""
+evidence; a clean history passes; the failover, lost-time and charge measures come out of the
+events."""
 
 from __future__ import annotations
 
@@ -119,23 +120,40 @@ def test_differing_guest_statistics_or_exit_fail_equivalent() -> None:
     assert any("guest statistics differ: retired 99 vs 100" in f for f in found)
 
 
-def test_failover_and_charged_time_come_from_the_slices() -> None:
-    events = [
+def _paused_pcpu_events(lost_detail: str) -> list[dict[str, Any]]:
+    return [
         {"type": "event", "time": 100.0, "kind": "scheduled", "vm": "1", "pcpu": "pcpu0", "detail": "credit 1"},
         {"type": "fault", "time": 101.0, "action": "pause", "target": "cpu0", "kind": "cpu", "pcpu": "pcpu0", "seconds": 5},
         # The slice on the paused pCPU is lost when the pCPU answers again, 6 s later ...
-        {"type": "event", "time": 107.0, "kind": "descheduled", "vm": "1", "pcpu": "pcpu0", "detail": "lost 100.0 107.0"},
+        {"type": "event", "time": 107.0, "kind": "descheduled", "vm": "1", "pcpu": "pcpu0", "detail": lost_detail},
         # ... and the VM had run again on the other pCPU 3 s after the fault.
         {"type": "event", "time": 104.0, "kind": "scheduled", "vm": "1", "pcpu": "pcpu1", "detail": "credit 1"},
-        {"type": "event", "time": 105.0, "kind": "descheduled", "vm": "1", "pcpu": "pcpu1", "detail": "preempted 104.0 105.0"},
+        {"type": "event", "time": 105.0, "kind": "descheduled", "vm": "1", "pcpu": "pcpu1", "detail": "preempted 104.0 105.0 1.0"},
         # A fault of the other pCPU afterwards hits nothing.
         {"type": "fault", "time": 106.0, "action": "kill", "target": "cpu1", "kind": "cpu", "pcpu": "pcpu1"},
     ]  # fmt: skip
+
+
+def test_failover_and_lost_time_come_from_the_slices() -> None:
+    events = _paused_pcpu_events("lost 100.0 107.0 0.0")
     verdict = check(history() + events, expected=model)
     [hit] = verdict.failovers
-    assert (hit.fault, hit.vm, hit.seconds, hit.charged) == (0, "1", 3.0, 6.0)
+    assert (hit.fault, hit.vm, hit.seconds, hit.lost, hit.charged) == (0, "1", 3.0, 6.0, 0.0)
+    assert verdict.ok  # the lost slice took no credit
     bounded = check(history() + events, expected=model, failover_bound=2.0, charge_bound=1.0)
-    assert {p.name for p in bounded.properties if not p.ok} == {"failover", "charged"}
+    assert {p.name for p in bounded.properties if not p.ok} == {"failover"}
+
+
+def test_a_lost_slice_that_took_credit_fails_uncharged() -> None:
+    """The scheduler's own record of the slice says what it charged: a lost slice must say 0."""
+    events = _paused_pcpu_events("lost 100.0 107.0 7.0")
+    verdict = check(history() + events, expected=model)
+    assert {p.name: p.failures for p in verdict.properties if not p.ok} == {
+        "uncharged": ["VM a: a slice lost on pcpu0 was charged 7.000 s of credit"]
+    }
+    assert verdict.failovers[0].charged == 7.0
+    bounded = check(history() + events, expected=model, charge_bound=1.0)
+    assert {p.name for p in bounded.properties if not p.ok} == {"uncharged", "charged"}
 
 
 def test_chaos_check_prints_the_verdict_and_exits_4_on_a_failure(

@@ -86,18 +86,21 @@ def test_a_lost_slice_is_not_charged_but_releases_the_grant() -> None:
     last commit, so the time is not taken from its credit or counted as its CPU time."""
     policy = CreditPolicy()
     entries = {"1": Entry(status="running", token=3, pcpu="p", credit=0.2, cpu_seconds=1.0)}
-    policy.account(entries, SliceOutcome("1", 3, 4.5, "lost"), now=10.0)
+    event = policy.account(entries, SliceOutcome("1", 3, 4.5, "lost"), now=10.0)
     e = entries["1"]
     assert (e.credit, e.cpu_seconds) == (0.2, 1.0)
     assert (e.status, e.token, e.pcpu) == ("runnable", 0, "")
+    # what the event stream tells a checker: the lost span, and nothing charged for it
+    assert event == {"kind": "descheduled", "vm": "1", "detail": "lost 5.500000 10.000000 0.000000"}
 
 
 def test_a_slice_that_ran_is_charged_what_it_held() -> None:
     policy = CreditPolicy()
     entries = {"1": Entry(status="running", token=3, credit=0.2, cpu_seconds=1.0)}
-    policy.account(entries, SliceOutcome("1", 3, 0.05, "preempted"), now=10.0)
+    event = policy.account(entries, SliceOutcome("1", 3, 0.05, "preempted"), now=10.0)
     assert entries["1"].credit == pytest.approx(0.15)
     assert entries["1"].cpu_seconds == pytest.approx(1.05)
+    assert event is not None and event["detail"] == "preempted 9.950000 10.000000 0.050000"
 
 
 def test_a_pcpu_unfit_to_run_accounts_its_last_slice_and_picks_nobody() -> None:

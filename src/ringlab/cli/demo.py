@@ -195,7 +195,7 @@ def _slices(hv: Any) -> list[tuple[str, str, float, float]]:
     out = []
     for e in hv.StreamEvents(hypervisor_pb2.StreamEventsRequest(follow=False), timeout=30):
         if e.kind == "descheduled":
-            _how, start, end = e.detail.split()
+            _how, start, end, *_charged = e.detail.split()
             out.append((e.vm, e.pcpu, float(start), float(end)))
     return out
 

@@ -108,14 +108,24 @@ class CreditPolicy:
     """A grant whose holder has not committed or released by then may be granted again."""
     cap_window_seconds: float = 1.0
 
-    def account(self, entries: dict[str, Entry], outcome: SliceOutcome, now: float) -> None:
-        """Charge ``outcome.vm`` for the host time it held the pCPU and release the grant.  A
-        lost slice is not charged: nothing it did was kept (the VM goes on from its last commit),
-        and the time went to a pCPU that failed or a grant that was revoked, not to the VM."""
+    def account(self, entries: dict[str, Entry], outcome: SliceOutcome, now: float) -> dict[str, str] | None:
+        """Charge ``outcome.vm`` for the host time it held the pCPU and release the grant; the
+        slice's "descheduled" event (None: the VM was destroyed meanwhile).  A lost slice is not
+        charged: nothing it did was kept (the VM goes on from its last commit), and the time went
+        to a pCPU that failed or a grant that was revoked, not to the VM.
+
+        The event's detail is ``HOW START END CHARGED``: how the slice ended (``SliceOutcome.ended``),
+        its span in host seconds since the epoch, and the credit (seconds) taken for it, so that a
+        reader of the event stream (``ringlab chaos check``) sees what the policy charged."""
         e = entries.get(outcome.vm)
         if e is None:
-            return  # destroyed meanwhile
+            return None  # destroyed meanwhile
         held = 0.0 if outcome.ended == "lost" else outcome.held_seconds
+        event = {
+            "kind": "descheduled",
+            "vm": outcome.vm,
+            "detail": f"{outcome.ended} {now - outcome.held_seconds:.6f} {now:.6f} {held:.6f}",
+        }
         e.credit -= held
         e.cpu_seconds += held
         e.slices += 1
@@ -125,11 +135,12 @@ class CreditPolicy:
                 e.cap_window, e.cap_used = now, 0.0
             e.cap_used += held
         if e.token != outcome.token or e.status != "running":
-            return  # an operator or another grant took it: the status is theirs
+            return event  # an operator or another grant took it: the status is theirs
         e.token, e.pcpu, e.lease_until = 0, "", 0.0
         e.status = "runnable"
         if outcome.ended == "idle" and e.credit > 0:
             e.boost = True  # woke from I/O, still under its share
+        return event
 
     def eligible(self, e: Entry, now: float) -> bool:
         if e.status == "runnable" or (e.status == "running" and e.lease_until < now):
@@ -151,16 +162,11 @@ class CreditPolicy:
         back and the VM to grant (or None: idle)."""
         changed: set[str] = set()
         events: list[dict[str, str]] = []
-        if finished is not None and finished.vm in entries:
-            self.account(entries, finished, now)
-            changed.add(finished.vm)
-            events.append(
-                {
-                    "kind": "descheduled",
-                    "vm": finished.vm,
-                    "detail": f"{finished.ended} {now - finished.held_seconds:.6f} {now:.6f}",
-                }
-            )
+        if finished is not None:
+            event = self.account(entries, finished, now)
+            if event is not None:
+                changed.add(finished.vm)
+                events.append(event)
         candidates = [vm for vm, e in entries.items() if self.eligible(e, now)]
         if pick and candidates and all(entries[vm].credit <= 0 for vm in candidates):
             live = [vm for vm, e in entries.items() if e.status in LIVE]

@@ -202,7 +202,7 @@ def add_chaos_command(sub: Any) -> None:
         help="judge a history: every VM ended as its in-process run, no stale commit, nothing went back",
         description="Check a chaos history: every VM ended, with the console, exit and guest statistics of its "
         "in-process run; no commit landed with a stale token; no committed state went backwards. Also "
-        "measures failover times and the credit charged for failed time.",
+        "measures failover times, the time lost to failed slices and the credit charged for it.",
         epilog=EPILOG,
     )
     q.add_argument("history", metavar="HISTORY", help="a history written by 'ringlab chaos run'")

@@ -13,6 +13,9 @@ Properties (each passes or fails, with the evidence):
     monotonic       committed state never went backwards: per VM, each applied commit's
                     generation is above the last one, and its retired count is not below it
                     (within one boot: a reboot starts the count again)
+    uncharged       no slice that was lost took credit from its VM: the scheduler's own record of
+                    each slice (the "descheduled" event: how it ended, its span, the credit it
+                    charged) says 0 for every lost one
 
 Measures (reported; a property only when a bound is given):
 
@@ -20,8 +23,9 @@ Measures (reported; a property only when a bound is given):
                     a slice on the failed part at that moment): the time from the fault to the VM
                     running again, i.e. to the start of its next slice that was not lost (or to
                     the end of the slice it was in, when that slice survived the fault)
-    charged         host time charged to those VMs for slices that were lost, after the fault
-                    (failed time: credit is host seconds held)
+    lost            host time those VMs spent in slices that were lost, after the fault (failed
+                    time, which the uncharged property checks was not taken from their credit)
+    charged         the credit (host seconds) the scheduler took from them for those lost slices
 """
 
 from __future__ import annotations
@@ -85,8 +89,10 @@ class Failover:
     vm: str
     seconds: float | None
     """From the fault to the VM running again; None: it never ran again in the history."""
+    lost: float
+    """Host seconds the VM spent in slices that were lost, after the fault."""
     charged: float
-    """Host seconds charged to the VM for lost slices after the fault."""
+    """The credit (host seconds) the scheduler took from the VM for those lost slices."""
 
 
 @dataclass
@@ -108,6 +114,8 @@ class Verdict:
             "recovered": len(times),
             "median_seconds": statistics.median(times) if times else None,
             "max_seconds": max(times) if times else None,
+            "lost_seconds": sum(f.lost for f in self.failovers),
+            "max_lost_seconds": max((f.lost for f in self.failovers), default=0.0),
             "charged_seconds": sum(f.charged for f in self.failovers),
             "max_charged_seconds": max((f.charged for f in self.failovers), default=0.0),
         }
@@ -136,6 +144,7 @@ class Verdict:
                     "target": f.target,
                     "vm": f.vm,
                     "seconds": f.seconds,
+                    "lost_seconds": f.lost,
                     "charged_seconds": f.charged,
                 }
                 for f in self.failovers
@@ -245,11 +254,13 @@ class _Slice:
     end: float | None = None
     how: str = ""
     """preempted, idle, ended, lost; "" when no pCPU reported it (its driver died)."""
+    charged: float = 0.0
+    """The credit the scheduler took for it (its "descheduled" event's fourth field)."""
 
 
 def _slices(events: list[dict[str, Any]]) -> dict[str, list[_Slice]]:
     """Per VM, its slices in grant order: a "scheduled" event opens one on its pCPU, the next
-    "descheduled" of that VM on that pCPU closes it (detail: how start end)."""
+    "descheduled" of that VM on that pCPU closes it (detail: how start end charged)."""
     open_: dict[tuple[str, str], _Slice] = {}
     out: dict[str, list[_Slice]] = {}
     for e in events:
@@ -268,6 +279,10 @@ def _slices(events: list[dict[str, Any]]) -> dict[str, list[_Slice]]:
                 s_.end = float(parts[2])
             except (IndexError, ValueError):
                 s_.end = float(e["time"])
+            try:
+                s_.charged = float(parts[3])
+            except (IndexError, ValueError):
+                s_.charged = 0.0
     return out
 
 
@@ -303,13 +318,13 @@ def _failovers(
                 candidates.append(ended_at[vm])
             recovered = min(candidates) if candidates else None
             stop = recovered if recovered is not None else max((s.end or s.granted) for s in mine)
-            charged = 0.0
-            for s in mine:
-                if s.how == "lost" and s.end is not None and s.end > at and s.granted <= stop:
-                    charged += s.end - max(s.granted, at)
+            lost = [s for s in mine
+                    if s.how == "lost" and s.end is not None and s.end > at and s.granted <= stop]  # fmt: skip
             out.append(
                 Failover(index, fault["action"], fault["target"], vm,
-                         None if recovered is None else max(0.0, recovered - at), charged)
+                         None if recovered is None else max(0.0, recovered - at),
+                         sum(s.end - max(s.granted, at) for s in lost if s.end is not None),
+                         sum(s.charged for s in lost))
             )  # fmt: skip
     return out
 
@@ -409,7 +424,18 @@ def check(
 
     ended_at = {str(e["vm"]): float(e["time"]) for e in events if e.get("kind") in ("ended", "stopped")}
     failovers = _failovers(faults, events, ended_at)
-    properties = [ended, equivalent, fenced, monotonic]
+    uncharged = Property("uncharged", "no lost slice took credit from its VM")
+    for vm_slices in _slices(events).values():
+        for s in vm_slices:
+            if s.how != "lost":
+                continue
+            uncharged.checked += 1
+            if s.charged > 0:
+                uncharged.failures.append(
+                    f"VM {vms.get(s.vm, {}).get('name', s.vm)}: a slice lost on {s.pcpu} was charged "
+                    f"{s.charged:.3f} s of credit"
+                )
+    properties = [ended, equivalent, fenced, monotonic, uncharged]
     if failover_bound is not None:
         bounded = Property("failover", f"every VM a fault hit ran again within {failover_bound:g} s")
         for f in failovers:

@@ -37,7 +37,7 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
         )
     faults = compact_table(
         "faults",
-        [("#", "right"), ("at s", "right"), ("action", "left"), ("target", "left"), ("hit", "right"), ("failover s", "right"), ("charged s", "right")],
+        [("#", "right"), ("at s", "right"), ("action", "left"), ("target", "left"), ("hit", "right"), ("failover s", "right"), ("lost s", "right"), ("charged s", "right")],
     )  # fmt: skip
     t0 = started if started is not None else (float(verdict.faults[0]["time"]) if verdict.faults else 0.0)
     for index, fault in enumerate(verdict.faults):
@@ -50,6 +50,7 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
         faults.add_row(
             str(index), f"{float(fault['time']) - t0:.1f}", action, str(fault["target"]), str(len(mine)),
             (_seconds(max(times)) if times else "-") + (f" ({never} never)" if never else ""),
+            _seconds(sum(f.lost for f in mine)) if mine else "-",
             _seconds(sum(f.charged for f in mine)) if mine else "-",
         )  # fmt: skip
     figures = verdict.failover_figures()
@@ -63,8 +64,8 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
             if figures["victims"] != figures["recovered"]
             else ""
         )
-        + f"; charged for lost slices after a fault: {figures['charged_seconds']:.2f} s in all, at most "
-        f"{figures['max_charged_seconds']:.2f} s to one VM"
+        + f"; lost slices after a fault: {figures['lost_seconds']:.2f} s in all, at most "
+        f"{figures['max_lost_seconds']:.2f} s to one VM, {figures['charged_seconds']:.2f} s of it charged"
     )
     failed = [p.name for p in verdict.properties if not p.ok]
     head = (
