@@ -269,7 +269,7 @@ class PcpuDriver(threading.Thread):
             if finished.vm not in entries:
                 return
             now = time.time()
-            self.policy.account(entries, finished, now)
+            event = self.policy.account(entries, finished, now)
             update = {finished.vm: entries[finished.vm].to_dict()}
             result = self.store.grant(
                 version=version,
@@ -278,13 +278,7 @@ class PcpuDriver(threading.Thread):
                 lease_seconds=self.policy.lease_seconds,
                 chosen=None,
                 updates=update,
-                events=[
-                    {
-                        "kind": "descheduled",
-                        "vm": finished.vm,
-                        "detail": f"{finished.ended} {now - finished.held_seconds:.6f} {now:.6f}",
-                    }
-                ],
+                events=[event] if event is not None else [],
                 busy_seconds=finished.held_seconds,
                 slices=1,
             )
