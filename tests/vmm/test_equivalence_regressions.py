@@ -17,8 +17,8 @@ and where; the classes:
   delivers another exception into #DF without writing cr2.
 * ``bt-tick-order`` (fixed): bt's translated-code loop checked for a pending timer tick at other
   points than the core's run loop (after the budget, before the next fetch).
-* ``trap-emulate-guest-rings-1-2``: under trap-emulate a guest kernel that uses ring 1 (or 2)
-  loses track of its ring with no diagnostic.
+* ``trap-emulate-guest-rings-1-2`` (fixed): under trap-emulate a guest kernel that used ring 1
+  (or 2) lost track of its ring with no diagnostic.
 * ``shadow-tlb-is-not-the-native-tlb``: the shadow page tables hold translations the native TLB
   does not (a whole page table copied at the first miss) and drop ones it holds (bt and
   trap-emulate walk the guest's tables afresh for every reflected delivery), so a page-table
@@ -40,7 +40,6 @@ from tests.vmm.fuzz_equivalence import (
     RING_ACCOUNTING,
     SHADOW_TLB,
     SPURIOUS_PF,
-    TRAP_EMULATE_RINGS,
     differences,
     run_as,
 )
@@ -434,25 +433,67 @@ kernel_stack:
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{TRAP_EMULATE_RINGS}: iret from guest ring 0 to 1 is not seen", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_kernel_that_uses_ring_1(technique: str) -> None:
     """Natively (and under bt and hw) the ``mov eax, cr0`` at ring 1 is a #GP (power off, code
-    13); trap-emulate powers off with code 1, and reports no diagnostic.
+    13); trap-emulate used to power off with code 1, and reported no diagnostic.
 
     Ring compression runs guest rings 0 and 1 both at real ring 1.  The ``iret`` to cs = 1 is
-    probed, but ``diagnostics.observe`` drops an iret whose target is not ring 3 ("traps and is
-    emulated correctly") and ``TrapEmulate.handle`` runs the core's ``iret`` on the real state:
-    real ring 1 to ring 1, so no stack switch and no exit, and ``vcpu.cs`` stays 0
-    (``Deprivilege.sync`` learns only ring 3).  The #GP the ``mov`` raises is then "allowed
-    natively" (``allowed_natively``: ``vcpu.cpl == 0``) and emulated.  This is the Popek-Goldberg flaw trap-emulate shows on purpose, but
-    undiagnosed.  Fix: in the probe, emulate an ``iret`` whose target is a kernel ring against
-    the virtual state (as bt's callout does), or at least record it in ``diagnostics`` so the run
-    says it is not native.
+    probed, but ``diagnostics.observe`` dropped an iret whose target is not ring 3 and
+    ``TrapEmulate.handle`` ran the core's ``iret`` on the real state: real ring 1 to ring 1, so
+    no stack switch and no exit, and ``vcpu.cs`` stayed 0 (``Deprivilege.sync`` learns only
+    ring 3).  The #GP the ``mov`` raised was then "allowed natively" (``allowed_natively``:
+    ``vcpu.cpl == 0``) and emulated.  Now the probe emulates an ``iret`` to a kernel ring that
+    the real ring would not fault on against the virtual state, as bt's callout does
+    (``trap_emulate._iret_between_kernel_rings``).
     """
     assert_equivalent(RING_1, technique)
+
+
+RING_2 = """
+; the kernel drops to ring 2 with IOPL 2 and IF 0 (iret to cs = 2 loads both at CPL 0): cli is
+; allowed there (CPL 2 <= IOPL 2), a privileged instruction is a #GP, whose ring-0 handler powers
+; off with code 13 (eflags there still shows IOPL 2)
+.entry main
+main:   lidt [idtd]
+        mov eax, tss
+        ltr eax
+        push ring2_stack
+        push 0x2000              ; IOPL = 2, IF = 0
+        push 2                   ; cs = 2
+        push ring2
+        iret
+ring2:  cli                      ; CPL 2 <= IOPL 2: allowed
+        mov eax, cr0             ; privileged at CPL 2: #GP
+        mov eax, 1
+        out 0xF4, eax            ; not reached natively
+on_gp:  mov eax, 13
+        out 0xF4, eax
+        .align 8
+idt:    .space 13 * 8
+        .dword on_gp, 0x8100     ; vector 13: interrupt gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+tss:    .dword 0, kernel_stack, 0, 0, 0, 0, 0
+        .space 0x100
+ring2_stack:
+        .space 0x100
+kernel_stack:
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_kernel_that_uses_ring_2(technique: str) -> None:
+    """Natively the ``cli`` at ring 2 runs (IOPL 2), the ``mov eax, cr0`` is a #GP (power off,
+    code 13) and the handler sees IOPL 2 in eflags.
+
+    Ring compression runs guest ring 2 at real ring 2, but the ``iret`` from guest ring 0 ran at
+    real ring 1, where it keeps the VMM's IF and IOPL; so trap-emulate's vCPU stayed at ring 0
+    with IOPL 0, and the ``mov`` at ring 2 was "allowed natively" and emulated (power off, code
+    1).  ``TrapEmulate`` now emulates an ``iret`` to a kernel ring against the virtual state.
+    """
+    assert_equivalent(RING_2, technique)
 
 
 # -- shadow-tlb-is-not-the-native-tlb --------------------------------------------------------------

@@ -51,7 +51,7 @@ def observe(vm: VM, insn: Instruction, eip: int) -> None:
         try:
             popped = vm.cpu.mmu.read32((s.regs[4] + offset) & 0xFFFFFFFF, s.cs & 3 == 3)
             if mnemonic == "iret" and vm.cpu.mmu.read32((s.regs[4] + 4) & 0xFFFFFFFF, s.cs & 3 == 3) & 3 != 3:
-                return  # an iret to the kernel traps (#GP at ring 1) and is emulated correctly
+                return  # an iret to a kernel ring is emulated (a #GP trap, or trap_emulate's probe)
         except Fault:
             return
         real_keep = s.eflags & SYS_FLAGS  # at ring 1 with IOPL 0: IF and IOPL are kept

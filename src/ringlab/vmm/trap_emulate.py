@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ringlab.isa import Class
+from ringlab.isa import MASK32, Class
 from ringlab.machine.exits import Controls, Exit, Intercept, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.vmm.diagnostics import PROBED, observe
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["TrapEmulate", "instruction_at"]
 
 ALL_VECTORS = frozenset(range(256))
+_ESP = 4
 
 
 def instruction_at(vm: VM, eip: int) -> Instruction | None:
@@ -68,6 +69,8 @@ class TrapEmulate:
         vm.sync()
         match exit:
             case Intercept(instruction=probed, eip=eip):  # a probe: not a trap, not an exit, just watched
+                if probed.mnemonic == "iret" and _iret_between_kernel_rings(vm):
+                    return self._emulate(vm, probed, eip)
                 observe(vm, probed, eip)
                 result = execute(cpu, probed, eip, cpu.state.cs & 3)
                 vm.sync()
@@ -85,12 +88,34 @@ class TrapEmulate:
                     return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
                 if vector == GP and insn is not None and error_code == 0 and allowed_natively(vm, insn):
                     vm.hide(GP)
-                    vm.counters.traps[insn.mnemonic] += 1
-                    vm.counters.handled(insn.mnemonic, "trap")
-                    result = emulate(vm, insn, eip)
-                    if result is not None:
-                        return result
-                    return vm.deliver_pending()
+                    return self._emulate(vm, insn, eip)
                 return reflect_exception(vm, Fault(vector, error_code, exit.cr2), counted=True)
             case _:  # an I/O exit comes from an emulated in/out
                 return vm.common_exit(exit)
+
+    @staticmethod
+    def _emulate(vm: VM, insn: Instruction, eip: int) -> Exit | Stop | None:
+        """Emulate ``insn`` against the virtual state (it trapped, or it is an ``iret`` between
+        kernel rings), then deliver a tick it let through."""
+        vm.counters.traps[insn.mnemonic] += 1
+        vm.counters.handled(insn.mnemonic, "trap")
+        result = emulate(vm, insn, eip)
+        if result is not None:
+            return result
+        return vm.deliver_pending()
+
+
+def _iret_between_kernel_rings(vm: VM) -> bool:
+    """Is the ``iret`` about to run one that returns to a guest kernel ring (0-2) without
+    faulting at the real ring?  Ring compression runs guest rings 0 and 1 both at real ring 1,
+    and the real ``iret`` applies the real ring's rules (no stack switch from ring 0 to 1, the
+    VMM's IF and IOPL kept), so such an ``iret`` would change or keep the guest's ring behind the
+    VMM's back: the VMM emulates it against the virtual state instead (its probe sees every
+    ``iret``).  One that faults at the real ring (a return inward) traps as #GP as before, and
+    one to ring 3 runs on the real state (the Popek-Goldberg flaw ``diagnostics`` records)."""
+    s = vm.cpu.state
+    try:
+        target = vm.cpu.mmu.read32((s.regs[_ESP] + 4) & MASK32, s.cs & 3 == 3) & 3
+    except Fault:  # the frame's page faults: the real iret raises it, as it would
+        return False
+    return s.cs & 3 <= target < 3
