@@ -39,8 +39,15 @@ ENV PATH=/opt/ringlab/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+# /run/ringlab/ROLE: where compose mounts each role's credentials volume; created here, owned by
+# ringlab, so that a new named volume mounted there starts with that ownership and mode (the
+# secrets service writes into them; Redis, another user, reads its ACL file from redis/).
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/ringlab ringlab \
- && ln -s /opt/ringlab/examples /home/ringlab/examples
+ && ln -s /opt/ringlab/examples /home/ringlab/examples \
+ && mkdir -p /run/ringlab/secret /run/ringlab/cpu /run/ringlab/hypervisor /run/ringlab/guest /run/ringlab/redis \
+ && chown -R ringlab:ringlab /run/ringlab \
+ && chmod 0700 /run/ringlab/secret /run/ringlab/cpu /run/ringlab/hypervisor /run/ringlab/guest \
+ && chmod 0755 /run/ringlab /run/ringlab/redis
 COPY --from=build /opt/ringlab /opt/ringlab
 USER ringlab
 WORKDIR /home/ringlab

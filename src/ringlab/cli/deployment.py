@@ -301,7 +301,14 @@ def _hint(address: str, token: str) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
 
-    from ringlab.rpc.local import REDIS_DIR, SERVICES_JSON, LocalDeployment, RestartPolicy, default_state_dir
+    from ringlab.rpc.local import (
+        REDIS_DIR,
+        SECRETS_DIR,
+        SERVICES_JSON,
+        LocalDeployment,
+        RestartPolicy,
+        default_state_dir,
+    )
     from ringlab.store.server import AOF_NAME, free_port
 
     host, port = _split_address(args.listen)
@@ -371,6 +378,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 fresh=args.fresh,
                 policy=policy,
                 say=say,
+                secure=True,
+                rotate=args.rotate_secrets,
             )
     except DeploymentFailed as exc:
         print(f"ringlab: the deployment did not start: {exc}", file=sys.stderr)
@@ -390,6 +399,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"logs        {state}/  ({', '.join(p.name for p in d.logs.values())}"
               + ("; also shown here" if args.verbose else "; --verbose shows them here") + ")")  # fmt: skip
         print(f"services    {state / SERVICES_JSON}  (each service's pid; a service that exits is restarted)")
+        print(
+            f"secrets     {state / SECRETS_DIR}/  (0600: the deployment secret, each service's own "
+            "credentials" + ("" if args.redis else "; Redis takes one ACL user per role") + ")"
+        )
+        if not args.token:
+            print(
+                "operator    no --token: any client that reaches the hypervisor manages VMs (the pCPUs "
+                "and Redis still take only their roles' credentials); in a classroom, give --token"
+            )
         print(_hint(d.hypervisor, args.token), flush=True)
         while (failed := d.supervise(say)) is None:
             time.sleep(0.5)
@@ -858,7 +876,15 @@ def add_service_commands(sub: Any) -> None:
         "--token",
         default=_token_default(),
         metavar="TOKEN",
-        help="require this bearer token from every client (default: $RINGLAB_TOKEN; none when unset)",
+        help="the operator's bearer token: required from every client that manages VMs (default: "
+        "$RINGLAB_TOKEN; none when unset: then the hypervisor's API is open, the pCPUs and Redis never "
+        "are). The services' own credentials are generated: see --rotate-secrets",
+    )
+    p.add_argument(
+        "--rotate-secrets",
+        action="store_true",
+        help="make a new deployment secret (DATA/secrets/deployment.json): every service credential and "
+        "Redis password changes; the VMs are kept (guests launched before must be launched again)",
     )
     p.add_argument(
         "--data",

@@ -52,6 +52,8 @@ LABEL_LAUNCHER = "ringlab.launcher"
 LABEL_NAME = "ringlab.vm"
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
+GUEST_SECRETS = "/run/ringlab/guest"
+"""Where a guest container finds its credentials (the compose file's ``secrets-guest`` volume)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -304,6 +306,12 @@ class DockerLauncher:
             raise LaunchError(f"the {self.anchor_service} container of {project!r} is on no network")
         container_name = f"{project}-{self.service}-vm-{name}"
         env = {**self.peer_env(anchor), **spec.env}
+        volumes = {}
+        guest_secrets = self._guest_secrets(project)
+        if guest_secrets is not None:  # the guests' credentials (docs/security.md), read-only
+            volumes[guest_secrets] = {"bind": GUEST_SECRETS, "mode": "ro"}
+            env.pop("RINGLAB_TOKEN", None)
+            env["RINGLAB_CREDENTIALS"] = f"{GUEST_SECRETS}/credentials.json"
         config = json.dumps({"image": self.image, "env": env, "command": spec.command}, sort_keys=True)
         labels = {
             COMPOSE_PROJECT: project,
@@ -330,6 +338,7 @@ class DockerLauncher:
                 environment=env,
                 labels=labels,
                 network=networks[0],
+                volumes=volumes,
                 init=True,
                 detach=True,
                 restart_policy={"Name": "on-failure"},  # a crashed guest re-attaches to its VM
@@ -349,6 +358,17 @@ class DockerLauncher:
                 f"the Docker engine refused to start {container_name!r}: {err.explanation}"
             ) from err
         return Launched(name, self.kind, container.id or "", container_name)
+
+    def _guest_secrets(self, project: str) -> str | None:
+        """The compose project's guest credentials volume (``PROJECT_secrets-guest``), if any."""
+        from docker.errors import DockerException
+
+        name = f"{project}_secrets-guest"
+        try:
+            self.client.volumes.get(name)
+        except DockerException:
+            return None
+        return name
 
     def _mine(self, name: str | None = None) -> list[Container]:
         labels = [f"{LABEL_LAUNCHER}={self.kind}"]

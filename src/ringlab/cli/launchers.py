@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from ringlab.cli.launch import LaunchError, guest_spec, make_launcher
+from ringlab.cli.launch import LaunchError, LaunchSpec, guest_spec, make_launcher
 from ringlab.errors import DeploymentFailed
 from ringlab.vmm import default_kernel
 
@@ -78,6 +78,8 @@ def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
         redis=os.environ.get("RINGLAB_REDIS"),
         token=getattr(args, "token", None) or os.environ.get("RINGLAB_TOKEN"),
     )
+    if args.launcher == "process":
+        spec = _with_guest_credentials(spec, args)
     try:
         launcher = make_launcher(args.launcher, image=args.image)
         launched = launcher.launch(spec)
@@ -97,6 +99,32 @@ def create_via_launcher(args: argparse.Namespace, stub: Any) -> Any:
                     f"appear on the hypervisor within {REGISTER_TIMEOUT:.0f}s: {err.details()}"
                 ) from None
         time.sleep(0.5)
+
+
+def _with_guest_credentials(spec: LaunchSpec, args: argparse.Namespace) -> LaunchSpec:
+    """A local guest for a ``ringlab up`` of this user gets its own VM's credentials (0600, in
+    the deployment's ``secrets/`` folder: its data folder, ``$RINGLAB_DATA`` or up's default
+    for the hypervisor's port), never the operator's token; without that folder, the operator's
+    token as before (docs/security.md)."""
+    from pathlib import Path
+
+    from ringlab.rpc.local import SECRETS_DIR, default_state_dir
+    from ringlab.store.credentials import SECRET_FILE, DeploymentSecrets, write_private
+
+    port = str(args.hypervisor).rpartition(":")[2]
+    data = os.environ.get("RINGLAB_DATA") or (str(default_state_dir(int(port))) if port.isdigit() else "")
+    folder = Path(data).expanduser() / SECRETS_DIR if data else None
+    if folder is None or not (folder / SECRET_FILE).is_file():
+        return spec
+    try:
+        operator = getattr(args, "token", None) or os.environ.get("RINGLAB_TOKEN", "")
+        made = DeploymentSecrets.load_or_create(folder, operator)
+        path = folder / f"guest-{spec.name}.json"
+        write_private(path, made.for_role("guest", guest_name=spec.name, redis=False).to_json())
+    except OSError:
+        return spec
+    env = {k: v for k, v in spec.env.items() if k != "RINGLAB_TOKEN"} | {"RINGLAB_CREDENTIALS": str(path)}
+    return LaunchSpec(spec.name, spec.command, env)
 
 
 def remove_launched(name: str) -> list[str]:

@@ -1,5 +1,9 @@
 """Client side: channels that carry the bearer token and retry UNAVAILABLE, and one function that
-says what a failed call means and what to do about it."""
+says what a failed call means and what to do about it.
+
+A guest replica that learns its VM's name at run time (compose's scaled ``guest`` service) is
+handed the guest key instead of a token (``guest-key:KEY``, docs/security.md): its channel then
+signs each call with the token of the VM the request names (its ``name`` or ``vm`` field)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from ringlab.store.credentials import GUEST_KEY_PREFIX, guest_token
 
 __all__ = ["describe_error", "open_channel"]
 
@@ -46,9 +52,28 @@ class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor)
         return continuation(self._details(details), request)
 
 
+class _GuestSigner(_Auth):
+    """Signs each call with the guest token of the VM its request names."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def _signed(self, details: grpc.ClientCallDetails, request: Any) -> grpc.ClientCallDetails:
+        name = str(getattr(request, "name", "") or getattr(request, "vm", ""))
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {guest_token(self._key, name)}")]
+        return details._replace(metadata=metadata)  # type: ignore[attr-defined,no-any-return]
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._signed(details, request), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._signed(details, request), request)
+
+
 def open_channel(target: str, token: str | None = None) -> grpc.Channel:
     """An insecure channel to ``target`` (HOST:PORT, or dns:///NAME:PORT for a scaled service)
-    sending ``token`` (default: $RINGLAB_TOKEN) as a bearer token."""
+    sending ``token`` (default: $RINGLAB_TOKEN) as a bearer token (``guest-key:KEY``: each call
+    signed with the guest token of the VM it names)."""
     if token is None:
         token = os.environ.get("RINGLAB_TOKEN", "")
     channel = grpc.insecure_channel(
@@ -60,6 +85,8 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
             ("grpc.max_send_message_length", 64 << 20),
         ],
     )
+    if token.startswith(GUEST_KEY_PREFIX):
+        return grpc.intercept_channel(channel, _GuestSigner(token[len(GUEST_KEY_PREFIX) :]))
     if token:
         return grpc.intercept_channel(channel, _Auth(token))
     return channel
@@ -70,6 +97,8 @@ _ADVICE = {
     "address with --hypervisor HOST:PORT or RINGLAB_HYPERVISOR (a TLS mismatch also shows as UNAVAILABLE)",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the deployment did not answer in time: is it overloaded or stuck?",
     grpc.StatusCode.UNIMPLEMENTED: "the server there is not a Ringlab hypervisor of this version",
+    grpc.StatusCode.PERMISSION_DENIED: "the deployment knows the credential sent, but its role may not make "
+    "this call: an operator's token manages VMs through the hypervisor, never a pCPU (docs/security.md)",
 }
 
 _TOKEN_ADVICE = {

@@ -46,11 +46,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ringlab.errors import DeploymentFailed
 from ringlab.store import LocalRedis
+from ringlab.store.credentials import (
+    SECRET_FILE,
+    DeploymentSecrets,
+    register_login,
+    remove_login,
+    write_private,
+)
 from ringlab.store.server import free_port
 
 __all__ = [
     "LOCK_FILE",
     "REDIS_DIR",
+    "SECRETS_DIR",
     "SERVICES_JSON",
     "LocalDeployment",
     "RestartPolicy",
@@ -65,6 +73,8 @@ SERVICES_JSON = "services.json"
 """The deployment's record in its state folder (see ``LocalDeployment.record``)."""
 REDIS_DIR = "redis"
 """Where, in the state folder, a persistent deployment's Redis keeps its append-only file."""
+SECRETS_DIR = "secrets"
+"""Where, in the state folder, a secure deployment keeps its secret and each service's credentials."""
 LOCK_FILE = "up.lock"
 """Held (flock) by the deployment using the state folder; holds its pid."""
 STOP_SECONDS = 10.0
@@ -152,6 +162,9 @@ class LocalDeployment:
     timeout: float = 30.0
     _lock: IO[str] | None = None
     _recorded: bool = False
+    secrets: DeploymentSecrets | None = field(default=None, repr=False)
+    """The deployment's secrets (``secure=True``): every credential derives from them."""
+    _login: tuple[str, int] | None = None
 
     @classmethod
     def start(
@@ -170,6 +183,8 @@ class LocalDeployment:
         fresh: bool = False,
         policy: RestartPolicy | None = None,
         say: Say | None = None,
+        secure: bool = False,
+        rotate: bool = False,
     ) -> LocalDeployment:
         """Start Redis (unless ``redis_url`` names one), ``pcpus`` cpu services and then the
         hypervisor on ``hypervisor_host:hypervisor_port`` (0: a free port), and wait until each
@@ -179,8 +194,11 @@ class LocalDeployment:
         ``stop()``), and with ``echo`` to stderr as well.  With ``persist`` Redis keeps its data
         in ``STATE/redis/`` and loads what an earlier deployment left there; ``fresh`` deletes
         that first.  A given ``state_dir`` is locked for this deployment; services an earlier
-        one left running there are stopped first (``say`` tells about it).  Raises
-        DeploymentFailed when a service does not start or the folder is in use."""
+        one left running there are stopped first (``say`` tells about it).  ``secure``: each
+        role its own credentials, Redis locked down (the module's docstring); ``token`` is then
+        the operator's (none: the operator API stays open); ``rotate``: a new deployment secret
+        (every credential changes) instead of the one the folder keeps.  Raises DeploymentFailed when a
+        service does not start or the folder is in use."""
         if pcpus < 1:
             raise ValueError(f"a deployment needs at least one pCPU, got pcpus={pcpus}")
         own = state_dir is None
@@ -193,15 +211,22 @@ class LocalDeployment:
             if not own:
                 d._lock_folder()
                 _stop_leftovers(folder, say or (lambda _text: None))
+            if secure:
+                d.secrets = d._load_secrets(token, rotate=rotate)
             if redis_url is None:
                 d._start_redis(fresh=fresh)
             url = redis_url or (d.redis.url if d.redis else "")
             d.redis_url = url
             env = dict(os.environ, RINGLAB_REDIS=url, RINGLAB_TOKEN=token, PYTHONUNBUFFERED="1")
+            env.pop("RINGLAB_CREDENTIALS", None)
+            cpu_env = hypervisor_env = env
+            if d.secrets is not None:
+                cpu_env = d._role_env(env, "cpu", locked=redis_url is None)
+                hypervisor_env = d._role_env(env, "hypervisor", locked=redis_url is None)
             for n in range(pcpus):
                 address = f"127.0.0.1:{free_port()}"
                 d.cpus.append(address)
-                d._spawn(f"cpu{n}", "cpu", address, ["--listen", address, "--pcpu", f"pcpu{n}"], env)
+                d._spawn(f"cpu{n}", "cpu", address, ["--listen", address, "--pcpu", f"pcpu{n}"], cpu_env)
             # The hypervisor starts once every cpu service has registered its pCPU (they do before
             # they serve): it must not see the address a pCPU of the same name had in an earlier
             # deployment on this folder, whose registration may not have expired yet.
@@ -212,7 +237,7 @@ class LocalDeployment:
             listen = f"{hypervisor_host}:{port}"
             d.hypervisor = f"{'127.0.0.1' if hypervisor_host in _ANY_HOST else hypervisor_host}:{port}"
             extra = ["--slice", str(slice)] if slice else []
-            d._spawn("hypervisor", "hypervisor", d.hypervisor, ["--listen", listen, *extra], env)
+            d._spawn("hypervisor", "hypervisor", d.hypervisor, ["--listen", listen, *extra], hypervisor_env)
             d._wait_serving(d.hypervisor, d.services[-1], timeout)
             d.write_record()
         except DeploymentFailed:
@@ -235,6 +260,41 @@ class LocalDeployment:
         return [s.process for s in self.services]
 
     # -- starting ----------------------------------------------------------------------------------
+    def _load_secrets(self, operator_token: str, *, rotate: bool = False) -> DeploymentSecrets:
+        """The secret kept in the state folder (created the first time, or anew with ``rotate``;
+        a temporary folder's is thrown away with it)."""
+        assert self.state_dir is not None
+        folder = self.state_dir / SECRETS_DIR
+        try:
+            if rotate:
+                (folder / SECRET_FILE).unlink(missing_ok=True)
+            return DeploymentSecrets.load_or_create(folder, operator_token)
+        except OSError as exc:
+            raise DeploymentFailed(
+                f"cannot keep the deployment's secrets in {folder}: {exc.strerror}"
+            ) from None
+
+    def _role_env(self, env: dict[str, str], role: str, *, locked: bool) -> dict[str, str]:
+        """The environment of a ``role`` service: its credentials file, and not the operator's
+        token (it gets the token's digest in that file).  ``locked``: its Redis user too."""
+        assert self.secrets is not None and self.state_dir is not None
+        path = self.state_dir / SECRETS_DIR / f"{role}.json"
+        write_private(path, self.secrets.for_role(role, redis=locked).to_json())
+        out = {k: v for k, v in env.items() if k != "RINGLAB_TOKEN"}
+        out["RINGLAB_CREDENTIALS"] = str(path)
+        return out
+
+    def credentials_file(self, role: str, *, guest_name: str = "") -> Path:
+        """A credentials file for one more service of ``role`` (a guest: the one owning the VM
+        ``guest_name``), 0600 in the state folder; DeploymentFailed when not ``secure``."""
+        if self.secrets is None or self.state_dir is None:
+            raise DeploymentFailed("this deployment was not started with per-role credentials (secure=True)")
+        suffix = f"-{guest_name}" if guest_name else ""
+        path = self.state_dir / SECRETS_DIR / f"{role}{suffix}.json"
+        locked = self.redis is not None
+        write_private(path, self.secrets.for_role(role, guest_name=guest_name, redis=locked).to_json())
+        return path
+
     def _lock_folder(self) -> None:
         import fcntl
 
@@ -265,7 +325,7 @@ class LocalDeployment:
         log = self.state_dir / "redis.log"
         _log_line(log, "redis-server" + (f" (data: {data})" if data else ""))
         try:
-            self.redis = LocalRedis.start(data_dir=data, log=log, timeout=self.timeout)
+            self.redis = LocalRedis.start(data_dir=data, log=log, timeout=self.timeout, secrets=self.secrets)
         except FileNotFoundError as exc:  # no redis-server: the message says where to get one
             raise DeploymentFailed(str(exc)) from None
         except RuntimeError:
@@ -277,6 +337,9 @@ class LocalDeployment:
         self.services.append(
             Service("redis", self.redis.process, log, kind="redis", address=f"127.0.0.1:{self.redis.port}")
         )
+        if self.secrets is not None:
+            register_login("127.0.0.1", self.redis.port, "observer", self.secrets.redis_password("observer"))
+            self._login = ("127.0.0.1", self.redis.port)
 
     def _spawn(self, name: str, kind: str, address: str, args: list[str], env: dict[str, str]) -> None:
         command = [sys.executable, "-m", f"ringlab_{kind}", *args]
@@ -485,6 +548,9 @@ class LocalDeployment:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self._login is not None:
+            remove_login(*self._login)
+            self._login = None
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None

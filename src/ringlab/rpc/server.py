@@ -1,13 +1,15 @@
 """The one way to build a Ringlab gRPC server.
 
 ``build_server`` gives every service the same things: the standard health service driven by
-real checks (re-run every second), server reflection, the bearer-token and error interceptors,
+real checks (re-run every second), server reflection, the bearer-token and error interceptors
+(``RoleInterceptor`` when the service has role credentials: who may call what, docs/security.md),
 bounded concurrency (a thread pool, plus ``StreamSlots`` so open streams can never take every
 thread and starve unary calls), and a graceful stop on SIGTERM that reports NOT_SERVING first.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import threading
@@ -23,12 +25,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ringlab.rpc.config import ServiceConfig
+from ringlab.store.credentials import Credentials, digest, guest_token
 from ringlab.store.errors import Exhausted
 
 __all__ = [
+    "GUEST_SCOPED",
     "MISSING_TOKEN",
+    "ROLES_BY_SERVICE",
     "WRONG_TOKEN",
     "AuthInterceptor",
+    "Caller",
+    "RoleInterceptor",
     "Check",
     "ServiceServer",
     "StreamSlots",
@@ -50,6 +57,45 @@ MISSING_TOKEN = (
     "clients send it as 'authorization: Bearer TOKEN' metadata"
 )
 WRONG_TOKEN = "the bearer token sent is not this deployment's (check RINGLAB_TOKEN / --token)"
+FORBIDDEN = (
+    "the {role} role may not call {method}: see docs/security.md, who may call what (the caller was "
+    "recognised; its credential is not for this)"
+)
+NOT_ITS_VM = (
+    "a guest acts only on its own VM ({vm}): this request names another (give your own VM's name in "
+    "'{field}'; see docs/security.md)"
+)
+
+ROLES_BY_SERVICE: dict[str, frozenset[str]] = {
+    "/ringlab.v1.Cpu/": frozenset({"hypervisor"}),
+    "/ringlab.v1.Hypervisor/": frozenset({"operator", "guest"}),
+    "/ringlab.v1.Guest/": frozenset({"operator"}),
+}
+"""Which roles may call a service's methods (by the method's prefix); a method of any other
+service is the operator's.  docs/security.md has the same table."""
+
+GUEST_SCOPED: dict[str, str] = {
+    f"/ringlab.v1.Hypervisor/{name}": field_name
+    for name, field_name in (
+        ("CreateVm", "name"),
+        ("StartVm", "vm"),
+        ("PauseVm", "vm"),
+        ("ResumeVm", "vm"),
+        ("StopVm", "vm"),
+        ("DestroyVm", "vm"),
+        ("DescribeVm", "vm"),
+        ("WaitVm", "vm"),
+        ("StreamConsole", "vm"),
+        ("StreamEvents", "vm"),
+    )
+}
+"""The hypervisor's methods a guest may call, each on its own VM only: the request field that
+must name it (by name: a guest's credential is bound to its VM's name, known before the VM has
+an id).  ListVms and GetStats (every VM) are not among them, nor StreamEvents of every VM."""
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -83,13 +129,136 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if method.startswith(_OPEN_METHODS):
             return continuation(handler_call_details)
         sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
-        if sent == [self._expected]:
+        if len(sent) == 1 and hmac.compare_digest(_text(sent[0]).encode(), self._expected.encode()):
             return continuation(handler_call_details)
         unary, stream = self._deny[WRONG_TOKEN if any(sent) else MISSING_TOKEN]
         handler = continuation(handler_call_details)
         if handler is not None and handler.unary_stream is not None:
             return stream
         return unary
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a call comes from: its role, and for a guest the name of the VM it owns."""
+
+    role: str
+    vm: str = ""
+
+
+def _deny(
+    code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    def deny(request: object, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    def deny_stream(request: object, context: grpc.ServicerContext) -> Iterator[None]:
+        deny(request, context)
+        yield None
+
+    if handler is not None and handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream)
+    return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class RoleInterceptor(grpc.ServerInterceptor):
+    """Least privilege between services (docs/security.md): identifies the caller from its bearer
+    token (every comparison in constant time), then serves the method only to the roles
+    ``ROLES_BY_SERVICE`` allows; a guest's call is checked against the VM its token is bound to,
+    on the request's field (the handler is wrapped: it sees the request message).  Health and
+    reflection are open.  UNAUTHENTICATED: no credential, or one this service does not know;
+    PERMISSION_DENIED: a known caller whose role may not make this call."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        self._accept = {role: value.encode() for role, value in credentials.accept.items()}
+
+    def identify(self, sent: list[str]) -> Caller | None:
+        """The caller a call's ``authorization`` values name, else None."""
+        c = self.credentials
+        if not sent:
+            return Caller("operator") if c.operator_open else None
+        if len(sent) != 1 or not sent[0].startswith("Bearer "):
+            return None
+        token = sent[0][len("Bearer ") :]
+        presented = digest(token).encode()
+        found: Caller | None = None
+        for role, expected in self._accept.items():  # every one compared: no early exit
+            if hmac.compare_digest(presented, expected):
+                found = Caller(role)
+        if c.role == "hypervisor" and c.token and hmac.compare_digest(token.encode(), c.token.encode()):
+            found = Caller("hypervisor")  # its own credential: known, so a refusal says why
+        if c.guest_key and token.startswith("guest:"):
+            name = token[len("guest:") :].rpartition(":")[0]
+            if name and hmac.compare_digest(token.encode(), guest_token(c.guest_key, name).encode()):
+                found = Caller("guest", name)
+        if found is None and c.operator_open:
+            return Caller("operator")  # no operator token: as before, a token is not asked for
+        return found
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        if method.startswith(_OPEN_METHODS):
+            return continuation(handler_call_details)
+        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        caller = self.identify([v if isinstance(v, str) else v.decode(errors="replace") for v in sent])
+        handler = continuation(handler_call_details)
+        if caller is None:
+            message = WRONG_TOKEN if any(sent) else MISSING_TOKEN
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, message, handler)
+        if handler is None:
+            return None  # UNIMPLEMENTED
+        allowed = next(
+            (roles for prefix, roles in ROLES_BY_SERVICE.items() if method.startswith(prefix)), None
+        )
+        if caller.role not in (allowed or {"operator"}) or (
+            caller.role == "guest" and method not in GUEST_SCOPED
+        ):
+            log.warning("refused: the %s role called %s", caller.role, method)
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED, FORBIDDEN.format(role=caller.role, method=method), handler
+            )
+        if caller.role == "guest":
+            return _scoped(handler, GUEST_SCOPED[method], caller.vm)
+        return handler
+
+
+def _scoped(
+    handler: grpc.RpcMethodHandler[Any, Any], field_name: str, vm: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` run only for a request whose ``field_name`` is ``vm`` (in constant time)."""
+
+    def check(request: Any, context: grpc.ServicerContext) -> None:
+        named = str(getattr(request, field_name, ""))
+        if not hmac.compare_digest(named.encode(), vm.encode()):
+            log.warning("refused: guest %s named another VM in %s", vm, field_name)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_ITS_VM.format(vm=vm, field=field_name))
+
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            check(request, context)
+            return inner(request, context)
+
+        wrapped: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_unary=unary)  # type: ignore[attr-defined]
+        return wrapped
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Any:
+            check(request, context)
+            yield from inner_stream(request, context)
+
+        streamed: grpc.RpcMethodHandler[Any, Any] = handler._replace(unary_stream=stream)  # type: ignore[attr-defined]
+        return streamed
+    return _deny(
+        grpc.StatusCode.PERMISSION_DENIED, "a guest may not call a streaming-request method", handler
+    )
 
 
 class StreamSlots:
@@ -180,8 +349,16 @@ def build_server(
     from ringlab.rpc.errors import ErrorInterceptor
 
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
-    if config.token:
+    if config.credentials is not None:
+        interceptors.insert(0, RoleInterceptor(config.credentials))
+    elif config.token:
         interceptors.insert(0, AuthInterceptor(config.token))
+    else:
+        log.warning(
+            "%s: no credentials and no token: every caller may call every method (a development "
+            "set-up; 'ringlab up' and compose hand each service its role's credentials)",
+            config.service,
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=config.service),
         interceptors=interceptors,

@@ -6,6 +6,12 @@ server would outlive the command).  By default it keeps no files (a temporary fo
 ``stop()``); with ``data_dir`` it keeps an append-only file there (``appendonly.aof``, fsync every
 second), so that a server killed and started again on the same folder (``restart()``: the same
 port too) comes back with its data.
+
+With ``secrets`` (a deployment's ``DeploymentSecrets``) it is locked down (docs/security.md): an
+ACL file (``users.acl``, 0600, in its folder) disables the ``default`` user and defines one user
+per role, limited to the commands and keys that role needs; this object then speaks to it as the
+``admin`` user, and ``url_for(role)`` is the URL a role's clients use.  Protected mode is on
+either way (it refuses other hosts while ``default`` has no password: the server binds 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["AOF_NAME", "LocalRedis", "find_redis_server", "free_port"]
+from ringlab.store.credentials import DeploymentSecrets, write_private
+
+__all__ = ["ACL_NAME", "AOF_NAME", "LocalRedis", "find_redis_server", "free_port"]
 
 AOF_NAME = "appendonly.aof"
 """The append-only file a persistent server keeps in its ``data_dir``."""
+ACL_NAME = "users.acl"
+"""The ACL file a locked-down server reads at every start, in its folder."""
 
 
 def find_redis_server() -> str:
@@ -67,10 +77,23 @@ class LocalRedis:
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
     persistent: bool = False
     log: Path | None = None
+    secrets: DeploymentSecrets | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
+        """The server's URL, with no credentials (a locked-down server refuses it: ``url_for``)."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, role: str, db: int = 0) -> str:
+        """The URL the ``role`` user (``admin``, ``hypervisor``, ``cpu``, ``guest``,
+        ``observer``) connects with: its name and password in it.  Keep it out of logs."""
+        if self.secrets is None:
+            return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{role}:{self.secrets.redis_password(role)}@127.0.0.1:{self.port}/{db}"
+
+    def client(self, role: str = "admin", db: int = 0) -> redis.Redis:
+        """A client speaking as ``role`` (the admin by default)."""
+        return redis.Redis.from_url(self.url_for(role, db), socket_connect_timeout=0.5, socket_timeout=2)
 
     @property
     def pid(self) -> int:
@@ -79,7 +102,7 @@ class LocalRedis:
     @property
     def command(self) -> list[str]:
         """The server's command line (the same at every restart)."""
-        return _command(self.port, self.workdir, self.persistent)
+        return _command(self.port, self.workdir, self.persistent, self.secrets is not None)
 
     @classmethod
     def start(
@@ -90,12 +113,14 @@ class LocalRedis:
         data_dir: Path | str | None = None,
         log: Path | None = None,
         timeout: float = 10.0,
+        secrets: DeploymentSecrets | None = None,
     ) -> LocalRedis:
         """Start a server on ``port`` (default: a free one) and wait until it answers.
 
         With ``data_dir`` (created if needed) the server keeps its append-only file there and
         loads it at start; otherwise it works in a temporary folder (``appendonly`` turns the
-        append-only file on there too).  Raises RuntimeError when it does not start."""
+        append-only file on there too).  With ``secrets`` it is locked down (the module's
+        docstring).  Raises RuntimeError when it does not start."""
         tmp = None
         if data_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="ringlab-redis-")
@@ -105,8 +130,10 @@ class LocalRedis:
             workdir.mkdir(parents=True, exist_ok=True)
         persistent = data_dir is not None or appendonly
         port = port or free_port()
-        process = _launch(_command(port, workdir, persistent), log)
-        server = cls(process, port, workdir, tmp, persistent, log)
+        if secrets is not None:
+            write_private(workdir / ACL_NAME, secrets.acl())
+        process = _launch(_command(port, workdir, persistent, secrets is not None), log)
+        server = cls(process, port, workdir, tmp, persistent, log, secrets)
         try:
             ready = server.wait_ready(timeout)
         except BaseException:  # interrupted: no server is left behind
@@ -136,13 +163,13 @@ class LocalRedis:
         """Wait until the server answers PING (a server loading its append-only file answers
         LOADING: not yet); False when it exited or the time ran out."""
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
+        client = self.client()
         try:
             while True:
                 try:
                     client.ping()
                     return True
-                except redis.ConnectionError:  # BusyLoadingError included
+                except (redis.ConnectionError, redis.AuthenticationError):  # BusyLoadingError included
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         return False
                     time.sleep(0.02)
@@ -166,7 +193,7 @@ class LocalRedis:
                 self.process.send_signal(signal.SIGCONT)  # a paused server cannot shut down
             # SHUTDOWN closes the connection under the client: an error here is the expected outcome.
             with contextlib.suppress(redis.RedisError):
-                redis.Redis(port=self.port, socket_timeout=2).shutdown(nosave=True)
+                self.client().shutdown(nosave=True)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -189,7 +216,8 @@ class LocalRedis:
         self.stop()
 
 
-def _command(port: int, workdir: Path, persistent: bool) -> list[str]:
+def _command(port: int, workdir: Path, persistent: bool, acl: bool = False) -> list[str]:
+    locked = ["--aclfile", str(workdir / ACL_NAME)] if acl else []
     return [
         find_redis_server(),
         "--port", str(port),
@@ -199,8 +227,9 @@ def _command(port: int, workdir: Path, persistent: bool) -> list[str]:
         "--appendonly", "yes" if persistent else "no",
         "--appendfilename", AOF_NAME,
         "--appendfsync", "everysec",
-        "--protected-mode", "no",
+        "--protected-mode", "yes",
         "--loglevel", "warning",
+        *locked,
     ]  # fmt: skip
 
 

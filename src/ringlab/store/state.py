@@ -19,6 +19,7 @@ import redis
 
 from ringlab.hypervisor.ports import GrantResult
 from ringlab.store import keys
+from ringlab.store.credentials import with_login
 from ringlab.store.errors import InvalidRequest, StaleLease, VmNotFound, WrongState
 from ringlab.store.scripts import Scripts
 
@@ -53,9 +54,13 @@ def check_cursor(cursor: str, what: str = "after") -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` (redis://host:port/db or unix:///path) with short timeouts, so a dead
-    server shows as an error in seconds rather than a hang."""
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+    """A client for ``url`` (redis://[user:password@]host:port/db or unix:///path) with short
+    timeouts, so a dead server shows as an error in seconds rather than a hang.  A URL without
+    credentials for the Redis of a live ``ringlab up`` of this user connects as its read-only
+    ``observer`` (``credentials.with_login``)."""
+    return redis.Redis.from_url(
+        with_login(url), socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
 
 
 def _s(value: bytes | str | None) -> str:
