@@ -7,14 +7,54 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.store.conftest import redis_server, state
 
-__all__ = ["Up", "redis_server", "state"]
+__all__ = ["VICTIMS", "Up", "redis_server", "state"]
+
+VICTIMS: list[dict[str, Any]] = []
+"""Every VM a fault hit in the trials of this run (the checker's ``victims``, with ``lease``:
+the grant lease of its deployment), for the figures printed at the end of the run."""
+
+
+def _kind(target: str) -> str:
+    return target.rstrip("0123456789") or target
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After chaos trials: failover times per kind of failed service (median, max), and the time
+    lost to failed slices against the credit charged for it.  Host time: measured, not asserted
+    (a busy machine stretches it); a pCPU's failover is compared with the lease plus one slice
+    (a quarter of the lease at most, ``sched.slices.LEASE_FRACTION``), the bound the design
+    promises."""
+    if not VICTIMS:
+        return
+    from ringlab.sched.slices import LEASE_FRACTION
+
+    write = terminalreporter.write_line
+    terminalreporter.section("chaos trials: failover")
+    for kind in sorted({_kind(v["target"]) for v in VICTIMS}):
+        mine = [v for v in VICTIMS if _kind(v["target"]) == kind]
+        times = [v["seconds"] for v in mine if v["seconds"] is not None]
+        line = f"{kind}: {len(mine)} VMs hit, {len(mine) - len(times)} never ran again"
+        if times:
+            line += f"; failover median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+        if kind == "cpu" and times:
+            bound = max(v["lease"] for v in mine) * (1 + 1 / LEASE_FRACTION)
+            over = sum(1 for t in times if t > bound)
+            line += f"; {over} over the lease plus one slice ({bound:.2f} s)"
+        write(line)
+    lost = sum(v["lost_seconds"] for v in VICTIMS)
+    charged = sum(v["charged_seconds"] for v in VICTIMS)
+    write(f"lost slices after a fault: {lost:.2f} s in all, {charged:.2f} s of it charged to the VMs")
 
 
 class Up:

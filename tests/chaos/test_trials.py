@@ -27,7 +27,7 @@ from ringlab.cli import main
 from ringlab.cli.exitstatus import EXIT_OK
 from ringlab.cli.launch import ProcessLauncher
 from tests.chaos import fleet
-from tests.chaos.conftest import Up
+from tests.chaos.conftest import VICTIMS, Up
 
 pytestmark = pytest.mark.chaos
 
@@ -125,6 +125,7 @@ def test_a_chaos_trial_loses_nothing_committed(
     out = capsys.readouterr().out
     verdict = json.loads(out.strip().splitlines()[-1])
     fleet.destroy(up.hypervisor, names)
+    VICTIMS.extend(v | {"lease": float(LEASE)} for v in verdict["victims"])
     faults_seen = [json.loads(line) for line in history.read_text().splitlines() if '"fault"' in line]
     assert faults_seen, "no fault was injected"
     assert status == EXIT_OK, f"trial {trial} (history {history}): {_summary(verdict)}"
