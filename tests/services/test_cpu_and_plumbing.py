@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ringlab.guestos.build import build_image
+from ringlab.isa import REGISTERS
 from ringlab.store import Commit, LocalRedis, StaleLease
 from ringlab.v1 import common_pb2, cpu_pb2, hypervisor_pb2
 from tests.services.conftest import Deployment, code_of, start_deployment, unique
@@ -90,9 +91,10 @@ def test_run_vcpu_of_an_unknown_vm_or_stale_generation(deployment: Deployment) -
     stale = cpu_pb2.RunVcpuRequest(vm=vm, lease_token=1, generation=7, budget=10)
     with pytest.raises(grpc.RpcError) as err:
         cpu.RunVcpu(stale, timeout=10)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "latest is 0" in (
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "commit 7" in (
         err.value.details() or ""
     )
+    assert "is not the VM's latest" in (err.value.details() or "")  # which is, is not said (issue 14)
 
 
 def test_a_sync_made_for_another_copy_of_the_vcpu_is_refused(deployment: Deployment) -> None:
@@ -101,7 +103,11 @@ def test_a_sync_made_for_another_copy_of_the_vcpu_is_refused(deployment: Deploym
     cpu = deployment.cpu_stub()
     vm = _created_vm(deployment)
     request = cpu_pb2.RunVcpuRequest(
-        vm=vm, lease_token=1, generation=0, budget=10, sync=cpu_pb2.VcpuSync(base=500, registers={"eax": 1})
+        vm=vm,
+        lease_token=1,
+        generation=0,
+        budget=10,
+        sync=cpu_pb2.VcpuSync(base=500, registers=dict.fromkeys(REGISTERS, 1)),
     )
     with pytest.raises(grpc.RpcError) as err:
         cpu.RunVcpu(request, timeout=10)

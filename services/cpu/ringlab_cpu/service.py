@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from ringlab.hypervisor import STOP_STATUS
 from ringlab.machine import Budget, Cpu, CpuState, Exit, Idle, Memory
 from ringlab.machine.context import ContextMismatch, apply_delta, take_delta, track
 from ringlab.machine.faults import Fault
@@ -31,6 +32,9 @@ from ringlab.machine.p2m import P2M
 from ringlab.rpc import ServiceConfig, ServiceServer, add_service_flags, build_server, config_from_args
 from ringlab.rpc.convert import (
     MAX_RUN_BUDGET,
+    InvalidSync,
+    check_vmm_record,
+    check_vmm_statistics,
     controls_from_proto,
     delta_from_proto,
     delta_to_proto,
@@ -41,9 +45,10 @@ from ringlab.rpc.convert import (
     tc_report_to_proto,
     tc_run_from_proto,
 )
-from ringlab.store import Commit, InvalidRequest, SharedState, StaleLease, WrongState
+from ringlab.rpc.errors import InvalidField
+from ringlab.store import Commit, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
-from ringlab.vmm.translated import Executor, TcReport, ToVmm
+from ringlab.vmm.translated import Executor, TcReport, TcRun, ToVmm
 
 __all__ = ["CpuServicer", "main", "serve"]
 
@@ -92,7 +97,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         if ctx.generation != generation:
             self._cache.pop(vm, None)
             raise WrongState(
-                f"VM {vm}: the caller expects commit {generation} but the latest is {ctx.generation}; "
+                f"VM {vm}: commit {generation}, which the caller expects, is not the VM's latest; "
                 "reload the VM's state and run again"
             )
         memory = Memory(int(ctx.definition.get("host_memory_size", ctx.memory_size)))
@@ -114,37 +119,60 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         self, request: cpu_pb2.RunVcpuRequest, context: grpc.ServicerContext
     ) -> cpu_pb2.RunVcpuResponse:
         if not request.vm:
-            raise InvalidRequest("RunVcpu needs the VM id in 'vm'")
+            raise InvalidField("vm", "RunVcpu needs the VM id in 'vm'")
+        if not request.vm.isdigit() or len(request.vm) > 20:
+            raise InvalidField(
+                "vm", f"vm {request.vm[:40]!r} is not a VM id (digits, as the hypervisor names it)"
+            )
         if request.lease_token <= 0:
-            raise InvalidRequest("RunVcpu needs the fencing token of a grant in 'lease_token' (> 0)")
+            raise InvalidField(
+                "lease_token", "RunVcpu needs the fencing token of a grant in 'lease_token' (> 0)"
+            )
         if request.budget > MAX_RUN_BUDGET:
-            raise InvalidRequest(f"budget {request.budget} is above the per-call maximum {MAX_RUN_BUDGET}")
+            raise InvalidField(
+                "budget", f"budget {request.budget} is above the per-call maximum {MAX_RUN_BUDGET}"
+            )
+        if request.HasField("commit"):
+            _check_commit(request.commit)
+        try:
+            sync = delta_from_proto(request.sync) if request.HasField("sync") else None
+            tc = tc_run_from_proto(request.tc) if request.HasField("tc") else None
+            controls = controls_from_proto(request.controls)
+        except InvalidSync as exc:
+            raise InvalidField(exc.field, f"VM {request.vm}: {exc}") from None
         with self._lock:
             self.runs += 1
             cached, reloaded = self._context(request.vm, request.lease_token, request.generation)
             cpu = cached.cpu
-            if request.HasField("sync"):
+            if sync is not None:
                 try:
-                    apply_delta(cpu, delta_from_proto(request.sync))
+                    apply_delta(cpu, sync)
                 except ContextMismatch as exc:
                     self._cache.pop(request.vm, None)
                     raise WrongState(
                         f"VM {request.vm}: {exc} (this pCPU reloaded commit {cached.generation}); "
                         "restart the slice from that commit"
                     ) from None
-                except (ValueError, KeyError) as exc:
+                except (ValueError, KeyError, TypeError, OverflowError, IndexError) as exc:
                     self._cache.pop(request.vm, None)
-                    raise InvalidRequest(f"VM {request.vm}: the sync cannot be applied: {exc}") from None
+                    raise InvalidField(
+                        "sync", f"VM {request.vm}: the sync cannot be applied: {exc}"
+                    ) from None
                 cached.clean = False
+            if request.nested_ram_size > cpu.memory.size:
+                raise InvalidField(
+                    "nested_ram_size",
+                    f"nested_ram_size {request.nested_ram_size} is more than the VM's "
+                    f"{cpu.memory.size}-byte host memory",
+                )
             self._second_stage(cpu, request.nested_ram_size)
-            controls = controls_from_proto(request.controls)
             if cpu.controls != controls:
                 cpu.controls = controls
             started = time.perf_counter()
             before = cpu.stats.retired
             report = None
-            if request.HasField("tc"):  # bt: run the guest kernel's translation
-                exit, report = self._run_translated(request, cached)
+            if tc is not None:  # bt: run the guest kernel's translation
+                exit, report = self._run_translated(request.vm, tc, request.budget, cached)
             else:
                 exit = cpu.run(request.budget) if request.budget else Budget()
             run_seconds = time.perf_counter() - started
@@ -170,17 +198,17 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             )
 
     @staticmethod
-    def _run_translated(request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu) -> tuple[Exit, TcReport]:
+    def _run_translated(vm: str, tc: TcRun, budget: int, cached: CachedVcpu) -> tuple[Exit, TcReport]:
         """Run the translation the hypervisor installed until it exits, ends the budget or calls
         the VMM (the report says which call)."""
         if cached.translated is None:
             cached.translated = Executor(cached.cpu)
         executor = cached.translated
         try:
-            executor.apply(tc_run_from_proto(request.tc))
-        except Fault as fault:
-            raise InvalidRequest(f"VM {request.vm}: a block to install cannot be fetched ({fault})") from None
-        outcome = executor.run(request.budget) if request.budget else Budget()
+            executor.apply(tc)
+        except (Fault, ValueError, KeyError, IndexError) as exc:
+            raise InvalidField("tc.install", f"VM {vm}: a block to install cannot be built ({exc})") from None
+        outcome = executor.run(budget) if budget else Budget()
         exit = Budget() if isinstance(outcome, ToVmm) else outcome
         return exit, executor.report(outcome)
 
@@ -256,11 +284,35 @@ def _json(text: str, name: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidField(name, f"{name} is not JSON: {str(exc)[:100]}") from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"{name} must be a JSON object")
+        raise InvalidField(name, f"{name} must be a JSON object")
     return value
+
+
+END_STATUSES = frozenset(STOP_STATUS.values())
+"""The ends a commit may record (``CommitRequest.status``), besides "" (none)."""
+MAX_DETAIL = 4096
+
+
+def _check_commit(c: cpu_pb2.CommitRequest) -> None:
+    """The commit's own fields, checked before anything runs: what the hypervisor sends
+    (``vm_copy.VmCopy.commit``) and no more."""
+    if c.status and c.status not in END_STATUSES:
+        raise InvalidField(
+            "commit.status",
+            f'commit.status {c.status[:40]!r}: one of {", ".join(sorted(END_STATUSES))}, or ""',
+        )
+    if len(c.detail) > MAX_DETAIL:
+        raise InvalidField(
+            "commit.detail", f"commit.detail of {len(c.detail)} characters: at most {MAX_DETAIL}"
+        )
+    try:
+        check_vmm_record(_json(c.vmm_state, "commit.vmm_state"))
+        check_vmm_statistics(_json(c.stats_json, "commit.stats_json"))
+    except InvalidSync as exc:
+        raise InvalidField(f"commit.{exc.field}", str(exc)) from None
 
 
 def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:

@@ -4,8 +4,9 @@ On start it works out its configuration (flags and RINGLAB_* variables; identica
 take the next entry of ``--mix`` by an atomic counter in Redis, and a restarted replica gets its
 entry back), builds the kernel and workload image, creates its VM on the hypervisor (idempotently
 for the same definition, so a restarted guest re-attaches; a name taken by another definition is
-ALREADY_EXISTS, which stops the guest) and serves the VM's console (the hypervisor's refusals,
-NOT_FOUND for a destroyed VM, pass through with their status).
+ALREADY_EXISTS, which stops the guest) and serves the VM's console: a malformed cursor is
+INVALID_ARGUMENT here; the hypervisor's answers are mapped (``ringlab.rpc.errors``): NOT_FOUND for
+a destroyed VM passes through, a hypervisor that is down or failed is UNAVAILABLE.
 
     --name NAME          RINGLAB_GUEST_NAME   VM name (default "guest"; with --mix, NAME-INDEX)
     --technique T        RINGLAB_TECHNIQUE    native | trap-emulate | bt | pv | hw (native)
@@ -39,7 +40,9 @@ from ringlab.rpc import (
 )
 from ringlab.rpc.config import env_default
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
+from ringlab.rpc.errors import InvalidField
 from ringlab.store import InvalidRequest, SharedState
+from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
 from ringlab.vmm import TechniqueName
 
@@ -137,12 +140,23 @@ class GuestServicer(guest_pb2_grpc.GuestServicer):
     def StreamConsole(
         self, request: guest_pb2.GuestConsoleRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.ConsoleChunk]:
+        if request.after:
+            try:
+                check_cursor(request.after)
+            except InvalidRequest as exc:
+                raise InvalidField("after", str(exc)) from None
         with self.streams.hold():
-            yield from self.stub.StreamConsole(
+            upstream = self.stub.StreamConsole(
                 hypervisor_pb2.StreamConsoleRequest(
                     vm=self.config.name, after=request.after, follow=request.follow
                 )
             )
+
+            def cancel() -> None:  # the caller went: so does the call upstream
+                upstream.cancel()
+
+            context.add_callback(cancel)
+            yield from upstream
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,12 @@
 -- ARGV[12] '1': check the token (always, but for the RINGLAB_UNSAFE_NO_FENCING=1 exercise)
 -- ARGV[13..] page number, page bytes, ... (the dirty pages)
 -- Returns {1, generation, 0} when applied; {1, generation, 1} when this exact commit was already
--- applied (a client retry); {0, why} when refused (stale token, stale generation, VM gone).
+-- applied (a client retry); {0, why} when refused (stale token, stale generation, VM gone).  The
+-- reason names only what the committer sent, never the current grant's token (a secret: a
+-- caller who learnt it could commit as the grant's holder) nor the current generation.
+-- The console stream never holds more than the record's console_quota bytes (create_vm.lua):
+-- bytes past it are dropped here (the hypervisor stops a VM at its quota; this bounds the stream
+-- whoever commits).  The vcpu hash counts the stream's bytes in console_bytes.
 -- Every applied or refused commit is also appended to the capped commit log: the committer's
 -- token, the grant current at that moment, the generations and the retired count.
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -33,13 +38,13 @@ local function log(outcome, landed, why)
     'fenced', ARGV[12], 'time', ARGV[11])
 end
 if ARGV[12] == '1' and (tonumber(entry.token) ~= token or entry.status ~= 'running') then
-  local why = 'stale lease: token ' .. ARGV[2] .. ' is not the current grant (current ' ..
-    tostring(entry.token) .. ', VM ' .. entry.status .. ')'
+  local why = 'stale lease: token ' .. ARGV[2] .. ' is not the current grant of this VM (VM ' ..
+    tostring(entry.status) .. ')'
   log('refused', generation, why)
   return {0, why}
 end
 if generation ~= base then
-  local why = 'stale generation: committed ' .. generation .. ', committer loaded ' .. ARGV[3]
+  local why = 'stale generation: the committer loaded commit ' .. ARGV[3] .. ', not the latest'
   log('refused', generation, why)
   return {0, why}
 end
@@ -50,8 +55,17 @@ redis.call('HSET', KEYS[3], 'state', ARGV[4], 'stats', ARGV[5], 'vmm', ARGV[6],
 for i = 13, #ARGV, 2 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
 end
-if #ARGV[7] > 0 then
-  redis.call('XADD', KEYS[5], '*', 'data', ARGV[7])
+local console = ARGV[7]
+local quota = tonumber(redis.call('HGET', KEYS[6], 'console_quota') or '')
+if quota and #console > 0 then
+  local room = quota - tonumber(redis.call('HGET', KEYS[3], 'console_bytes') or '0')
+  if room < #console then
+    console = string.sub(console, 1, math.max(room, 0))
+  end
+end
+if #console > 0 then
+  redis.call('XADD', KEYS[5], '*', 'data', console)
+  redis.call('HINCRBY', KEYS[3], 'console_bytes', #console)
 end
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[6], 'status', ARGV[8], 'code', ARGV[9], 'detail', ARGV[10])
