@@ -26,10 +26,14 @@ Hooks for the layers above, which never need to modify this module:
 * nested paging: ``second_stage`` (guest-physical -> host-physical), when set, is applied to
   every page-table read and to every final address.  It may raise ``Fault``.  The fast caches
   hold host addresses, so a VMM that changes its second stage must call ``flush``.
+* shadow paging's coherence: ``walk_check``, when set, is called with the linear address before
+  every walk (every TLB miss), so the VMM can make the shadow entry the walk is about to read
+  agree with the guest's own tables (``vmm.shadow``).  Hits never call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ringlab.isa import BY_OPCODE as _BY_OPCODE
@@ -103,6 +107,8 @@ class Mmu:
         self.log: list[int] | None = None
         """When a list, TLB maintenance is recorded in it (``TLB_FLUSH`` or the linear address
         invalidated) so the other side of a world switch can replay it (``context.py``)."""
+        self.walk_check: Callable[[int], None] | None = None
+        """Called with the linear address before each walk (shadow paging's coherence)."""
         self._cr3 = state.cr3
         self._pg = state.cr0 & CR0_PG
         memory.on_clear_dirty.append(self.forget_writes)
@@ -176,6 +182,9 @@ class Mmu:
         return gpa if stage is None else stage.translate(gpa, write)
 
     def _walk(self, linear: int, write: bool, user: bool) -> tuple[int, int]:
+        check = self.walk_check
+        if check is not None:
+            check(linear)
         stats = self.stats
         stats.tlb_misses += 1
         stats.walk_references += WALK_REFERENCES if self.second_stage is None else WALK_REFERENCES_NESTED

@@ -32,6 +32,7 @@ from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
 from ringlab.machine.platform import CONSOLE_PORT, CONSOLE_STATUS_PORT, POWER_PORT
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
+from ringlab.vmm.execute import no_intercepts
 from ringlab.vmm.exit_reasons import VmxExitReason as R
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import instruction_at
@@ -198,14 +199,37 @@ class Hw:
         if delivering == TIMER:
             cpu.state.timer_pending = False  # the tick is consumed; the fault is delivered as itself
             return reflect_exception(vm, fault, counted=False)
-        if delivering == DF:
+        if delivering == DF:  # the CPU shuts down; this last fault writes no cr2
             return Stop(
                 "shutdown",
                 None,
                 f"triple fault: {vector_name(fault.vector)} while delivering #DF "
                 f"(instruction at {cpu.state.eip:#x})",
             )
-        return reflect_exception(vm, Fault(DF, 0), counted=False)
+        if fault.vector == PF:
+            cpu.state.cr2 = fault.cr2 or 0  # written before the CPU turns to #DF (docs/machine.md)
+        return _double_fault(vm)
+
+
+def _double_fault(vm: VM) -> Exit | Stop | None:
+    """Deliver #DF for the instruction at ``eip``, whose exception's delivery faulted: as
+    ``Cpu.exception`` escalates (counted, and a fault while delivering it is the triple fault,
+    which writes no cr2), with interception off, as every reflection."""
+    cpu = vm.cpu
+    eip = cpu.state.eip
+    cpu.stats.count_exception(DF)
+    vm.counters.reflected += 1
+    vm.paging.prepare_delivery(DF, cpu.state.cs & 3)
+    with no_intercepts(cpu):
+        try:
+            cpu.deliver(DF, 0, eip, software=False)
+        except Fault as third:
+            return Stop(
+                "shutdown",
+                None,
+                f"triple fault: {vector_name(third.vector)} while delivering #DF (instruction at {eip:#x})",
+            )
+    return None
 
 
 def _hide_software_interrupt(vm: VM, exit: Raised) -> None:
