@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,15 +17,19 @@ import grpc
 
 from ringlab.guestos import NO_KERNEL
 from ringlab.hypervisor import (
+    DEFAULT_CONSOLE_QUOTA,
+    MAX_MEMORY,
     RESULT_REASONS,
     Defined,
     DriverManager,
     LimitExceeded,
+    Limits,
     Runtimes,
     UnbootableKernel,
     boot,
     define,
     differences,
+    is_vm_ref,
     plain_result,
     simulated_cycles,
 )
@@ -38,7 +43,16 @@ from ringlab.rpc import (
     config_from_args,
     open_channel,
 )
-from ringlab.rpc.convert import KERNELS, TECHNIQUES, guest_stats_to_proto, stats_from_json
+from ringlab.rpc.config import env_default
+from ringlab.rpc.convert import (
+    KERNELS,
+    TECHNIQUES,
+    InvalidSync,
+    check_vmm_statistics,
+    guest_stats_to_proto,
+    stats_from_json,
+)
+from ringlab.rpc.errors import InvalidField
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
@@ -72,9 +86,31 @@ which its pCPU reports after the "ended" event (in its next grant); when none co
 long (the VM was not running, or its pCPU died), the stream ends without it."""
 
 
-def _defined(request: hypervisor_pb2.CreateVmRequest) -> Defined:
+def _ref(ref: str, field: str = "vm") -> str:
+    """``ref`` if it could name a VM (a name or an id), else INVALID_ARGUMENT naming ``field``."""
+    if not ref:
+        raise InvalidField(field, f"name the VM in '{field}': give its name or id (see 'ringlab vm list')")
+    if not is_vm_ref(ref):
+        raise InvalidField(
+            field,
+            f"{field} {ref[:70]!r} is neither a VM name nor an id (1-63 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit): see 'ringlab vm list'",
+        )
+    return ref
+
+
+def _cursor(after: str) -> str:
+    """``after`` if it is a cursor this deployment hands out, else INVALID_ARGUMENT (``after``)."""
+    try:
+        return check_cursor(after)
+    except InvalidRequest as exc:
+        raise InvalidField("after", str(exc)) from None
+
+
+def _defined(request: hypervisor_pb2.CreateVmRequest, limits: Limits) -> Defined:
     """The VM definition a CreateVm request asks for, validated by the domain (hypervisor.proto,
-    CreateVm): the request's enums become names, unset fields their defaults."""
+    CreateVm) against the deployment's ``limits``: the request's enums become names, unset fields
+    their defaults."""
     if request.kernel == common_pb2.KERNEL_FLAVOUR_UNSPECIFIED:
         kernel = None
     else:  # an enum value this server does not know is named by its number
@@ -93,29 +129,43 @@ def _defined(request: hypervisor_pb2.CreateVmRequest) -> Defined:
             cap=request.cap,
             max_instructions=request.max_instructions if request.HasField("max_instructions") else None,
             input=request.input,
+            console_quota=request.console_quota,
+            limits=limits,
         )
     except LimitExceeded as exc:
         raise Exhausted(str(exc)) from None
     except UnbootableKernel as exc:  # said in the protocol's names
-        raise InvalidRequest(
+        raise InvalidField(
+            "kernel",
             f"kernel flavour {request.kernel} cannot boot workload {exc.workload!r}: choose "
             "KERNEL_FLAVOUR_STOCK or KERNEL_FLAVOUR_PARAVIRT (or leave it unspecified: paravirt "
-            "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image"
+            "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image",
         ) from None
 
 
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
-    def __init__(self, state: SharedState, streams: StreamSlots, runtimes: Runtimes, token: str = "") -> None:
+    def __init__(
+        self,
+        state: SharedState,
+        streams: StreamSlots,
+        runtimes: Runtimes,
+        token: str = "",
+        limits: Limits | None = None,
+    ) -> None:
         self.state = state
         self.streams = streams
         self.runtimes = runtimes  # the drivers' copies of the VMs: a booted VM's first slice runs it
         self.token = token  # for the calls this service makes to the pCPUs
+        self.limits = limits or Limits()
+
+    def _resolve(self, ref: str, field: str = "vm") -> str:
+        return self.state.resolve(_ref(ref, field))
 
     # -- lifecycle --------------------------------------------------------------------------------
     def CreateVm(
         self, request: hypervisor_pb2.CreateVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.Vm:
-        defined = _defined(request)
+        defined = _defined(request, self.limits)
         definition = defined.definition
         existing = self.state.vm_by_name(request.name)
         if existing is not None:  # idempotent for the same definition only
@@ -157,12 +207,12 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         return self._vm(vm)
 
     def _act(self, request: hypervisor_pb2.VmRef, action: str) -> hypervisor_pb2.Vm:
-        vm = self.state.resolve(request.vm)
+        vm = self._resolve(request.vm)
         self.state.control(vm, action)
         return self._vm(vm)
 
     def StartVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
-        vm = self.state.resolve(request.vm)
+        vm = self._resolve(request.vm)
         if self.state.sched_entry(vm).get("status") in TERMINAL:
             self._reboot(vm)
         else:
@@ -193,7 +243,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def DestroyVm(
         self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext
     ) -> hypervisor_pb2.DestroyVmResponse:
-        vm = self.state.resolve(request.vm)
+        vm = self._resolve(request.vm)
         destroyed = self.state.destroy_vm(vm)
         self.runtimes.forget(vm)
         for _pcpu, (address, alive) in self.state.pcpus().items():
@@ -213,13 +263,20 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         return hypervisor_pb2.ListVmsResponse(vms=self._vms())
 
     def DescribeVm(self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext) -> hypervisor_pb2.Vm:
-        return self._vm(self.state.resolve(request.vm))
+        return self._vm(self._resolve(request.vm))
 
     def WaitVm(
         self, request: hypervisor_pb2.WaitVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.VmResult:
-        vm = self.state.resolve(request.vm)
-        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds > 0 else None
+        wait = request.timeout_seconds
+        if math.isnan(wait) or wait < 0:
+            raise InvalidField(
+                "timeout_seconds",
+                f"timeout_seconds {wait} is not a wait: give seconds (> 0), or 0 to wait as long as "
+                "the call's deadline allows",
+            )
+        vm = self._resolve(request.vm)
+        deadline = time.monotonic() + wait if 0 < wait < math.inf else None
         cursor = self.state.events_last_id()  # before the status is read: no end can slip between
         while True:
             record = self.state.vm_record(vm)[1]
@@ -246,8 +303,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def StreamConsole(
         self, request: hypervisor_pb2.StreamConsoleRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.ConsoleChunk]:
-        vm = self.state.resolve(request.vm)
-        cursor = check_cursor(request.after) if request.after else "0-0"
+        vm = self._resolve(request.vm)
+        cursor = _cursor(request.after) if request.after else "0-0"
         with self.streams.hold():
             while context.is_active():
                 chunks = self.state.console_read(vm, cursor, block_ms=250 if request.follow else None)
@@ -264,8 +321,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def StreamEvents(
         self, request: hypervisor_pb2.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[hypervisor_pb2.Event]:
-        vm = self.state.resolve(request.vm) if request.vm else ""
-        cursor = check_cursor(request.after) if request.after else ("$" if request.follow else "0-0")
+        vm = self._resolve(request.vm) if request.vm else ""
+        cursor = _cursor(request.after) if request.after else ("$" if request.follow else "0-0")
         with self.streams.hold():
             if cursor == "$":
                 cursor = self.state.events_last_id()
@@ -371,6 +428,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             workload=definition.get("workload", ""),
             defines={k: int(v) for k, v in definition.get("defines", {}).items()},
             memory_size=int(definition["memory_size"]),
+            console_quota=int(definition.get("console_quota") or self.limits.console_quota),
             weight=int(definition.get("weight", 256)),
             cap=int(definition.get("cap", 0)),
             status=STATUSES.get(status, hypervisor_pb2.VM_STATUS_UNSPECIFIED),
@@ -403,6 +461,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         reason = RESULT_REASONS.get(record["status"], record["status"])
         wall = float(vmm.get("ended", 0.0)) - float(vmm.get("started", 0.0)) if vmm.get("ended") else 0.0
         doc = stats_json.get("result")
+        if not _well_formed(doc):
+            doc = None
         if doc is not None:  # the pCPU kept the in-process run's JSON object at the final commit
             doc["console"] = console.decode("latin-1")
             doc["stats"]["host"]["wall_seconds"] = wall
@@ -435,7 +495,40 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         return result
 
 
-def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
+def limits_from_environment() -> Limits:
+    """The per-VM limits ``RINGLAB_MAX_MEMORY`` and ``RINGLAB_CONSOLE_QUOTA`` set (bytes, with
+    an optional K, M or G), else the defaults."""
+    return Limits(
+        max_memory=byte_count(env_default("MAX_MEMORY", str(MAX_MEMORY))),
+        console_quota=byte_count(env_default("CONSOLE_QUOTA", str(DEFAULT_CONSOLE_QUOTA))),
+    )
+
+
+def byte_count(text: str) -> int:
+    """``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G`` -> bytes (ValueError otherwise)."""
+    text = text.strip()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    value = int(number, 0) * scale
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive byte count")
+    return value
+
+
+def _well_formed(doc: Any) -> bool:
+    """Whether a stored result object has what ``_result`` reads (the cpu service checks what it
+    commits; a store written otherwise gets the plain result)."""
+    try:
+        check_vmm_statistics({"result": doc})
+    except InvalidSync:
+        return False
+    return True
+
+
+def serve(config: ServiceConfig, limits: Limits | None = None) -> tuple[ServiceServer, DriverManager]:
+    """Start the hypervisor (returns once it listens) with the per-VM ``limits`` (default: from
+    the environment, ``limits_from_environment``)."""
+    limits = limits or limits_from_environment()
     state = SharedState.from_url(config.redis)
     streams = StreamSlots(config.max_streams)
 
@@ -443,11 +536,12 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, DriverManager]:
         state,
         lambda address: GrpcPcpu(address, config.token),
         CreditPolicy(slice_instructions=config.slice, lease_seconds=config.lease),
+        console_quota=limits.console_quota,
     )
 
     def register(server: grpc.Server) -> None:
         hypervisor_pb2_grpc.add_HypervisorServicer_to_server(
-            HypervisorServicer(state, streams, manager.runtimes, config.token), server
+            HypervisorServicer(state, streams, manager.runtimes, config.token, limits), server
         )
 
     server = build_server(config, register, ["ringlab.v1.Hypervisor"], checks=[state.ping])
@@ -462,9 +556,26 @@ def main(argv: list[str] | None = None) -> int:
         prog="ringlab-hypervisor", description="Serve the Ringlab hypervisor over gRPC."
     )
     add_service_flags(parser, "hypervisor")
-    config = config_from_args(parser.parse_args(argv), "hypervisor")
+    parser.add_argument(
+        "--max-memory",
+        default=env_default("MAX_MEMORY", str(MAX_MEMORY)),
+        metavar="BYTES",
+        help="the most guest RAM one VM may ask for (64M; K, M, G suffixes); more is INVALID_ARGUMENT",
+    )
+    parser.add_argument(
+        "--console-quota",
+        default=env_default("CONSOLE_QUOTA", str(DEFAULT_CONSOLE_QUOTA)),
+        metavar="BYTES",
+        help="console bytes one VM may write (1M); a VM that writes more is stopped (status limit)",
+    )
+    args = parser.parse_args(argv)
+    config = config_from_args(args, "hypervisor")
+    try:
+        limits = Limits(max_memory=byte_count(args.max_memory), console_quota=byte_count(args.console_quota))
+    except ValueError as exc:
+        parser.error(f"--max-memory / --console-quota: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hypervisor %(levelname)s %(message)s")
-    server, _manager = serve(config)
+    server, _manager = serve(config, limits)
     server.install_signal_handlers()
     log.info(
         "hypervisor serving on %s:%d (Redis %s)", config.listen.rsplit(":", 1)[0], server.port, config.redis

@@ -10,14 +10,17 @@ no grpc, redis, protobuf or generated code."""
 
 from ringlab.hypervisor.boot import Boot, boot, new_vm
 from ringlab.hypervisor.definition import (
+    DEFAULT_CONSOLE_QUOTA,
     MAX_MEMORY,
     SERVICE_TECHNIQUES,
     Defined,
     InvalidDefinition,
     LimitExceeded,
+    Limits,
     UnbootableKernel,
     define,
     differences,
+    is_vm_ref,
 )
 from ringlab.hypervisor.pcpu_driver import SWITCH_DEADLINE, DriverManager, PcpuDriver, Runtimes
 from ringlab.hypervisor.ports import (
@@ -40,6 +43,7 @@ from ringlab.hypervisor.results import (
 from ringlab.hypervisor.vm_copy import MAX_RUN_BUDGET, VmCopy
 
 __all__ = [
+    "DEFAULT_CONSOLE_QUOTA",
     "MAX_MEMORY",
     "MAX_RUN_BUDGET",
     "SWITCH_DEADLINE",
@@ -62,10 +66,12 @@ __all__ = [
     "Defined",
     "InvalidDefinition",
     "LimitExceeded",
+    "Limits",
     "UnbootableKernel",
     "boot",
     "define",
     "differences",
+    "is_vm_ref",
     "new_vm",
     "plain_result",
     "simulated_cycles",

@@ -3,8 +3,9 @@ what "the same definition" means for an idempotent create.
 
 Plain Python values in, the stored definition (a JSON object: the Redis schema's ``def``) out.
 A request that cannot be honoured raises ``InvalidDefinition`` (a ``UsageError``: the one error
-table maps it to INVALID_ARGUMENT); one over this hypervisor's per-VM limits raises
-``LimitExceeded``, which the service reports as out of a resource.
+table maps it to INVALID_ARGUMENT), naming the request field at fault in ``field``; that includes
+a request over the deployment's per-VM limits (``Limits``: memory, console bytes), which no retry
+can change.
 """
 
 from __future__ import annotations
@@ -23,23 +24,32 @@ from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
 
 __all__ = [
     "COMPARED",
+    "DEFAULT_CONSOLE_QUOTA",
     "DEFAULT_MEMORY",
     "DEFAULT_WEIGHT",
     "DEFINE_MAX",
     "DEFINE_MIN",
+    "MAX_INPUT",
     "MAX_MEMORY",
     "SERVICE_TECHNIQUES",
     "Defined",
     "InvalidDefinition",
     "LimitExceeded",
+    "Limits",
     "UnbootableKernel",
     "define",
     "differences",
+    "is_vm_ref",
 ]
 
 MAX_MEMORY = 64 << 20
-"""This hypervisor's per-VM memory limit."""
+"""The default per-VM memory limit (a deployment sets its own: ``Limits.max_memory``)."""
 DEFAULT_MEMORY = 4 << 20
+MAX_INPUT = 1 << 20
+"""The most bytes a definition's ``input`` (what the console offers to ``in``) may hold."""
+DEFAULT_CONSOLE_QUOTA = 1 << 20
+"""The default per-VM console quota in bytes (a deployment sets its own: ``Limits.console_quota``):
+a VM whose console grows past it is stopped (status ``limit``, its console cut at the quota)."""
 DEFAULT_WEIGHT = 256
 SERVICE_TECHNIQUES = TECHNIQUES
 """The techniques this hypervisor runs (all of them)."""
@@ -64,7 +74,12 @@ COMPARED = (
 
 
 class InvalidDefinition(UsageError):
-    """Raised when a VM definition is malformed or out of range: the message says what to fix."""
+    """Raised when a VM definition is malformed or out of range: the message says what to fix,
+    ``field`` names the request field at fault (the proto's name, e.g. ``memory_size``)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnbootableKernel(InvalidDefinition):
@@ -77,12 +92,31 @@ class UnbootableKernel(InvalidDefinition):
             f"kernel flavour {kernel} cannot boot workload {workload!r}: choose "
             f"{' or '.join(FLAVOURS)} (or leave it unspecified: {default_kernel(TechniqueName.PV)} "
             f"under {TechniqueName.PV}, {default_kernel(TechniqueName.NATIVE)} otherwise); "
-            f"{NO_KERNEL} is for a raw image"
+            f"{NO_KERNEL} is for a raw image",
+            "kernel",
         )
 
 
 class LimitExceeded(RinglabError):
-    """Raised when a VM definition asks for more than this hypervisor's per-VM limits."""
+    """Raised when a deployment is out of a resource a VM definition needs (not raised for a
+    request over the per-VM limits: that is an ``InvalidDefinition``)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A deployment's per-VM limits, which a teacher sets (the hypervisor's ``--max-memory`` and
+    ``--console-quota``, ``RINGLAB_MAX_MEMORY`` and ``RINGLAB_CONSOLE_QUOTA``)."""
+
+    max_memory: int = MAX_MEMORY
+    """The most guest RAM a VM may ask for (bytes)."""
+    console_quota: int = DEFAULT_CONSOLE_QUOTA
+    """Console bytes a VM may write, and the most a definition may ask for (bytes)."""
+
+    def __post_init__(self) -> None:
+        if self.max_memory < 4096 or self.max_memory % 4096:
+            raise ValueError(f"the memory limit {self.max_memory} must be a positive multiple of 4096")
+        if self.console_quota < 1:
+            raise ValueError(f"the console quota {self.console_quota} must be at least 1 byte")
 
 
 @dataclass(frozen=True)
@@ -100,11 +134,13 @@ def _defines(defines: Mapping[str, int]) -> dict[str, int]:
         if not _IDENTIFIER.match(name):
             raise InvalidDefinition(
                 f"define {name[:40]!r} is not a name: use letters, digits and '_', not starting with "
-                "a digit (e.g. ROUNDS)"
+                "a digit (e.g. ROUNDS)",
+                "defines",
             )
         if not DEFINE_MIN <= value <= DEFINE_MAX:
             raise InvalidDefinition(
-                f"define {name}={value} does not fit in 32 bits: use {DEFINE_MIN} to {DEFINE_MAX}"
+                f"define {name}={value} does not fit in 32 bits: use {DEFINE_MIN} to {DEFINE_MAX}",
+                "defines",
             )
     return out
 
@@ -118,23 +154,30 @@ def _kernel_and_image(
         if kernel is None:
             return NO_KERNEL, image
         if kernel not in (*FLAVOURS, NO_KERNEL):
-            raise InvalidDefinition(f"unknown kernel flavour {kernel}")
+            raise InvalidDefinition(f"unknown kernel flavour {kernel}", "kernel")
         return kernel, image
     if not workload:
         raise InvalidDefinition(
             "say what the VM runs: name a guest-OS workload in 'workload' (one of "
             f"{', '.join(WORKLOADS)}) and the hypervisor builds the kernel+workload image, or send a "
-            "raw image in 'image' (ringlab.image.Image.to_bytes())"
+            "raw image in 'image' (ringlab.image.Image.to_bytes())",
+            "workload",
         )
     if workload not in WORKLOADS:
         raise InvalidDefinition(
-            f"unknown workload {workload[:40]!r}: valid workloads are {', '.join(WORKLOADS)}"
+            f"unknown workload {workload[:40]!r}: valid workloads are {', '.join(WORKLOADS)}",
+            "workload",
         )
     if kernel is None:
         kernel = default_kernel(technique)
     elif kernel not in FLAVOURS:
         raise UnbootableKernel(kernel, workload)
-    return kernel, build_image(workload, kernel, defines).to_bytes()
+    try:
+        return kernel, build_image(workload, kernel, defines).to_bytes()
+    except RinglabError as exc:  # a define the workload's source cannot take
+        raise InvalidDefinition(
+            f"workload {workload} does not build with these defines: {exc}", "defines"
+        ) from None
 
 
 def define(
@@ -151,42 +194,63 @@ def define(
     cap: int = 0,
     max_instructions: int | None = None,
     input: bytes = b"",
+    console_quota: int = 0,
     created: float | None = None,
+    limits: Limits | None = None,
 ) -> Defined:
     """Validate a VM's definition (0 and "" mean the defaults, as in the request; ``technique``
-    None: none chosen; ``kernel`` None: unspecified, any other name not a flavour: unknown)."""
+    None: none chosen; ``kernel`` None: unspecified, any other name not a flavour: unknown)
+    against the deployment's ``limits`` (default: ``Limits()``)."""
+    limits = limits or Limits()
     if not _NAME.match(name):
         raise InvalidDefinition(
             f"VM name {name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            "name",
         )
     if technique is None:
-        raise InvalidDefinition(f"choose a technique: one of {', '.join(TECHNIQUES)}")
+        raise InvalidDefinition(f"choose a technique: one of {', '.join(TECHNIQUES)}", "technique")
     if technique not in SERVICE_TECHNIQUES:
         raise InvalidDefinition(
             f"technique {technique!r} is not available in this hypervisor yet "
-            f"(available: {', '.join(SERVICE_TECHNIQUES)})"
+            f"(available: {', '.join(SERVICE_TECHNIQUES)})",
+            "technique",
         )
     if nested_paging and technique != TechniqueName.HW:
-        raise InvalidDefinition("nested_paging applies to technique hw only")
+        raise InvalidDefinition("nested_paging applies to technique hw only", "nested_paging")
     memory = memory_size or DEFAULT_MEMORY
-    if memory > MAX_MEMORY:
-        raise LimitExceeded(
-            f"memory_size {memory} is above this hypervisor's per-VM limit of {MAX_MEMORY} bytes"
+    if memory > limits.max_memory:
+        raise InvalidDefinition(
+            f"memory_size {memory} is above this deployment's per-VM limit of {limits.max_memory} "
+            f"bytes ({limits.max_memory >> 20} MiB, the hypervisor's --max-memory): ask for less",
+            "memory_size",
         )
     if memory % 4096:
-        raise InvalidDefinition(f"memory_size {memory} must be a multiple of 4096 (one page)")
+        raise InvalidDefinition(f"memory_size {memory} must be a multiple of 4096 (one page)", "memory_size")
     if cap > 100:
-        raise InvalidDefinition(f"cap {cap} is a percent of one pCPU: 0 (none) to 100")
+        raise InvalidDefinition(f"cap {cap} is a percent of one pCPU: 0 (none) to 100", "cap")
+    if console_quota > limits.console_quota:
+        raise InvalidDefinition(
+            f"console_quota {console_quota} is above this deployment's per-VM console quota of "
+            f"{limits.console_quota} bytes (the hypervisor's --console-quota): ask for less, or 0 "
+            "for the deployment's",
+            "console_quota",
+        )
+    if len(input) > MAX_INPUT:
+        raise InvalidDefinition(
+            f"input of {len(input)} bytes is above the most a VM's console offers, {MAX_INPUT} bytes",
+            "input",
+        )
     checked = _defines(defines or {})
     kernel, blob = _kernel_and_image(technique, kernel, workload, checked, image)
     try:
         parsed = Image.from_bytes(blob)
     except ImageError as exc:
-        raise InvalidDefinition(f"image is not a Ringlab image: {exc}") from None
+        raise InvalidDefinition(f"image is not a Ringlab image: {exc}", "image") from None
     if parsed.base < 0 or parsed.end > memory:
         raise InvalidDefinition(
-            f"the image spans {parsed.base:#x}-{parsed.end:#x} but memory_size is {memory:#x}"
+            f"the image spans {parsed.base:#x}-{parsed.end:#x} but memory_size is {memory:#x}",
+            "image" if memory_size else "memory_size",
         )
     definition = {
         "name": name,
@@ -201,9 +265,15 @@ def define(
         "cap": cap,
         "max_instructions": max_instructions,
         "input": input.decode("latin-1"),
+        "console_quota": console_quota or limits.console_quota,
         "created": time.time() if created is None else created,
     }
     return Defined(definition, blob, parsed)
+
+
+def is_vm_ref(ref: str) -> bool:
+    """Whether ``ref`` could name a VM: a VM name (``name``'s rule) or an id (digits)."""
+    return bool(_NAME.match(ref))
 
 
 def _shown(field: str, value: Any) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ringlab.hypervisor.boot import new_vm
+from ringlab.hypervisor.definition import DEFAULT_CONSOLE_QUOTA
 from ringlab.hypervisor.ports import (
     ConnectPcpu,
     Pcpu,
@@ -51,7 +52,7 @@ from ringlab.sched.slices import LEASE_FRACTION
 from ringlab.vmm import Stop
 from ringlab.vmm.translated import TcRun, VmmCall
 
-__all__ = ["DriverManager", "PcpuDriver", "Runtimes", "VmRuntime"]
+__all__ = ["DriverManager", "PcpuDriver", "Runtimes", "VmRuntime", "console_quota_stop"]
 
 log = logging.getLogger("ringlab.hypervisor")
 
@@ -124,6 +125,16 @@ def exit_name(switched: Switched) -> str:
     if switched.exit.reason is not ExitReason.BUDGET:
         return str(switched.exit.reason.value)
     return ""
+
+
+def console_quota_stop(quota: int) -> Stop:
+    """How a VM whose console went past its quota ends (status ``limit``)."""
+    return Stop(
+        "limit",
+        None,
+        f"console quota of {quota} bytes exceeded: the VM was stopped and its console cut there "
+        "(the hypervisor's --console-quota, or the VM's console_quota)",
+    )
 
 
 def _slice_end(outcome: Stop | Exit | None, retired: int, limit: int | None) -> tuple[str, Stop | None]:
@@ -205,8 +216,11 @@ class PcpuDriver(threading.Thread):
         link: Pcpu,
         owner: str,
         pcpus: Callable[[], int],
+        console_quota: int = DEFAULT_CONSOLE_QUOTA,
     ) -> None:
         super().__init__(name=f"driver-{pcpu}", daemon=True)
+        self.console_quota = console_quota
+        """The console quota of a VM whose definition names none (created before quotas)."""
         self.store = store.counted()  # its own round-trip counter on the same state
         self.runtimes = runtimes
         self.policy = policy
@@ -387,6 +401,7 @@ class PcpuDriver(threading.Thread):
     def _load(self, vm: str, boot: int) -> VmRuntime:
         """The VM's copy in this replica (replayed to its last commit if there was none)."""
         rt = self.runtimes.take(vm, self.store, boot)
+        rt.copy.console_quota = int(rt.definition.get("console_quota") or self.console_quota)
         rt.vmm.setdefault("started", time.time())
         rt.vmm.setdefault("exits_by_reason", {})
         return rt
@@ -396,15 +411,20 @@ class PcpuDriver(threading.Thread):
         preempted or idle, the VM's end if it ended, whether the hypervisor itself failed).  A
         refused or failed world switch raises ``SwitchFailed``."""
         guest = rt.copy.vm
+        quota = rt.copy.console_quota
         start, started = guest.cpu.stats.retired, time.perf_counter()
         deadline = started + plan.seconds  # then the slice ends at the first exit
-        try:
-            outcome = (
-                guest.advance(plan.instructions, lambda: time.perf_counter() > deadline)
-                if plan.instructions > 0
-                else None
+
+        def over() -> bool:  # checked at every exit: the slice ends at the one past the quota
+            return time.perf_counter() > deadline or (
+                quota is not None and len(guest.devices.console) > quota
             )
+
+        try:
+            outcome = guest.advance(plan.instructions, over) if plan.instructions > 0 else None
             how, stop = _slice_end(outcome, guest.cpu.stats.retired, rt.definition.get("max_instructions"))
+            if quota is not None and len(guest.devices.console) > quota:
+                how, stop = "preempted", console_quota_stop(quota)
             failed = False
         except SwitchFailed:
             raise
@@ -516,8 +536,15 @@ class PcpuDriver(threading.Thread):
 class DriverManager(threading.Thread):
     """Starts a driver for every live pCPU registered in the store, and stops those that died."""
 
-    def __init__(self, store: SchedulerStore, connect: ConnectPcpu, policy: CreditPolicy) -> None:
+    def __init__(
+        self,
+        store: SchedulerStore,
+        connect: ConnectPcpu,
+        policy: CreditPolicy,
+        console_quota: int = DEFAULT_CONSOLE_QUOTA,
+    ) -> None:
         super().__init__(name="drivers", daemon=True)
+        self.console_quota = console_quota
         self.store = store
         self.connect = connect
         self.policy = policy
@@ -549,6 +576,7 @@ class DriverManager(threading.Thread):
                             self.connect(address),
                             self.owner,
                             lambda: self.alive,
+                            self.console_quota,
                         )
                         self.drivers[pcpu] = driver
                         self.addresses[pcpu] = address

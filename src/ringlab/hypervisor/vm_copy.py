@@ -73,6 +73,8 @@ class VmCopy:
         self.base = retired
         """Retired instructions of the pCPU's copy as of the last switch."""
         self.console_committed = len(vm.devices.console)
+        self.console_quota: int | None = None
+        """Console bytes the VM may write (None: no limit); a commit carries none past it."""
         self.link: Link | None = None
         self._as_sent: tuple[dict[str, Any], dict[str, Any]] | None = None
         """Registers and counters as the pCPU returned them at the last switch."""
@@ -156,7 +158,7 @@ class VmCopy:
     def commit(self, vmm: dict[str, Any], stop: Stop | None = None) -> SliceCommit:
         """What a commit now adds besides the vCPU: the console since the last commit, the
         statistics, the VMM's record ``vmm``, and the VM's end if ``stop``."""
-        console = bytes(self.vm.devices.console[self.console_committed :])
+        console = bytes(self.vm.devices.console[self.console_committed : self.console_quota])
         if stop is None:
             return SliceCommit(console, self.statistics(None), json.dumps(vmm))
         status, code, detail = stop_status(stop)
@@ -175,4 +177,5 @@ class VmCopy:
         out: dict[str, Any] = {"vmm_cycles": vmm_cycles(counters), "world_switches": counters.world_switches}
         if stop is not None:
             out["result"] = self.vm.result(stop, 0.0).to_json()
+            out["result"]["console"] = ""  # the reader takes it from the committed stream
         return json.dumps(out)

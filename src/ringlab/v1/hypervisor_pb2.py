@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ringlab.v1 import common_pb2 as ringlab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bringlab/v1/hypervisor.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\"\x9b\x03\n\x0f\x43reateVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\ttechnique\x18\x02 \x01(\x0e\x32\x15.ringlab.v1.Technique\x12\x15\n\rnested_paging\x18\x03 \x01(\x08\x12)\n\x06kernel\x18\x04 \x01(\x0e\x32\x19.ringlab.v1.KernelFlavour\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\x0c\x12\x13\n\x0bmemory_size\x18\x07 \x01(\x04\x12\x0e\n\x06weight\x18\x08 \x01(\r\x12\x0b\n\x03\x63\x61p\x18\t \x01(\r\x12\x1d\n\x10max_instructions\x18\n \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05input\x18\x0b \x01(\x0c\x12\r\n\x05start\x18\x0c \x01(\x08\x12\x39\n\x07\x64\x65\x66ines\x18\r \x03(\x0b\x32(.ringlab.v1.CreateVmRequest.DefinesEntry\x1a.\n\x0c\x44\x65\x66inesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x13\n\x11_max_instructions\"\x13\n\x05VmRef\x12\n\n\x02vm\x18\x01 \x01(\t\"\xac\x03\n\x02Vm\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\ttechnique\x18\x03 \x01(\x0e\x32\x15.ringlab.v1.Technique\x12\x15\n\rnested_paging\x18\x04 \x01(\x08\x12)\n\x06kernel\x18\x05 \x01(\x0e\x32\x19.ringlab.v1.KernelFlavour\x12\x10\n\x08workload\x18\x06 \x01(\t\x12\x13\n\x0bmemory_size\x18\x07 \x01(\x04\x12\x0e\n\x06weight\x18\x08 \x01(\r\x12\x0b\n\x03\x63\x61p\x18\t \x01(\r\x12$\n\x06status\x18\n \x01(\x0e\x32\x14.ringlab.v1.VmStatus\x12\x16\n\texit_code\x18\x0b \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12\"\n\x05stats\x18\r \x01(\x0b\x32\x13.ringlab.v1.VmStats\x12,\n\x07\x64\x65\x66ines\x18\x0e \x03(\x0b\x32\x1b.ringlab.v1.Vm.DefinesEntry\x1a.\n\x0c\x44\x65\x66inesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0c\n\n_exit_code\"\x98\x02\n\x07VmStats\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x11\n\tcpu_share\x18\x02 \x01(\x01\x12\r\n\x05\x65xits\x18\x03 \x01(\x04\x12?\n\x0f\x65xits_by_reason\x18\x04 \x03(\x0b\x32&.ringlab.v1.VmStats.ExitsByReasonEntry\x12\x0e\n\x06slices\x18\x05 \x01(\x04\x12\x18\n\x10simulated_cycles\x18\x06 \x01(\x04\x12%\n\x05guest\x18\x07 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x0e\n\x06\x63redit\x18\x08 \x01(\x01\x1a\x34\n\x12\x45xitsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"&\n\x11\x44\x65stroyVmResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\"\x10\n\x0eListVmsRequest\".\n\x0fListVmsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.ringlab.v1.Vm\"4\n\rWaitVmRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"\xaf\x02\n\x08VmResult\x12\x1a\n\x02vm\x18\x01 \x01(\x0b\x32\x0e.ringlab.v1.Vm\x12\x0f\n\x07\x63onsole\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x36\n\tregisters\x18\x06 \x03(\x0b\x32#.ringlab.v1.VmResult.RegistersEntry\x12%\n\x05stats\x18\x07 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\x12\x13\n\x0bresult_json\x18\t \x01(\t\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x07\n\x05_code\"A\n\x14StreamConsoleRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"@\n\x13StreamEventsRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"]\n\x05\x45vent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12\x0c\n\x04pcpu\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0c\n\x04time\x18\x06 \x01(\x01\"\x11\n\x0fGetStatsRequest\"\xbe\x01\n\tPcpuStats\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x14\n\x0c\x62usy_seconds\x18\x04 \x01(\x01\x12\x19\n\x11scheduler_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06slices\x18\x06 \x01(\x04\x12\x16\n\x0eworld_switches\x18\x07 \x01(\x04\x12\x0f\n\x07running\x18\x08 \x01(\t\x12\x19\n\x11redis_round_trips\x18\t \x01(\x04\"R\n\rStatsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.ringlab.v1.Vm\x12$\n\x05pcpus\x18\x02 \x03(\x0b\x32\x15.ringlab.v1.PcpuStats*\x8a\x02\n\x08VmStatus\x12\x19\n\x15VM_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11VM_STATUS_CREATED\x10\x01\x12\x16\n\x12VM_STATUS_RUNNABLE\x10\x02\x12\x15\n\x11VM_STATUS_RUNNING\x10\x03\x12\x15\n\x11VM_STATUS_BLOCKED\x10\x04\x12\x14\n\x10VM_STATUS_PAUSED\x10\x05\x12\x15\n\x11VM_STATUS_STOPPED\x10\x06\x12\x16\n\x12VM_STATUS_POWEROFF\x10\x07\x12\x14\n\x10VM_STATUS_HALTED\x10\x08\x12\x16\n\x12VM_STATUS_SHUTDOWN\x10\t\x12\x13\n\x0fVM_STATUS_LIMIT\x10\n2\xc5\x05\n\nHypervisor\x12\x37\n\x08\x43reateVm\x12\x1b.ringlab.v1.CreateVmRequest\x1a\x0e.ringlab.v1.Vm\x12,\n\x07StartVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12,\n\x07PauseVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12-\n\x08ResumeVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12+\n\x06StopVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12=\n\tDestroyVm\x12\x11.ringlab.v1.VmRef\x1a\x1d.ringlab.v1.DestroyVmResponse\x12\x42\n\x07ListVms\x12\x1a.ringlab.v1.ListVmsRequest\x1a\x1b.ringlab.v1.ListVmsResponse\x12/\n\nDescribeVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12\x39\n\x06WaitVm\x12\x19.ringlab.v1.WaitVmRequest\x1a\x14.ringlab.v1.VmResult\x12M\n\rStreamConsole\x12 .ringlab.v1.StreamConsoleRequest\x1a\x18.ringlab.v1.ConsoleChunk0\x01\x12\x44\n\x0cStreamEvents\x12\x1f.ringlab.v1.StreamEventsRequest\x1a\x11.ringlab.v1.Event0\x01\x12\x42\n\x08GetStats\x12\x1b.ringlab.v1.GetStatsRequest\x1a\x19.ringlab.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bringlab/v1/hypervisor.proto\x12\nringlab.v1\x1a\x17ringlab/v1/common.proto\"\xb2\x03\n\x0f\x43reateVmRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\ttechnique\x18\x02 \x01(\x0e\x32\x15.ringlab.v1.Technique\x12\x15\n\rnested_paging\x18\x03 \x01(\x08\x12)\n\x06kernel\x18\x04 \x01(\x0e\x32\x19.ringlab.v1.KernelFlavour\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\x0c\x12\x13\n\x0bmemory_size\x18\x07 \x01(\x04\x12\x0e\n\x06weight\x18\x08 \x01(\r\x12\x0b\n\x03\x63\x61p\x18\t \x01(\r\x12\x1d\n\x10max_instructions\x18\n \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05input\x18\x0b \x01(\x0c\x12\r\n\x05start\x18\x0c \x01(\x08\x12\x39\n\x07\x64\x65\x66ines\x18\r \x03(\x0b\x32(.ringlab.v1.CreateVmRequest.DefinesEntry\x12\x15\n\rconsole_quota\x18\x0e \x01(\x04\x1a.\n\x0c\x44\x65\x66inesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x13\n\x11_max_instructions\"\x13\n\x05VmRef\x12\n\n\x02vm\x18\x01 \x01(\t\"\xc3\x03\n\x02Vm\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\ttechnique\x18\x03 \x01(\x0e\x32\x15.ringlab.v1.Technique\x12\x15\n\rnested_paging\x18\x04 \x01(\x08\x12)\n\x06kernel\x18\x05 \x01(\x0e\x32\x19.ringlab.v1.KernelFlavour\x12\x10\n\x08workload\x18\x06 \x01(\t\x12\x13\n\x0bmemory_size\x18\x07 \x01(\x04\x12\x0e\n\x06weight\x18\x08 \x01(\r\x12\x0b\n\x03\x63\x61p\x18\t \x01(\r\x12$\n\x06status\x18\n \x01(\x0e\x32\x14.ringlab.v1.VmStatus\x12\x16\n\texit_code\x18\x0b \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12\"\n\x05stats\x18\r \x01(\x0b\x32\x13.ringlab.v1.VmStats\x12,\n\x07\x64\x65\x66ines\x18\x0e \x03(\x0b\x32\x1b.ringlab.v1.Vm.DefinesEntry\x12\x15\n\rconsole_quota\x18\x0f \x01(\x04\x1a.\n\x0c\x44\x65\x66inesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0c\n\n_exit_code\"\x98\x02\n\x07VmStats\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x11\n\tcpu_share\x18\x02 \x01(\x01\x12\r\n\x05\x65xits\x18\x03 \x01(\x04\x12?\n\x0f\x65xits_by_reason\x18\x04 \x03(\x0b\x32&.ringlab.v1.VmStats.ExitsByReasonEntry\x12\x0e\n\x06slices\x18\x05 \x01(\x04\x12\x18\n\x10simulated_cycles\x18\x06 \x01(\x04\x12%\n\x05guest\x18\x07 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x0e\n\x06\x63redit\x18\x08 \x01(\x01\x1a\x34\n\x12\x45xitsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"&\n\x11\x44\x65stroyVmResponse\x12\x11\n\tdestroyed\x18\x01 \x01(\x08\"\x10\n\x0eListVmsRequest\".\n\x0fListVmsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.ringlab.v1.Vm\"4\n\rWaitVmRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"\xaf\x02\n\x08VmResult\x12\x1a\n\x02vm\x18\x01 \x01(\x0b\x32\x0e.ringlab.v1.Vm\x12\x0f\n\x07\x63onsole\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\x04\x63ode\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x36\n\tregisters\x18\x06 \x03(\x0b\x32#.ringlab.v1.VmResult.RegistersEntry\x12%\n\x05stats\x18\x07 \x01(\x0b\x32\x16.ringlab.v1.GuestStats\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\x12\x13\n\x0bresult_json\x18\t \x01(\t\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x07\n\x05_code\"A\n\x14StreamConsoleRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"@\n\x13StreamEventsRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"]\n\x05\x45vent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12\x0c\n\x04pcpu\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0c\n\x04time\x18\x06 \x01(\x01\"\x11\n\x0fGetStatsRequest\"\xbe\x01\n\tPcpuStats\x12\x0c\n\x04pcpu\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x14\n\x0c\x62usy_seconds\x18\x04 \x01(\x01\x12\x19\n\x11scheduler_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06slices\x18\x06 \x01(\x04\x12\x16\n\x0eworld_switches\x18\x07 \x01(\x04\x12\x0f\n\x07running\x18\x08 \x01(\t\x12\x19\n\x11redis_round_trips\x18\t \x01(\x04\"R\n\rStatsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.ringlab.v1.Vm\x12$\n\x05pcpus\x18\x02 \x03(\x0b\x32\x15.ringlab.v1.PcpuStats*\x8a\x02\n\x08VmStatus\x12\x19\n\x15VM_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11VM_STATUS_CREATED\x10\x01\x12\x16\n\x12VM_STATUS_RUNNABLE\x10\x02\x12\x15\n\x11VM_STATUS_RUNNING\x10\x03\x12\x15\n\x11VM_STATUS_BLOCKED\x10\x04\x12\x14\n\x10VM_STATUS_PAUSED\x10\x05\x12\x15\n\x11VM_STATUS_STOPPED\x10\x06\x12\x16\n\x12VM_STATUS_POWEROFF\x10\x07\x12\x14\n\x10VM_STATUS_HALTED\x10\x08\x12\x16\n\x12VM_STATUS_SHUTDOWN\x10\t\x12\x13\n\x0fVM_STATUS_LIMIT\x10\n2\xc5\x05\n\nHypervisor\x12\x37\n\x08\x43reateVm\x12\x1b.ringlab.v1.CreateVmRequest\x1a\x0e.ringlab.v1.Vm\x12,\n\x07StartVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12,\n\x07PauseVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12-\n\x08ResumeVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12+\n\x06StopVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12=\n\tDestroyVm\x12\x11.ringlab.v1.VmRef\x1a\x1d.ringlab.v1.DestroyVmResponse\x12\x42\n\x07ListVms\x12\x1a.ringlab.v1.ListVmsRequest\x1a\x1b.ringlab.v1.ListVmsResponse\x12/\n\nDescribeVm\x12\x11.ringlab.v1.VmRef\x1a\x0e.ringlab.v1.Vm\x12\x39\n\x06WaitVm\x12\x19.ringlab.v1.WaitVmRequest\x1a\x14.ringlab.v1.VmResult\x12M\n\rStreamConsole\x12 .ringlab.v1.StreamConsoleRequest\x1a\x18.ringlab.v1.ConsoleChunk0\x01\x12\x44\n\x0cStreamEvents\x12\x1f.ringlab.v1.StreamEventsRequest\x1a\x11.ringlab.v1.Event0\x01\x12\x42\n\x08GetStats\x12\x1b.ringlab.v1.GetStatsRequest\x1a\x19.ringlab.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,46 +40,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VMSTATS_EXITSBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_VMRESULT_REGISTERSENTRY']._loaded_options = None
   _globals['_VMRESULT_REGISTERSENTRY']._serialized_options = b'8\001'
-  _globals['_VMSTATUS']._serialized_start=2208
-  _globals['_VMSTATUS']._serialized_end=2474
+  _globals['_VMSTATUS']._serialized_start=2254
+  _globals['_VMSTATUS']._serialized_end=2520
   _globals['_CREATEVMREQUEST']._serialized_start=69
-  _globals['_CREATEVMREQUEST']._serialized_end=480
-  _globals['_CREATEVMREQUEST_DEFINESENTRY']._serialized_start=413
-  _globals['_CREATEVMREQUEST_DEFINESENTRY']._serialized_end=459
-  _globals['_VMREF']._serialized_start=482
-  _globals['_VMREF']._serialized_end=501
-  _globals['_VM']._serialized_start=504
-  _globals['_VM']._serialized_end=932
-  _globals['_VM_DEFINESENTRY']._serialized_start=413
-  _globals['_VM_DEFINESENTRY']._serialized_end=459
-  _globals['_VMSTATS']._serialized_start=935
-  _globals['_VMSTATS']._serialized_end=1215
-  _globals['_VMSTATS_EXITSBYREASONENTRY']._serialized_start=1163
-  _globals['_VMSTATS_EXITSBYREASONENTRY']._serialized_end=1215
-  _globals['_DESTROYVMRESPONSE']._serialized_start=1217
-  _globals['_DESTROYVMRESPONSE']._serialized_end=1255
-  _globals['_LISTVMSREQUEST']._serialized_start=1257
-  _globals['_LISTVMSREQUEST']._serialized_end=1273
-  _globals['_LISTVMSRESPONSE']._serialized_start=1275
-  _globals['_LISTVMSRESPONSE']._serialized_end=1321
-  _globals['_WAITVMREQUEST']._serialized_start=1323
-  _globals['_WAITVMREQUEST']._serialized_end=1375
-  _globals['_VMRESULT']._serialized_start=1378
-  _globals['_VMRESULT']._serialized_end=1681
-  _globals['_VMRESULT_REGISTERSENTRY']._serialized_start=1624
-  _globals['_VMRESULT_REGISTERSENTRY']._serialized_end=1672
-  _globals['_STREAMCONSOLEREQUEST']._serialized_start=1683
-  _globals['_STREAMCONSOLEREQUEST']._serialized_end=1748
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1750
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1814
-  _globals['_EVENT']._serialized_start=1816
-  _globals['_EVENT']._serialized_end=1909
-  _globals['_GETSTATSREQUEST']._serialized_start=1911
-  _globals['_GETSTATSREQUEST']._serialized_end=1928
-  _globals['_PCPUSTATS']._serialized_start=1931
-  _globals['_PCPUSTATS']._serialized_end=2121
-  _globals['_STATSRESPONSE']._serialized_start=2123
-  _globals['_STATSRESPONSE']._serialized_end=2205
-  _globals['_HYPERVISOR']._serialized_start=2477
-  _globals['_HYPERVISOR']._serialized_end=3186
+  _globals['_CREATEVMREQUEST']._serialized_end=503
+  _globals['_CREATEVMREQUEST_DEFINESENTRY']._serialized_start=436
+  _globals['_CREATEVMREQUEST_DEFINESENTRY']._serialized_end=482
+  _globals['_VMREF']._serialized_start=505
+  _globals['_VMREF']._serialized_end=524
+  _globals['_VM']._serialized_start=527
+  _globals['_VM']._serialized_end=978
+  _globals['_VM_DEFINESENTRY']._serialized_start=436
+  _globals['_VM_DEFINESENTRY']._serialized_end=482
+  _globals['_VMSTATS']._serialized_start=981
+  _globals['_VMSTATS']._serialized_end=1261
+  _globals['_VMSTATS_EXITSBYREASONENTRY']._serialized_start=1209
+  _globals['_VMSTATS_EXITSBYREASONENTRY']._serialized_end=1261
+  _globals['_DESTROYVMRESPONSE']._serialized_start=1263
+  _globals['_DESTROYVMRESPONSE']._serialized_end=1301
+  _globals['_LISTVMSREQUEST']._serialized_start=1303
+  _globals['_LISTVMSREQUEST']._serialized_end=1319
+  _globals['_LISTVMSRESPONSE']._serialized_start=1321
+  _globals['_LISTVMSRESPONSE']._serialized_end=1367
+  _globals['_WAITVMREQUEST']._serialized_start=1369
+  _globals['_WAITVMREQUEST']._serialized_end=1421
+  _globals['_VMRESULT']._serialized_start=1424
+  _globals['_VMRESULT']._serialized_end=1727
+  _globals['_VMRESULT_REGISTERSENTRY']._serialized_start=1670
+  _globals['_VMRESULT_REGISTERSENTRY']._serialized_end=1718
+  _globals['_STREAMCONSOLEREQUEST']._serialized_start=1729
+  _globals['_STREAMCONSOLEREQUEST']._serialized_end=1794
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=1796
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1860
+  _globals['_EVENT']._serialized_start=1862
+  _globals['_EVENT']._serialized_end=1955
+  _globals['_GETSTATSREQUEST']._serialized_start=1957
+  _globals['_GETSTATSREQUEST']._serialized_end=1974
+  _globals['_PCPUSTATS']._serialized_start=1977
+  _globals['_PCPUSTATS']._serialized_end=2167
+  _globals['_STATSRESPONSE']._serialized_start=2169
+  _globals['_STATSRESPONSE']._serialized_end=2251
+  _globals['_HYPERVISOR']._serialized_start=2523
+  _globals['_HYPERVISOR']._serialized_end=3232
 # @@protoc_insertion_point(module_scope)

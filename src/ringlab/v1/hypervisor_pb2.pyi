@@ -47,7 +47,7 @@ class _VmStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmStatus.Val
     VM_STATUS_SHUTDOWN: _VmStatus.ValueType  # 9
     """triple fault, or the VMM stopped the guest with a reason"""
     VM_STATUS_LIMIT: _VmStatus.ValueType  # 10
-    """max_instructions reached"""
+    """a limit reached: max_instructions, or the console quota (detail says which)"""
 
 class VmStatus(_VmStatus, metaclass=_VmStatusEnumTypeWrapper): ...
 
@@ -70,7 +70,7 @@ VM_STATUS_HALTED: VmStatus.ValueType  # 8
 VM_STATUS_SHUTDOWN: VmStatus.ValueType  # 9
 """triple fault, or the VMM stopped the guest with a reason"""
 VM_STATUS_LIMIT: VmStatus.ValueType  # 10
-"""max_instructions reached"""
+"""a limit reached: max_instructions, or the console quota (detail says which)"""
 Global___VmStatus: _TypeAlias = VmStatus  # noqa: Y015
 
 @_typing.final
@@ -122,6 +122,7 @@ class CreateVmRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     DEFINES_FIELD_NUMBER: _builtins.int
+    CONSOLE_QUOTA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1-63 letters, digits, '.', '_' or '-'"""
     technique: _common_pb2.Technique.ValueType
@@ -143,6 +144,13 @@ class CreateVmRequest(_message.Message):
     """what the console offers to `in`"""
     start: _builtins.bool
     """start at once (an action: not part of the definition)"""
+    console_quota: _builtins.int
+    """Console bytes this VM may write; 0 = the deployment's quota (the hypervisor's
+    --console-quota, RINGLAB_CONSOLE_QUOTA, 1 MiB by default), which is also the most it may ask
+    for (more is INVALID_ARGUMENT).  A VM that writes more is stopped: status LIMIT, its detail
+    naming the quota, its console cut at exactly this many bytes.  Not part of the definition
+    compared by an idempotent create.
+    """
     @_builtins.property
     def defines(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """-D definitions for the workload's build (ROUNDS, ITERATIONS, TIMER_PERIOD, ...): names are
@@ -165,10 +173,11 @@ class CreateVmRequest(_message.Message):
         input: _builtins.bytes = ...,
         start: _builtins.bool = ...,
         defines: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        console_quota: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "max_instructions", b"max_instructions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "cap", b"cap", "defines", b"defines", "image", b"image", "input", b"input", "kernel", b"kernel", "max_instructions", b"max_instructions", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "start", b"start", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions", "cap", b"cap", "console_quota", b"console_quota", "defines", b"defines", "image", b"image", "input", b"input", "kernel", b"kernel", "max_instructions", b"max_instructions", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "start", b"start", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_instructions: _TypeAlias = _typing.Literal["max_instructions"]  # noqa: Y015
     _WhichOneofArgType__max_instructions: _TypeAlias = _typing.Literal["_max_instructions", b"_max_instructions"]  # noqa: Y015
@@ -234,6 +243,7 @@ class Vm(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     DEFINES_FIELD_NUMBER: _builtins.int
+    CONSOLE_QUOTA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     technique: _common_pb2.Technique.ValueType
@@ -246,6 +256,8 @@ class Vm(_message.Message):
     status: Global___VmStatus.ValueType
     exit_code: _builtins.int
     detail: _builtins.str
+    console_quota: _builtins.int
+    """console bytes it may write (the deployment's when created without)"""
     @_builtins.property
     def stats(self) -> Global___VmStats: ...
     @_builtins.property
@@ -269,10 +281,11 @@ class Vm(_message.Message):
         detail: _builtins.str = ...,
         stats: Global___VmStats | None = ...,
         defines: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        console_quota: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "cap", b"cap", "defines", b"defines", "detail", b"detail", "exit_code", b"exit_code", "id", b"id", "kernel", b"kernel", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "stats", b"stats", "status", b"status", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "cap", b"cap", "console_quota", b"console_quota", "defines", b"defines", "detail", b"detail", "exit_code", b"exit_code", "id", b"id", "kernel", b"kernel", "memory_size", b"memory_size", "name", b"name", "nested_paging", b"nested_paging", "stats", b"stats", "status", b"status", "technique", b"technique", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

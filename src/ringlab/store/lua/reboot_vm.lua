@@ -21,7 +21,7 @@ end
 local boot = (tonumber(old.boot) or 0) + 1
 local generation = tonumber(redis.call('HGET', KEYS[4], 'generation') or '0') + 1
 redis.call('HSET', KEYS[4], 'state', ARGV[2], 'stats', ARGV[3], 'vmm', '{}', 'generation', generation,
-  'token', 0)
+  'token', 0, 'console_bytes', 0)
 redis.call('DEL', KEYS[5], KEYS[6])
 for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
