@@ -10,20 +10,20 @@ and where; the classes:
 
 * ``ring-accounting``: bt and trap-emulate count the guest kernel's instructions at the ring it
   really ran in (1), not the guest's ring (0).
-* ``delivery-takes-vmm-page-fault``: under shadow paging an event the VMM reflects into the guest
+* ``delivery-takes-vmm-page-fault`` (fixed): under shadow paging an event the VMM reflects into the guest
   is delivered with page-fault interception off, trusting ``ShadowPageTables.prepare_delivery``
   to have filled every shadow entry the delivery touches; three ways it has not, three tests.
-* ``hw-nested-page-fault-cr2``: hw with shadow paging turns a guest #PF raised while the core
+* ``hw-nested-page-fault-cr2`` (fixed): hw with shadow paging turns a guest #PF raised while the core
   delivers another exception into #DF without writing cr2.
 * ``bt-tick-order`` (fixed): bt's translated-code loop checked for a pending timer tick at other
   points than the core's run loop (after the budget, before the next fetch).
 * ``trap-emulate-guest-rings-1-2`` (fixed): under trap-emulate a guest kernel that used ring 1
   (or 2) lost track of its ring with no diagnostic.
-* ``shadow-tlb-is-not-the-native-tlb``: the shadow page tables hold translations the native TLB
+* ``shadow-tlb-is-not-the-native-tlb`` (fixed): the shadow page tables hold translations the native TLB
   does not (a whole page table copied at the first miss) and drop ones it holds (bt and
   trap-emulate walk the guest's tables afresh for every reflected delivery), so a page-table
   write without ``invlpg`` takes effect differently.
-* ``shadow-spurious-page-fault``: the shadow's no-progress safety net counts the guest's own page
+* ``shadow-spurious-page-fault`` (fixed): the shadow's no-progress safety net counts the guest's own page
   faults, so in an exception storm it turns a successful fill into a #PF the guest never raised.
 """
 
@@ -35,11 +35,7 @@ import pytest
 
 from ringlab.asm import assemble
 from tests.vmm.fuzz_equivalence import (
-    DELIVERY_PF,
-    NESTED_PF_CR2,
     RING_ACCOUNTING,
-    SHADOW_TLB,
-    SPURIOUS_PF,
     differences,
     run_as,
 )
@@ -135,12 +131,7 @@ idtd:   .word idt_end - idt - 1
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(
-        f"{DELIVERY_PF}: a walk that is #MC natively is a #PF in the shadow", "bt", "hw", "trap-emulate"
-    ),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_delivery_whose_walk_is_a_machine_check(technique: str) -> None:
     """Natively ``triple fault: #MC while delivering #DF``, cr2 = 0; under shadow paging
     ``#PF while delivering #DF``, cr2 = 0x10A8 (the #MC gate's address).
@@ -157,6 +148,9 @@ def test_delivery_whose_walk_is_a_machine_check(technique: str) -> None:
     entry), or (general, see the next test) keep #PF intercepted while reflecting and resolve
     each miss with ``page_fault`` as any hidden fault, continuing the CPU's escalation with the
     guest's own fault.
+
+    Fixed: a delivery's page whose walk reads beyond RAM is shadowed to ``p2m.NOWHERE``
+    (``_prefill``), so the access is the #MC the native walk raises.
     """
     assert_equivalent(WALK_MACHINE_CHECK, technique)
 
@@ -206,10 +200,7 @@ pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007, 0x5007, 0x6007
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{DELIVERY_PF}: the #DF a delivery escalates to is not prepared", "bt", "hw", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_double_fault_delivery_onto_a_stack_not_yet_shadowed(technique: str) -> None:
     """Natively the #DF handler runs (power off, code 8); under shadow paging ``triple fault:
     #PF while delivering #DF``.
@@ -226,6 +217,9 @@ def test_double_fault_delivery_onto_a_stack_not_yet_shadowed(technique: str) -> 
     filled and the delivery retried; the guest's own fault continues the escalation: #DF, triple
     fault), making ``prepare_delivery`` an optimisation; at least prepare vector 8's gate, TSS
     slot and stack along with the first vector's.
+
+    Fixed: when a delivery would fault natively, ``prepare_delivery`` also prepares what the
+    CPU delivers next (#GP, #PF or #MC, then #DF: gate, TSS slot, stack).
     """
     assert_equivalent(DOUBLE_FAULT_STACK, technique)
 
@@ -259,10 +253,7 @@ pt:     .dword 0x0007, 0x1007, 0x2005, 0x3007, 0x4007   ; page 2 (the stack): P 
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{DELIVERY_PF}: WP = 0, a user read-only stack is shadowed read-only", "bt", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_delivery_onto_a_user_read_only_stack_with_wp_off(technique: str) -> None:
     """Natively the #DE handler runs (power off, code 7); under bt and trap-emulate ``triple
     fault: #GP while delivering #DF``.
@@ -275,6 +266,9 @@ def test_delivery_onto_a_user_read_only_stack_with_wp_off(technique: str) -> Non
     the real WP, and (intercepts off) the #PF becomes #DF and then the triple fault.  hw keeps
     the guest's own WP and is not affected.  Fix: give ``_prefill``'s write prefill the same
     WP = 0 rule as ``fill`` (or the general fix above).
+
+    Fixed: the write prefill settles a page as ``fill`` does (``ShadowPageTables._settle``),
+    the WP = 0 rule included.
     """
     assert_equivalent(WP0_STACK, technique)
 
@@ -305,9 +299,7 @@ pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0, 0x5007
 """
 
 
-@pytest.mark.parametrize(
-    "technique", techniques(f"{NESTED_PF_CR2}: the #PF that became #DF does not write cr2", "hw")
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_page_fault_while_delivering_writes_cr2(technique: str) -> None:
     """Natively (and under bt, trap-emulate, nested paging) cr2 = 0x4FF8 in the #DF handler;
     under hw with shadow paging cr2 = 0.
@@ -322,6 +314,10 @@ def test_page_fault_while_delivering_writes_cr2(technique: str) -> None:
     Fix: in ``Hw._page_fault``'s "guest's own fault while delivering" branch, write
     ``cpu.state.cr2 = fault.cr2`` for a #PF before reflecting #DF, and for ``delivering == DF``
     leave cr2 as it is.
+
+    Fixed: ``Hw._page_fault`` writes cr2 for a #PF before delivering #DF, and delivers the
+    #DF as ``Cpu.exception`` escalates (``hw._double_fault``: a fault while delivering it is
+    the triple fault, which writes no cr2).
     """
     assert_equivalent(GATE_ON_MISSING_PAGE, technique)
 
@@ -528,10 +524,7 @@ pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007, 0x5007, 0x6007
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{SHADOW_TLB}: the first miss copies the whole page table", "bt", "hw", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_pte_changed_before_its_page_is_used_takes_effect(technique: str) -> None:
     """Natively (and under nested paging) a #PF: power off with code 14; under shadow paging the
     read succeeds (code 0).
@@ -549,6 +542,11 @@ def test_a_pte_changed_before_its_page_is_used_takes_effect(technique: str) -> N
     shadow-paging VMMs do.  This is likely the issue's first report (a kernel whose stack runs
     over its own page tables retires ten times more under bt and hw than natively and under
     hw+np): the fuzzer's ``kernel`` programs do run stacks over live page tables (kernel #224).
+
+    Fixed: the shadow stays exact without giving up the prefetch: before every walk of the
+    core's TLB (``Mmu.walk_check``) ``ShadowPageTables._coherent`` drops a shadow entry the
+    guest's tables no longer say (the core's TLB, which stands for the guest's, keeps what
+    the native TLB would, stale entries included).
     """
     assert_equivalent(PTE_CHANGED_BEFORE_USE, technique)
 
@@ -594,10 +592,7 @@ pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007, 0x5007, 0x6007
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{SHADOW_TLB}: a reflected delivery walks the guest's tables afresh", "bt", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_reflected_delivery_uses_the_translation_the_tlb_holds(technique: str) -> None:
     """Natively (and under hw) power off with code 1; under bt and trap-emulate code 2.
 
@@ -611,6 +606,9 @@ def test_a_reflected_delivery_uses_the_translation_the_tlb_holds(technique: str)
     314 natively) and so the decision is explicit: either allow it (and delete this test) or
     make the prefill keep an entry the shadow already has (install only where the shadow entry
     is empty or the walk is the VMM's own, as a TLB fill would).
+
+    Fixed: ``prepare_delivery`` goes through the translation the core's TLB holds (the guest's
+    TLB) and shadows only what is missing, from the guest's tables as they are.
     """
     assert_equivalent(GATE_PAGE_REMAPPED, technique)
 
@@ -645,12 +643,7 @@ pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007, 0x5007, 0, 0, 0   ; page 
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(
-        f"{SPURIOUS_PF}: the 12th fetch's fill succeeds but the guest gets a #PF", "bt", "hw", "trap-emulate"
-    ),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_a_fill_after_a_storm_of_guest_page_faults_is_not_a_page_fault(technique: str) -> None:
     """Natively 11 page faults and esp = 0x501C in the handler; under shadow paging 12 and
     esp = 0x500C (one frame more, written over the page table).
@@ -667,5 +660,8 @@ def test_a_fill_after_a_storm_of_guest_page_faults_is_not_a_page_fault(technique
     table).  Fix: count only hidden faults (reset ``_repeats`` whenever ``page_fault`` returns the
     guest's fault), or key on state that a delivery changes (eip, esp); and when the net does fire
     after a fill that succeeded, resume instead of inventing a fault.
+
+    Fixed: the net counts hidden faults only (a guest fault resets it) and its key adds eip
+    and esp.
     """
     assert_equivalent(PAGE_FAULT_STORM, technique)
