@@ -271,7 +271,19 @@ def acl_rules(role: str) -> list[str]:
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "observer":
-        return ["~rl:*", "resetchannels", "-@all", "+@read", "-@dangerous", "+ping", "+select", "+echo"]
+        # +eval: read-only scripts (ringlab chaos reads a compose Redis through redis-cli EVAL);
+        # Redis checks every command a script calls against the caller's ACL, so they only read
+        return [
+            "~rl:*",
+            "resetchannels",
+            "-@all",
+            "+@read",
+            "-@dangerous",
+            "+ping",
+            "+select",
+            "+echo",
+            "+eval",
+        ]
     commands = sorted({*_BASE, *_DIRECT[role], *script_commands(_SCRIPTS[role])})
     return [
         *(f"~{pattern}" for pattern in _KEYS[role]),
@@ -295,7 +307,9 @@ def write_compose(root: Path, operator_token: str = "") -> None:
     """A compose deployment's files under ``root``, each role's in its own folder (one volume each,
     mounted into that role's containers only): ``secret/deployment.json`` (kept: the next run
     derives the same credentials), ``cpu/``, ``hypervisor/``, ``guest/`` (credentials.json),
-    ``redis/users.acl`` and ``redis/health.password`` (the health check's user)."""
+    ``redis/users.acl``, ``redis/health.password`` (the health check's user) and
+    ``redis/observer.password`` (read-only: ``ringlab chaos`` reads through it, by ``docker exec``
+    into the Redis container, which only someone who may run the containers can do)."""
     made = DeploymentSecrets.load_or_create(root / "secret", operator_token)
     for role in SERVICE_ROLES:
         write_private(root / role / "credentials.json", made.for_role(role).to_json())
@@ -305,6 +319,7 @@ def write_compose(root: Path, operator_token: str = "") -> None:
     # 0644 in a volume only the redis service mounts: its server runs as its own user.
     write_private(root / "redis" / "users.acl", acl, mode=0o644)
     write_private(root / "redis" / "health.password", health + "\n", mode=0o644)
+    write_private(root / "redis" / "observer.password", passwords["observer"] + "\n", mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -255,6 +255,10 @@ return cjson.encode({def = redis.call('HGET', KEYS[1], 'def'), image = hex})
 """
 
 
+OBSERVER_PASSWORD = "/run/ringlab/redis/observer.password"
+"""Where the compose file's Redis container has its secrets volume (docker-compose.yml)."""
+
+
 class ComposeStore:
     """The compose deployment's Redis, through ``redis-cli`` in its container."""
 
@@ -262,9 +266,15 @@ class ComposeStore:
         self.targets = targets
 
     def _eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        """A read-only script, as the deployment's ``observer`` Redis user (its password is in
+        the Redis container's secrets volume: docs/security.md); the script goes as ``$0`` and
+        its arguments as ``$@``, so no shell quoting touches them."""
         container = self.targets.container("redis")
+        login = (
+            f'REDISCLI_AUTH="$(cat {OBSERVER_PASSWORD})" exec redis-cli --user observer --raw EVAL "$0" "$@"'
+        )
         code, output = container.exec_run(
-            ["redis-cli", "--raw", "EVAL", script, str(len(keys)), *keys, *args], stdout=True, stderr=True
+            ["sh", "-c", login, script, str(len(keys)), *keys, *args], stdout=True, stderr=True
         )
         text = (output if isinstance(output, bytes) else b"".join(output)).decode(errors="replace").strip()
         if code != 0 or text.startswith(("ERR", "(error)", "Could not connect")):
