@@ -94,4 +94,4 @@ class Up:
         self.log.close()
 
 
-START_TIMEOUT = 180.0
+START_TIMEOUT = 300.0

@@ -20,7 +20,7 @@ import grpc
 
 from ringlab.store.server import free_port
 
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0
 """A safety net: the services start in a few seconds even on a busy machine."""
 EVENT_TIMEOUT = 180.0
 """A safety net for waiting on something ``up`` does (a restart, a VM's end), not a measure."""

@@ -67,6 +67,11 @@ __all__ = [
     "log_tail",
 ]
 
+START_SECONDS = 120.0
+"""How long a starting (or restarted) service may take to report SERVING.  A safety net for a
+hung service, not a speed requirement: one that dies is seen at once, and on a machine whose
+cores are all busy, importing grpc and the machine alone has taken 27 s."""
+
 TAIL_LINES = 15
 """How many lines of a failed service's log its error shows."""
 SERVICES_JSON = "services.json"
@@ -159,7 +164,7 @@ class LocalDeployment:
     _own_state: bool = False
     persist: bool = False
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    timeout: float = 30.0
+    timeout: float = START_SECONDS
     _lock: IO[str] | None = None
     _recorded: bool = False
     secrets: DeploymentSecrets | None = field(default=None, repr=False)
@@ -176,7 +181,7 @@ class LocalDeployment:
         hypervisor_host: str = "127.0.0.1",
         token: str = "",
         slice: int | None = None,
-        timeout: float = 30.0,
+        timeout: float = START_SECONDS,
         state_dir: Path | str | None = None,
         echo: bool = False,
         persist: bool = False,
