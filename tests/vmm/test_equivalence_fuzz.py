@@ -33,12 +33,8 @@ import pytest
 
 from tests.vmm.fuzz_equivalence import (
     CRASH,
-    DELIVERY_PF,
     GENERATORS,
-    NESTED_PF_CR2,
     RING_ACCOUNTING,
-    SHADOW_TLB,
-    SPURIOUS_PF,
     TECHNIQUES,
     TICK_ORDER,
     TRAP_EMULATE_RINGS,
@@ -81,18 +77,16 @@ DIVERGING: dict[str, dict[str, tuple[str, ...]]] = {
         "trap-emulate": (RING_ACCOUNTING,),
     },
     "isa": {
-        "bt": (RING_ACCOUNTING, DELIVERY_PF, TICK_ORDER, SHADOW_TLB, SPURIOUS_PF),
-        "trap-emulate": (RING_ACCOUNTING, DELIVERY_PF, TRAP_EMULATE_RINGS, SHADOW_TLB, SPURIOUS_PF),
-        "hw": (DELIVERY_PF, NESTED_PF_CR2, SHADOW_TLB, SPURIOUS_PF),
+        "bt": (RING_ACCOUNTING, TICK_ORDER),
+        "trap-emulate": (RING_ACCOUNTING, TRAP_EMULATE_RINGS),
     },
     "kernel": {
-        "bt": (RING_ACCOUNTING, SHADOW_TLB, SPURIOUS_PF),
-        "trap-emulate": (RING_ACCOUNTING, SHADOW_TLB, SPURIOUS_PF),
-        "hw": (SHADOW_TLB, SPURIOUS_PF),
+        "bt": (RING_ACCOUNTING,),
+        "trap-emulate": (RING_ACCOUNTING,),
     },
 }
 """Where the default and ``-m fuzz`` shares diverge today; every other (generator, technique) pair
-must be equivalent on them (hw with nested paging everywhere, pv, hw on bytes programs)."""
+must be equivalent on them (hw with shadow or nested paging everywhere, pv)."""
 
 
 class KnownDivergence(Exception):
