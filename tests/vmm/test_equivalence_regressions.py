@@ -8,8 +8,8 @@ class affects today are ``xfail(strict=True)`` with the class as the reason (the
 mark), the others pass.  Each docstring says what the native core does, what the VMM does instead
 and where; the classes:
 
-* ``ring-accounting``: bt and trap-emulate count the guest kernel's instructions at the ring it
-  really ran in (1), not the guest's ring (0).
+* ``ring-accounting`` (fixed): bt and trap-emulate counted the guest kernel's instructions at the
+  ring it really ran in (1), not the guest's ring (0).
 * ``delivery-takes-vmm-page-fault`` (fixed): under shadow paging an event the VMM reflects into the guest
   is delivered with page-fault interception off, trusting ``ShadowPageTables.prepare_delivery``
   to have filled every shadow entry the delivery touches; three ways it has not, three tests.
@@ -35,7 +35,6 @@ import pytest
 
 from ringlab.asm import assemble
 from tests.vmm.fuzz_equivalence import (
-    RING_ACCOUNTING,
     differences,
     run_as,
 )
@@ -52,11 +51,11 @@ def techniques(reason: str, *affected: str) -> list[Any]:
 
 
 def assert_equivalent(
-    source: str, technique: str, *, limit: int = 100_000, fold_kernel_rings: bool = True
+    source: str, technique: str, *, limit: int = 100_000, fold_kernel_rings: bool = False
 ) -> dict[str, Any]:
-    """Run ``source`` natively and under ``technique`` and compare.  Every test but the
-    ring-accounting one folds retired rings 0-2 together, so that it fails for its own class
-    only (``differences``)."""
+    """Run ``source`` natively and under ``technique`` and compare, retired instructions ring by
+    ring (``fold_kernel_rings``: rings 0-2 together, ``differences``; no test needs it since
+    ring accounting was fixed)."""
     image = assemble(source)
     native = run_as(image, "native", limit=limit)
     result = run_as(image, technique, limit=limit)
@@ -81,28 +80,47 @@ main:   mov ecx, 10
 """
 
 
-@pytest.mark.parametrize(
-    "technique",
-    techniques(f"{RING_ACCOUNTING}: the kernel's instructions count at real ring 1", "bt", "trap-emulate"),
-)
+@pytest.mark.parametrize("technique", TECHNIQUES)
 def test_retired_by_ring_counts_the_guests_ring(technique: str) -> None:
-    """A ring-0 loop retires 23 instructions at ring 0 natively; bt and trap-emulate report 22 at
-    ring 1 and 1 (the emulated ``out``) at ring 0.
+    """A ring-0 loop retires 23 instructions at ring 0 natively; bt and trap-emulate used to
+    report 22 at ring 1 and 1 (the emulated ``out``) at ring 0.
 
     ``stats.guest.retired_by_ring`` is the core's ``Stats.retired_by_ring`` (``VM.guest_stats``),
-    and the core counts where an instruction really retired (``Cpu.retire(cpl)``, compiled blocks
-    by ``s.cs & 3``): under ring compression that is real ring 1.  bt adds its own: translated
-    code retires with a hard-coded 1 (``translated._exec_block``: ``cpu.retire(1)``,
-    ``_exec_sensitive``: ``execute(..., 1)``; ``Cpu.run_straight`` by the real cs), a callout
-    at the real ring (``emulate.emulate``: ``ring = s.cs & 3``); only I/O and ``hlt``, whose core
-    handlers retire inside ``guest_view``, land on the guest's ring.  trap-emulate runs the kernel
-    directly at real ring 1.  Fix: count retirement at the guest's ring and keep the real ring
-    in ``stats.host`` (e.g. ``retired_by_real_ring``): bt retires translated code at
-    ``vcpu.cpl`` and ``emulate`` at the guest's CPL; for code the core runs directly, the VMM
-    tells the core which guest ring its real ring 1 stands for while the vCPU is in the kernel
-    (it knows ``vcpu.cs`` at every entry), and docs/techniques.md's Limits entry changes with it.
+    and the core counted where an instruction really retired (``Cpu.retire(cpl)``, compiled
+    blocks by ``s.cs & 3``): under ring compression that is real ring 1.  The core now counts
+    both: the real ring in ``retired_by_real_ring`` (``stats.host``), and in ``retired_by_ring``
+    the guest ring the VMM says real ring 1 stands for (``Stats.ring_1_counts_as``, which
+    ``vcpu.count_guest_ring`` keeps at the vCPU's ring: events and emulation, both at the
+    real ring they were issued from).
     """
     assert_equivalent(COUNT_DOWN, technique, fold_kernel_rings=False)
+
+
+INT_THAT_FAULTS = """
+; int 0 through a gate whose handler ring is 3 (outward from ring 0): #GP, delivered instead; the
+; int does not retire, the #GP handler powers off with code 13
+.entry main
+main:   lidt [idtd]
+        int 0
+on_gp:  mov eax, 13
+        out 0xF4, eax
+        .align 8
+idt:    .dword on_gp, 0x8003     ; vector 0: handler ring 3
+        .space 12 * 8
+        .dword on_gp, 0x8000     ; vector 13: trap gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_an_int_whose_delivery_faults_does_not_retire(technique: str) -> None:
+    """Natively 3 instructions retire at ring 0 (``lidt``, ``mov``, ``out``): the ``int 0``
+    faults.  The VMM delivers the ``int`` it reflects (``events.reflect_software_interrupt``)
+    and retires it only when the delivery succeeded; then tells the core the vCPU's new ring."""
+    native = assert_equivalent(INT_THAT_FAULTS, technique)
+    assert native["stats"]["guest"]["retired_by_ring"] == {"0": 3, "1": 0, "2": 0, "3": 0}
 
 
 # -- delivery-takes-vmm-page-fault -----------------------------------------------------------------

@@ -103,3 +103,21 @@ def test_a_workload_with_its_translation_on_the_other_cpu_equals_the_in_process_
     assert {k: v for k, v in got["stats"]["guest"].items() if k not in slice_dependent} == {
         k: v for k, v in want["stats"]["guest"].items() if k not in slice_dependent
     }
+
+
+def test_retired_instructions_count_the_guests_ring_with_the_translation_on_the_other_cpu() -> None:
+    """Which guest ring real ring 1 stands for (``Stats.ring_1_counts_as``) is the VMM's to say
+    and the other CPU's to count by: it crosses with the counters, so a kernel that moves
+    between rings 0 and 2 counts per ring as natively, and where it really ran (ring 1) shows
+    in ``stats.host`` as in-process."""
+    from tests.vmm.test_equivalence_regressions import COUNT_DOWN, RING_2
+
+    for source in (COUNT_DOWN, RING_2):
+        image = program(source)
+        machine, crossed = _split(image)
+        got = machine.run(10_000).to_json()
+        want = VM(image, make_technique("bt")).run(10_000).to_json()
+        assert crossed["switches"] > 0
+        assert got["stats"]["guest"]["retired_by_ring"] == native(image)["stats"]["guest"]["retired_by_ring"]
+        assert got["stats"]["host"]["retired_by_real_ring"] == want["stats"]["host"]["retired_by_real_ring"]
+        assert got["stats"]["host"]["retired_by_real_ring"]["1"] > 0

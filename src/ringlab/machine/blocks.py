@@ -242,7 +242,8 @@ class CompiledBlocks:
         m32 = self._m32
         blocks = self.blocks
         probe = self.write_probe
-        rbr = stats.retired_by_ring
+        rbr, by_real_ring = stats.retired_by_ring, stats.retired_by_real_ring
+        ring_1 = stats.ring_1_counts_as  # (only a VMM changes it, never the code run here)
         step_next = False
         while True:
             retired = stats.retired
@@ -279,7 +280,8 @@ class CompiledBlocks:
                             stats.block_cache_hits += 1
                             s.tsc = t2
                             stats.retired = retired + done
-                            rbr[cpl] += done
+                            by_real_ring[cpl] += done
+                            rbr[ring_1 if cpl == 1 else cpl] += done
                             if s.timer_period and t2 >= s.timer_next:
                                 cpu.tick()
                         continue
@@ -361,7 +363,7 @@ class CompiledBlocks:
             stats.block_cache_hits += ran
             s.tsc = t
             stats.retired += done
-            stats.retired_by_ring[cpl] += done
+            stats.count_retired(cpl, done)
             if s.timer_period and t >= s.timer_next:
                 cpu.tick()
         return done

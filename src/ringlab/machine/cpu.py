@@ -208,13 +208,16 @@ class Cpu:
         return insn
 
     def retire(self, cpl: int, count: int = 1) -> None:
-        """Count ``count`` retired instructions at ring ``cpl``; advance time and the timer.
-        A VMM that emulates an instruction calls this after setting ``eip``."""
+        """Count ``count`` retired instructions at real ring ``cpl`` (and, in
+        ``retired_by_ring``, at the guest ring it stands for: ``Stats.ring_1_counts_as``);
+        advance time and the timer.  A VMM that emulates an instruction calls this after
+        setting ``eip``, with the real ring the instruction was issued from."""
         s = self._state
         s.tsc += count
         stats = self.stats
         stats.retired += count
-        stats.retired_by_ring[cpl] += count
+        stats.retired_by_real_ring[cpl] += count
+        stats.retired_by_ring[stats.ring_1_counts_as if cpl == 1 else cpl] += count
         if s.timer_period and s.tsc >= s.timer_next:
             self.tick()
 

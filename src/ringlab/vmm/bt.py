@@ -61,7 +61,7 @@ from ringlab.vmm.translated import (
 )
 from ringlab.vmm.translation_cache import Kind, Op, TranslationCache, kind_of
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
-from ringlab.vmm.vcpu import Deprivilege
+from ringlab.vmm.vcpu import Deprivilege, count_guest_ring
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
@@ -108,6 +108,7 @@ class BinaryTranslation:
         return self._cache
 
     def attach(self, vm: VM) -> None:
+        count_guest_ring(vm.cpu.stats, vm.vcpu, vm.deprivilege)  # the kernel starts in guest ring 0
         shadow = vm.shadow
         assert shadow is not None
         self._cache = cache = TranslationCache(vm.cpu, shadow.protect)

@@ -16,7 +16,7 @@ from ringlab.machine.faults import GP, Fault
 from ringlab.machine.interpreter import effective_address
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
-from ringlab.vmm.vcpu import enter_guest, leave_guest
+from ringlab.vmm.vcpu import count_guest_ring, enter_guest, leave_guest
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
@@ -48,7 +48,9 @@ def privilege_fault(vm: VM, insn: Instruction) -> bool:
 
 def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
     """Emulate ``insn`` at ``eip`` as the guest's (virtual) CPU would run it; it retires at the
-    real ring it was issued from.  Returns an exit the caller must handle (device I/O, halt)."""
+    real ring it was issued from (counted at the guest's ring: ``Stats.ring_1_counts_as``), but
+    for ``in``, ``out`` and ``hlt``, whose core handlers retire themselves, inside the guest's
+    view, at the guest's ring.  Returns an exit the caller must handle (device I/O, halt)."""
     cpu = vm.cpu
     s = cpu.state
     ring = s.cs & 3
@@ -68,6 +70,7 @@ def emulate(vm: VM, insn: Instruction, eip: int) -> Exit | None:
                 exit = execute(cpu, insn, eip, ring)
             finally:
                 leave_guest(s, vcpu, policy)
+                count_guest_ring(cpu.stats, vcpu, policy)
         if s.timer_period != timer_period or s.timer_next != timer_next:
             vm.vcpu.pending_tick = False  # writing port 0x40 discards a pending tick
         return exit

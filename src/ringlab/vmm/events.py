@@ -16,7 +16,7 @@ from ringlab.isa import TABLE, Instruction
 from ringlab.machine.exits import Exit
 from ringlab.machine.faults import Fault
 from ringlab.vmm.execute import no_intercepts
-from ringlab.vmm.vcpu import enter_guest, guest_view, leave_guest
+from ringlab.vmm.vcpu import count_guest_ring, enter_guest, guest_view, leave_guest
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
@@ -48,7 +48,9 @@ def reflect_exception(vm: VM, fault: Fault, *, counted: bool) -> Exit | None:
     with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
         vm.paging.prepare_delivery(fault.vector, cpu.state.cs & 3)
         with no_intercepts(cpu):
-            return cpu.inject(fault.vector, error_code=fault.error_code, cr2=fault.cr2)
+            exit = cpu.inject(fault.vector, error_code=fault.error_code, cr2=fault.cr2)
+    count_guest_ring(cpu.stats, vm.vcpu, vm.deprivilege)
+    return exit
 
 
 def reflect_interrupt(vm: VM, vector: int) -> Exit | None:
@@ -74,19 +76,26 @@ def reflect_interrupt(vm: VM, vector: int) -> Exit | None:
     finally:
         if policy is not None:
             leave_guest(s, vm.vcpu, policy)
+            count_guest_ring(cpu.stats, vm.vcpu, policy)
 
 
 def reflect_software_interrupt(vm: VM, vector: int, eip: int, ring: int) -> Exit | None:
     """``int n`` at ``eip`` (already counted by the core, or by the caller): deliver it and
-    retire it at real ring ``ring``; a fault while delivering it is raised as itself."""
+    retire it at real ring ``ring`` (the ring it was issued from); a fault while delivering it
+    is raised as itself."""
     cpu = vm.cpu
     vm.counters.reflected += 1
+    exit: Exit | None = None
+    delivered = False
     with guest_view(cpu.state, vm.vcpu, vm.deprivilege):
         vm.paging.prepare_delivery(vector, cpu.state.cs & 3)
         with no_intercepts(cpu):
             try:
                 cpu.deliver(vector, None, (eip + 2) & 0xFFFFFFFF, software=True)
-            except Fault as fault:
-                return cpu.exception(fault, eip)
-    cpu.retire(ring)
-    return None
+                delivered = True
+            except Fault as fault:  # the int does not retire: the fault is delivered instead
+                exit = cpu.exception(fault, eip)
+    if delivered:
+        cpu.retire(ring)
+    count_guest_ring(cpu.stats, vm.vcpu, vm.deprivilege)  # after the retirement, at the old ring
+    return exit

@@ -236,8 +236,8 @@ def _exec_block(
             outcome = op.handler(cpu, op.insn, op.eip, op.nxt)
         except Fault as fault:
             return port.fault(fault)
-        if outcome is None:  # the interpreter's ``Outcome``: retire it here
-            cpu.retire(1)
+        if outcome is None:  # the interpreter's ``Outcome``: retire it here, at the real ring
+            cpu.retire(s.cs & 3)
         elif isinstance(outcome, Exit):
             return outcome  # pragma: no cover - innocuous handlers do not exit
         if op.kind is _INDIRECT:
@@ -274,8 +274,10 @@ def _exec_sensitive(g: Guest, port: Port, op: Op) -> Exit | Stop | _Next | None:
     if op.kind is Kind.INLINE:
         if privilege_fault(cast("VM", g), op.insn):  # cli/sti above the guest's IOPL
             return port.privileged()
-        with guest_view(g.cpu.state, vcpu, g.deprivilege):
-            result = execute(g.cpu, op.insn, op.eip, 1)
+        s = g.cpu.state
+        ring = s.cs & 3  # the real ring: translated code runs at the guest kernel's compressed ring
+        with guest_view(s, vcpu, g.deprivilege):
+            result = execute(g.cpu, op.insn, op.eip, ring)
     else:
         result = port.callout(op)
     if result is not None:

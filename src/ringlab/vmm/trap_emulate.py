@@ -20,7 +20,7 @@ from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.technique import Stop, TechniqueName
-from ringlab.vmm.vcpu import Deprivilege
+from ringlab.vmm.vcpu import Deprivilege, count_guest_ring
 
 if TYPE_CHECKING:
     from ringlab.isa import Instruction
@@ -59,7 +59,7 @@ class TrapEmulate:
         return Controls(intercept_vectors=ALL_VECTORS, intercept_mnemonics=PROBED)
 
     def attach(self, vm: VM) -> None:
-        pass
+        count_guest_ring(vm.cpu.stats, vm.vcpu, vm.deprivilege)  # the kernel starts in guest ring 0
 
     def run(self, vm: VM, budget: int) -> Exit:
         return vm.runner.run_core(vm, budget)

@@ -16,8 +16,18 @@ from types import TracebackType
 
 from ringlab.isa import EFLAGS
 from ringlab.machine.state import CpuState
+from ringlab.machine.stats import Stats
 
-__all__ = ["SYS_FLAGS", "VMM_IDT", "Deprivilege", "VirtualCpu", "enter_guest", "guest_view", "leave_guest"]
+__all__ = [
+    "SYS_FLAGS",
+    "VMM_IDT",
+    "Deprivilege",
+    "VirtualCpu",
+    "count_guest_ring",
+    "enter_guest",
+    "guest_view",
+    "leave_guest",
+]
 
 SYS_FLAGS = EFLAGS.IF | EFLAGS.IOPL
 """The eflags bits a deprivileged guest must not own: IF and IOPL."""
@@ -80,6 +90,16 @@ class Deprivilege:
             v.cs = 3
             if self.user_flags_direct:
                 v.flags = s.eflags & SYS_FLAGS
+
+
+def count_guest_ring(stats: Stats, v: VirtualCpu, policy: Deprivilege | None) -> None:
+    """Tell the CPU which guest ring its real ring 1 stands for (``Stats.ring_1_counts_as``), so
+    that ``retired_by_ring`` counts the guest's ring: 0 while a compressed guest is in ring 0,
+    else 1.  The VMM calls it where its vCPU's ring may have changed (an event it delivered, an
+    instruction it emulated), after retiring the instruction that changed it.  ``policy`` None
+    (no ring compression): nothing to do."""
+    if policy is not None:
+        stats.ring_1_counts_as = 0 if v.cs & 3 == 0 else 1
 
 
 def enter_guest(s: CpuState, v: VirtualCpu) -> None:
