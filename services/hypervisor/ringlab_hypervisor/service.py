@@ -43,7 +43,7 @@ from ringlab.rpc import (
     config_from_args,
     open_channel,
 )
-from ringlab.rpc.config import env_default
+from ringlab.rpc.config import byte_count, env_default
 from ringlab.rpc.convert import (
     KERNELS,
     TECHNIQUES,
@@ -502,17 +502,6 @@ def limits_from_environment() -> Limits:
         max_memory=byte_count(env_default("MAX_MEMORY", str(MAX_MEMORY))),
         console_quota=byte_count(env_default("CONSOLE_QUOTA", str(DEFAULT_CONSOLE_QUOTA))),
     )
-
-
-def byte_count(text: str) -> int:
-    """``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G`` -> bytes (ValueError otherwise)."""
-    text = text.strip()
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
-    number = text[:-1] if scale > 1 else text
-    value = int(number, 0) * scale
-    if value <= 0:
-        raise ValueError(f"{text!r} is not a positive byte count")
-    return value
 
 
 def _well_formed(doc: Any) -> bool:

@@ -60,17 +60,16 @@ INTERNAL_ERROR = (
 # -- option types -------------------------------------------------------------------------------------
 def _parse_size(text: str) -> int:
     """A byte count: ``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G``; at most ``MAX_MEMORY``."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    scale = units.get(text[-1:].upper(), 1)
-    digits = text[:-1] if scale != 1 else text
+    from ringlab.rpc.config import byte_count
+
     try:
-        value = int(digits, 0) * scale
+        value = byte_count(text)
     except ValueError:
+        if text.strip().lstrip("-").isdigit():
+            raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}") from None
         raise argparse.ArgumentTypeError(
             f"expected a size in bytes such as 4194304 or 4M, got {text!r}"
         ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     if value > MAX_MEMORY:
         raise argparse.ArgumentTypeError(
             f"{text} bytes is more than the most guest RAM Ringlab gives a machine (1G = {MAX_MEMORY} bytes)"

@@ -45,6 +45,18 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(f"RINGLAB_{name}", default)
 
 
+def byte_count(text: str) -> int:
+    """``4194304``, ``0x400000``, ``4M``, ``512K``, ``1G`` -> bytes (ValueError otherwise): the
+    sizes ``--memory``, ``RINGLAB_MAX_MEMORY`` and ``RINGLAB_CONSOLE_QUOTA`` take."""
+    text = text.strip()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    value = int(number, 0) * scale
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive byte count")
+    return value
+
+
 class RedisUrl(str):
     """A Redis URL that may carry a user and password: printed (``%s``, f-strings, ``repr``) with
     the password masked, so that a service's log never shows it; its value is the whole URL."""
