@@ -13,13 +13,12 @@ commands that show the difference.
 Counts (docs/testing.md, The fuzzers): the default run checks 2,000 programs, ``-m fuzz`` another
 7,700 (indices after the default ones), ``RINGLAB_FUZZ_FULL=1 -m fuzz`` 50,000 (from index 0).
 
-Status: every chunk diverges today, so each is ``xfail(strict=True)`` with the classes it shows;
-``tests/vmm/test_equivalence_regressions.py`` pins each class with one small program.  Only a
-``KnownDivergence`` (a difference under a technique listed in ``DIVERGING`` for that generator)
-counts as the expected failure: a difference under any other technique (hw with nested paging
-always, pv, hw on bytes programs), or a technique that raises, fails the test outright.  When
-the fixes land a chunk passes, its strict xfail turns it red, and ``DIVERGING`` (then the marks)
-shrink.  The kernel programs are built from the guest OS sources: a change to the kernel changes
+Status: no known divergence is left (``DIVERGING`` is empty), so every chunk must pass; each
+class the fuzzer found is pinned by ``tests/vmm/test_equivalence_regressions.py``.  A generator
+that ``DIVERGING`` lists techniques for gets ``xfail(strict=True)`` chunks: only a
+``KnownDivergence`` (a difference under a listed technique) counts as the expected failure; a
+difference under any other technique, or a technique that raises, fails the test outright, and
+a chunk that passes turns its strict xfail red, so ``DIVERGING`` (then the marks) shrink.  The kernel programs are built from the guest OS sources: a change to the kernel changes
 them (and may move which of them diverge).
 """
 
@@ -34,10 +33,7 @@ import pytest
 from tests.vmm.fuzz_equivalence import (
     CRASH,
     GENERATORS,
-    RING_ACCOUNTING,
     TECHNIQUES,
-    TICK_ORDER,
-    TRAP_EMULATE_RINGS,
     Divergence,
     check,
     isa_specs_drawn,
@@ -72,18 +68,9 @@ assert sum(s.full for s in SHARES.values()) == 50_000
 
 DIVERGING: dict[str, dict[str, tuple[str, ...]]] = {
     # generator -> technique -> the classes its divergences show today (the regression tests)
-    "bytes": {
-        "bt": (RING_ACCOUNTING,),
-        "trap-emulate": (RING_ACCOUNTING,),
-    },
-    "isa": {
-        "bt": (RING_ACCOUNTING, TICK_ORDER),
-        "trap-emulate": (RING_ACCOUNTING, TRAP_EMULATE_RINGS),
-    },
-    "kernel": {
-        "bt": (RING_ACCOUNTING,),
-        "trap-emulate": (RING_ACCOUNTING,),
-    },
+    "bytes": {},
+    "isa": {},
+    "kernel": {},
 }
 """Where the default and ``-m fuzz`` shares diverge today; every other (generator, technique) pair
 must be equivalent on them (hw with shadow or nested paging everywhere, pv)."""
@@ -112,7 +99,11 @@ def _chunks(fuzz: bool) -> list[Any]:
             start, count, size = 0, share.full, share.full_chunk
         else:
             start, count, size = share.default, share.fuzz, share.fuzz_chunk
-        marks = [pytest.mark.xfail(strict=True, raises=KnownDivergence, reason=_reason(generator))]
+        marks = (
+            [pytest.mark.xfail(strict=True, raises=KnownDivergence, reason=_reason(generator))]
+            if DIVERGING[generator]
+            else []
+        )
         for first in range(start, start + count, size):
             last = min(first + size, start + count)
             out.append(pytest.param(generator, first, last, marks=marks, id=f"{generator}-{first}-{last}"))
