@@ -260,6 +260,7 @@ def test_a_killed_pcpu_is_not_given_the_vm_again_and_the_lost_time_is_not_charge
     assert sum(spans) > sum(kept)  # the lost slice took time, which was not charged
 
 
+@pytest.mark.slow  # ~150 s of a replay outlasting the lease: .ci/run's slow stage runs it
 def test_a_vm_whose_replay_outlasts_the_lease_goes_on_from_its_copy(two_pcpus: TwoPcpus) -> None:
     """A hypervisor without a copy of a VM (here: a new one) replays it to its last commit before
     running it.  When the replay takes longer than the grant's lease (a long-running VM, a short
