@@ -140,6 +140,17 @@ class Mmu:
         for cache in (*self.read_cache, *self.write_cache):
             cache.pop(vpn, None)
 
+    def write_protect(self, linear: int) -> None:
+        """Make the TLB's translation of one page read-only where it stands, its place in the
+        replacement order kept (a VMM write-protecting a page of the guest's: the guest's TLB
+        would still hold it, and evict it when it would)."""
+        vpn = (linear & M) >> PAGE_SHIFT
+        entry = self.tlb.get(vpn)
+        if entry is not None and entry[1] & _W:
+            self.tlb.insert(vpn, (entry[0], entry[1] & ~_W))
+        for cache in self.write_cache:
+            cache.pop(vpn, None)
+
     def _evicted(self, vpn: int) -> None:
         """The TLB dropped ``vpn`` to make room: so do the fast caches derived from it."""
         for mode in _PAGING_MODES:

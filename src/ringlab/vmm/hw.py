@@ -14,6 +14,17 @@ hypervisor in leaf 1 ecx bit 31, the one difference equivalence allows).
   go to the virtual APIC's task-priority register without an exit, whatever the paging mode.
 - With shadow paging, the other control registers, ``invlpg`` and the guest's page faults
   exit; with nested paging (EPT) none do: the MMU walks the guest's tables and then the P2M.
+- Traced page tables (shadow paging only; Adams & Agesen 2006, sections 4.2 and 6's ptemod):
+  as a shadow-paging VMM does, hw write-protects the guest page directory and page table each
+  hidden page fault read (``_trace``), so the guest kernel's store to a page-table entry is a #PF
+  exit; the VMM decodes the instruction and makes the write itself (with the real cr0.WP lifted
+  for it, as bt's traced writes), counted as an ``EXCEPTION_NMI`` exit and, per mnemonic, in
+  ``sensitive`` as ``traced``.  There is no adaptive translation to take the exit away: every
+  such store exits, which is why Figure 4's hardware VMM pays 12,733 cycles for ptemod against
+  the software VMM's 391.  The shadow keeps itself coherent (``shadow.py``), so what the trace
+  models is the exit and its price.  Traces end at a shadow flush (a guest cr3 write); a traced
+  page written other than by a kernel store the VMM can emulate (user code, an event's stack
+  frame, an instruction that is not a plain store) is given up until the next flush, as bt's.
 
 The core intercepts control-register moves by direction, not by register, so a move the VMCS
 does not name (``cr8`` under the TPR shadow, ``cr3`` under nested paging) can reach this
@@ -25,11 +36,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ringlab.isa import Form, Instruction
+from ringlab.isa import MASK32, Form, Instruction, Mem
 from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Controls, Exit, Intercept, IoIn, IoOut, Raised, Shutdown
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
+from ringlab.machine.interpreter import HANDLERS, effective_address
+from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.platform import CONSOLE_PORT, CONSOLE_STATUS_PORT, POWER_PORT
+from ringlab.machine.state import CR0_PG, CR0_WP
 from ringlab.vmm.emulate import emulate
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import no_intercepts
@@ -120,6 +134,13 @@ class Vmcs:
         )
 
 
+_P, _W, _U = 1, 2, 4
+_FRAME = 0xFFFFF000
+_ESP = 4
+_STORES = frozenset({Form.M, Form.MR, Form.MI, Form.M8R})
+"""Forms whose first operand is memory the instruction may write (a traced write's exit)."""
+_PUSHES = frozenset({"push", "call", "pushf"})
+"""Instructions that write the stack (a kernel stack on a traced page table)."""
 _BY_MNEMONIC = {"cpuid": R.CPUID, "hlt": R.HLT, "vmcall": R.VMCALL, "invlpg": R.INVLPG, "mov": R.CR_ACCESS}
 
 
@@ -131,6 +152,13 @@ class Hw:
         self.vmcs = vmcs if vmcs is not None else Vmcs.for_paging(nested_paging)
         self.nested_paging = self.vmcs.nested_paging
         self.shadow_paging = not self.nested_paging
+        self.traced: set[int] = set()
+        """Host frame numbers of the guest page tables being traced (write-protected)."""
+        self._given_up: set[int] = set()
+        """Page-table frames written other than by an emulable kernel store: not traced again
+        before the next shadow flush."""
+        self._traced_under = 0
+        """The shadow flush the traces were made after (``EventCounter.shadow_flushes``)."""
 
     def controls(self) -> Controls:
         return self.vmcs.controls()
@@ -138,6 +166,16 @@ class Hw:
     def attach(self, vm: VM) -> None:
         if self.nested_paging:
             vm.cpu.mmu.second_stage = vm.p2m
+            return
+        shadow = vm.shadow
+        assert shadow is not None
+
+        def written(frame: int) -> None:  # a traced page written other than by an emulated store
+            self.traced.discard(frame)
+            self._given_up.add(frame)
+            shadow.unprotect(frame)
+
+        shadow.on_protected_write = written
 
     def run(self, vm: VM, budget: int) -> Exit:
         return vm.runner.run_core(vm, budget)
@@ -184,16 +222,22 @@ class Hw:
         assert exit.vector == PF
         cpu = vm.cpu
         delivering = exit.delivering
+        self._untrace_if_flushed(vm)
         if delivering is None:
+            insn = self._traced_store(vm, exit)
+            if insn is not None:
+                return self._traced_write(vm, insn, exit.eip)
             fault = vm.shadow_fault(exit)
             if fault is None:  # a shadow miss: the instruction is retried
                 _hide_software_interrupt(vm, exit)
+                self._trace(vm, exit.cr2 or 0)
                 return None
             return vm.reflect_fault(fault)
         fault = vm.shadow_fault(exit, counted=False)  # a #PF while delivering: the core did not count it
         if fault is None:  # a shadow miss: the delivery is retried
             if delivering != TIMER:
                 vm.hide(delivering)  # the retried instruction raises it (and it is counted) again
+            self._trace(vm, exit.cr2 or 0)
             return None
         # The guest's own fault while delivering ``delivering``: what the CPU does next.
         if delivering == TIMER:
@@ -209,6 +253,89 @@ class Hw:
         if fault.vector == PF:
             cpu.state.cr2 = fault.cr2 or 0  # written before the CPU turns to #DF (docs/machine.md)
         return _double_fault(vm)
+
+    # -- traced page tables ----------------------------------------------------------------------
+    def _trace(self, vm: VM, linear: int) -> None:
+        """Write-protect the guest page directory and page table that map ``linear`` (what the
+        hidden fault just read)."""
+        shadow = vm.shadow
+        assert shadow is not None
+        if not shadow.cr0 & CR0_PG:
+            return
+        directory = vm.p2m.translate(shadow.cr3 & _FRAME, False)
+        if directory + 4 > vm.memory_size:
+            return  # the guest's cr3 points beyond its RAM: nothing to trace
+        frames = [directory >> PAGE_SHIFT]
+        pde = vm.cpu.memory.read32(directory + ((linear >> 22) & 0x3FF) * 4)
+        table = vm.p2m.translate(pde & _FRAME, False)
+        if pde & _P and table + 4 <= vm.memory_size:
+            frames.append(table >> PAGE_SHIFT)
+        for frame in frames:
+            if frame not in self.traced and frame not in self._given_up:
+                self.traced.add(frame)
+                shadow.protect(frame)
+
+    def _untrace_if_flushed(self, vm: VM) -> None:
+        """Traces belong to the shadow that read the tables: a flush ends them all."""
+        flushes = vm.counters.shadow_flushes
+        if flushes == self._traced_under:
+            return
+        self._traced_under = flushes
+        shadow = vm.shadow
+        assert shadow is not None
+        for frame in self.traced:
+            shadow.unprotect(frame)
+        self.traced.clear()
+        self._given_up.clear()
+
+    def _traced_store(self, vm: VM, exit: Raised) -> Instruction | None:
+        """The instruction, when this #PF is a kernel store the guest's tables allow, refused
+        only because it writes a traced page table, and one the VMM can make itself."""
+        if not self.traced or (exit.error_code or 0) & (_P | _W | _U) != _P | _W:
+            return None
+        shadow = vm.shadow
+        assert shadow is not None
+        frame = shadow.refused_by_protection(exit.cr2 or 0)
+        if frame is None or frame not in self.traced:
+            return None
+        insn = instruction_at(vm, exit.eip)
+        if insn is None:
+            return None
+        s = vm.cpu.state
+        if insn.spec.form in _STORES and isinstance(insn.operands[0], Mem):
+            start = effective_address(s.regs, insn.operands[0])
+            size = 1 if insn.spec.form is Form.M8R else 6 if insn.mnemonic in ("sgdt", "sidt") else 4
+        elif insn.mnemonic in _PUSHES:
+            start, size = (s.regs[_ESP] - 4) & MASK32, 4
+        else:
+            return None
+        if start >> PAGE_SHIFT != ((start + size - 1) & MASK32) >> PAGE_SHIFT:
+            return None  # a store across pages: lifting WP would lift it for the other page too
+        return insn
+
+    def _traced_write(self, vm: VM, insn: Instruction, eip: int) -> Exit | Stop | None:
+        """The guest kernel's store to a traced page table exited: the VMM makes it, running the
+        instruction with the real cr0.WP lifted (the guest's tables allow the write; the shadow
+        entry is read-only only to trace it).  It retires at the guest's ring, as natively."""
+        vm.hide(PF)  # the guest never sees this #PF: the core counted it
+        vm.counters.handled(insn.mnemonic, "traced")
+        cpu = vm.cpu
+        s = cpu.state
+        cr0 = s.cr0
+        s.cr0 = cr0 & ~CR0_WP
+        try:
+            outcome = HANDLERS[insn.spec.opcode](cpu, insn, eip, (eip + insn.length) & MASK32)
+        except Fault as fault:  # another access of the instruction's faulted: as natively
+            s.cr0 = cr0
+            return cpu.exception(fault, eip)
+        s.cr0 = cr0
+        if outcome is None:
+            cpu.retire(s.cs & 3)
+            return None
+        if outcome is True:
+            return None
+        assert not isinstance(outcome, bool)
+        return outcome
 
 
 def _double_fault(vm: VM) -> Exit | Stop | None:

@@ -206,6 +206,15 @@ class ShadowPageTables:
         self._settle(linear, spte & _FRAME, gperm, write, user)
         return True
 
+    def refused_by_protection(self, linear: int) -> int | None:
+        """The host frame number of ``linear``'s page when a supervisor write to it is refused
+        by the VMM's write protection alone (the guest's own entry allows it), else None."""
+        spte = self._shadow_entry((linear & 0xFFFFFFFF) >> PAGE_SHIFT)
+        if not spte & _P or self._refuses((spte >> _AVL) & (_U | _W), True, False):
+            return None
+        frame = spte >> PAGE_SHIFT
+        return frame if frame in self.protected else None
+
     def _refuses(self, gperm: int, write: bool, user: bool) -> bool:
         """Do the guest's permissions ``gperm`` (U|W of both levels) refuse this access, under
         the guest's own cr0.WP?"""
@@ -620,7 +629,7 @@ class ShadowPageTables:
             if table is not None:
                 at = table + (vpn & 0x3FF) * 4
                 self.memory.write32(at, self.memory.read32(at) & ~_W)
-            self.cpu.invalidate_page(vpn << PAGE_SHIFT)
+            self.cpu.mmu.write_protect(vpn << PAGE_SHIFT)  # the guest's TLB keeps the page
 
     def unprotect(self, frame_number: int) -> None:
         """The page's translations are gone: let writes through again (entries refill writable)."""
