@@ -133,19 +133,30 @@ class Deployment:
         return out.split()
 
     def health(self) -> dict[str, str]:
+        """Each container's health, or its state (and exit code) when it has no health check."""
         ids = self.container_ids()
         if not ids:
             return {}
-        fmt = "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+        fmt = (
+            "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}"
+            "{{else}}{{.State.Status}} {{.State.ExitCode}}{{end}}"
+        )
         out = _run(["docker", "inspect", "-f", fmt, *ids], env=self.env)
         return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
     def wait_healthy(self, expected: int) -> None:
+        """``expected`` long-running containers healthy, and the one-shot ``secrets`` service
+        (it writes each role's credentials, then exits) done with status 0."""
         deadline = time.monotonic() + HEALTH_TIMEOUT
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
             states = self.health()
-            if len(states) == expected and all(s == "healthy" for s in states.values()):
+            one_shot = {n: s for n, s in states.items() if "secrets" in n}
+            services = {n: s for n, s in states.items() if n not in one_shot}
+            if list(one_shot.values()) not in ([], ["exited 0"]):
+                if any(s.startswith("exited") for s in one_shot.values()):
+                    break  # the secrets service failed: nothing else will start
+            elif len(services) == expected and all(s == "healthy" for s in services.values()):
                 return
             time.sleep(1)
         logs = self.compose("logs", "--tail", "30")
