@@ -36,8 +36,8 @@ from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.machine.interpreter import HANDLERS, effective_address
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.mmu import mode_index
-from ringlab.machine.state import CR0_PG, CR0_WP, CpuState
-from ringlab.vmm.emulate import emulate
+from ringlab.machine.state import CR0_PG, CpuState
+from ringlab.vmm.emulate import emulate, run_with_wp_lifted
 from ringlab.vmm.events import (
     INT_OPCODE,
     int_vector,
@@ -317,17 +317,12 @@ class BinaryTranslation:
         read-only only to trap the guest's writes, which the guest's own tables allow (checked
         by ``_is_traced_write``).  It retires at the ring translated code runs at."""
         cpu = vm.cpu
-        s = cpu.state
-        cr0 = s.cr0
-        s.cr0 = cr0 & ~CR0_WP
         try:
-            outcome = HANDLERS[insn.spec.opcode](cpu, insn, eip, (eip + insn.length) & MASK32)
+            outcome = run_with_wp_lifted(cpu, insn, eip)
         except Fault as fault:  # another access of the instruction's faulted: as usual
-            s.cr0 = cr0
             return self._fault(vm, fault)
-        s.cr0 = cr0
         if outcome is None:
-            cpu.retire(s.cs & 3)
+            cpu.retire(cpu.state.cs & 3)
         return None
 
     def _publish(self, vm: VM) -> None:

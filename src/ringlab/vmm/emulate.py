@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ringlab.isa import MASK32, Class, Form, Instruction, Mem
+from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Exit
 from ringlab.machine.faults import GP, Fault
-from ringlab.machine.interpreter import effective_address
+from ringlab.machine.interpreter import HANDLERS, Outcome, effective_address
+from ringlab.machine.state import CR0_WP
 from ringlab.vmm.events import reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.vcpu import count_guest_ring, enter_guest, leave_guest
@@ -21,13 +23,27 @@ from ringlab.vmm.vcpu import count_guest_ring, enter_guest, leave_guest
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["emulate", "privilege_fault"]
+__all__ = ["emulate", "privilege_fault", "run_with_wp_lifted"]
 
 
 _PRIVILEGED, _IOPL = Class.PRIVILEGED, Class.IOPL
 _OWN_PATHS = frozenset({"mov", "invlpg", "int"})
 """Mnemonics that may not simply run the core's handler (control registers, ``invlpg``,
 ``int n``); every other one does, inside the guest's view of the registers."""
+
+
+def run_with_wp_lifted(cpu: Cpu, insn: Instruction, eip: int) -> Outcome:
+    """The core's handler for ``insn`` at ``eip``, run with the real cr0.WP off: how bt and hw
+    make a guest kernel's store to a traced page table, whose shadow entries are read-only only
+    to trace the writes the guest's own tables allow.  cr0 is restored whatever happens (a
+    ``Fault`` of another access of the instruction propagates)."""
+    s = cpu.state
+    cr0 = s.cr0
+    s.cr0 = cr0 & ~CR0_WP
+    try:
+        return HANDLERS[insn.spec.opcode](cpu, insn, eip, (eip + insn.length) & MASK32)
+    finally:
+        s.cr0 = cr0
 
 
 def privilege_fault(vm: VM, insn: Instruction) -> bool:

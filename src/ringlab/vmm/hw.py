@@ -40,11 +40,11 @@ from ringlab.isa import MASK32, Form, Instruction, Mem
 from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Controls, Exit, Intercept, IoIn, IoOut, Raised, Shutdown
 from ringlab.machine.faults import DF, PF, TIMER, UD, Fault
-from ringlab.machine.interpreter import HANDLERS, effective_address
+from ringlab.machine.interpreter import effective_address
 from ringlab.machine.memory import PAGE_SHIFT
 from ringlab.machine.platform import CONSOLE_PORT, CONSOLE_STATUS_PORT, POWER_PORT
-from ringlab.machine.state import CR0_PG, CR0_WP
-from ringlab.vmm.emulate import emulate
+from ringlab.machine.state import CR0_PG
+from ringlab.vmm.emulate import emulate, run_with_wp_lifted
 from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import no_intercepts
 from ringlab.vmm.exit_reasons import VmxExitReason as R
@@ -320,17 +320,12 @@ class Hw:
         vm.hide(PF)  # the guest never sees this #PF: the core counted it
         vm.counters.handled(insn.mnemonic, "traced")
         cpu = vm.cpu
-        s = cpu.state
-        cr0 = s.cr0
-        s.cr0 = cr0 & ~CR0_WP
         try:
-            outcome = HANDLERS[insn.spec.opcode](cpu, insn, eip, (eip + insn.length) & MASK32)
+            outcome = run_with_wp_lifted(cpu, insn, eip)
         except Fault as fault:  # another access of the instruction's faulted: as natively
-            s.cr0 = cr0
             return cpu.exception(fault, eip)
-        s.cr0 = cr0
         if outcome is None:
-            cpu.retire(s.cs & 3)
+            cpu.retire(cpu.state.cs & 3)
             return None
         if outcome is True:
             return None
