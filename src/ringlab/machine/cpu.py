@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ringlab.errors import ImageError
 from ringlab.image import Image
@@ -301,7 +302,11 @@ class Cpu:
             if fault.vector in self._controls.intercept_vectors:
                 return self._intercept_exit(fault, s.eip, delivering=TIMER)  # tick stays pending
             s.timer_pending = False  # the tick is consumed; the fault is delivered as itself
-            return self.exception(fault, s.eip)
+            out = self.exception(fault, s.eip)
+            if isinstance(out, Raised):  # a VMM took over in the escalation: the tick stays pending
+                s.timer_pending = True
+                return replace(out, tick=True)
+            return out
         s.timer_pending = False
         self.stats.interrupts += 1
         return None
@@ -315,8 +320,10 @@ class Cpu:
         self.deliver(vector, None, nxt, software=True)
         return None
 
-    def _intercept_exit(self, fault: Fault, eip: int, delivering: int | None = None) -> Raised:
-        return Raised(fault.vector, eip, fault.error_code, fault.cr2, delivering)
+    def _intercept_exit(
+        self, fault: Fault, eip: int, delivering: int | None = None, chain: tuple[int, ...] = ()
+    ) -> Raised:
+        return Raised(fault.vector, eip, fault.error_code, fault.cr2, delivering, chain)
 
     def exception(self, fault: Fault, eip: int, *, injected: bool = False) -> Raised | Shutdown | None:
         """Raise ``fault`` for the instruction at ``eip``: deliver it (with #DF and triple-fault
@@ -336,9 +343,10 @@ class Cpu:
             return None
         except Fault as second:
             nested = second
+        counted = () if injected else (fault.vector,)
         if nested.vector in vectors:
             s.cr2 = old_cr2
-            return self._intercept_exit(nested, eip, delivering=fault.vector)
+            return self._intercept_exit(nested, eip, delivering=fault.vector, chain=counted)
         if nested.vector == PF:
             s.cr2 = nested.cr2 or 0
         if fault.vector == DF:
@@ -346,13 +354,13 @@ class Cpu:
         self.stats.count_exception(DF)
         if DF in vectors:
             s.cr2 = old_cr2
-            return self._intercept_exit(Fault(DF, 0), eip, delivering=fault.vector)
+            return self._intercept_exit(Fault(DF, 0), eip, delivering=fault.vector, chain=counted)
         try:
             self.deliver(DF, 0, eip, software=False)
         except Fault as third:
             if third.vector in vectors:
                 s.cr2 = old_cr2
-                return self._intercept_exit(third, eip, delivering=DF)
+                return self._intercept_exit(third, eip, delivering=DF, chain=(*counted, DF))
             return self._shutdown(third, Fault(DF, 0), eip)
         return None
 

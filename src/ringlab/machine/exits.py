@@ -127,6 +127,13 @@ class Raised:
     """The faulting address of a #PF, else None."""
     delivering: int | None = None
     """The vector whose delivery raised this one, None when the instruction itself did."""
+    chain: tuple[int, ...] = ()
+    """The exceptions the core counted, in this attempt, for the events before this one (the
+    fault that started an escalation, the #DF it became): a VMM that retries the instruction
+    uncounts them, since the retry raises and counts them again."""
+    tick: bool = False
+    """The attempt began with the pending timer tick, which the core left pending: a retry takes
+    it again; a VMM that makes the delivery go on instead consumes it (``timer_pending``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,8 @@ def exit_to_proto(e: Exit) -> cpu_pb2.VcpuExit:
             pass
         case Raised(vector=vector, eip=eip, error_code=error_code, cr2=cr2, delivering=delivering):
             out.vector, out.eip = vector & _U32, eip & _U32
+            out.chain.extend(v & _U32 for v in e.chain)
+            out.tick = e.tick
             if error_code is not None:
                 out.error_code = error_code & _U32
             if cr2 is not None:
@@ -177,7 +179,12 @@ def exit_from_proto(e: cpu_pb2.VcpuExit) -> Exit:
         case ExitReason.BUDGET:
             return Budget()
         case ExitReason.EXCEPTION:
-            return Raised(need("vector"), need("eip"), may("error_code"), may("cr2"), may("delivering"))
+            if len(e.chain) > 2:  # an escalation counts at most its first fault and a #DF
+                raise ValueError(f"an exception exit with a chain of {len(e.chain)}: {e}")
+            return Raised(
+                need("vector"), need("eip"), may("error_code"), may("cr2"), may("delivering"),
+                tuple(int(v) for v in e.chain), e.tick,
+            )  # fmt: skip
         case ExitReason.INSTRUCTION:
             instruction = decode(e.instruction_bytes) if e.instruction_bytes else None
             if instruction is None:

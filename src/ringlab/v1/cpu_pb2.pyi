@@ -489,6 +489,8 @@ class VcpuExit(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     INSTRUCTION_BYTES_FIELD_NUMBER: _builtins.int
     DELIVERING_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    TICK_FIELD_NUMBER: _builtins.int
     reason: _common_pb2.ExitReason.ValueType
     port: _builtins.int
     value: _builtins.int
@@ -504,6 +506,12 @@ class VcpuExit(_message.Message):
     """and encoded, for the VMM to decode"""
     delivering: _builtins.int
     """the vector whose delivery faulted (EXCEPTION)"""
+    tick: _builtins.bool
+    """the escalation began with the pending tick, left pending (EXCEPTION)"""
+    @_builtins.property
+    def chain(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the exceptions counted before it in an escalation (EXCEPTION)"""
+
     def __init__(
         self,
         *,
@@ -519,10 +527,12 @@ class VcpuExit(_message.Message):
         detail: _builtins.str = ...,
         instruction_bytes: _builtins.bytes = ...,
         delivering: _builtins.int | None = ...,
+        chain: _abc.Iterable[_builtins.int] | None = ...,
+        tick: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_delivering", b"_delivering", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "delivering", b"delivering", "eip", b"eip", "error_code", b"error_code", "port", b"port", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_delivering", b"_delivering", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "cr2", b"cr2", "delivering", b"delivering", "detail", b"detail", "eip", b"eip", "error_code", b"error_code", "instruction", b"instruction", "instruction_bytes", b"instruction_bytes", "port", b"port", "reason", b"reason", "register", b"register", "value", b"value", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cr2", b"_cr2", "_delivering", b"_delivering", "_eip", b"_eip", "_error_code", b"_error_code", "_port", b"_port", "_register", b"_register", "_value", b"_value", "_vector", b"_vector", "chain", b"chain", "cr2", b"cr2", "delivering", b"delivering", "detail", b"detail", "eip", b"eip", "error_code", b"error_code", "instruction", b"instruction", "instruction_bytes", b"instruction_bytes", "port", b"port", "reason", b"reason", "register", b"register", "tick", b"tick", "value", b"value", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cr2: _TypeAlias = _typing.Literal["cr2"]  # noqa: Y015
     _WhichOneofArgType__cr2: _TypeAlias = _typing.Literal["_cr2", b"_cr2"]  # noqa: Y015

@@ -235,13 +235,14 @@ class Hw:
             return vm.reflect_fault(fault)
         fault = vm.shadow_fault(exit, counted=False)  # a #PF while delivering: the core did not count it
         if fault is None:  # a shadow miss: the delivery is retried
-            if delivering != TIMER:
-                vm.hide(delivering)  # the retried instruction raises it (and it is counted) again
+            for vector in exit.chain:  # the retry raises (and counts) the escalation again
+                vm.hide(vector)
             self._trace(vm, exit.cr2 or 0)
-            return None
+            return None  # a tick the chain began with is still pending: the retry retakes it
         # The guest's own fault while delivering ``delivering``: what the CPU does next.
-        if delivering == TIMER:
+        if exit.tick or delivering == TIMER:
             cpu.state.timer_pending = False  # the tick is consumed; the fault is delivered as itself
+        if delivering == TIMER:
             return reflect_exception(vm, fault, counted=False)
         if delivering == DF:  # the CPU shuts down; this last fault writes no cr2
             return Stop(
