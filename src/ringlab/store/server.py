@@ -169,7 +169,8 @@ class LocalRedis:
                 try:
                     client.ping()
                     return True
-                except (redis.ConnectionError, redis.AuthenticationError):  # BusyLoadingError included
+                # BusyLoadingError is a ConnectionError; a timeout is not (a stopped or busy server)
+                except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError):
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         return False
                     time.sleep(0.02)
