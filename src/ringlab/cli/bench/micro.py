@@ -53,7 +53,9 @@ class Column:
 # BENCH_* operation numbers: src/ringlab/guestos/kernel/abi.s
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("syscall", "syscall", (100, 300), what="getpid through int 0x80"),
-    Benchmark("in", "bench", (100, 300), fixed={"OP": 0}, what="in from the console's line status, in the kernel"),
+    Benchmark(
+        "in", "bench", (100, 300), fixed={"OP": 0}, what="in from the console's line status, in the kernel"
+    ),
     Benchmark("cr8wr", "bench", (100, 300), fixed={"OP": 2}, what="mov cr8, r in the kernel"),
     Benchmark(
         "callret", "bench", (1000, 3000), fixed={"OP": 4}, what="call and ret of a leaf, in the kernel"
