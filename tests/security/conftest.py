@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
+from redis import Redis
 
 from ringlab.guestos.build import build_image
 from ringlab.rpc import ServiceServer, open_channel
@@ -70,7 +70,7 @@ class Secure:
     def cpu_stub(self, token: str) -> cpu_pb2_grpc.CpuStub:
         return cpu_pb2_grpc.CpuStub(open_channel(self.cpu_target, token))
 
-    def admin(self) -> redis.Redis:
+    def admin(self) -> Redis:  # (the field named redis hides the module here)
         return self.redis.client("admin")
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ from ringlab.store import Commit, LocalRedis, SharedState, keys
 from ringlab.store.credentials import DeploymentSecrets, acl_rules, with_login, write_compose
 from ringlab.store.server import ACL_NAME
 
-NO_RETRY = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 5}
+NO_RETRY: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 5}
 """A refused AUTH is a ConnectionError to redis-py, which retries those by default."""
 NOPERM = (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)
 

@@ -43,7 +43,9 @@ def test_health_and_reflection_answer_without_credentials(secure: Secure) -> Non
         with grpc.insecure_channel(target) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             replies = list(
-                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+                stub.ServerReflectionInfo(  # type: ignore[operator]  # the reflection stubs are untyped
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                )
             )
         names = {s.name for s in replies[0].list_services_response.service}
         assert names & {"ringlab.v1.Cpu", "ringlab.v1.Hypervisor"}, names
