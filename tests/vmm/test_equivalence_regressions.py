@@ -35,9 +35,12 @@ import pytest
 
 from ringlab.asm import assemble
 from tests.vmm.fuzz_equivalence import (
+    GENERATORS,
+    check,
     differences,
     run_as,
 )
+from tests.vmm.test_equivalence_fuzz import KNOWN_PROGRAMS
 
 TECHNIQUES = ("bt", "hw", "hw+np", "trap-emulate")
 
@@ -834,3 +837,19 @@ def test_a_tick_whose_delivery_escalates_is_retaken_after_a_shadow_miss(techniqu
     which then stays pending (``Raised.tick``); on a shadow miss the VMM uncounts the whole chain
     and the retry retakes the tick; when the fault is the guest's own it consumes the tick."""
     assert_equivalent(ISA_926, technique, limit=2000)
+
+
+# -- open: programs the fuzzer found, not yet reduced or fixed --------------------------------------
+@pytest.mark.parametrize(
+    ("generator", "index"),
+    [
+        pytest.param(g, i, marks=pytest.mark.xfail(strict=True, reason=why), id=f"{g}-{i}")
+        for (g, i), why in KNOWN_PROGRAMS.items()
+    ],
+)
+def test_a_program_the_fuzzer_found_is_equivalent(generator: str, index: int) -> None:
+    """Each program ``KNOWN_PROGRAMS`` names, run natively and under bt, hw and hw+np (and pv on
+    its paravirt build) as the fuzzer runs it: it diverges today (strict xfail, the reason says
+    how), so the chunk that holds it leaves it out; a fix turns this red, and its entry goes."""
+    found = check(GENERATORS[generator](index))
+    assert found == [], "\n".join(d.describe() for d in found)
