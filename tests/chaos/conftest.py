@@ -16,17 +16,32 @@ from typing import Any
 
 import pytest
 
+from tests.chaos.fleet import VICTIMS_PROPERTY
 from tests.store.conftest import redis_server, state
 
-__all__ = ["VICTIMS", "Up", "redis_server", "state"]
-
-VICTIMS: list[dict[str, Any]] = []
-"""Every VM a fault hit in the trials of this run (the checker's ``victims``, with ``lease``:
-the grant lease of its deployment), for the figures printed at the end of the run."""
+__all__ = ["Up", "redis_server", "state"]
 
 
 def _kind(target: str) -> str:
     return target.rstrip("0123456789") or target
+
+
+def _victims(terminalreporter: pytest.TerminalReporter) -> list[dict[str, Any]]:
+    """Every VM a fault hit in this run's trials, from the reports' user properties (each trial
+    records its victims with ``fleet.record_victims``).  Read from the reports, not from a list
+    this module keeps: pytest imports this conftest as ``chaos.conftest`` (tests/ is no package)
+    while a test importing it by name gets another module, ``tests.chaos.conftest``, whose list
+    this hook never saw; and under xdist the trials run in workers, whose reports alone reach the
+    process that prints the summary."""
+    out: list[dict[str, Any]] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == VICTIMS_PROPERTY:
+                    out.extend(value)
+    return out
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -35,14 +50,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     (a busy machine stretches it); a pCPU's failover is compared with the lease plus one slice
     (a quarter of the lease at most, ``sched.slices.LEASE_FRACTION``), the bound the design
     promises."""
-    if not VICTIMS:
+    victims = _victims(terminalreporter)
+    if not victims:
         return
     from ringlab.sched.slices import LEASE_FRACTION
 
     write = terminalreporter.write_line
     terminalreporter.section("chaos trials: failover")
-    for kind in sorted({_kind(v["target"]) for v in VICTIMS}):
-        mine = [v for v in VICTIMS if _kind(v["target"]) == kind]
+    for kind in sorted({_kind(v["target"]) for v in victims}):
+        mine = [v for v in victims if _kind(v["target"]) == kind]
         times = [v["seconds"] for v in mine if v["seconds"] is not None]
         line = f"{kind}: {len(mine)} VMs hit, {len(mine) - len(times)} never ran again"
         if times:
@@ -52,8 +68,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             over = sum(1 for t in times if t > bound)
             line += f"; {over} over the lease plus one slice ({bound:.2f} s)"
         write(line)
-    lost = sum(v["lost_seconds"] for v in VICTIMS)
-    charged = sum(v["charged_seconds"] for v in VICTIMS)
+    lost = sum(v["lost_seconds"] for v in victims)
+    charged = sum(v["charged_seconds"] for v in victims)
     write(f"lost slices after a fault: {lost:.2f} s in all, {charged:.2f} s of it charged to the VMs")
 
 

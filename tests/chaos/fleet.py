@@ -4,7 +4,9 @@ straight through the hypervisor's API (images built once per process)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ringlab.guestos.build import build_image
 from ringlab.rpc import open_channel
@@ -42,6 +44,20 @@ FLEET = (
 )
 """Twelve VMs: two of every technique, hw with nested paging included, each a short run (a
 second or two of a pCPU through the services)."""
+
+
+VICTIMS_PROPERTY = "chaos_victims"
+"""The user property under which a trial records the VMs its faults hit (the checker's
+``victims``, each with ``lease``: the grant lease of its deployment, in seconds); the chaos
+conftest's terminal summary reads it from the reports."""
+
+
+def record_victims(
+    record_property: Callable[[str, object], None], victims: Iterable[dict[str, Any]], lease: float
+) -> None:
+    """Record a trial's victims for the failover figures printed at the end of the run
+    (``record_property``: the pytest fixture of that name)."""
+    record_property(VICTIMS_PROPERTY, [dict(v) | {"lease": lease} for v in victims])
 
 
 @functools.cache

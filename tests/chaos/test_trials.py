@@ -27,7 +27,7 @@ from ringlab.cli import main
 from ringlab.cli.exitstatus import EXIT_OK
 from ringlab.cli.launch import ProcessLauncher
 from tests.chaos import fleet
-from tests.chaos.conftest import VICTIMS, Up
+from tests.chaos.conftest import Up
 
 pytestmark = pytest.mark.chaos
 
@@ -107,6 +107,7 @@ def test_a_chaos_trial_loses_nothing_committed(
     deployments: Callable[[int], Up],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     up = deployments(trial // PER_DEPLOYMENT)
     seed = 1000 + trial
@@ -125,7 +126,7 @@ def test_a_chaos_trial_loses_nothing_committed(
     out = capsys.readouterr().out
     verdict = json.loads(out.strip().splitlines()[-1])
     fleet.destroy(up.hypervisor, names)
-    VICTIMS.extend(v | {"lease": float(LEASE)} for v in verdict["victims"])
+    fleet.record_victims(record_property, verdict["victims"], float(LEASE))
     faults_seen = [json.loads(line) for line in history.read_text().splitlines() if '"fault"' in line]
     assert faults_seen, "no fault was injected"
     assert status == EXIT_OK, f"trial {trial} (history {history}): {_summary(verdict)}"
