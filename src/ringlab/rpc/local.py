@@ -82,8 +82,12 @@ SECRETS_DIR = "secrets"
 """Where, in the state folder, a secure deployment keeps its secret and each service's credentials."""
 LOCK_FILE = "up.lock"
 """Held (flock) by the deployment using the state folder; holds its pid."""
-STOP_SECONDS = 10.0
-"""How long a service has to stop after SIGTERM before it is killed."""
+STOP_SECONDS = 20.0
+"""How long the services (all of them together, Redis apart) have to stop after SIGTERM before
+those still running are killed.  A safety net sized for a busy machine, not a speed requirement:
+a service's graceful stop lets calls in flight finish for up to 5 s, then its interpreter exits,
+which on two cores with a load of 15-30 can take seconds more; killing one instead loses nothing
+(its state is in Redis), it is only less tidy."""
 
 _ANY_HOST = ("", "0.0.0.0", "::", "[::]")
 
@@ -540,9 +544,12 @@ class LocalDeployment:
         for p in reversed(others):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        # One deadline for all of them (they stop side by side): the stop takes STOP_SECONDS at
+        # most, however many services there are (it was that much per service, one after another).
+        deadline = time.monotonic() + STOP_SECONDS
         for p in reversed(others):
             try:
-                p.wait(timeout=STOP_SECONDS)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
