@@ -76,17 +76,6 @@ DIVERGING: dict[str, dict[str, tuple[str, ...]]] = {
 must be equivalent on them (hw with shadow or nested paging everywhere, pv)."""
 
 
-KNOWN_PROGRAMS: dict[tuple[str, int], str] = {
-    # (generator, index) -> what it shows: programs the -m fuzz share found diverging, each a
-    # strict-xfail regression test (tests/vmm/test_equivalence_regressions.py, KNOWN_PROGRAMS),
-    # left out of the chunks until it is fixed (then its test turns red and its entry goes)
-    ("isa", 1124): "bt: esp differs at the instruction limit (12,712 natively, 16,376)",
-    ("isa", 1618): "bt and hw: a different triple fault (natively #GP while delivering #DF at "
-    "0x10f8; bt #PF at 0x10c9, hw #GP at 0x10cf)",
-}
-"""Open divergences, named one by one (the chunks hold every other program to equivalence)."""
-
-
 class KnownDivergence(Exception):
     """A difference under a technique ``DIVERGING`` lists for the generator: the strict xfail's
     expected failure.  Anything else a chunk finds is an ``AssertionError``."""
@@ -125,8 +114,7 @@ def _fuzz(generator: str, first: int, last: int) -> None:
     make = GENERATORS[generator]
     found: list[Divergence] = []
     for index in range(first, last):
-        if (generator, index) not in KNOWN_PROGRAMS:
-            found += check(make(index))
+        found += check(make(index))
     unexpected = [d for d in found if d.technique not in DIVERGING[generator] or CRASH in d.fields]
     if unexpected:
         raise AssertionError(_report(unexpected, f"programs {generator} #{first}-#{last - 1}"))

@@ -25,6 +25,11 @@ and where; the classes:
   write without ``invlpg`` takes effect differently.
 * ``shadow-spurious-page-fault`` (fixed): the shadow's no-progress safety net counts the guest's own page
   faults, so in an exception storm it turns a successful fill into a #PF the guest never raised.
+* ``hw-tick-chain-retry`` (fixed): under hw a tick whose delivery escalated and met a shadow miss
+  was lost on the retry.
+* ``vmm-protection-drops-tlb-entry`` (fixed): a #PF the VMM's own write protection caused, and
+  lifting that protection, dropped the core's TLB entry, which the guest's TLB would still hold
+  (a stale translation then walked afresh).
 """
 
 from __future__ import annotations
@@ -35,12 +40,9 @@ import pytest
 
 from ringlab.asm import assemble
 from tests.vmm.fuzz_equivalence import (
-    GENERATORS,
-    check,
     differences,
     run_as,
 )
-from tests.vmm.test_equivalence_fuzz import KNOWN_PROGRAMS
 
 TECHNIQUES = ("bt", "hw", "hw+np", "trap-emulate")
 
@@ -839,17 +841,100 @@ def test_a_tick_whose_delivery_escalates_is_retaken_after_a_shadow_miss(techniqu
     assert_equivalent(ISA_926, technique, limit=2000)
 
 
-# -- open: programs the fuzzer found, not yet reduced or fixed --------------------------------------
-@pytest.mark.parametrize(
-    ("generator", "index"),
-    [
-        pytest.param(g, i, marks=pytest.mark.xfail(strict=True, reason=why), id=f"{g}-{i}")
-        for (g, i), why in KNOWN_PROGRAMS.items()
-    ],
-)
-def test_a_program_the_fuzzer_found_is_equivalent(generator: str, index: int) -> None:
-    """Each program ``KNOWN_PROGRAMS`` names, run natively and under bt, hw and hw+np (and pv on
-    its paravirt build) as the fuzzer runs it: it diverges today (strict xfail, the reason says
-    how), so the chunk that holds it leaves it out; a fix turns this red, and its entry goes."""
-    found = check(GENERATORS[generator](index))
-    assert found == [], "\n".join(d.describe() for d in found)
+# -- vmm-protection-drops-tlb-entry ------------------------------------------------------------------
+STORE_THROUGH_A_STALE_DIRECTORY_ENTRY = """
+; the kernel marks the page directory's only entry not present (no invlpg), then stores to the
+; directory again: natively the TLB still holds the directory's page, so the store goes through
+; and the machine powers off with code 0 (a #PF would power off with code 14)
+.entry main
+main:   lidt [idtd]
+        mov eax, pd
+        mov cr3, eax
+        mov eax, 0x80010001      ; paging, WP
+        mov cr0, eax
+        mov eax, [pd]            ; the TLB now holds the directory's page
+        mov dword [pd], pt + 6   ; PDE 0 not present (U|W, no P)
+        mov dword [pd], pt + 6   ; the same store again, through the TLB's entry
+        mov eax, 0
+        out 0xF4, eax
+on_pf:  mov eax, 14
+        out 0xF4, eax
+        .align 8
+idt:    .space 14 * 8
+        .dword on_pf, 0x8000     ; vector 14: trap gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+        .align 4096
+pd:     .dword pt + 7
+        .align 4096
+pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_store_the_vmm_traps_keeps_the_translation_the_tlb_holds(technique: str) -> None:
+    """Natively power off with code 0; under bt and hw with shadow paging code 14 (the fuzzer's
+    isa #1618, whose kernel runs at ring 1 and rewrites its own directory entry).
+
+    hw and bt trace the guest's page tables: the directory's shadow entry is read-only, so each
+    store to it is a #PF the VMM owns, which makes the store with the real WP lifted.  But the
+    core's MMU dropped the TLB's entry on that #PF, as the SDM says a page fault does, so the
+    lifted store walked again, and the second one met the guest's directory as it is now (PDE 0
+    not present): a #PF the guest got, where the native TLB, which never faulted, still held
+    the page.
+
+    Fixed: under shadow paging each TLB entry also carries the guest's own U|W (bits 9-10 of
+    the shadow entry, ``Mmu.guest_perms``); a fault they allow is the VMM's, and the entry
+    stays, as the guest's would.  Where the VMM then changes only the entry's permissions it
+    retags the TLB's entry in place (``Mmu.retag``) instead of dropping it."""
+    assert_equivalent(STORE_THROUGH_A_STALE_DIRECTORY_ENTRY, technique)
+
+
+PUSH_ONTO_A_TRACED_PAGE_TABLE = """
+; the stack lies in the kernel's page table's own page (page 3), which the TLB holds; the
+; kernel points that page's PTE at page 4 without invlpg, then a #UD pushes its frame: natively
+; through the TLB's stale entry, into frame 3.  Page 5 is a second mapping of frame 3: the
+; handler reads the pushed eip there and powers off with it (0 if the frame went elsewhere)
+.entry main
+main:   lidt [idtd]
+        mov eax, pd
+        mov cr3, eax
+        mov eax, 0x80010001      ; paging, WP
+        mov cr0, eax
+        mov esp, pt + 0x800
+        mov eax, [esp]           ; the TLB now holds the stack's page
+        mov dword [pt + 3 * 4], 0x4007
+undefined:
+        .byte 0                  ; #UD
+on_ud:  mov eax, [0x5800 - 12]   ; the eip the #UD pushed, read through page 5
+        out 0xF4, eax
+        .align 8
+idt:    .space 6 * 8
+        .dword on_ud, 0x8000     ; vector 6: trap gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+        .align 4096
+pd:     .dword pt + 7
+        .align 4096
+pt:     .dword 0x0007, 0x1007, 0x2007, 0x3007, 0x4007, 0x3007
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_push_onto_a_traced_page_table_uses_the_translation_the_tlb_holds(technique: str) -> None:
+    """Natively power off with the address of the undefined byte; under bt and hw with shadow
+    paging with 0 (the fuzzer's isa #1124, whose exception storm pushes frames down through its
+    own page table and directory).
+
+    The page table is traced (write-protected in the shadow).  An event's frame pushed onto it
+    is a write the VMM does not make itself, so the trace is given up and the page's write
+    protection lifted (``ShadowPageTables.unprotect``), which dropped every shadow entry of the
+    frame and with them the core's TLB entries: the push then walked the guest's table as it is
+    now, to page 4, where natively the TLB's stale entry still led to frame 3.
+
+    Fixed: lifting the protection gives the shadow entries back their W where they stand, and
+    the TLB's entries keep their place (``Mmu.retag``), as ``protect`` already did."""
+    native = assert_equivalent(PUSH_ONTO_A_TRACED_PAGE_TABLE, technique)
+    assert native["exit"]["code"] == assemble(PUSH_ONTO_A_TRACED_PAGE_TABLE).symbols["undefined"] & 0xFF

@@ -45,6 +45,8 @@ from ringlab.machine.stats import Stats
 from ringlab.machine.tlb import Tlb, TlbGeometry
 
 __all__ = [
+    "GUEST_PERMS",
+    "GUEST_PERM_SHIFT",
     "TLB_FLUSH",
     "TLB_LOAD",
     "WALK_REFERENCES",
@@ -71,6 +73,15 @@ _PAGING_MODES = (4, 5, 6, 7)
 """The fast caches' paging-on modes (``mode_index`` bit 2): the ones derived from the TLB."""
 _FRAME = 0xFFFFF000
 _P, _W, _U = 1, 2, 4
+GUEST_PERM_SHIFT = 8
+GUEST_PERMS = (_U | _W) << GUEST_PERM_SHIFT
+"""Bits 9-10 of a shadow page-table entry (x86's bits available to software, which a walk
+ignores): the guest's U|W the entry was made from (``Mmu.guest_perms``)."""
+
+
+def _allows(perm: int, write: bool, user: bool, cr0: int) -> bool:
+    """Do the U|W bits ``perm`` allow this access?"""
+    return not ((user and not perm & _U) or (write and not perm & _W and (user or cr0 & CR0_WP)))
 
 
 class SecondStage(Protocol):
@@ -109,6 +120,12 @@ class Mmu:
         invalidated) so the other side of a world switch can replay it (``context.py``)."""
         self.walk_check: Callable[[int], None] | None = None
         """Called with the linear address before each walk (shadow paging's coherence)."""
+        self.guest_perms = False
+        """Shadow paging: each TLB entry also carries the guest's own U|W, which the VMM keeps
+        in the shadow entry's bits 9-10 (``GUEST_PERMS``).  A fault they allow is the VMM's
+        (its write protection, a permission the shadow has not given yet): the VMM handles it
+        and the guest never sees it, so the TLB keeps the entry, as the guest's TLB, which
+        never faulted, would."""
         self._cr3 = state.cr3
         self._pg = state.cr0 & CR0_PG
         memory.on_clear_dirty.append(self.forget_writes)
@@ -140,15 +157,17 @@ class Mmu:
         for cache in (*self.read_cache, *self.write_cache):
             cache.pop(vpn, None)
 
-    def write_protect(self, linear: int) -> None:
-        """Make the TLB's translation of one page read-only where it stands, its place in the
-        replacement order kept (a VMM write-protecting a page of the guest's: the guest's TLB
-        would still hold it, and evict it when it would)."""
+    def retag(self, linear: int, perm: int) -> None:
+        """Give the TLB's translation of one page the permission bits ``perm`` where it stands,
+        its place in the replacement order kept: a shadow-paging VMM changing only the
+        permissions of its own entry for the page (write-protecting it, or lifting that), which
+        the guest's TLB would still hold and evict when it would.  The page leaves the fast
+        caches, which fill again on its next access."""
         vpn = (linear & M) >> PAGE_SHIFT
         entry = self.tlb.get(vpn)
-        if entry is not None and entry[1] & _W:
-            self.tlb.insert(vpn, (entry[0], entry[1] & ~_W))
-        for cache in self.write_cache:
+        if entry is not None and entry[1] != perm:
+            self.tlb.insert(vpn, (entry[0], perm))
+        for cache in (*self.read_cache, *self.write_cache):
             cache.pop(vpn, None)
 
     def _evicted(self, vpn: int) -> None:
@@ -206,7 +225,7 @@ class Mmu:
         pte = self.memory.read32(self._phys((pde & _FRAME) | (((linear >> 12) & 0x3FF) << 2), False))
         if not pte & _P:
             raise Fault(PF, code, linear)
-        entry = (pte & _FRAME, pde & pte & (_U | _W))
+        entry = (pte & _FRAME, pde & pte & (_U | _W) | (pte & GUEST_PERMS if self.guest_perms else 0))
         evicted = self.tlb.insert(linear >> PAGE_SHIFT, entry)
         if evicted is not None:
             self._evicted(evicted)
@@ -222,7 +241,8 @@ class Mmu:
                 entry = self._walk(linear, write, user)
             frame, perm = entry
             if (user and not perm & _U) or (write and not perm & _W and (user or cr0 & CR0_WP)):
-                self.invalidate(linear)  # SDM: a page fault drops the page's TLB entries
+                if not (self.guest_perms and _allows(perm >> GUEST_PERM_SHIFT, write, user, cr0)):
+                    self.invalidate(linear)  # SDM: a page fault drops the page's TLB entries
                 raise Fault(PF, _P | (_W if write else 0) | (_U if user else 0), linear)
             pa = self._phys(frame | (linear & 0xFFF), write)
         else:

@@ -40,7 +40,7 @@ from ringlab.machine.cpu import Cpu
 from ringlab.machine.exits import Raised
 from ringlab.machine.faults import DF, GP, MC, PF, Fault
 from ringlab.machine.memory import PAGE_SHIFT, PAGE_SIZE
-from ringlab.machine.mmu import Mmu
+from ringlab.machine.mmu import GUEST_PERM_SHIFT, GUEST_PERMS, Mmu
 from ringlab.machine.p2m import NOWHERE, P2M
 from ringlab.machine.state import CR0_PE, CR0_PG, CR0_WP, CpuState
 from ringlab.machine.stats import Stats
@@ -55,7 +55,7 @@ _FRAME = 0xFFFFF000
 _DELIVERY_FRAME = 24
 """Bytes an event delivery pushes at most (old esp, eflags, cs, eip, error code) + slack."""
 _SWITCHED, _FAULTED = 1, 2
-_AVL = 8
+_AVL = GUEST_PERM_SHIFT
 """The guest's U|W bits (1-2) are kept in each shadow entry's bits 9-10, which the MMU ignores
 (x86's bits available to software): what the entry was made from, for ``_coherent`` and
 ``page_fault``."""
@@ -114,6 +114,7 @@ class ShadowPageTables:
         cpu.state.cr0 = self._real_cr0()
         cpu.flush_tlb()
         cpu.mmu.walk_check = self._coherent
+        cpu.mmu.guest_perms = True
 
     # -- the guest's registers -------------------------------------------------------------
     def _real_cr0(self) -> int:
@@ -577,8 +578,13 @@ class ShadowPageTables:
             return  # already shadowed as it is (an event delivery prefills the same pages each time)
         self.memory.write32(table + pti * 4, entry)
         self._epoch += 1
-        self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add((linear >> PAGE_SHIFT) & 0xFFFFF)
-        self.cpu.invalidate_page(linear)
+        vpn = (linear >> PAGE_SHIFT) & 0xFFFFF
+        self._rmap.setdefault(frame >> PAGE_SHIFT, set()).add(vpn)
+        held = self.cpu.mmu.tlb.get(vpn)
+        if held is not None and held[0] == frame:
+            self._retag(vpn, entry)  # new permissions for what the TLB holds: it keeps the page
+        else:
+            self.cpu.invalidate_page(linear)
         self.counters.shadow_syncs += 1
 
     def _real_perm(self, perm: int) -> int:
@@ -628,12 +634,34 @@ class ShadowPageTables:
             table = self._tables.get(vpn >> 10)
             if table is not None:
                 at = table + (vpn & 0x3FF) * 4
-                self.memory.write32(at, self.memory.read32(at) & ~_W)
-            self.cpu.mmu.write_protect(vpn << PAGE_SHIFT)  # the guest's TLB keeps the page
+                spte = self.memory.read32(at) & ~_W
+                self.memory.write32(at, spte)
+                self._retag(vpn, spte)
+
+    def _retag(self, vpn: int, spte: int) -> None:
+        """The core's TLB entry for ``vpn``, if it holds one, takes the permissions of the
+        shadow entry ``spte`` where it stands (the shadow's root entries allow everything, so
+        the entry's own bits are the walk's)."""
+        self.cpu.mmu.retag(vpn << PAGE_SHIFT, spte & (_U | _W | GUEST_PERMS))
 
     def unprotect(self, frame_number: int) -> None:
-        """The page's translations are gone: let writes through again (entries refill writable)."""
+        """Let writes to the page through again: each shadow entry of it gets back the real W its
+        guest permissions give, where it stands, and so does the core's TLB entry, its place in
+        the replacement order kept (``protect``'s inverse).  Dropping the entries instead would
+        drop the TLB's too, which the guest's TLB would still hold: a later access would then
+        walk the guest's tables as they are now, not use the stale translation native uses."""
         self.protected.discard(frame_number)
         self._epoch += 1
-        for vpn in self._rmap.pop(frame_number, set()):
-            self._drop(vpn)
+        for vpn in self._rmap.get(frame_number, ()):
+            table = self._tables.get(vpn >> 10)
+            if table is None:
+                continue
+            at = table + (vpn & 0x3FF) * 4
+            spte = self.memory.read32(at)
+            if not spte & _P or spte & _W or (spte & _FRAME) >> PAGE_SHIFT != frame_number:
+                continue
+            gperm = (spte >> _AVL) & (_U | _W)
+            special = gperm & _U and not spte & _U  # ``_settle``'s kernel-writable user page
+            if special or self._real_perm(gperm) & _W:
+                self.memory.write32(at, spte | _W)
+                self._retag(vpn, spte | _W)
