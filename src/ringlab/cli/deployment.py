@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from ringlab.cli.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
 from ringlab.cli.options import define, int_in
+from ringlab.dashboard import DEFAULT_DASHBOARD, dashboard_default
 from ringlab.endpoints import DEFAULT_HYPERVISOR
 from ringlab.errors import DeploymentFailed, UsageError
 from ringlab.guestos import FLAVOURS
@@ -102,6 +103,27 @@ def _redis_url(text: str) -> str:
             f"expected a URL such as redis://127.0.0.1:6379/0 (or rediss://, unix:///path), got {text!r}"
         )
     return text
+
+
+def _dashboard_address(text: str) -> tuple[str, int] | str:
+    """HOST:PORT or PORT, or "off"."""
+    from ringlab.dashboard import parse_dashboard
+
+    try:
+        return parse_dashboard(text) or "off"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dashboard_listen(text: str) -> tuple[str, int]:
+    from ringlab.dashboard import parse_dashboard
+
+    try:
+        address = parse_dashboard(text, allow_off=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert address is not None
+    return address
 
 
 class _Help(argparse.HelpFormatter):
@@ -350,6 +372,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ringlab: --data {state}: cannot create the data folder ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
+    bound = _bind_dashboard(args.dashboard)
+    if isinstance(bound, int):
+        return bound
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -382,11 +407,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 rotate=args.rotate_secrets,
             )
     except DeploymentFailed as exc:
+        _close_bound(bound)
         print(f"ringlab: the deployment did not start: {exc}", file=sys.stderr)
         return EXIT_DEPLOYMENT
     except KeyboardInterrupt:
+        _close_bound(bound)
         print("\ninterrupted while starting", file=sys.stderr)
         return EXIT_OK
+    dashboard = None
     try:
         kept = f"  (started here; its data: {state / REDIS_DIR / AOF_NAME})"
         print(f"Redis       {d.redis_url}" + ("" if args.redis else kept))
@@ -408,6 +436,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "operator    no --token: any client that reaches the hypervisor manages VMs (the pCPUs "
                 "and Redis still take only their roles' credentials); in a classroom, give --token"
             )
+        if bound is not None:
+            dashboard = _start_dashboard(bound, d.hypervisor, args.token, say)
+        else:
+            print("dashboard   off  (--dashboard HOST:PORT or RINGLAB_DASHBOARD turns it on)")
         print(_hint(d.hypervisor, args.token), flush=True)
         while (failed := d.supervise(say)) is None:
             time.sleep(0.5)
@@ -417,7 +449,125 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nshutting down ...", file=sys.stderr)
         return EXIT_OK
     finally:
+        if dashboard is not None:
+            dashboard.stop()
+        else:
+            _close_bound(bound)
         d.stop()
+
+
+@dataclass
+class _Bound:
+    """The dashboard's socket, bound before the deployment starts (a port in use is said at once)."""
+
+    sock: socket.socket
+    host: str
+    note: str = ""
+
+
+def _bind_dashboard(choice: tuple[str, int] | str | None) -> _Bound | int | None:
+    """``up``'s dashboard socket (None: off), or the exit status after saying why it cannot be.
+    ``choice`` is --dashboard's value ("off"; None when not given: then $RINGLAB_DASHBOARD, else
+    the default, whose port falls back to any free port when it is in use)."""
+    from ringlab.dashboard import DASHBOARD_ENV, DEFAULT_DASHBOARD, parse_dashboard
+    from ringlab.dashboard.server import DashboardError, bind
+
+    fallback = False
+    address: tuple[str, int] | None
+    if choice is None:
+        setting = os.environ.get(DASHBOARD_ENV, "").strip()
+        fallback = not setting
+        try:
+            address = parse_dashboard(setting or DEFAULT_DASHBOARD)
+        except ValueError as exc:
+            print(f"ringlab: {DASHBOARD_ENV}={setting}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        address = None if isinstance(choice, str) else choice
+    if address is None:
+        return None
+    host, port = address
+    try:
+        return _Bound(bind(host, port), host)
+    except DashboardError as exc:
+        if exc.in_use and fallback:
+            try:
+                return _Bound(bind(host, 0), host, f"port {port} was in use: another dashboard?")
+            except DashboardError as again:
+                exc = again
+        advice = " (choose another with --dashboard HOST:PORT, or --dashboard off)"
+        print(f"ringlab: dashboard: {exc}{advice}", file=sys.stderr)
+        return EXIT_DEPLOYMENT if exc.in_use else EXIT_USAGE
+
+
+def _close_bound(bound: _Bound | int | None) -> None:
+    if isinstance(bound, _Bound):
+        bound.sock.close()
+
+
+def _start_dashboard(bound: _Bound, target: str, token: str, say: Callable[[str], None]) -> Any:
+    """Serve the dashboard on ``bound`` in a thread of this process; print its address (or why
+    it did not start: the deployment serves without it)."""
+    from ringlab.dashboard.server import DashboardError, DashboardServer
+
+    port = bound.sock.getsockname()[1]
+    try:
+        server = DashboardServer.create(
+            target, host=bound.host, port=port, sock=bound.sock, token=token, log=say
+        ).start()
+    except DashboardError as exc:
+        bound.sock.close()
+        print(f"dashboard   did not start ({exc}); the deployment serves without it")
+        return None
+    notes = [bound.note] if bound.note else []
+    notes.append("log in with the operator's token" if token else "open: no operator's token")
+    print(f"dashboard   {server.url}  ({'; '.join(notes)})")
+    return server
+
+
+# -- dashboard -----------------------------------------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import signal
+
+    from ringlab.dashboard import LOOPBACK
+    from ringlab.dashboard.server import DashboardError, DashboardServer
+    from ringlab.dashboard.source import HypervisorSource, SourceError
+
+    host, port = args.listen
+    try:
+        server = DashboardServer.create(
+            args.target, host=host, port=port, token=args.token, allow=args.allow_host or None
+        )
+    except DashboardError as exc:
+        advice = " (choose another with --listen HOST:PORT)" if exc.in_use else ""
+        print(f"ringlab: dashboard: {exc}{advice}", file=sys.stderr)
+        return EXIT_DEPLOYMENT if exc.in_use else EXIT_USAGE
+    try:
+        HypervisorSource(args.target, args.token).stats()
+    except SourceError as exc:  # the page says so too, and keeps trying
+        print(f"ringlab: dashboard: warning: {exc.message}", file=sys.stderr)
+    access = "log in with the operator's token" if args.token else "open: no operator's token"
+    print(
+        f"dashboard   {server.url}  (the hypervisor at {args.target}; {access}); Ctrl-C stops it", flush=True
+    )
+    if not args.token and host not in LOOPBACK:
+        print(
+            f"ringlab: dashboard: warning: listening on {host} with no operator's token: whoever reaches "
+            "the page may create and destroy VMs (give --token, as the hypervisor's API should have one)",
+            file=sys.stderr,
+        )
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.sock.close()
+    return EXIT_OK
 
 
 # -- vm ... ------------------------------------------------------------------------------------------
@@ -916,6 +1066,15 @@ def add_service_commands(sub: Any) -> None:
         metavar="SECONDS",
         help="the window --max-restarts counts in (default: 30)",
     )
+    p.add_argument(
+        "--dashboard",
+        default=None,
+        type=_dashboard_address,
+        metavar="HOST:PORT|off",
+        help="serve the live web dashboard there (PORT alone: on 127.0.0.1; port 0: any free port; "
+        "off: none) (default: $RINGLAB_DASHBOARD, else "
+        f"{DEFAULT_DASHBOARD}, or any free port when that one is in use)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="also print the services' logs here")
     p.set_defaults(func=cmd_up)
 
@@ -1059,3 +1218,44 @@ def add_service_commands(sub: Any) -> None:
         help="refresh period, above 0 (default: 0.5)",
     )
     p.set_defaults(func=cmd_top)
+
+    p = command(
+        "dashboard",
+        "serve the live web dashboard of a running deployment (as 'ringlab up' does), until Ctrl-C",
+        epilog="docs/dashboard.md: what the page shows, its login, its API. Exit status: 0 stopped "
+        "by Ctrl-C or SIGTERM; 2 a bad address; 3 the port is in use.",
+    )
+    p.add_argument(
+        "--target",
+        "--hypervisor",
+        dest="target",
+        default=_hypervisor_default(),
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help=f"the deployment's hypervisor (default: $RINGLAB_HYPERVISOR, else {DEFAULT_HYPERVISOR})",
+    )
+    p.add_argument(
+        "--token",
+        default=_token_default(),
+        metavar="TOKEN",
+        help="the operator's token: sent to the hypervisor, and asked of whoever opens the page "
+        "(default: $RINGLAB_TOKEN; none when unset: then the page is open, as the API is)",
+    )
+    p.add_argument(
+        "--listen",
+        default=dashboard_default(),
+        type=_dashboard_listen,
+        metavar="HOST:PORT",
+        help="where the page is served; PORT alone: on 127.0.0.1; port 0: any free port (default: "
+        f"$RINGLAB_DASHBOARD, else {DEFAULT_DASHBOARD})",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the page may be reached by (the Host header), besides localhost and 127.0.0.1; "
+        "repeat for more, '*' for any (default: the --listen host; any name when it listens on every "
+        "interface)",
+    )
+    p.set_defaults(func=cmd_dashboard)
