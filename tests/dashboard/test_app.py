@@ -139,6 +139,17 @@ def test_requests_that_change_something_must_come_from_the_page(source: FakeSour
         own = c.post("/api/vms", json=body, headers={**CHANGE, "Origin": "http://127.0.0.1:50080"})
         assert own.status_code == 201
         assert source.created[0] == CreateSpec("web", "bt", "hello")
+        more = {
+            "name": "busy",
+            "technique": "hw",
+            "workload": "syscall",
+            "iterations": 5000,
+            "nested_paging": True,
+        }
+        assert c.post("/api/vms", json=more, headers=CHANGE).status_code == 201
+        assert source.created[1] == CreateSpec(
+            "busy", "hw", "syscall", nested_paging=True, defines={"ITERATIONS": 5000}
+        )
 
 
 def test_only_the_names_it_answers_to(source: FakeSource) -> None:
@@ -175,6 +186,8 @@ def test_every_asset_is_served_here_with_a_strict_policy(source: FakeSource) -> 
         ({"name": "web", "weight": 0}, "weight: a whole number from 1 to 65535"),
         ({"name": "web", "weight": "lots"}, "weight"),
         ({"name": "web", "start": "yes"}, "start: true or false"),
+        ({"name": "web", "iterations": 0}, "iterations: a whole number from 1 to"),
+        ({"name": "web", "iterations": "many"}, "iterations: a whole number from 1 to"),
     ],
 )
 def test_bad_input_is_a_clear_error(source: FakeSource, body: dict[str, Any], says: str) -> None:

@@ -7,7 +7,7 @@
     POST /api/login {"token": T}        the operator's token -> a session cookie; POST /api/logout
     GET  /api/live                      server-sent events: one JSON view per change (see Hub.view)
     GET  /api/state                     one such view (for scripts)
-    POST /api/vms {name, technique, workload, kernel, nested_paging, weight, start}   create a VM
+    POST /api/vms {name, technique, workload, kernel, nested_paging, weight, iterations, start}
     POST /api/vms/NAME/start|pause|resume|stop;  DELETE /api/vms/NAME
     GET  /api/vms/NAME/console?after=CURSOR      {"data", "cursor"}: the console since a cursor
 
@@ -49,6 +49,7 @@ STATIC = Path(__file__).with_name("static")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ACTIONS = ("start", "pause", "resume", "stop")
 MAX_WEIGHT = 65535
+MAX_ITERATIONS = 2**31 - 1
 HEARTBEAT_SECONDS = 15.0
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -367,6 +368,22 @@ def _create_spec(body: dict[str, Any]) -> CreateSpec:
     start = body.get("start", True)
     if not isinstance(start, bool):
         raise BadRequest("start: true or false")
+    iterations = body.get("iterations")
+    if iterations in (None, ""):
+        defines = {}
+    else:
+        if isinstance(iterations, str) and iterations.strip().isdigit():
+            iterations = int(iterations)
+        if (
+            not isinstance(iterations, int)
+            or isinstance(iterations, bool)
+            or not 1 <= iterations <= MAX_ITERATIONS
+        ):
+            raise BadRequest(
+                f"iterations: a whole number from 1 to {MAX_ITERATIONS} (the workload's -D ITERATIONS), "
+                f"or nothing for its default; got {iterations!r}"
+            )
+        defines = {"ITERATIONS": iterations}
     return CreateSpec(
         name=name,
         technique=technique,
@@ -375,4 +392,5 @@ def _create_spec(body: dict[str, Any]) -> CreateSpec:
         nested_paging=nested,
         weight=weight,
         start=start,
+        defines=defines,
     )

@@ -18,7 +18,7 @@ from ringlab.dashboard.model import Timeline, with_rates
 
 __all__ = ["RATE_WINDOW", "Hub", "Source"]
 
-RATE_WINDOW = 3.0
+RATE_WINDOW = 5.0
 """Exit rates are the exits of about the last this many seconds, per second."""
 
 

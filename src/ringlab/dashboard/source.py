@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -60,6 +60,8 @@ class CreateSpec:
     nested_paging: bool = False
     weight: int = 256
     start: bool = True
+    defines: dict[str, int] = field(default_factory=dict)
+    """-D definitions for the workload's build (``ITERATIONS``: how much work it does)."""
 
 
 class EventStream:
@@ -207,6 +209,7 @@ class HypervisorSource:
             workload=spec.workload,
             weight=spec.weight,
             start=spec.start,
+            defines=spec.defines,
         )
         return vm_dict(self._call(self.stub.CreateVm, request, CREATE_TIMEOUT))
 

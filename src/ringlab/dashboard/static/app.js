@@ -299,6 +299,8 @@ async function createVm(event) {
     nested_paging: $("create-np").checked,
     start: true,
   };
+  const iterations = $("create-iterations").value.trim();
+  if (iterations) body.iterations = parseInt(iterations, 10);
   const button = $("create-submit");
   button.disabled = true;
   try {
