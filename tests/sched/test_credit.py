@@ -115,3 +115,12 @@ def test_a_pcpu_unfit_to_run_accounts_its_last_slice_and_picks_nobody() -> None:
     assert decision.chosen is None
     assert decision.updates["1"]["status"] == "runnable"
     assert [e["kind"] for e in decision.events] == ["descheduled"]
+
+
+def test_the_scheduled_event_says_the_credit_and_the_grants_lease() -> None:
+    """``ringlab chaos check`` judges a failover against the lease the victim's grant had."""
+    policy = CreditPolicy(lease_seconds=2.5)
+    entries = {"1": Entry(status="runnable", weight=256, credit=0.25)}
+    decision = policy.decide(entries, 10.0)
+    assert decision.chosen == "1"
+    assert decision.events == [{"kind": "scheduled", "vm": "1", "detail": "credit 0.250000 lease 2.5"}]

@@ -96,11 +96,16 @@ class _Slice:
     """The retired-instruction count at which the slice's instructions are used up."""
     lease_end: float
     """When the grant's lease ends (``time.monotonic()``): every call must be answered by then."""
+    over_at: float = float("inf")
+    """When the slice's host time is up (``time.monotonic()``): it ends at the first exit after."""
     switches: int = 0
     exits: dict[str, int] = field(default_factory=dict)
     """Exits by reason in this slice."""
     committed_at_switch: bool = False
     """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
+
+    def over(self) -> bool:
+        return time.monotonic() > self.over_at
 
     def deadline(self) -> float:
         """Seconds left for the next world switch: what is left of the lease."""
@@ -390,7 +395,7 @@ class PcpuDriver(threading.Thread):
         run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions, lease_end)
         rt.copy.link = functools.partial(self._switch, run)
         try:
-            how, stop, failed = self._run(rt, plan)
+            how, stop, failed = self._run(run, plan)
         except SwitchFailed as err:
             return self._lost(vm, err, run.switches, run.exits)
         ended = self._commit_slice(run, how, stop, failed)
@@ -406,19 +411,27 @@ class PcpuDriver(threading.Thread):
         rt.vmm.setdefault("exits_by_reason", {})
         return rt
 
-    def _run(self, rt: VmRuntime, plan: SlicePlan) -> tuple[str, Stop | None, bool]:
+    def _run(self, run: _Slice, plan: SlicePlan) -> tuple[str, Stop | None, bool]:
         """Run the guest for ``plan`` (its own loop, ``VM.advance``); returns (how the slice ended:
         preempted or idle, the VM's end if it ended, whether the hypervisor itself failed).  A
-        refused or failed world switch raises ``SwitchFailed``."""
+        refused or failed world switch raises ``SwitchFailed``.
+
+        The slice's host time is up ``plan.seconds`` after it starts running, and never later
+        than a quarter of the lease before the lease ends (``LEASE_FRACTION``): loading the copy
+        may have taken part of the lease, and the last exit and the commit must land within it.
+        A slice that outlived its lease is lost, and a VM whose every slice outlives the lease
+        (a busy machine) would never move on."""
+        rt = run.rt
         guest = rt.copy.vm
         quota = rt.copy.console_quota
         start, started = guest.cpu.stats.retired, time.perf_counter()
-        deadline = started + plan.seconds  # then the slice ends at the first exit
+        run.over_at = min(
+            time.monotonic() + plan.seconds,
+            run.lease_end - self.policy.lease_seconds / LEASE_FRACTION,
+        )
 
         def over() -> bool:  # checked at every exit: the slice ends at the one past the quota
-            return time.perf_counter() > deadline or (
-                quota is not None and len(guest.devices.console) > quota
-            )
+            return run.over() or (quota is not None and len(guest.devices.console) > quota)
 
         try:
             outcome = guest.advance(plan.instructions, over) if plan.instructions > 0 else None
@@ -453,6 +466,14 @@ class PcpuDriver(threading.Thread):
         slice carries its commit."""
         rt = run.rt
         ends_slice = rt.copy.vm.cpu.stats.retired + budget >= run.end
+        if tc is not None and run.switches and run.over():
+            # bt's translation loop runs on through the VMM calls it makes (a miss, a callout)
+            # without looking at the clock: once the slice's time is up, the run it asks for runs
+            # nothing, so it returns to VM.advance, which ends the slice at this exit.  (Under
+            # load, a cold translation cache took several leases to run one slice's budget, and
+            # every slice of the VM was lost: 150 s without progress.)  The slice's first run
+            # always runs: a slice that starts late still moves the VM on.
+            budget = 0
         switched = self.link.switch(
             WorldSwitch(
                 vm=rt.vm,

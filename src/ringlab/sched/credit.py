@@ -159,7 +159,8 @@ class CreditPolicy:
     ) -> Decision:
         """Account ``finished`` (if any), refill credits if every candidate is out, pick the next
         VM (unless not ``pick``: the pCPU is not fit to run one).  Returns the entries to write
-        back and the VM to grant (or None: idle)."""
+        back and the VM to grant (or None: idle); the grant's "scheduled" event has the detail
+        ``credit C lease L`` (the VM's credit, the grant's lease in seconds)."""
         changed: set[str] = set()
         events: list[dict[str, str]] = []
         if finished is not None:
@@ -186,7 +187,15 @@ class CreditPolicy:
             e = entries[chosen]
             e.boost = False
             changed.add(chosen)
-            events.append({"kind": "scheduled", "vm": chosen, "detail": f"credit {e.credit:.6f}"})
+            # The grant's lease goes with it: a reader of the event stream (``ringlab chaos
+            # check``) judges failover against the lease the grant really had.
+            events.append(
+                {
+                    "kind": "scheduled",
+                    "vm": chosen,
+                    "detail": f"credit {e.credit:.6f} lease {self.lease_seconds:g}",
+                }
+            )
         return Decision(chosen, {vm: entries[vm].to_dict() for vm in changed if vm in entries}, events)
 
 
