@@ -144,6 +144,63 @@ def test_failover_and_lost_time_come_from_the_slices() -> None:
     assert {p.name for p in bounded.properties if not p.ok} == {"failover"}
 
 
+def _pcpu_failover(*, other_down_until: float | None, hypervisor_fault: bool = False) -> list[dict[str, Any]]:
+    """VM 1 holds a 2 s grant on pcpu0, which is killed at 101; the VM runs again on pcpu1 at 106.
+    With ``other_down_until``, pcpu1 is paused from 100.5 to then (the VM cannot move meanwhile)."""
+    records: list[dict[str, Any]] = [
+        {"type": "event", "time": 100.0, "kind": "scheduled", "vm": "1", "pcpu": "pcpu0", "detail": "credit 1 lease 2"},
+        {"type": "fault", "time": 101.0, "action": "kill", "target": "cpu0", "kind": "cpu", "pcpu": "pcpu0"},
+        {"type": "event", "time": 101.5, "kind": "descheduled", "vm": "1", "pcpu": "pcpu0", "detail": "lost 100.0 101.5 0.0"},
+        {"type": "event", "time": 106.0, "kind": "scheduled", "vm": "1", "pcpu": "pcpu1", "detail": "credit 1 lease 2"},
+        {"type": "event", "time": 106.5, "kind": "descheduled", "vm": "1", "pcpu": "pcpu1", "detail": "preempted 106.0 106.5 0.5"},
+    ]  # fmt: skip
+    if other_down_until is not None:
+        records += [
+            {"type": "fault", "time": 100.5, "action": "pause", "target": "cpu1", "kind": "cpu", "pcpu": "pcpu1", "seconds": 9},
+            {"type": "recover", "time": other_down_until, "action": "pause", "target": "cpu1", "kind": "cpu"},
+        ]  # fmt: skip
+    if hypervisor_fault:  # the same VM, hit by a kill of the hypervisor instead
+        records[1] = {"type": "fault", "time": 101.0, "action": "kill", "target": "hypervisor", "kind": "hypervisor", "pcpu": ""}  # fmt: skip
+    return records
+
+
+def test_a_pcpu_failover_is_judged_against_its_grants_lease_plus_one_slice() -> None:
+    """5 s from the kill to the next slice, against 2 s + 0.5 s: over the bound."""
+    events = _pcpu_failover(other_down_until=None)
+    verdict = check(history() + events, expected=model)
+    [hit] = verdict.failovers
+    assert (hit.kind, hit.seconds, hit.ready, hit.resumed, hit.bound) == ("cpu", 5.0, 0.0, 5.0, 2.5)
+    assert hit.over_bound and verdict.ok  # measured; a property only when asked
+    assert verdict.failover_figures()["pcpu_over_bound"] == 1
+    bounded = check(history() + events, expected=model, failover_bound="lease")
+    assert {p.name: p.failures for p in bounded.properties if not p.ok} == {
+        "failover": [
+            "VM a after fault 0 (kill cpu0): took 5.00 s, 5.00 s of it while it could run (bound 2.50 s)"
+        ]
+    }
+    assert not check(history() + events, expected=model, failover_bound=6.0).properties[-1].failures
+
+
+def test_the_time_no_pcpu_was_up_is_not_held_against_the_failover() -> None:
+    """pcpu1 was paused until 104: of the 5 s, 3 s (101 to 104) no pCPU could run the VM, so it
+    resumed 2 s after it could, within its bound."""
+    events = _pcpu_failover(other_down_until=104.0)
+    verdict = check(history() + events, expected=model, failover_bound="lease")
+    [hit] = [f for f in verdict.failovers if f.target == "cpu0"]
+    assert (hit.seconds, hit.ready, hit.resumed, hit.over_bound) == (5.0, 3.0, 2.0, False)
+    assert verdict.ok, [p.failures for p in verdict.properties]
+
+
+def test_a_fault_of_the_hypervisor_is_measured_but_not_judged_as_a_pcpu_failover() -> None:
+    events = _pcpu_failover(other_down_until=None, hypervisor_fault=True)
+    verdict = check(history() + events, expected=model, failover_bound="lease")
+    [hit] = verdict.failovers
+    assert (hit.kind, hit.seconds) == ("hypervisor", 5.0)
+    assert not hit.over_bound and verdict.ok
+    [failover] = [p for p in verdict.properties if p.name == "failover"]
+    assert failover.checked == 0
+
+
 def test_a_lost_slice_that_took_credit_fails_uncharged() -> None:
     """The scheduler's own record of the slice says what it charged: a lost slice must say 0."""
     events = _paused_pcpu_events("lost 100.0 107.0 7.0")

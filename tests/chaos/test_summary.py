@@ -19,7 +19,8 @@ from tests.chaos import fleet
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = "RINGLAB_CHAOS_SUMMARY_PROBE"
 VICTIMS = [
-    {"fault": 0, "action": "kill", "target": "cpu1", "vm": "3", "seconds": 1.25,
+    {"fault": 0, "action": "kill", "target": "cpu1", "vm": "3", "seconds": 1.25, "kind": "cpu",
+     "ready_seconds": 0.25, "resumed_seconds": 1.0, "bound_seconds": 2.5, "over_bound": False,
      "lost_seconds": 0.5, "charged_seconds": 0.0},
     {"fault": 1, "action": "pause", "target": "redis", "vm": "4", "seconds": 2.5,
      "lost_seconds": 0.25, "charged_seconds": 0.0},
@@ -48,6 +49,9 @@ def test_the_failover_summary_prints(workers: list[str]) -> None:
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
     assert "1 passed" in out, out[-3000:]
     assert "chaos trials: failover" in out, out[-3000:]
-    assert "cpu: 1 VMs hit, 0 never ran again; failover median 1.25 s, max 1.25 s" in out, out[-3000:]
+    assert (
+        "cpu: 1 VMs hit, 0 never ran again; failover median 1.25 s, max 1.25 s; from when a pCPU "
+        "could run it: median 1.00 s, max 1.00 s, 0 over the lease plus one slice (2.50 s)"
+    ) in out, out[-3000:]
     assert "redis: 2 VMs hit, 1 never ran again; failover median 2.50 s, max 2.50 s" in out, out[-3000:]
     assert "lost slices after a fault: 0.75 s in all, 0.00 s of it charged to the VMs" in out, out[-3000:]

@@ -58,6 +58,11 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _bound(text: str) -> float | str:
+    """--failover-bound: seconds, or ``lease`` (each grant's lease plus one slice)."""
+    return "lease" if text == "lease" else _seconds(text)
+
+
 def add_chaos_command(sub: Any) -> None:
     """Register ``ringlab chaos`` (``run``, ``check``) on the ``ringlab`` sub-parser set."""
     from ringlab.cli.chaos.targets import ACTIONS, KINDS
@@ -75,10 +80,12 @@ def add_chaos_command(sub: Any) -> None:
         )
         q.add_argument(
             "--failover-bound",
-            type=_seconds,
+            type=_bound,
             default=None,
-            metavar="SECONDS",
-            help="also fail when a VM a fault hit took longer than this to run again (default: only measured)",
+            metavar="SECONDS|lease",
+            help="also fail when a VM whose pCPU failed took longer than this to run again, not counting "
+            "the time no pCPU, hypervisor or Redis was up; 'lease': its grant's lease plus one slice, "
+            "the design's bound (default: only measured)",
         )
         q.add_argument(
             "--charge-bound",

@@ -64,6 +64,14 @@ def render(verdict: Verdict, started: float | None = None) -> Any:
             if figures["victims"] != figures["recovered"]
             else ""
         )
+        + (
+            f"; pCPU failovers ({figures['pcpu_victims']}), counted from when a pCPU could run the VM: "
+            f"median {_seconds(figures['pcpu_median_resumed_seconds'])} s, max "
+            f"{_seconds(figures['pcpu_max_resumed_seconds'])} s, {figures['pcpu_over_bound']} over their "
+            "grant's lease plus one slice"
+            if figures["pcpu_victims"]
+            else ""
+        )
         + f"; lost slices after a fault: {figures['lost_seconds']:.2f} s in all, at most "
         f"{figures['max_lost_seconds']:.2f} s to one VM, {figures['charged_seconds']:.2f} s of it charged"
     )
