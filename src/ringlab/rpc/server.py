@@ -98,54 +98,6 @@ def _text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode(errors="replace")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer TOKEN`` metadata when the server has a token.  A call
-    without one and a call with another one get different UNAUTHENTICATED messages (neither
-    echoes what was sent)."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-        self._deny = {message: self._handlers(message) for message in (MISSING_TOKEN, WRONG_TOKEN)}
-
-    @staticmethod
-    def _handlers(
-        message: str,
-    ) -> tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]:
-        def deny(request: object, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-        def deny_stream(request: object, context: grpc.ServicerContext) -> Iterator[None]:
-            deny(request, context)
-            yield None
-
-        return grpc.unary_unary_rpc_method_handler(deny), grpc.unary_stream_rpc_method_handler(deny_stream)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        if method.startswith(_OPEN_METHODS):
-            return continuation(handler_call_details)
-        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
-        if len(sent) == 1 and hmac.compare_digest(_text(sent[0]).encode(), self._expected.encode()):
-            return continuation(handler_call_details)
-        unary, stream = self._deny[WRONG_TOKEN if any(sent) else MISSING_TOKEN]
-        handler = continuation(handler_call_details)
-        if handler is not None and handler.unary_stream is not None:
-            return stream
-        return unary
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who a call comes from: its role, and for a guest the name of the VM it owns."""
-
-    role: str
-    vm: str = ""
-
-
 def _deny(
     code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler[Any, Any] | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -161,7 +113,53 @@ def _deny(
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-class RoleInterceptor(grpc.ServerInterceptor):
+class _Gate(grpc.ServerInterceptor):
+    """What both interceptors share: health and reflection are open; any other call is admitted
+    or refused (``_admit``) on its ``authorization`` metadata, a refusal answered as the method
+    would answer (a unary or a streaming response)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        if method.startswith(_OPEN_METHODS):
+            return continuation(handler_call_details)
+        sent = [_text(v) for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        return self._admit(method, sent, continuation(handler_call_details))
+
+    def _admit(
+        self, method: str, sent: list[str], handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        raise NotImplementedError
+
+
+class AuthInterceptor(_Gate):
+    """Requires ``authorization: Bearer TOKEN`` metadata when the server has a token.  A call
+    without one and a call with another one get different UNAUTHENTICATED messages (neither
+    echoes what was sent)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def _admit(
+        self, method: str, sent: list[str], handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if len(sent) == 1 and hmac.compare_digest(sent[0].encode(), self._expected):
+            return handler
+        return _deny(grpc.StatusCode.UNAUTHENTICATED, WRONG_TOKEN if any(sent) else MISSING_TOKEN, handler)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a call comes from: its role, and for a guest the name of the VM it owns."""
+
+    role: str
+    vm: str = ""
+
+
+class RoleInterceptor(_Gate):
     """Least privilege between services (docs/security.md): identifies the caller from its bearer
     token (every comparison in constant time), then serves the method only to the roles
     ``ROLES_BY_SERVICE`` allows; a guest's call is checked against the VM its token is bound to,
@@ -196,17 +194,10 @@ class RoleInterceptor(grpc.ServerInterceptor):
             return Caller("operator")  # no operator token: as before, a token is not asked for
         return found
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
+    def _admit(
+        self, method: str, sent: list[str], handler: grpc.RpcMethodHandler[Any, Any] | None
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        if method.startswith(_OPEN_METHODS):
-            return continuation(handler_call_details)
-        sent = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
-        caller = self.identify([v if isinstance(v, str) else v.decode(errors="replace") for v in sent])
-        handler = continuation(handler_call_details)
+        caller = self.identify(sent)
         if caller is None:
             message = WRONG_TOKEN if any(sent) else MISSING_TOKEN
             return _deny(grpc.StatusCode.UNAUTHENTICATED, message, handler)
