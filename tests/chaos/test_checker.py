@@ -236,3 +236,23 @@ def test_chaos_check_prints_the_verdict_and_exits_4_on_a_failure(
     bad.write_text("{not json\n" + good.read_text())
     assert main(["chaos", "check", str(bad)]) == EXIT_USAGE
     assert "bad.jsonl:1: not a JSON object" in capsys.readouterr().err
+
+
+def test_chaos_check_failover_bound_lease_judges_each_grants_lease(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ringlab.cli.chaos.checker as checker
+
+    monkeypatch.setattr(checker, "expected_result", model)
+    path = tmp_path / "history.jsonl"
+    with History(path) as h:
+        for r in history() + _pcpu_failover(other_down_until=None):
+            h.add(r.pop("type"), **r)
+    assert main(["chaos", "check", "--json", str(path)]) == EXIT_OK  # measured only
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failover"]["pcpu_over_bound"] == 1
+    assert (doc["victims"][0]["kind"], doc["victims"][0]["over_bound"]) == ("cpu", True)
+    assert (doc["victims"][0]["resumed_seconds"], doc["victims"][0]["bound_seconds"]) == (5.0, 2.5)
+    assert main(["chaos", "check", "--json", "--failover-bound", "lease", str(path)]) == EXIT_CHECK_FAILED
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in doc["properties"] if not p["ok"]] == ["failover"]
