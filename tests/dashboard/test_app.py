@@ -256,3 +256,45 @@ def test_the_live_view_carries_the_timeline(source: FakeSource) -> None:
     finally:
         hub.unwatch()
         hub.close()
+
+
+def test_nobody_watching_costs_the_deployment_nothing(source: FakeSource) -> None:
+    """The poll and the event stream (a stream slot of the hypervisor's) run only while a page
+    watches, and a little longer (``linger``)."""
+    streams: list[FakeStream] = []
+    polls: list[int] = []
+    real_events, real_stats = source.events, source.stats
+
+    def events(after: str = "") -> FakeStream:
+        streams.append(real_events(after))
+        return streams[-1]
+
+    def stats() -> dict[str, Any]:
+        polls.append(1)
+        return real_stats()
+
+    source.events = events  # type: ignore[method-assign]
+    source.stats = stats  # type: ignore[method-assign]
+    hub = Hub(source, interval=0.02, linger=0.2)
+    try:
+        hub.watch()
+        _until(lambda: streams and polls, "the first page starts the poll and the stream")
+        hub.unwatch()
+        _until(lambda: all(s.cancelled.is_set() for s in streams), "the stream ends after the linger")
+        _until(lambda: hub._poller is None, "the poll stops after the linger")
+        before = len(polls)
+        threading.Event().wait(0.3)
+        assert len(polls) == before
+        hub.watch()  # a page comes back: both again
+        _until(lambda: len(polls) > before and not streams[-1].cancelled.is_set(), "a page comes back")
+        hub.unwatch()
+    finally:
+        hub.close()
+
+
+def _until(check: Any, what: str) -> None:
+    for _ in range(400):
+        if check():
+            return
+        threading.Event().wait(0.025)
+    raise AssertionError(f"{what}: not within 10 s")

@@ -107,9 +107,14 @@ class Hub:
         history: deque[tuple[float, list[dict[str, Any]]]] = deque()
         while not self._stop.is_set():
             if not self._active():
-                self._end_stream()
+                # Nobody watches: end the stream (again, should the follower have opened one
+                # between its look and the cancel), then stop, unless a page came back meanwhile.
+                follower = self._follower
+                while follower is not None and follower.is_alive() and not self._active():
+                    self._end_stream()
+                    follower.join(0.5)
                 with self.lock:
-                    if self._watchers == 0:
+                    if not (self._watchers > 0 or time.monotonic() - self._last_watch < self.linger):
                         self._poller = None
                         return
             self._ensure_follower()
