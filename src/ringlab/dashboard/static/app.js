@@ -64,8 +64,9 @@ function count(n) {
 
 function rate(r) { return r >= 100 ? r.toFixed(0) : r >= 10 ? r.toFixed(1) : r.toFixed(2); }
 
-function say(text, kind) {
+function say(text, kind, from) {
   const box = $("message");
+  box.dataset.from = from || "";  // "live": the live view's own error, cleared when it clears
   if (!text) { box.hidden = true; box.textContent = ""; return; }
   box.textContent = text;
   box.className = kind || "";
@@ -185,15 +186,14 @@ function receive(view) {
   const status = $("live-status");
   if (view.error) {
     status.dataset.state = "error";
-    status.textContent = "hypervisor unreachable";
-    say(view.error);
+    status.textContent = "hypervisor error";
+    say(view.error, "", "live");
   } else {
     status.dataset.state = "live";
     status.textContent = "live";
-    if ($("message").dataset.from === "live") say("");
-    if (view.events_error) say("event stream: " + view.events_error);
+    if (view.events_error) say("event stream: " + view.events_error, "", "live");
+    else if ($("message").dataset.from === "live") say("");
   }
-  $("message").dataset.from = view.error || view.events_error ? "live" : "";
   drawVms(view);
   drawExits(view);
   drawTimeline();
