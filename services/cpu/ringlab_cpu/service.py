@@ -46,6 +46,7 @@ from ringlab.rpc.convert import (
     tc_run_from_proto,
 )
 from ringlab.rpc.errors import InvalidField
+from ringlab.rpc.metrics import CpuMetrics, add_metrics_flag
 from ringlab.store import Commit, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm.translated import Executor, TcReport, TcRun, ToVmm
@@ -77,7 +78,9 @@ class CachedVcpu:
 
 
 class CpuServicer(cpu_pb2_grpc.CpuServicer):
-    def __init__(self, state: SharedState, pcpu: str, address: str) -> None:
+    def __init__(
+        self, state: SharedState, pcpu: str, address: str, metrics: CpuMetrics | None = None
+    ) -> None:
         self.state = state
         self.pcpu = pcpu
         self.address = address
@@ -85,6 +88,11 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         self._lock = threading.Lock()  # one pCPU runs one vCPU at a time
         self.runs = 0
         self.cache_reloads = 0
+        self.metrics = metrics
+
+    def cached(self) -> int:
+        """How many VM contexts the cache holds."""
+        return len(self._cache)
 
     # -- the cache -------------------------------------------------------------------------------
     def _context(self, vm: str, token: int, generation: int) -> tuple[CachedVcpu, bool]:
@@ -176,6 +184,8 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             else:
                 exit = cpu.run(request.budget) if request.budget else Budget()
             run_seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.ran(run_seconds, cpu.stats.retired - before)
             if request.budget:
                 cached.clean = False
             generation = cached.generation
@@ -247,11 +257,17 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             detail=c.detail,
             pages=changed,
         )
+        started, outcome = time.perf_counter(), "error"
         try:
             generation = self.state.commit(commit)
+            outcome = "applied"
         except StaleLease:
+            outcome = "refused"
             self._cache.pop(request.vm, None)  # a stale holder's progress must never be reused
             raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.committed(outcome, time.perf_counter() - started, len(changed))
         memory.clear_dirty()
         cached.committed.update(changed)
         cached.generation, cached.clean = generation, True
@@ -315,13 +331,16 @@ def _check_commit(c: cpu_pb2.CommitRequest) -> None:
         raise InvalidField(f"commit.{exc.field}", str(exc)) from None
 
 
-def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:
-    """Start the pCPU server (returns once it listens) and its registration heartbeat."""
-    state = SharedState.from_url(config.redis)
+def serve(config: ServiceConfig, *, metrics_port: str | None = None) -> tuple[ServiceServer, CpuServicer]:
+    """Start the pCPU server (returns once it listens) and its registration heartbeat, its
+    metrics on the port ``metrics_port`` asks for (``--metrics-port``; None:
+    ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
+    metrics = CpuMetrics()
+    state = metrics.watch_store(SharedState.from_url(config.redis))
     holder: dict[str, CpuServicer] = {}
 
     def register(server: grpc.Server) -> None:
-        holder["s"] = CpuServicer(state, config.pcpu, config.advertise)
+        holder["s"] = CpuServicer(state, config.pcpu, config.advertise, metrics)
         cpu_pb2_grpc.add_CpuServicer_to_server(holder["s"], server)
 
     server = build_server(
@@ -329,6 +348,8 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:
         register,
         ["ringlab.v1.Cpu"],
         checks=[state.ping, lambda: state.pcpu_alive(config.pcpu)],
+        metrics=metrics,
+        metrics_port_setting=metrics_port,
     )
     servicer = holder["s"]
     if config.listen.endswith(":0"):  # an ephemeral port: advertise the one we got
@@ -336,6 +357,8 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:
         servicer.address = f"{host}:{server.port}"
         if config.pcpu.endswith("-0"):
             servicer.pcpu = f"{config.pcpu[:-2]}-{server.port}"
+    metrics.identify(servicer.pcpu, servicer.address)
+    metrics.watch_servicer(servicer)
 
     def heartbeat() -> None:
         while not server.stopping.is_set():
@@ -357,9 +380,11 @@ def serve(config: ServiceConfig) -> tuple[ServiceServer, CpuServicer]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringlab-cpu", description="Serve one Ringlab pCPU over gRPC.")
     add_service_flags(parser, "cpu")
-    config = config_from_args(parser.parse_args(argv), "cpu")
+    add_metrics_flag(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args, "cpu")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cpu %(levelname)s %(message)s")
-    server, servicer = serve(config)
+    server, servicer = serve(config, metrics_port=args.metrics_port)
     server.install_signal_handlers()
     log.info("pCPU %s serving on %s (Redis %s)", servicer.pcpu, servicer.address, config.redis)
     print(f"READY cpu {servicer.address} {servicer.pcpu}", flush=True)

@@ -41,6 +41,7 @@ from ringlab.rpc import (
 from ringlab.rpc.config import env_default
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.rpc.errors import InvalidField
+from ringlab.rpc.metrics import GuestMetrics, add_metrics_flag
 from ringlab.store import InvalidRequest, SharedState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
@@ -162,6 +163,7 @@ class GuestServicer(guest_pb2_grpc.GuestServicer):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringlab-guest", description="One Ringlab guest OS owning one VM.")
     add_service_flags(parser, "guest")
+    add_metrics_flag(parser)
     parser.add_argument("--name", default=env_default("GUEST_NAME", "guest"))
     parser.add_argument("--technique", default=env_default("TECHNIQUE", TechniqueName.NATIVE.value))
     parser.add_argument("--kernel", default=env_default("KERNEL", KernelFlavour.STOCK.value))
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             exc,
         )
         return 2
-    server = serve(service, servicer)
+    server = serve(service, servicer, metrics_port=args.metrics_port)
     server.install_signal_handlers()
     failed: list[str] = []
 
@@ -237,10 +239,25 @@ def register_until_done(servicer: GuestServicer, stopping: threading.Event, fail
     return False
 
 
-def serve(service: ServiceConfig, servicer: GuestServicer) -> ServiceServer:
+def serve(
+    service: ServiceConfig, servicer: GuestServicer, *, metrics_port: str | None = None
+) -> ServiceServer:
+    """Serve ``servicer``, its metrics on the port ``metrics_port`` asks for (``--metrics-port``;
+    None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
+    c = servicer.config
+    metrics = GuestMetrics(c.name, c.technique, c.kernel, c.workload, lambda: bool(servicer.vm))
+    metrics.watch_streams(servicer.streams)
+
     def register(server: grpc.Server) -> None:
         guest_pb2_grpc.add_GuestServicer_to_server(servicer, server)
 
-    server = build_server(service, register, ["ringlab.v1.Guest"], checks=[lambda: bool(servicer.vm)])
+    server = build_server(
+        service,
+        register,
+        ["ringlab.v1.Guest"],
+        checks=[lambda: bool(servicer.vm)],
+        metrics=metrics,
+        metrics_port_setting=metrics_port,
+    )
     server.start()
     return server

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -53,6 +53,7 @@ from ringlab.rpc.convert import (
     stats_from_json,
 )
 from ringlab.rpc.errors import InvalidField
+from ringlab.rpc.metrics import HypervisorMetrics, add_metrics_flag
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
@@ -151,12 +152,15 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         runtimes: Runtimes,
         token: str = "",
         limits: Limits | None = None,
+        forget: Callable[[str], None] | None = None,
     ) -> None:
         self.state = state
         self.streams = streams
         self.runtimes = runtimes  # the drivers' copies of the VMs: a booted VM's first slice runs it
         self.token = token  # for the calls this service makes to the pCPUs
         self.limits = limits or Limits()
+        self.forget = forget
+        """Told the id of each VM destroyed (the metrics drop its series)."""
 
     def _resolve(self, ref: str, field: str = "vm") -> str:
         return self.state.resolve(_ref(ref, field))
@@ -246,6 +250,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         vm = self._resolve(request.vm)
         destroyed = self.state.destroy_vm(vm)
         self.runtimes.forget(vm)
+        if self.forget is not None:
+            self.forget(vm)
         for _pcpu, (address, alive) in self.state.pcpus().items():
             if alive:  # free the pCPUs' cached copies (best effort: a stale cache is never used)
                 channel = open_channel(address, self.token)
@@ -514,26 +520,43 @@ def _well_formed(doc: Any) -> bool:
     return True
 
 
-def serve(config: ServiceConfig, limits: Limits | None = None) -> tuple[ServiceServer, DriverManager]:
+def serve(
+    config: ServiceConfig, limits: Limits | None = None, *, metrics_port: str | None = None
+) -> tuple[ServiceServer, DriverManager]:
     """Start the hypervisor (returns once it listens) with the per-VM ``limits`` (default: from
-    the environment, ``limits_from_environment``)."""
+    the environment, ``limits_from_environment``), its metrics on the port ``metrics_port`` asks
+    for (``--metrics-port``; None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
     limits = limits or limits_from_environment()
-    state = SharedState.from_url(config.redis)
+    metrics = HypervisorMetrics()
+    state = metrics.watch_store(SharedState.from_url(config.redis))
     streams = StreamSlots(config.max_streams)
+    metrics.watch_streams(streams)
+    metrics.watch_deployment(state.counted())
 
     manager = DriverManager(
         state,
         lambda address: GrpcPcpu(address, config.token),
         CreditPolicy(slice_instructions=config.slice, lease_seconds=config.lease),
         console_quota=limits.console_quota,
+        observer=metrics.driver,
     )
 
     def register(server: grpc.Server) -> None:
         hypervisor_pb2_grpc.add_HypervisorServicer_to_server(
-            HypervisorServicer(state, streams, manager.runtimes, config.token, limits), server
+            HypervisorServicer(
+                state, streams, manager.runtimes, config.token, limits, forget=metrics.driver.forget_vm
+            ),
+            server,
         )
 
-    server = build_server(config, register, ["ringlab.v1.Hypervisor"], checks=[state.ping])
+    server = build_server(
+        config,
+        register,
+        ["ringlab.v1.Hypervisor"],
+        checks=[state.ping],
+        metrics=metrics,
+        metrics_port_setting=metrics_port,
+    )
     server.on_stop.append(manager.stop)
     manager.start()
     server.start()
@@ -545,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="ringlab-hypervisor", description="Serve the Ringlab hypervisor over gRPC."
     )
     add_service_flags(parser, "hypervisor")
+    add_metrics_flag(parser)
     parser.add_argument(
         "--max-memory",
         default=env_default("MAX_MEMORY", str(MAX_MEMORY)),
@@ -564,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--max-memory / --console-quota: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hypervisor %(levelname)s %(message)s")
-    server, _manager = serve(config, limits)
+    server, _manager = serve(config, limits, metrics_port=args.metrics_port)
     server.install_signal_handlers()
     log.info(
         "hypervisor serving on %s:%d (Redis %s)", config.listen.rsplit(":", 1)[0], server.port, config.redis

@@ -52,7 +52,15 @@ from ringlab.sched.slices import LEASE_FRACTION
 from ringlab.vmm import Stop
 from ringlab.vmm.translated import TcRun, VmmCall
 
-__all__ = ["DriverManager", "PcpuDriver", "Runtimes", "VmRuntime", "console_quota_stop"]
+__all__ = [
+    "DriverManager",
+    "DriverObserver",
+    "PcpuDriver",
+    "Runtimes",
+    "SliceReport",
+    "VmRuntime",
+    "console_quota_stop",
+]
 
 log = logging.getLogger("ringlab.hypervisor")
 
@@ -65,6 +73,51 @@ SWITCH_DEADLINE = 60.0
 grant, what is left of its lease comes first."""
 PROBE_INTERVAL = 0.5
 """How often the driver of a pCPU that stopped answering asks whether it answers again (seconds)."""
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """What one slice did, as its driver reports it to its ``DriverObserver``."""
+
+    pcpu: str
+    vm: str
+    """The VM's id."""
+    name: str
+    """The VM's name (its id when the slice was lost before the VM was loaded)."""
+    technique: str
+    """The VM's technique ("" when the slice was lost before the VM was loaded)."""
+    ended: str
+    """How it ended: preempted, idle, ended or lost (``SliceOutcome.ended``)."""
+    switches: int
+    """World switches (``RunVcpu`` calls) it made, its commit included."""
+    exits: dict[str, int]
+    """Exits by reason it handled (a lost slice's too: they were not committed)."""
+    instructions: int
+    """Guest instructions it retired."""
+    seconds: float
+    """Host seconds it held the pCPU (what the VM is charged)."""
+
+    @property
+    def committed(self) -> bool:
+        """Whether what it did was kept: a lost slice is re-executed from the VM's last commit."""
+        return self.ended != "lost"
+
+
+class DriverObserver:
+    """What the pCPU drivers tell as they run, for an adapter to count (the hypervisor service's
+    metrics): every method is a no-op here, called on the driver's thread, and must be quick and
+    never raise."""
+
+    def world_switch(self, pcpu: str, seconds: float) -> None:
+        """One world switch (a ``Pcpu.switch``) answered after ``seconds`` (host time)."""
+
+    def slice_ended(self, report: SliceReport) -> None:
+        """A slice ended (``report`` says how)."""
+
+    def decided(self, pcpu: str, chosen: str | None, applied: bool, refilled: bool, seconds: float) -> None:
+        """A scheduling decision for ``pcpu`` (``chosen``: the VM granted, None: idle) was applied
+        by the store, or refused because the entries changed (``applied`` False); ``refilled``:
+        it refilled every VM's credit; ``seconds``: the host time the decision took."""
 
 
 @dataclass
@@ -103,6 +156,8 @@ class _Slice:
     """Exits by reason in this slice."""
     committed_at_switch: bool = False
     """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
+    start: int = 0
+    """The retired-instruction count at which the slice started."""
 
     def over(self) -> bool:
         return time.monotonic() > self.over_at
@@ -222,8 +277,10 @@ class PcpuDriver(threading.Thread):
         owner: str,
         pcpus: Callable[[], int],
         console_quota: int = DEFAULT_CONSOLE_QUOTA,
+        observer: DriverObserver | None = None,
     ) -> None:
         super().__init__(name=f"driver-{pcpu}", daemon=True)
+        self.observer = observer or DriverObserver()
         self.console_quota = console_quota
         """The console quota of a VM whose definition names none (created before quotas)."""
         self.store = store.counted()  # its own round-trip counter on the same state
@@ -241,6 +298,8 @@ class PcpuDriver(threading.Thread):
         self._unanswered = False
         """The pCPU stopped answering: it gets no VM until it answers again."""
         self._probed = 0.0
+        self._running: _Slice | None = None
+        """The slice ``run_slice`` runs (for its report)."""
 
     def _fit(self) -> bool:
         """Whether the pCPU may be given a VM: yes, unless it stopped answering and still does
@@ -342,6 +401,9 @@ class PcpuDriver(threading.Thread):
                     round_trips=self.store.round_trips - self._reported_trips + 1,  # + this grant
                 )
                 self._reported_trips = self.store.round_trips
+                self.observer.decided(
+                    self.pcpu, decision.chosen, result.applied, decision.refilled, time.perf_counter() - t0
+                )
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
@@ -373,8 +435,37 @@ class PcpuDriver(threading.Thread):
     ) -> tuple[str, int, dict[str, int]]:
         """Run boot ``boot`` of ``vm`` for one slice (stretched when ``lone``: no other VM waits)
         within its grant's lease (ending at ``lease_end``, ``time.monotonic()``); returns (how it
-        ended, world switches, exits by reason).  The steps: take the VM's copy, size the slice,
-        run it (every core run a world switch, ``_switch``), commit, give the copy back."""
+        ended, world switches, exits by reason), and tells the observer (``SliceReport``)."""
+        started = time.perf_counter()
+        self._running = None
+        ended, switches, exits = self._run_slice(vm, token, lone=lone, boot=boot, lease_end=lease_end)
+        run, self._running = self._running, None
+        name, technique, instructions = vm, "", 0
+        if run is not None:
+            definition = run.rt.definition
+            name, technique = str(definition.get("name", vm)), str(definition.get("technique", ""))
+            instructions = max(0, run.rt.copy.vm.cpu.stats.retired - run.start)
+        with contextlib.suppress(Exception):  # an observer never stops a pCPU
+            self.observer.slice_ended(
+                SliceReport(
+                    self.pcpu,
+                    vm,
+                    name,
+                    technique,
+                    ended,
+                    switches,
+                    dict(exits),
+                    instructions,
+                    time.perf_counter() - started,
+                )
+            )
+        return ended, switches, exits
+
+    def _run_slice(
+        self, vm: str, token: int, *, lone: bool, boot: int, lease_end: float | None
+    ) -> tuple[str, int, dict[str, int]]:
+        """``run_slice``'s steps: take the VM's copy, size the slice, run it (every core run a
+        world switch, ``_switch``), commit, give the copy back."""
         try:
             rt = self._load(vm, boot)
         except Exception as exc:
@@ -392,7 +483,10 @@ class PcpuDriver(threading.Thread):
             log.info("VM %s: replayed to its commit; it runs in its next slice", vm)
             self.runtimes.give_back(rt)
             return "lost", 0, {}
-        run = _Slice(rt, token, guest.cpu.stats.retired + plan.instructions, lease_end)
+        run = _Slice(
+            rt, token, guest.cpu.stats.retired + plan.instructions, lease_end, start=guest.cpu.stats.retired
+        )
+        self._running = run
         rt.copy.link = functools.partial(self._switch, run)
         try:
             how, stop, failed = self._run(run, plan)
@@ -474,6 +568,7 @@ class PcpuDriver(threading.Thread):
             # every slice of the VM was lost: 150 s without progress.)  The slice's first run
             # always runs: a slice that starts late still moves the VM on.
             budget = 0
+        started = time.perf_counter()
         switched = self.link.switch(
             WorldSwitch(
                 vm=rt.vm,
@@ -488,6 +583,7 @@ class PcpuDriver(threading.Thread):
                 deadline=run.deadline(),
             )
         )
+        self.observer.world_switch(self.pcpu, time.perf_counter() - started)
         run.switches += 1
         run.committed_at_switch = switched.generation != rt.generation
         if run.committed_at_switch:
@@ -523,6 +619,7 @@ class PcpuDriver(threading.Thread):
         copy = rt.copy
         if stop is not None:
             rt.vmm["ended"] = time.time()
+        started = time.perf_counter()
         switched = self.link.switch(
             WorldSwitch(
                 vm=rt.vm,
@@ -535,6 +632,7 @@ class PcpuDriver(threading.Thread):
                 deadline=run.deadline(),
             )
         )
+        self.observer.world_switch(self.pcpu, time.perf_counter() - started)
         rt.generation = switched.generation
         copy.committed()
         if not failed:  # the pCPU now stands where the handlers left the copy: the next slice's
@@ -563,9 +661,12 @@ class DriverManager(threading.Thread):
         connect: ConnectPcpu,
         policy: CreditPolicy,
         console_quota: int = DEFAULT_CONSOLE_QUOTA,
+        observer: DriverObserver | None = None,
     ) -> None:
         super().__init__(name="drivers", daemon=True)
         self.console_quota = console_quota
+        self.observer = observer or DriverObserver()
+        """Told of every world switch, slice and decision of this replica's drivers."""
         self.store = store
         self.connect = connect
         self.policy = policy
@@ -598,6 +699,7 @@ class DriverManager(threading.Thread):
                             self.owner,
                             lambda: self.alive,
                             self.console_quota,
+                            self.observer,
                         )
                         self.drivers[pcpu] = driver
                         self.addresses[pcpu] = address

@@ -45,6 +45,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ringlab.errors import DeploymentFailed
+from ringlab.rpc.metrics import METRICS_PORT_ENV, OFF, PORT_OFFSET
 from ringlab.store import LocalRedis
 from ringlab.store.credentials import (
     SECRET_FILE,
@@ -153,6 +154,8 @@ class Service:
     """When it exited (monotonic seconds), those within the restart policy's window."""
     due: float | None = None
     """When the restart of a service found exited is due (None: it is running, or not seen exited)."""
+    metrics: str = ""
+    """HOST:PORT where it serves ``/metrics`` ("" for none: Redis, or metrics off)."""
 
 
 @dataclass
@@ -232,10 +235,30 @@ class LocalDeployment:
             if d.secrets is not None:
                 cpu_env = d._role_env(env, "cpu", locked=redis_url is None)
                 hypervisor_env = d._role_env(env, "hypervisor", locked=redis_url is None)
+            # Metrics (docs/metrics.md): each cpu service on a free port of its own (they share the
+            # host, so RINGLAB_METRICS_PORT, if set, is the hypervisor's alone), the hypervisor on
+            # RINGLAB_METRICS_PORT, else its port + 1000; "off" turns every one off.
+            metrics = os.environ.get(METRICS_PORT_ENV, "").strip()
+            metrics_off = metrics.lower() in OFF
             for n in range(pcpus):
                 address = f"127.0.0.1:{free_port()}"
                 d.cpus.append(address)
-                d._spawn(f"cpu{n}", "cpu", address, ["--listen", address, "--pcpu", f"pcpu{n}"], cpu_env)
+                cpu_metrics = "" if metrics_off else f"127.0.0.1:{free_port()}"
+                d._spawn(
+                    f"cpu{n}",
+                    "cpu",
+                    address,
+                    [
+                        "--listen",
+                        address,
+                        "--pcpu",
+                        f"pcpu{n}",
+                        "--metrics-port",
+                        cpu_metrics.rpartition(":")[2] or "off",
+                    ],
+                    cpu_env,
+                    metrics=cpu_metrics,
+                )
             # The hypervisor starts once every cpu service has registered its pCPU (they do before
             # they serve): it must not see the address a pCPU of the same name had in an earlier
             # deployment on this folder, whose registration may not have expired yet.
@@ -246,7 +269,22 @@ class LocalDeployment:
             listen = f"{hypervisor_host}:{port}"
             d.hypervisor = f"{'127.0.0.1' if hypervisor_host in _ANY_HOST else hypervisor_host}:{port}"
             extra = ["--slice", str(slice)] if slice else []
-            d._spawn("hypervisor", "hypervisor", d.hypervisor, ["--listen", listen, *extra], hypervisor_env)
+            if metrics:
+                extra += ["--metrics-port", metrics]
+            metrics_port = None if metrics_off else int(metrics) if metrics.isdigit() else port + PORT_OFFSET
+            hypervisor_metrics = (
+                f"{d.hypervisor.rpartition(':')[0]}:{metrics_port}"
+                if metrics_port and metrics_port <= 65535
+                else ""
+            )
+            d._spawn(
+                "hypervisor",
+                "hypervisor",
+                d.hypervisor,
+                ["--listen", listen, *extra],
+                hypervisor_env,
+                metrics=hypervisor_metrics,
+            )
             d._wait_serving(d.hypervisor, d.services[-1], timeout)
             d.write_record()
         except DeploymentFailed:
@@ -350,10 +388,19 @@ class LocalDeployment:
             register_login("127.0.0.1", self.redis.port, "observer", self.secrets.redis_password("observer"))
             self._login = ("127.0.0.1", self.redis.port)
 
-    def _spawn(self, name: str, kind: str, address: str, args: list[str], env: dict[str, str]) -> None:
+    def _spawn(
+        self, name: str, kind: str, address: str, args: list[str], env: dict[str, str], *, metrics: str = ""
+    ) -> None:
         command = [sys.executable, "-m", f"ringlab_{kind}", *args]
         service = Service(
-            name, _NOT_STARTED, self._log(name), kind=kind, address=address, command=command, env=env
+            name,
+            _NOT_STARTED,
+            self._log(name),
+            kind=kind,
+            address=address,
+            command=command,
+            env=env,
+            metrics=metrics,
         )
         with _signals_held():  # never a process started and not in the list stop() goes through
             self._launch(service)
@@ -497,8 +544,9 @@ class LocalDeployment:
     def record(self) -> dict[str, Any]:
         """What ``STATE/services.json`` holds: the hypervisor's address, the Redis URL, and each
         service (Redis first, when started here; then cpu0..., the hypervisor) with its name,
-        kind, current pid, address, restarts so far, log and command line; and the pid of the
-        process supervising them (``ringlab up``)."""
+        kind, current pid, address, where it serves ``/metrics`` (HOST:PORT, "" for none),
+        restarts so far, log and command line; and the pid of the process supervising them
+        (``ringlab up``)."""
         return {
             "hypervisor": self.hypervisor,
             "redis": self.redis_url,
@@ -508,6 +556,7 @@ class LocalDeployment:
                     "kind": s.kind,
                     "pid": s.process.pid,
                     "address": s.address,
+                    "metrics": s.metrics,
                     "restarts": s.restarts,
                     "log": str(s.log),
                     "command": s.command if s.kind != "redis" or self.redis is None else self.redis.command,

@@ -4,7 +4,9 @@
 real checks (re-run every second), server reflection, the bearer-token and error interceptors
 (``RoleInterceptor`` when the service has role credentials: who may call what, docs/security.md),
 bounded concurrency (a thread pool, plus ``StreamSlots`` so open streams can never take every
-thread and starve unary calls), and a graceful stop on SIGTERM that reports NOT_SERVING first.
+thread and starve unary calls), Prometheus metrics (``ringlab.rpc.metrics``: every call counted
+and timed by method and status code by an interceptor, served at ``/metrics``), and a graceful
+stop on SIGTERM that reports NOT_SERVING first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ringlab.rpc.config import ServiceConfig
+from ringlab.rpc.metrics import ServiceMetrics, metrics_port, metrics_setting
 from ringlab.store.credentials import Credentials, digest, guest_token
 from ringlab.store.errors import Exhausted
 
@@ -258,17 +261,36 @@ class StreamSlots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._sem = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._open = 0
+        self._refused = 0
+
+    @property
+    def in_use(self) -> int:
+        """Streams holding a slot now."""
+        return self._open
+
+    @property
+    def refused(self) -> int:
+        """Streams refused so far (RESOURCE_EXHAUSTED) because every slot was in use."""
+        return self._refused
 
     @contextmanager
     def hold(self) -> Iterator[None]:
         if not self._sem.acquire(blocking=False):
+            with self._lock:
+                self._refused += 1
             raise Exhausted(
                 f"all {self.limit} stream slots of this server are open: close a console or event "
                 "stream, or start the server with a larger RINGLAB_MAX_STREAMS"
             )
+        with self._lock:
+            self._open += 1
         try:
             yield
         finally:
+            with self._lock:
+                self._open -= 1
             self._sem.release()
 
 
@@ -282,6 +304,13 @@ class ServiceServer:
     stopping: threading.Event = field(default_factory=threading.Event)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     _thread: threading.Thread | None = None
+    metrics: ServiceMetrics | None = None
+    """Its metrics (their registry; ``metrics.port``: where ``/metrics`` is served, None: not)."""
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on (None: off, or the default port was taken)."""
+        return None if self.metrics is None else self.metrics.port
 
     def start(self) -> ServiceServer:
         self.server.start()
@@ -318,6 +347,8 @@ class ServiceServer:
             except Exception:
                 log.exception("error while stopping")
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
@@ -335,10 +366,21 @@ def build_server(
     register: Callable[[grpc.Server], None],
     service_names: Sequence[str],
     checks: Sequence[Check] = (),
+    *,
+    metrics: ServiceMetrics | None = None,
+    metrics_port_setting: str | None = None,
 ) -> ServiceServer:
-    """A server for ``config``, with the servicers ``register`` adds, listening (not started)."""
+    """A server for ``config``, with the servicers ``register`` adds, listening (not started),
+    its ``metrics`` (default: every service's) served at ``/metrics`` on the port
+    ``metrics_port_setting`` asks for (``--metrics-port``; None: ``RINGLAB_METRICS_PORT``, else
+    the gRPC port + 1000; see ``ringlab.rpc.metrics.metrics_port``)."""
     from ringlab.rpc.errors import ErrorInterceptor
 
+    metrics = metrics or ServiceMetrics(config.service)
+    try:
+        wanted, explicit = metrics_port(metrics_setting(metrics_port_setting), config.port)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
     if config.credentials is not None:
         interceptors.insert(0, RoleInterceptor(config.credentials))
@@ -350,6 +392,8 @@ def build_server(
             "set-up; 'ringlab up' and compose hand each service its role's credentials)",
             config.service,
         )
+    # Outermost: a call the token or role check refuses is counted too.
+    interceptors.insert(0, metrics.interceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=config.service),
         interceptors=interceptors,
@@ -365,4 +409,6 @@ def build_server(
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {config.listen}: is another server using the port?")
-    return ServiceServer(server, port, health_servicer, names, list(checks))
+    if wanted is not None:
+        metrics.start(config.listen.rpartition(":")[0], wanted, explicit=explicit)
+    return ServiceServer(server, port, health_servicer, names, list(checks), metrics=metrics)

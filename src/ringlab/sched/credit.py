@@ -93,6 +93,9 @@ class Decision:
     chosen: str | None
     updates: dict[str, dict[str, Any]]
     events: list[dict[str, str]]
+    refilled: bool = False
+    """Every live VM's credit was refilled (no eligible VM had any left): what an observer
+    counts (the hypervisor's ``ringlab_scheduler_refills_total``)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,9 @@ class CreditPolicy:
                 changed.add(finished.vm)
                 events.append(event)
         candidates = [vm for vm, e in entries.items() if self.eligible(e, now)]
+        refilled = False
         if pick and candidates and all(entries[vm].credit <= 0 for vm in candidates):
+            refilled = True
             live = [vm for vm, e in entries.items() if e.status in LIVE]
             total = sum(entries[vm].weight for vm in live) or 1
             for vm in live:
@@ -196,7 +201,9 @@ class CreditPolicy:
                     "detail": f"credit {e.credit:.6f} lease {self.lease_seconds:g}",
                 }
             )
-        return Decision(chosen, {vm: entries[vm].to_dict() for vm in changed if vm in entries}, events)
+        return Decision(
+            chosen, {vm: entries[vm].to_dict() for vm in changed if vm in entries}, events, refilled
+        )
 
 
 def jain_index(values: list[float]) -> float:

@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,15 @@ from ringlab.store.credentials import with_login
 from ringlab.store.errors import InvalidRequest, StaleLease, VmNotFound, WrongState
 from ringlab.store.scripts import Scripts
 
-__all__ = ["Commit", "GrantResult", "SharedState", "VcpuContext", "check_cursor", "connect"]
+__all__ = [
+    "Commit",
+    "GrantResult",
+    "RoundTripObserver",
+    "SharedState",
+    "VcpuContext",
+    "check_cursor",
+    "connect",
+]
 
 log = logging.getLogger("ringlab.store")
 
@@ -99,6 +109,11 @@ class Commit:
     pages: dict[int, bytes] | None = None
 
 
+RoundTripObserver = Callable[[str, float, bool], None]
+"""Told of every counted round trip: (the operation: the ``SharedState`` method's name, its host
+seconds, whether it succeeded).  Called on the caller's thread: quick, and never raising."""
+
+
 def _entries(flat: list[Any]) -> dict[str, dict[str, Any]]:
     it = iter(flat)
     return {_s(k): json.loads(v) for k, v in zip(it, it)}
@@ -114,6 +129,8 @@ class SharedState:
         self.round_trips = 0
         """Round trips made by the hot-path methods (loads, commits, grants, snapshots): the
         services benchmark divides them by world switches."""
+        self.observer: RoundTripObserver | None = None
+        """Told of each round trip ``round_trips`` counts (the services' metrics)."""
         global _warned
         if not fencing_enabled() and not _warned:
             _warned = True
@@ -128,8 +145,26 @@ class SharedState:
         return cls(connect(url))
 
     def counted(self) -> SharedState:
-        """A handle on the same Redis (the same connection pool) that counts its own round trips."""
-        return SharedState(self.r)
+        """A handle on the same Redis (the same connection pool) that counts its own round trips
+        (and tells the same observer)."""
+        other = SharedState(self.r)
+        other.observer = self.observer
+        return other
+
+    @contextmanager
+    def _round_trip(self, op: str) -> Iterator[None]:
+        """Count one round trip of ``op`` (and time it for the observer, if any)."""
+        self.round_trips += 1
+        observer = self.observer
+        if observer is None:
+            yield
+            return
+        started, ok = time.perf_counter(), False
+        try:
+            yield
+            ok = True
+        finally:
+            observer(op, time.perf_counter() - started, ok)
 
     def ping(self) -> bool:
         try:
@@ -211,12 +246,33 @@ class SharedState:
 
     def vm_record(self, vm: str) -> tuple[dict[str, Any], dict[str, str]]:
         """(definition, {status, code, detail}) from the VM's record."""
-        self.round_trips += 1
-        raw = self.r.hgetall(keys.vm_record(vm))
+        with self._round_trip("vm_record"):
+            raw = self.r.hgetall(keys.vm_record(vm))
         if not raw:
             raise VmNotFound(vm)
         rec = {_s(k): _s(v) for k, v in raw.items()}
         return json.loads(rec.pop("def")), rec
+
+    def vm_definitions(self, vms: list[str]) -> dict[str, dict[str, Any]]:
+        """The definitions of ``vms`` (those that still exist), in one round trip."""
+        if not vms:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for vm in vms:
+            pipe.hget(keys.vm_record(vm), "def")
+        with self._round_trip("vm_definitions"):
+            found = pipe.execute()
+        return {vm: json.loads(raw) for vm, raw in zip(vms, found) if raw is not None}
+
+    def stream_lengths(self) -> dict[str, int]:
+        """Entries in the deployment's global streams (``events``, ``commits``; each capped at
+        about 100,000 by the scripts that add to them), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xlen(keys.EVENTS)
+        pipe.xlen(keys.COMMITS)
+        with self._round_trip("stream_lengths"):
+            events, commits = pipe.execute()
+        return {"events": int(events), "commits": int(commits)}
 
     def vm_image(self, vm: str) -> bytes:
         blob = self.r.get(keys.vm_image(vm))
@@ -226,8 +282,8 @@ class SharedState:
 
     def vm_vcpu_summary(self, vm: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]:
         """(state, stats, vmm, generation) without the pages."""
-        self.round_trips += 1
-        raw = self.r.hgetall(keys.vm_vcpu(vm))
+        with self._round_trip("vm_vcpu_summary"):
+            raw = self.r.hgetall(keys.vm_vcpu(vm))
         if not raw:
             raise VmNotFound(vm)
         rec = {_s(k): v for k, v in raw.items()}
@@ -297,12 +353,12 @@ class SharedState:
     def load_vcpu(self, vm: str) -> VcpuContext:
         """The VM's last commit: registers, statistics, VMM state and every stored page, read in
         one MULTI/EXEC so they belong to the same commit."""
-        self.round_trips += 1
         pipe = self.r.pipeline(transaction=True)
         pipe.hgetall(keys.vm_vcpu(vm))
         pipe.hgetall(keys.vm_pages(vm))
         pipe.hget(keys.vm_record(vm), "def")
-        vcpu, pages, definition = pipe.execute()
+        with self._round_trip("load_vcpu"):
+            vcpu, pages, definition = pipe.execute()
         if not vcpu or definition is None:
             raise VmNotFound(vm)
         rec = {_s(k): v for k, v in vcpu.items()}
@@ -320,7 +376,6 @@ class SharedState:
     def commit(self, c: Commit) -> int:
         """Apply one fenced commit; returns the new generation.  Raises ``StaleLease`` when the
         token is no longer the VM's grant (nothing is written then)."""
-        self.round_trips += 1
         args: list[Any] = [
             c.vm,
             c.token,
@@ -337,31 +392,32 @@ class SharedState:
         ]
         for number, blob in sorted((c.pages or {}).items()):
             args += [number, blob]
-        result = self.scripts(
-            "commit",
-            [
-                keys.SCHED_VMS,
-                keys.SCHED_META,
-                keys.vm_vcpu(c.vm),
-                keys.vm_pages(c.vm),
-                keys.vm_console(c.vm),
-                keys.vm_record(c.vm),
-                keys.EVENTS,
-                keys.COMMITS,
-            ],
-            args,
-        )
+        with self._round_trip("commit"):
+            result = self.scripts(
+                "commit",
+                [
+                    keys.SCHED_VMS,
+                    keys.SCHED_META,
+                    keys.vm_vcpu(c.vm),
+                    keys.vm_pages(c.vm),
+                    keys.vm_console(c.vm),
+                    keys.vm_record(c.vm),
+                    keys.EVENTS,
+                    keys.COMMITS,
+                ],
+                args,
+            )
         if not result[0]:
             raise StaleLease(f"commit for VM {c.vm} refused: {_s(result[1])}")
         return int(result[1])
 
     # -- scheduler -------------------------------------------------------------------------------
     def sched_snapshot(self) -> tuple[int, dict[str, dict[str, Any]]]:
-        self.round_trips += 1
         pipe = self.r.pipeline(transaction=True)
         pipe.hget(keys.SCHED_META, "version")
         pipe.hgetall(keys.SCHED_VMS)
-        version, flat = pipe.execute()
+        with self._round_trip("sched_snapshot"):
+            version, flat = pipe.execute()
         return int(version or 0), {_s(k): json.loads(v) for k, v in flat.items()}
 
     def grant(
@@ -380,7 +436,6 @@ class SharedState:
         world_switches: int = 0,
         round_trips: int = 0,
     ) -> GrantResult:
-        self.round_trips += 1
         args: list[Any] = [
             version,
             pcpu,
@@ -397,11 +452,12 @@ class SharedState:
         for vm, entry in updates.items():
             args += [vm, json.dumps(entry)]
         args += [json.dumps(e) for e in events]
-        result = self.scripts(
-            "grant",
-            [keys.SCHED_VMS, keys.SCHED_META, keys.FENCE, keys.EVENTS, keys.pcpu_stats(pcpu)],
-            args,
-        )
+        with self._round_trip("grant"):
+            result = self.scripts(
+                "grant",
+                [keys.SCHED_VMS, keys.SCHED_META, keys.FENCE, keys.EVENTS, keys.pcpu_stats(pcpu)],
+                args,
+            )
         if result[0]:
             return GrantResult(True, int(result[1]), int(result[2]), _entries(result[3]))
         return GrantResult(False, 0, int(result[2]), _entries(result[3]))
@@ -463,8 +519,8 @@ class SharedState:
         return {_s(k): float(v) for k, v in self.r.hgetall(keys.pcpu_stats(pcpu)).items()}
 
     def renew_driver(self, pcpu: str, owner: str, ttl_ms: int) -> bool:
-        self.round_trips += 1
-        return bool(self.scripts("renew_driver", [keys.pcpu_driver(pcpu)], [owner, ttl_ms]))
+        with self._round_trip("renew_driver"):
+            return bool(self.scripts("renew_driver", [keys.pcpu_driver(pcpu)], [owner, ttl_ms]))
 
     def release_driver(self, pcpu: str, owner: str) -> None:
         if _s(self.r.get(keys.pcpu_driver(pcpu))) == owner:
