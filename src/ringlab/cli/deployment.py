@@ -519,8 +519,12 @@ def _start_dashboard(bound: _Bound, target: str, token: str, say: Callable[[str]
         bound.sock.close()
         print(f"dashboard   did not start ({exc}); the deployment serves without it")
         return None
+    from ringlab.dashboard import LOOPBACK
+
     notes = [bound.note] if bound.note else []
     notes.append("log in with the operator's token" if token else "open: no operator's token")
+    if not token and bound.host not in LOOPBACK:
+        notes.append(f"on {bound.host}: whoever reaches it manages VMs; give --token")
     print(f"dashboard   {server.url}  ({'; '.join(notes)})")
     return server
 
