@@ -145,6 +145,22 @@ class _Slots(Protocol):
     def refused(self) -> int: ...
 
 
+class _Children:
+    """``metric.labels(*values)``, remembered: looking a child up costs microseconds, and the
+    world switch's path asks for the same few children at every call.  Only for metrics whose
+    series are never removed."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:  # a race only makes the same child twice: labels() returns one object
+            child = self._cache[values] = self.metric.labels(*values)
+        return child
+
+
 def _split(method: str) -> tuple[str, str]:
     """``/ringlab.v1.Cpu/RunVcpu`` -> (``ringlab.v1.Cpu``, ``RunVcpu``)."""
     service, _, name = method.lstrip("/").partition("/")
@@ -202,6 +218,11 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.rpc_started_of = _Children(self.rpc_started)
+        self.rpc_handled_of = _Children(self.rpc_handled)
+        self.rpc_seconds_of = _Children(self.rpc_seconds)
+        self._redis_trips_of = _Children(self.redis_trips)
+        self._redis_seconds_of = _Children(self.redis_seconds)
         self._http: Any = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
@@ -213,8 +234,8 @@ class ServiceMetrics:
 
     def round_trip(self, op: str, seconds: float, ok: bool) -> None:
         """``SharedState.observer``."""
-        self.redis_trips.labels(op, "ok" if ok else "error").inc()
-        self.redis_seconds.labels(op).observe(seconds)
+        self._redis_trips_of(op, "ok" if ok else "error").inc()
+        self._redis_seconds_of(op).observe(seconds)
 
     def watch_store(self, state: SharedState) -> SharedState:
         """Count ``state``'s round trips (and those of the handles ``counted`` makes after)."""
@@ -332,7 +353,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:  # no such method (any name a client sends: not a label)
-            self.m.rpc_handled.labels("unknown", "unknown", "UNIMPLEMENTED").inc()
+            self.m.rpc_handled_of("unknown", "unknown", "UNIMPLEMENTED").inc()
             return None
         service, method = _split(handler_call_details.method)
         m = self.m
@@ -340,14 +361,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         def done(context: grpc.ServicerContext, started: float, failed: str) -> None:
             code = _code_of(context)
             name = code.name if code is not None else (failed or "OK")
-            m.rpc_handled.labels(service, method, name).inc()
-            m.rpc_seconds.labels(service, method, name).observe(time.perf_counter() - started)
+            m.rpc_handled_of(service, method, name).inc()
+            m.rpc_seconds_of(service, method, name).observe(time.perf_counter() - started)
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                m.rpc_started.labels(service, method).inc()
+                m.rpc_started_of(service, method).inc()
                 started, failed = time.perf_counter(), "UNKNOWN"
                 try:
                     response = inner(request, context)
@@ -362,7 +383,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                m.rpc_started.labels(service, method).inc()
+                m.rpc_started_of(service, method).inc()
                 started, failed = time.perf_counter(), "UNKNOWN"
                 try:
                     yield from inner_stream(request, context)
@@ -448,12 +469,15 @@ class DriverMetrics(DriverObserver):
             "Credit refills (no eligible VM had credit left: every live VM was refilled by weight).",
             registry=r,
         )
+        self._switch_seconds_of = _Children(self.switch_seconds)
+        self._scheduler_of = _Children(self.scheduler)  # an idle pCPU decides every 10 ms
+        self._decisions_of = _Children(self.decisions)
         self._lock = threading.Lock()
         self._series: dict[str, set[tuple[str, str, str]]] = {}
         """VM id -> the (name, technique, reason) label sets of its exits, for ``forget_vm``."""
 
     def world_switch(self, pcpu: str, seconds: float) -> None:
-        self.switch_seconds.labels(pcpu).observe(seconds)
+        self._switch_seconds_of(pcpu).observe(seconds)
 
     def slice_ended(self, report: SliceReport) -> None:
         technique = report.technique or "unknown"
@@ -469,9 +493,9 @@ class DriverMetrics(DriverObserver):
                     self.exits.labels(report.name, technique, reason).inc(count)
 
     def decided(self, pcpu: str, chosen: str | None, applied: bool, refilled: bool, seconds: float) -> None:
-        self.scheduler.labels(pcpu).inc(seconds)
+        self._scheduler_of(pcpu).inc(seconds)
         outcome = "stale" if not applied else ("granted" if chosen else "idle")
-        self.decisions.labels(pcpu, outcome).inc()
+        self._decisions_of(pcpu, outcome).inc()
         if applied and refilled:
             self.refills.inc()
 
