@@ -509,9 +509,10 @@ class DriverMetrics(DriverObserver):
 
 
 class _Deployment(Collector):
-    """The deployment as Redis holds it, read at each scrape (four round trips): every VM's
-    credit, share, CPU time, weight and status; every pCPU's liveness; the global streams'
-    lengths.  The same in every hypervisor replica (take max, not sum, across replicas)."""
+    """The deployment as Redis holds it, read at each scrape (four round trips, with commands the
+    hypervisor's Redis user may run): every VM's credit, share, CPU time, weight and status;
+    every pCPU's liveness.  The same in every hypervisor replica (take max, not sum, across
+    replicas)."""
 
     def __init__(self, state: SharedState) -> None:
         self.state = state
@@ -534,7 +535,6 @@ class _Deployment(Collector):
         _version, entries = self.state.sched_snapshot()
         definitions = self.state.vm_definitions(sorted(entries, key=lambda vm: (len(vm), vm)))
         pcpus = self.state.pcpus()
-        streams = self.state.stream_lengths()
         vm = ["vm"]
         info = GaugeMetricFamily(
             "ringlab_vm_info",
@@ -594,15 +594,7 @@ class _Deployment(Collector):
         )
         for pcpu, (_address, live) in sorted(pcpus.items()):
             alive.add_metric([pcpu], 1 if live else 0)
-        lengths = GaugeMetricFamily(
-            "ringlab_redis_stream_entries",
-            "Entries in the deployment's global Redis streams (events, commits; each capped at "
-            "about 100,000).",
-            labels=["stream"],
-        )
-        for stream, length in sorted(streams.items()):
-            lengths.add_metric([stream], length)
-        return [info, credit, share, cpu, weight, vms, alive, lengths]
+        return [info, credit, share, cpu, weight, vms, alive]
 
 
 class HypervisorMetrics(ServiceMetrics):

@@ -264,16 +264,6 @@ class SharedState:
             found = pipe.execute()
         return {vm: json.loads(raw) for vm, raw in zip(vms, found) if raw is not None}
 
-    def stream_lengths(self) -> dict[str, int]:
-        """Entries in the deployment's global streams (``events``, ``commits``; each capped at
-        about 100,000 by the scripts that add to them), in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.xlen(keys.EVENTS)
-        pipe.xlen(keys.COMMITS)
-        with self._round_trip("stream_lengths"):
-            events, commits = pipe.execute()
-        return {"events": int(events), "commits": int(commits)}
-
     def vm_image(self, vm: str) -> bytes:
         blob = self.r.get(keys.vm_image(vm))
         if blob is None:
