@@ -658,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ringlab.cli.chaos import add_chaos_command
 
     add_chaos_command(sub)  # ringlab chaos run | check
+    from ringlab.cli.trace import add_trace_command
+
+    add_trace_command(sub)  # ringlab trace run
 
     p = _command(sub, "isa", "print the RL-32 instruction table", cmd_isa)
     p.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ringlab.errors import UsageError
 from ringlab.image import Image
 from ringlab.machine.tlb import TlbGeometry
+from ringlab.vmm.recorder import FlightRecorder
 from ringlab.vmm.technique import TECHNIQUES, Stop, Technique, TechniqueName, default_kernel
 from ringlab.vmm.vm import IN_PROCESS, VM, CoreRunner, InProcessCore, VmRunResult
 
@@ -69,13 +70,16 @@ def run_vm(
     input: bytes = b"",
     fast: bool = True,
     tlb: TlbGeometry | None = None,
+    recorder: FlightRecorder | None = None,
 ) -> VmRunResult:
     """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
 
     Returns ``machine.RunResult``'s shape (``to_json()`` is docs/machine.md's object) with ``registers``
     the guest-visible (virtual) state; exit reason ``refused`` when the technique will not run
     this guest (a stock kernel under ``pv``).  ``tlb``: the core's TLB size (default 64 entries,
-    4-way: ``machine.tlb``); it changes the page walks and their cycles, never the guest's results."""
+    4-way: ``machine.tlb``); it changes the page walks and their cycles, never the guest's results.
+    ``recorder``: a flight recorder to attach (``vmm.recorder``), which records the run's exits
+    and its one slice."""
     vm = VM(
         image,
         make_technique(technique, nested_paging=nested_paging),
@@ -85,4 +89,6 @@ def run_vm(
     )
     if tlb is not None:
         vm.cpu.mmu.resize_tlb(tlb)
+    if recorder is not None:
+        recorder.attach(vm)
     return vm.run(max_instructions)

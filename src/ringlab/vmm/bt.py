@@ -40,6 +40,7 @@ from ringlab.machine.state import CR0_PG, CpuState
 from ringlab.vmm.emulate import emulate, run_with_wp_lifted
 from ringlab.vmm.events import (
     INT_OPCODE,
+    event_reason,
     int_vector,
     reflect_exception,
     reflect_interrupt,
@@ -287,8 +288,8 @@ class BinaryTranslation:
         instruction, with the trace's write protection lifted) and counts the trap; after
         ``ADAPT_AFTER`` traps at one instruction it is translated again as a callout."""
         counters = vm.counters
+        counters.world_switch("traced write")
         counters.traced_writes += 1
-        counters.world_switches += 1
         eip = vm.cpu.state.eip
         self.traps_at[eip] += 1
         if self.traps_at[eip] >= ADAPT_AFTER:
@@ -338,11 +339,12 @@ class BinaryTranslation:
         vm.sync()
         match exit:
             case Raised(vector=vector, eip=eip, error_code=error_code):
-                vm.counters.world_switches += 1
                 if vector == TIMER and not _may_be_int(vm, eip):
+                    vm.counters.world_switch(event_reason(TIMER, False))
                     return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
+                vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
                 if vector == PF:
@@ -372,8 +374,9 @@ class _VmmPort:
 
     def callout(self, op: Op) -> Exit | Stop | None:
         counters = self.vm.counters
+        adaptive = "adaptive " if op.kind is Kind.ADAPTIVE else ""
+        counters.world_switch(f"{adaptive}callout {op.insn.mnemonic}")
         counters.callouts += 1
-        counters.world_switches += 1
         if op.kind is Kind.ADAPTIVE:
             return self.bt._adaptive_callout(self.vm, op)
         result = emulate(self.vm, op.insn, op.eip)

@@ -52,7 +52,9 @@ __all__ = [
     "Profile",
     "core_cycles",
     "cycles",
+    "in_guest_cycles",
     "profile",
+    "switch_cycles",
     "vmm_cycles",
 ]
 
@@ -203,24 +205,39 @@ def _emulated_port_accesses(counters: EventCounter) -> int:
 
 
 def vmm_cycles(counters: EventCounter, cost_profile: str | Profile | None = None) -> int:
-    """The cycles the hypervisor's events add to the guest's instructions."""
+    """The cycles the hypervisor's events add to the guest's instructions: its work in world
+    switches (``switch_cycles``) and what it adds while the guest runs (``in_guest_cycles``)."""
+    return switch_cycles(counters, cost_profile) + in_guest_cycles(counters, cost_profile)
+
+
+def switch_cycles(counters: EventCounter, cost_profile: str | Profile | None = None) -> int:
+    """The cycles of the VMM's work in world switches: exits, traps, callouts, hypercalls and
+    what they do (emulation, shadow syncs and flushes, reflected events, device models).  A
+    flight recorder prices one exit as what this grew by from its start to the next exit."""
     c = profile(cost_profile).costs
     exits = sum(counters.vm_exits.values())
     traps = sum(counters.traps.values())
-    inline = sum(n for how in counters.sensitive.values() for k, n in how.items() if k == "inline")
     hypercalls = sum(counters.hypercalls.values())
     total = exits * (c["vm_exit"] + c["emulation"])
     io_exits = counters.vm_exits.get(VmxExitReason.IO_INSTRUCTION.label, 0)
     total += io_exits * c["io_exit"]
     total += (io_exits + _emulated_port_accesses(counters)) * c["io_emulation"]
     total += traps * (c["trap"] + c["emulation"])
-    total += inline * c["inline"]
     total += counters.callouts * c["callout"]
-    total += counters.indirect_lookups * c["indirect_lookup"]
     total += counters.traced_writes * c["traced_write"]
-    total += counters.translated_instructions * c["translated_instruction"]
     total += counters.shadow_syncs * c["shadow_sync"] + counters.shadow_flushes * c["shadow_flush"]
     total += counters.reflected * c["reflect"]
-    total += counters.io_passthrough * c["device_io"]
     total += hypercalls * (c["hypercall"] + c["emulation"])
+    return total
+
+
+def in_guest_cycles(counters: EventCounter, cost_profile: str | Profile | None = None) -> int:
+    """What the VMM adds while the guest runs, with no world switch: bt's inline sensitive
+    instructions, indirect-branch lookups and translation, and hw's passed-through device I/O."""
+    c = profile(cost_profile).costs
+    inline = sum(n for how in counters.sensitive.values() for k, n in how.items() if k == "inline")
+    total = inline * c["inline"]
+    total += counters.indirect_lookups * c["indirect_lookup"]
+    total += counters.translated_instructions * c["translated_instruction"]
+    total += counters.io_passthrough * c["device_io"]
     return total

@@ -11,6 +11,7 @@ what the guest itself saw, as natively.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,13 @@ class EventCounter:
     """Single shadow entries dropped (guest ``invlpg``)."""
     world_switches: int = 0
     """Guest -> VMM -> guest round trips (every exit, trap, callout or hypercall)."""
+    exits: Counter[str] = field(default_factory=Counter)
+    """The world switches by reason, in the technique's own terms (``world_switch``): a VMX exit
+    reason (``"CPUID (10)"``), a trapped event (``"#GP"``, ``"timer"``, ``"int 0x30"``), a
+    hypercall (``"hypercall 2 (console_write)"``), a bt callout (``"callout cli"``) or a
+    ``"traced write"``; they add up to ``world_switches``."""
+    on_exit: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    """Called with the reason of each world switch as it begins (the flight recorder)."""
     hidden: Counter[int] = field(default_factory=Counter)
     """Exception vector -> times the core counted it but the VMM absorbed it."""
     reflected: int = 0
@@ -57,6 +65,14 @@ class EventCounter:
     io_passthrough: int = 0
     """``hw``: ``in``/``out`` to a port whose I/O-bitmap bit is clear (no exit: the device is
     reached directly)."""
+
+    def world_switch(self, reason: str) -> None:
+        """Count one world switch (the guest left for the VMM) and why: called as the switch
+        begins, before anything it does is counted (a flight recorder prices it from here)."""
+        self.world_switches += 1
+        self.exits[reason] += 1
+        if self.on_exit is not None:
+            self.on_exit(reason)
 
     def handled(self, mnemonic: str, how: str) -> None:
         ways = self.sensitive.get(mnemonic)
@@ -88,6 +104,7 @@ class EventCounter:
             shadow_invalidations=self.shadow_invalidations,
             reflected=self.reflected,
             world_switches=self.world_switches,
+            exits=dict(sorted(self.exits.items())),
         )
         if self.io_passthrough:
             out["io_passthrough"] = self.io_passthrough

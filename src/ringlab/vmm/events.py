@@ -13,15 +13,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ringlab.isa import TABLE, Instruction
+from ringlab.machine.cpu import vector_name
 from ringlab.machine.exits import Exit
-from ringlab.machine.faults import Fault
+from ringlab.machine.faults import GP, Fault
 from ringlab.vmm.execute import no_intercepts
 from ringlab.vmm.vcpu import count_guest_ring, enter_guest, guest_view, leave_guest
 
 if TYPE_CHECKING:
     from ringlab.vmm.vm import VM
 
-__all__ = ["INT_OPCODE", "int_vector", "reflect_exception", "reflect_interrupt", "reflect_software_interrupt"]
+__all__ = [
+    "INT_OPCODE",
+    "event_reason",
+    "int_vector",
+    "reflect_exception",
+    "reflect_interrupt",
+    "reflect_software_interrupt",
+]
 
 INT_OPCODE = next(spec.opcode for spec in TABLE if spec.mnemonic == "int")
 """``int n``'s opcode: its first byte, for a check that does not decode (bt's ``_may_be_int``)."""
@@ -36,6 +44,17 @@ def int_vector(insn: Instruction | None) -> int | None:
     (vector,) = insn.operands
     assert isinstance(vector, int)
     return vector
+
+
+def event_reason(vector: int, software: bool, insn: Instruction | None = None) -> str:
+    """Why the guest left for the VMM, for an event it trapped on (``EventCounter.exits``):
+    ``"int 0x30"`` for ``int n``; a #GP with the instruction that raised it (``"#GP (cli)"``: a
+    trap-and-emulate VMM's trap); else the vector's name (``"#PF"``, ``"timer"``)."""
+    if software:
+        return f"int {vector:#x}"
+    if vector == GP and insn is not None:
+        return f"#GP ({insn.mnemonic})"
+    return vector_name(vector)
 
 
 def reflect_exception(vm: VM, fault: Fault, *, counted: bool) -> Exit | None:

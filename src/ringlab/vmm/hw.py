@@ -181,8 +181,8 @@ class Hw:
         return vm.runner.run_core(vm, budget)
 
     def _exit(self, vm: VM, reason: R) -> None:
+        vm.counters.world_switch(reason.label)  # first: the exit's price is counted after it began
         vm.counters.vm_exits[reason.label] += 1
-        vm.counters.world_switches += 1
 
     def handle(self, vm: VM, exit: Exit) -> Exit | Stop | None:
         match exit:

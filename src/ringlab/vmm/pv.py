@@ -18,7 +18,7 @@ from ringlab.asm import format_instruction
 from ringlab.isa import MASK32, Class
 from ringlab.machine.exits import Controls, Exit, Raised
 from ringlab.machine.faults import GP, TIMER, Fault
-from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
+from ringlab.vmm.events import event_reason, int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.hypercalls import ENOSYS, HYPERCALLS, NO_RETURN, SHARED_TSS
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.trap_emulate import ALL_VECTORS, instruction_at
@@ -87,11 +87,11 @@ class Paravirt:
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
                 if vector == TIMER and not is_int:
-                    vm.counters.world_switches += 1
+                    vm.counters.world_switch(event_reason(TIMER, False))
                     return vm.timer_tick()
                 if is_int and vector == HYPERCALL_VECTOR and vm.vcpu.cpl == 1:
                     return self._hypercall(vm, eip)
-                vm.counters.world_switches += 1
+                vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if is_int and error_code is None:
                     return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 if (
@@ -109,10 +109,11 @@ class Paravirt:
         cpu, counters = vm.cpu, vm.counters
         s = cpu.state
         vm.hide(HYPERCALL_VECTOR)  # a hypercall, counted as one, not as a guest exception
-        counters.world_switches += 1
         number, ebx, ecx, edx = s.regs[0], s.regs[3], s.regs[1], s.regs[2]
         call = HYPERCALLS.get(number)
-        counters.hypercalls[call.name if call is not None else f"unknown ({number})"] += 1
+        name = call.name if call is not None else f"unknown ({number})"
+        counters.world_switch(f"hypercall {number} ({name})" if call is not None else f"hypercall {name}")
+        counters.hypercalls[name] += 1
         result = ENOSYS if call is None else call.handler(self, vm, ebx, ecx, edx)
         if isinstance(result, Stop):
             cpu.retire(s.cs & 3)

@@ -17,7 +17,7 @@ from ringlab.machine.exits import Controls, Exit, Intercept, Raised
 from ringlab.machine.faults import GP, PF, TIMER, Fault
 from ringlab.vmm.diagnostics import PROBED, observe
 from ringlab.vmm.emulate import emulate
-from ringlab.vmm.events import int_vector, reflect_exception, reflect_software_interrupt
+from ringlab.vmm.events import event_reason, int_vector, reflect_exception, reflect_software_interrupt
 from ringlab.vmm.execute import execute
 from ringlab.vmm.technique import Stop, TechniqueName
 from ringlab.vmm.vcpu import Deprivilege, count_guest_ring
@@ -76,9 +76,9 @@ class TrapEmulate:
                 vm.sync()
                 return result
             case Raised(vector=vector, eip=eip, error_code=error_code):
-                vm.counters.world_switches += 1
                 insn = instruction_at(vm, eip)
                 is_int = int_vector(insn) == vector
+                vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
                 if vector == PF:

@@ -34,6 +34,7 @@ from ringlab.vmm.technique import Stop, Technique, TechniqueName
 from ringlab.vmm.vcpu import SYS_FLAGS, VirtualCpu
 
 if TYPE_CHECKING:
+    from ringlab.vmm.recorder import FlightRecorder
     from ringlab.vmm.translated import ToVmm
 
 __all__ = ["IN_PROCESS", "VM", "CoreRunner", "InProcessCore", "VmRunResult"]
@@ -131,6 +132,8 @@ class VM:
         self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM
         self.p2m = P2M(memory_size)
         self.counters = EventCounter()
+        self.recorder: FlightRecorder | None = None
+        """The VM's flight recorder, when one is attached (``FlightRecorder.attach``)."""
         self.devices = DeviceBackEnd(input)
         self.vcpu = VirtualCpu()
         self.deprivilege = technique.deprivilege
@@ -150,7 +153,11 @@ class VM:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> VmRunResult:
+        """Run the guest to its end in this process (one slice, for a flight recorder, on the
+        pCPU it names: ``FlightRecorder.pcpu``)."""
         started = time.perf_counter()
+        if self.recorder is not None:
+            self.recorder.begin_slice(self.recorder.pcpu)
         while True:
             budget = _SLICE if max_instructions is None else max_instructions - self.cpu.stats.retired
             if budget <= 0:
@@ -160,6 +167,8 @@ class VM:
             if isinstance(outcome, Stop):
                 stop = outcome
                 break
+        if self.recorder is not None:
+            self.recorder.end_slice(stop.reason)
         return self.result(stop, time.perf_counter() - started)
 
     def advance(self, budget: int, until: Callable[[], bool] | None = None) -> Stop | Idle | None:

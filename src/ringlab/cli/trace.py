@@ -1,0 +1,224 @@
+"""``ringlab trace``: the flight recorder's records as a Perfetto trace, and a xenalyze-style summary.
+
+    ringlab trace run [PROGRAM | --workload NAME] [--technique T ...] [-o FILE] [--clock wall|virtual]
+
+``run`` runs one guest in this process under each technique asked for (by default every full
+virtualization technique: trap-emulate, bt, hw, hw with nested paging), each with a flight
+recorder (``ringlab.vmm.recorder``), writes one trace file with a track per technique, and prints
+each one's exits by reason with their count and their total and mean simulated cost.  The file
+opens in ui.perfetto.dev (or chrome://tracing).  docs/tracing.md describes the records and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ringlab.cli.exitstatus import EXIT_OK
+from ringlab.errors import UsageError
+
+__all__ = ["DEFAULT_OUTPUT", "TRACE_TECHNIQUES", "add_trace_command", "cmd_trace_run", "print_summary"]
+
+TRACE_TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw", "hw+np")
+"""What ``--technique`` takes: ``hw+np`` is hw with nested paging."""
+FULL_VIRTUALIZATION = ("trap-emulate", "bt", "hw", "hw+np")
+DEFAULT_OUTPUT = "ringlab-trace.json"
+
+
+def add_trace_command(sub: Any) -> None:
+    from ringlab.cli.main import _add_defines, _command, _file, _parse_count, _parse_size
+    from ringlab.guestos.build import FLAVOURS, WORKLOADS
+    from ringlab.vmm.recorder import DEFAULT_CAPACITY
+    from ringlab.vmm.trace_events import CLOCKS
+
+    summary = "record exits and slices with the flight recorder and write a Perfetto trace"
+    p = sub.add_parser("trace", help=summary, description=summary[0].upper() + summary[1:] + ".")
+    p.epilog = (
+        "Open the file at https://ui.perfetto.dev (it works offline too: the file never leaves your machine)."
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = _command(
+        actions,
+        "run",
+        "run one guest in-process under each technique, recording every exit, and write the trace",
+        cmd_trace_run,
+    )
+    _file(
+        r.add_argument(
+            "program", nargs="?", metavar="PROGRAM", help="RL-32 assembly or an image (default: --workload)"
+        )
+    )
+    r.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default=None,
+        help="boot the guest OS running this workload instead of PROGRAM (default: hello when no PROGRAM)",
+    )
+    r.add_argument(
+        "--kernel",
+        choices=FLAVOURS,
+        default=None,
+        help="with --workload: the guest kernel (default: paravirt for pv, stock for the others)",
+    )
+    r.add_argument(
+        "--technique",
+        dest="techniques",
+        action="append",
+        choices=TRACE_TECHNIQUES,
+        default=None,
+        help=f"record under this technique; may repeat (default: {', '.join(FULL_VIRTUALIZATION)})",
+    )
+    _file(
+        r.add_argument(
+            "-o",
+            "--output",
+            default=DEFAULT_OUTPUT,
+            metavar="FILE",
+            help="the trace file (default: %(default)s)",
+        )
+    )
+    r.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="the trace's time axis: wall time, or virtual time (one instruction = 1 us; the same "
+        "every run) (default: %(default)s)",
+    )
+    r.add_argument(
+        "--memory", type=_parse_size, default=4 << 20, metavar="BYTES", help="guest RAM (default: 4M)"
+    )
+    r.add_argument(
+        "--max-instructions",
+        type=_parse_count,
+        default=None,
+        metavar="N",
+        help="stop each run after N retired instructions (default: no limit)",
+    )
+    r.add_argument(
+        "--capacity",
+        type=_parse_count,
+        default=DEFAULT_CAPACITY,
+        metavar="N",
+        help="records kept per run, the oldest dropped first (default: %(default)s)",
+    )
+    r.add_argument("--json", action="store_true", help="print the summary as JSON (default: a table)")
+    _add_defines(r)
+
+
+def _image(args: argparse.Namespace, technique: str) -> Any:
+    from ringlab.cli.main import _load_program
+    from ringlab.guestos.build import build_image
+    from ringlab.vmm import default_kernel
+
+    defines = dict(args.defines)
+    if args.program and args.workload:
+        raise UsageError("PROGRAM and --workload both name the guest: give one")
+    if args.program:
+        return _load_program(args.program, defines)
+    kernel = args.kernel or default_kernel(technique.partition("+")[0])
+    return build_image(args.workload or "hello", kernel, defines)
+
+
+def cmd_trace_run(args: argparse.Namespace) -> int:
+    from ringlab.cli.termout import progress
+    from ringlab.vmm import run_vm
+    from ringlab.vmm.recorder import FlightRecorder
+    from ringlab.vmm.trace_events import summarize, trace_events
+
+    if args.capacity < 1:
+        raise UsageError("--capacity: keep at least one record")
+    techniques = list(dict.fromkeys(args.techniques or FULL_VIRTUALIZATION))
+    records: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, int] = {}
+    with progress("recording", len(techniques), enabled=not args.json) as step:
+        for technique in techniques:
+            name, _, np = technique.partition("+")
+            recorder = FlightRecorder(args.capacity, pcpu=f"in-process ({technique})")
+            result = run_vm(
+                _image(args, technique),
+                technique=name,
+                nested_paging=bool(np),
+                memory_size=args.memory,
+                max_instructions=args.max_instructions,
+                recorder=recorder,
+            ).to_json()
+            records[technique] = list(recorder.records)
+            results[technique] = result
+            dropped[technique] = recorder.dropped
+            step(f"recorded {technique}")
+    trace = trace_events(records, clock=args.clock)
+    out = Path(args.output)
+    try:
+        out.write_text(json.dumps(trace, separators=(",", ":")))
+    except OSError as exc:
+        raise UsageError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
+    rows = summarize(records)
+    if args.json:
+        doc = {
+            "trace": str(out),
+            "clock": args.clock,
+            "runs": {
+                t: {
+                    "exit": results[t]["exit"],
+                    "exits": results[t]["stats"]["guest"].get("exits", {}),
+                    "dropped": dropped[t],
+                }
+                for t in techniques
+            },
+            "summary": [
+                {
+                    "vm": r.vm,
+                    "reason": r.reason,
+                    "count": r.count,
+                    "total_cost": r.total_cost,
+                    "mean_cost": r.mean_cost,
+                }
+                for r in rows
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print_summary(rows, {t: results[t]["stats"]["guest"].get("cycles", 0) for t in techniques})
+    for t in techniques:
+        if dropped[t]:
+            print(
+                f"{t}: the ring buffer dropped the oldest {dropped[t]:,} records (raise --capacity)",
+                file=sys.stderr,
+            )
+    events = sum(1 for e in trace["traceEvents"] if e["ph"] != "M")
+    print(f"wrote {out} ({events:,} events, {args.clock} clock): open it at https://ui.perfetto.dev")
+    return EXIT_OK
+
+
+def print_summary(rows: list[Any], cycles: dict[str, int] | None = None) -> None:
+    """xenalyze's summary: per VM, exits by reason with count, total and mean cost and the share
+    of the VM's simulated cycles they took."""
+    from ringlab.cli.termout import compact_table, stdout_console
+
+    console = stdout_console()
+    if not rows:
+        console.print("no exits were recorded (natively there is no hypervisor to exit to)")
+        return
+    for vm in dict.fromkeys(r.vm for r in rows):
+        mine = [r for r in rows if r.vm == vm]
+        total = sum(r.count for r in mine)
+        table = compact_table(
+            f"{vm}: {total:,} exits",
+            [
+                ("reason", "left"),
+                ("count", "right"),
+                ("total cycles", "right"),
+                ("mean", "right"),
+                ("of run", "right"),
+            ],
+        )
+        run_cycles = (cycles or {}).get(vm, 0)
+        for r in mine:
+            share = f"{100 * r.total_cost / run_cycles:.1f}%" if run_cycles else "-"
+            table.add_row(r.reason, f"{r.count:,}", f"{r.total_cost:,}", f"{r.mean_cost:,.0f}", share)
+        console.print(table)
+        console.print()
