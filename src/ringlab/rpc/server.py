@@ -392,8 +392,8 @@ def build_server(
             "set-up; 'ringlab up' and compose hand each service its role's credentials)",
             config.service,
         )
-    # Outermost: a call the token or role check refuses is counted too.
-    interceptors.insert(0, metrics.interceptor())
+    if wanted is not None:  # outermost: a call the token or role check refuses is counted too
+        interceptors.insert(0, metrics.interceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=config.service),
         interceptors=interceptors,
