@@ -401,9 +401,14 @@ class PcpuDriver(threading.Thread):
                     round_trips=self.store.round_trips - self._reported_trips + 1,  # + this grant
                 )
                 self._reported_trips = self.store.round_trips
-                self.observer.decided(
-                    self.pcpu, decision.chosen, result.applied, decision.refilled, time.perf_counter() - t0
-                )
+                with contextlib.suppress(Exception):  # an observer never stops a pCPU
+                    self.observer.decided(
+                        self.pcpu,
+                        decision.chosen,
+                        result.applied,
+                        decision.refilled,
+                        time.perf_counter() - t0,
+                    )
                 version, raw = result.version, result.entries
                 if not result.applied:
                     continue  # someone else changed the entries: decide again on the fresh ones
@@ -583,7 +588,7 @@ class PcpuDriver(threading.Thread):
                 deadline=run.deadline(),
             )
         )
-        self.observer.world_switch(self.pcpu, time.perf_counter() - started)
+        self._switched(time.perf_counter() - started)
         run.switches += 1
         run.committed_at_switch = switched.generation != rt.generation
         if run.committed_at_switch:
@@ -591,6 +596,13 @@ class PcpuDriver(threading.Thread):
             rt.copy.committed()
         run.count_exit(exit_name(switched))
         return switched
+
+    def _switched(self, seconds: float) -> None:
+        """Tell the observer of a world switch (whatever it does, the slice goes on)."""
+        try:
+            self.observer.world_switch(self.pcpu, seconds)
+        except Exception:
+            log.exception("the driver's observer failed")
 
     def _commit_slice(
         self, run: _Slice, how: str, stop: Stop | None, failed: bool
@@ -632,7 +644,7 @@ class PcpuDriver(threading.Thread):
                 deadline=run.deadline(),
             )
         )
-        self.observer.world_switch(self.pcpu, time.perf_counter() - started)
+        self._switched(time.perf_counter() - started)
         rt.generation = switched.generation
         copy.committed()
         if not failed:  # the pCPU now stands where the handlers left the copy: the next slice's

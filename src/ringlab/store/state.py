@@ -164,7 +164,10 @@ class SharedState:
             yield
             ok = True
         finally:
-            observer(op, time.perf_counter() - started, ok)
+            try:
+                observer(op, time.perf_counter() - started, ok)
+            except Exception:  # counting never fails a round trip
+                log.exception("the store's round-trip observer failed")
 
     def ping(self) -> bool:
         try:
