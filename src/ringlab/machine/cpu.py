@@ -55,6 +55,7 @@ class Cpu:
         self.mmu = Mmu(memory, self._state, self.stats, fast_caches=fast)
         self.fast = fast
         self._controls = controls or Controls()
+        self.mmu.guest_perms = self._controls.guest_perms
         self._intercepted = self._intercepted_opcodes()
         self._pending_in: int | None = None
         self._decoded: dict[int, tuple[Instruction, bytes]] = {}
@@ -97,6 +98,7 @@ class Cpu:
     @controls.setter
     def controls(self, controls: Controls) -> None:
         self._controls = controls
+        self.mmu.guest_perms = controls.guest_perms
         self._intercepted = self._intercepted_opcodes()
         if self.compiled_blocks is not None:
             self.compiled_blocks.clear()  # compiled blocks embed which mnemonics exit

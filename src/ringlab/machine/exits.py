@@ -176,6 +176,9 @@ class Controls:
     """VMX non-root mode: ``vmcall`` exits (``Intercept``) instead of raising #UD."""
     cpuid_hypervisor_bit: bool = False
     """``cpuid`` leaf 1 ``ecx`` bit 31."""
+    guest_perms: bool = False
+    """Shadow paging: the TLB's entries carry the guest's own U|W, and a fault they allow keeps
+    the entry (``Mmu.guest_perms``)."""
 
     def intercepts(self, spec: Spec) -> bool:
         names = self.intercept_mnemonics

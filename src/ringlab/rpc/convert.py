@@ -98,6 +98,7 @@ def controls_from_proto(c: common_pb2.Controls) -> Controls:
         exit_on_idle_hlt=c.exit_on_idle_hlt,
         vmx_nonroot=c.vmx_nonroot,
         cpuid_hypervisor_bit=c.cpuid_hypervisor_bit,
+        guest_perms=c.guest_perms,
     )
 
 
@@ -109,6 +110,7 @@ def controls_to_proto(c: Controls) -> common_pb2.Controls:
         exit_on_idle_hlt=c.exit_on_idle_hlt,
         vmx_nonroot=c.vmx_nonroot,
         cpuid_hypervisor_bit=c.cpuid_hypervisor_bit,
+        guest_perms=c.guest_perms,
     )
 
 

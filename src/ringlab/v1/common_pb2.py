@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ringlab/v1/common.proto\x12\nringlab.v1\"\xa5\x01\n\x08\x43ontrols\x12\x19\n\x11intercept_vectors\x18\x01 \x03(\r\x12\x1b\n\x13intercept_mnemonics\x18\x02 \x03(\t\x12\x14\n\x0cintercept_io\x18\x03 \x01(\x08\x12\x18\n\x10\x65xit_on_idle_hlt\x18\x04 \x01(\x08\x12\x13\n\x0bvmx_nonroot\x18\x05 \x01(\x08\x12\x1c\n\x14\x63puid_hypervisor_bit\x18\x06 \x01(\x08\"\xdb\x01\n\nGuestStats\x12\x0f\n\x07retired\x18\x01 \x01(\x04\x12\x17\n\x0fretired_by_ring\x18\x02 \x03(\x04\x12\x14\n\x0cvirtual_time\x18\x03 \x01(\x04\x12:\n\nexceptions\x18\x04 \x03(\x0b\x32&.ringlab.v1.GuestStats.ExceptionsEntry\x12\x12\n\ninterrupts\x18\x05 \x01(\x04\x12\n\n\x02io\x18\x06 \x01(\x04\x1a\x31\n\x0f\x45xceptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"8\n\x0c\x43onsoleChunk\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t*\x8e\x01\n\tTechnique\x12\x19\n\x15TECHNIQUE_UNSPECIFIED\x10\x00\x12\x14\n\x10TECHNIQUE_NATIVE\x10\x01\x12\x1a\n\x16TECHNIQUE_TRAP_EMULATE\x10\x02\x12\x10\n\x0cTECHNIQUE_BT\x10\x03\x12\x10\n\x0cTECHNIQUE_PV\x10\x04\x12\x10\n\x0cTECHNIQUE_HW\x10\x05*\x7f\n\rKernelFlavour\x12\x1e\n\x1aKERNEL_FLAVOUR_UNSPECIFIED\x10\x00\x12\x18\n\x14KERNEL_FLAVOUR_STOCK\x10\x01\x12\x1b\n\x17KERNEL_FLAVOUR_PARAVIRT\x10\x02\x12\x17\n\x13KERNEL_FLAVOUR_NONE\x10\x03*\xee\x01\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_IO_OUT\x10\x01\x12\x15\n\x11\x45XIT_REASON_IO_IN\x10\x02\x12\x14\n\x10\x45XIT_REASON_HALT\x10\x03\x12\x18\n\x14\x45XIT_REASON_SHUTDOWN\x10\x04\x12\x16\n\x12\x45XIT_REASON_BUDGET\x10\x05\x12\x19\n\x15\x45XIT_REASON_EXCEPTION\x10\x06\x12\x1b\n\x17\x45XIT_REASON_INSTRUCTION\x10\x07\x12\x14\n\x10\x45XIT_REASON_IDLE\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ringlab/v1/common.proto\x12\nringlab.v1\"\xba\x01\n\x08\x43ontrols\x12\x19\n\x11intercept_vectors\x18\x01 \x03(\r\x12\x1b\n\x13intercept_mnemonics\x18\x02 \x03(\t\x12\x14\n\x0cintercept_io\x18\x03 \x01(\x08\x12\x18\n\x10\x65xit_on_idle_hlt\x18\x04 \x01(\x08\x12\x13\n\x0bvmx_nonroot\x18\x05 \x01(\x08\x12\x1c\n\x14\x63puid_hypervisor_bit\x18\x06 \x01(\x08\x12\x13\n\x0bguest_perms\x18\x07 \x01(\x08\"\xdb\x01\n\nGuestStats\x12\x0f\n\x07retired\x18\x01 \x01(\x04\x12\x17\n\x0fretired_by_ring\x18\x02 \x03(\x04\x12\x14\n\x0cvirtual_time\x18\x03 \x01(\x04\x12:\n\nexceptions\x18\x04 \x03(\x0b\x32&.ringlab.v1.GuestStats.ExceptionsEntry\x12\x12\n\ninterrupts\x18\x05 \x01(\x04\x12\n\n\x02io\x18\x06 \x01(\x04\x1a\x31\n\x0f\x45xceptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"8\n\x0c\x43onsoleChunk\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t*\x8e\x01\n\tTechnique\x12\x19\n\x15TECHNIQUE_UNSPECIFIED\x10\x00\x12\x14\n\x10TECHNIQUE_NATIVE\x10\x01\x12\x1a\n\x16TECHNIQUE_TRAP_EMULATE\x10\x02\x12\x10\n\x0cTECHNIQUE_BT\x10\x03\x12\x10\n\x0cTECHNIQUE_PV\x10\x04\x12\x10\n\x0cTECHNIQUE_HW\x10\x05*\x7f\n\rKernelFlavour\x12\x1e\n\x1aKERNEL_FLAVOUR_UNSPECIFIED\x10\x00\x12\x18\n\x14KERNEL_FLAVOUR_STOCK\x10\x01\x12\x1b\n\x17KERNEL_FLAVOUR_PARAVIRT\x10\x02\x12\x17\n\x13KERNEL_FLAVOUR_NONE\x10\x03*\xee\x01\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_IO_OUT\x10\x01\x12\x15\n\x11\x45XIT_REASON_IO_IN\x10\x02\x12\x14\n\x10\x45XIT_REASON_HALT\x10\x03\x12\x18\n\x14\x45XIT_REASON_SHUTDOWN\x10\x04\x12\x16\n\x12\x45XIT_REASON_BUDGET\x10\x05\x12\x19\n\x15\x45XIT_REASON_EXCEPTION\x10\x06\x12\x1b\n\x17\x45XIT_REASON_INSTRUCTION\x10\x07\x12\x14\n\x10\x45XIT_REASON_IDLE\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GUESTSTATS_EXCEPTIONSENTRY']._loaded_options = None
   _globals['_GUESTSTATS_EXCEPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_TECHNIQUE']._serialized_start=488
-  _globals['_TECHNIQUE']._serialized_end=630
-  _globals['_KERNELFLAVOUR']._serialized_start=632
-  _globals['_KERNELFLAVOUR']._serialized_end=759
-  _globals['_EXITREASON']._serialized_start=762
-  _globals['_EXITREASON']._serialized_end=1000
+  _globals['_TECHNIQUE']._serialized_start=509
+  _globals['_TECHNIQUE']._serialized_end=651
+  _globals['_KERNELFLAVOUR']._serialized_start=653
+  _globals['_KERNELFLAVOUR']._serialized_end=780
+  _globals['_EXITREASON']._serialized_start=783
+  _globals['_EXITREASON']._serialized_end=1021
   _globals['_CONTROLS']._serialized_start=40
-  _globals['_CONTROLS']._serialized_end=205
-  _globals['_GUESTSTATS']._serialized_start=208
-  _globals['_GUESTSTATS']._serialized_end=427
-  _globals['_GUESTSTATS_EXCEPTIONSENTRY']._serialized_start=378
-  _globals['_GUESTSTATS_EXCEPTIONSENTRY']._serialized_end=427
-  _globals['_CONSOLECHUNK']._serialized_start=429
-  _globals['_CONSOLECHUNK']._serialized_end=485
+  _globals['_CONTROLS']._serialized_end=226
+  _globals['_GUESTSTATS']._serialized_start=229
+  _globals['_GUESTSTATS']._serialized_end=448
+  _globals['_GUESTSTATS_EXCEPTIONSENTRY']._serialized_start=399
+  _globals['_GUESTSTATS_EXCEPTIONSENTRY']._serialized_end=448
+  _globals['_CONSOLECHUNK']._serialized_start=450
+  _globals['_CONSOLECHUNK']._serialized_end=506
 # @@protoc_insertion_point(module_scope)

@@ -118,10 +118,13 @@ class Controls(_message.Message):
     EXIT_ON_IDLE_HLT_FIELD_NUMBER: _builtins.int
     VMX_NONROOT_FIELD_NUMBER: _builtins.int
     CPUID_HYPERVISOR_BIT_FIELD_NUMBER: _builtins.int
+    GUEST_PERMS_FIELD_NUMBER: _builtins.int
     intercept_io: _builtins.bool
     exit_on_idle_hlt: _builtins.bool
     vmx_nonroot: _builtins.bool
     cpuid_hypervisor_bit: _builtins.bool
+    guest_perms: _builtins.bool
+    """shadow paging: TLB entries carry the guest's U|W; a fault they allow keeps the entry"""
     @_builtins.property
     def intercept_vectors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -137,10 +140,11 @@ class Controls(_message.Message):
         exit_on_idle_hlt: _builtins.bool = ...,
         vmx_nonroot: _builtins.bool = ...,
         cpuid_hypervisor_bit: _builtins.bool = ...,
+        guest_perms: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpuid_hypervisor_bit", b"cpuid_hypervisor_bit", "exit_on_idle_hlt", b"exit_on_idle_hlt", "intercept_io", b"intercept_io", "intercept_mnemonics", b"intercept_mnemonics", "intercept_vectors", b"intercept_vectors", "vmx_nonroot", b"vmx_nonroot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpuid_hypervisor_bit", b"cpuid_hypervisor_bit", "exit_on_idle_hlt", b"exit_on_idle_hlt", "guest_perms", b"guest_perms", "intercept_io", b"intercept_io", "intercept_mnemonics", b"intercept_mnemonics", "intercept_vectors", b"intercept_vectors", "vmx_nonroot", b"vmx_nonroot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -113,8 +113,7 @@ class ShadowPageTables:
         cpu.state.cr3 = self.root
         cpu.state.cr0 = self._real_cr0()
         cpu.flush_tlb()
-        cpu.mmu.walk_check = self._coherent
-        cpu.mmu.guest_perms = True
+        cpu.mmu.walk_check = self._coherent  # and the VM's controls say guest_perms (Mmu.guest_perms)
 
     # -- the guest's registers -------------------------------------------------------------
     def _real_cr0(self) -> int:

@@ -124,7 +124,8 @@ class VM:
         self.technique = technique
         self.image = image
         self.memory_size = memory_size
-        self.cpu = Cpu.boot(image, memory_size=host_size, controls=technique.controls(), fast=fast)
+        controls = dataclasses.replace(technique.controls(), guest_perms=technique.shadow_paging)
+        self.cpu = Cpu.boot(image, memory_size=host_size, controls=controls, fast=fast)
         self.runner = runner
         """What runs the guest on a core: every technique's ``run`` goes through it."""
         self.yield_when_idle = False
