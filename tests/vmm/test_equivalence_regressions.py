@@ -27,6 +27,9 @@ and where; the classes:
   faults, so in an exception storm it turns a successful fill into a #PF the guest never raised.
 * ``hw-tick-chain-retry`` (fixed): under hw a tick whose delivery escalated and met a shadow miss
   was lost on the retry.
+* ``bt-tick-order`` also covers trap-emulate's emulated ``sti``/``popf``/``iret`` at the
+  instruction limit (fixed), and ``int-14-is-not-a-page-fault`` (fixed): trap-emulate and bt took
+  an ``int 14`` exit for a #PF.
 * ``vmm-protection-drops-tlb-entry`` (fixed): a #PF the VMM's own write protection caused, and
   lifting that protection, dropped the core's TLB entry, which the guest's TLB would still hold
   (a stale translation then walked afresh).
@@ -418,6 +421,92 @@ def test_a_pending_tick_comes_before_the_next_fetch(technique: str) -> None:
     core does.
     """
     assert_equivalent(TICK_BEFORE_FAULT, technique)
+
+
+IRET_AT_THE_LIMIT = """
+; the timer's tick falls while an interrupt gate's handler runs (IF = 0); the handler's iret, the
+; run's last instruction, sets IF again: natively the tick stays pending (the core checks the
+; budget before it takes a tick), so the run stops at back, not in tick
+.entry main
+main:   lidt [idtd]
+        mov eax, 3
+        out 0x40, eax            ; a tick 3 instructions from now
+        sti
+        int 1                    ; into an interrupt gate: IF = 0 in the handler
+back:   nop
+        hlt
+handler:
+        nop
+        nop
+        iret                     ; the 8th instruction: the run's last
+tick:   iret
+        .align 8
+idt:    .dword 0, 0
+        .dword handler, 0x8100   ; vector 1: interrupt gate, ring 0
+        .space 30 * 8
+        .dword tick, 0x8100      ; vector 32: interrupt gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_tick_an_emulated_instruction_lets_through_at_the_limit_stays_pending(technique: str) -> None:
+    """With ``--max-instructions 8`` the run stops natively at ``back`` with the tick pending;
+    under trap-emulate it stopped in ``tick`` (the fuzzer's isa #5622).
+
+    trap-emulate emulates an ``iret`` between kernel rings (as it does ``sti`` and ``popf``),
+    and the VMM delivered the tick it held while the virtual IF was 0 right after
+    (``VM.deliver_pending``), whatever the budget.  Fixed: a tick the budget's last instruction
+    let through is held (``VM._held_tick``) and delivered first thing in the next ``advance``,
+    as the core takes a tick only before an instruction it will run."""
+    native = assert_equivalent(IRET_AT_THE_LIMIT, technique, limit=8)
+    assert native["registers"]["eip"] == assemble(IRET_AT_THE_LIMIT).symbols["back"]
+
+
+INT_14_FROM_RING_2 = """
+; a ring-2 kernel runs int 14 through a gate of DPL 0: natively #GP(14 * 8 + 2) for the int,
+; delivered to ring 2's #GP handler, which powers off with the error code (114)
+.entry main
+main:   lidt [idtd]
+        mov eax, tss
+        ltr eax
+        push ring2_stack
+        push 0x3000              ; IOPL 3: ring 2 may power off
+        push 2
+        push ring2
+        iret
+ring2:  int 14
+        hlt
+on_gp:  pop eax                  ; the error code
+        out 0xF4, eax
+on_pf:  mov eax, 14
+        out 0xF4, eax
+        .align 8
+idt:    .space 13 * 8
+        .dword on_gp, 0x8002     ; vector 13: trap gate, ring 2
+        .dword on_pf, 0x8002     ; vector 14: trap gate, ring 2, DPL 0: int 14 from ring 2 is #GP
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+tss:    .dword 0, 0x3000, 0, 0x3000, 0, 0x3000, 0
+        .space 64
+ring2_stack:
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_int_14_is_a_software_interrupt_not_a_page_fault(technique: str) -> None:
+    """Natively power off with 114 (#GP for ``int 14``'s gate DPL); under trap-emulate (and bt)
+    with 14: the VMM took the ``int 14`` exit for a #PF (the fuzzer's isa #7201).
+
+    Every vector exits under trap-emulate and bt, and an ``int n`` exits as vector n with no
+    error code; their handlers tested ``vector == PF`` before ``int n``, so ``int 14`` went to
+    the shadow's page-fault path and was delivered as a #PF (no DPL check, the ``int``'s own
+    ``eip`` pushed).  Fixed: ``int n`` is recognised first, as hw already did."""
+    native = assert_equivalent(INT_14_FROM_RING_2, technique)
+    assert native["exit"]["code"] == 14 * 8 + 2
 
 
 # -- trap-emulate-guest-rings-1-2 ------------------------------------------------------------------

@@ -15,9 +15,11 @@ from typing import Any
 
 import grpc
 
+from ringlab.errors import UsageError
 from ringlab.guestos import NO_KERNEL
 from ringlab.hypervisor import (
     DEFAULT_CONSOLE_QUOTA,
+    DEFAULT_FLIGHT_SLICES,
     MAX_MEMORY,
     RESULT_REASONS,
     Defined,
@@ -399,6 +401,16 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             )
         return hypervisor_pb2.StatsResponse(vms=self._vms(), pcpus=pcpus)
 
+    def GetFlightRecord(
+        self, request: hypervisor_pb2.FlightRecordRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.FlightRecord:
+        vm = self._resolve(request.vm)
+        record, _ = self.state.vm_record(vm)
+        records = self.state.flight_read(vm, request.slices)
+        return hypervisor_pb2.FlightRecord(
+            vm=vm, name=str(record.get("name", vm)), records_json=json.dumps(records, separators=(",", ":"))
+        )
+
     # -- building replies -------------------------------------------------------------------------
     def _vms(self) -> list[hypervisor_pb2.Vm]:
         _version, entries = self.state.sched_snapshot()
@@ -507,7 +519,21 @@ def limits_from_environment() -> Limits:
     return Limits(
         max_memory=byte_count(env_default("MAX_MEMORY", str(MAX_MEMORY))),
         console_quota=byte_count(env_default("CONSOLE_QUOTA", str(DEFAULT_CONSOLE_QUOTA))),
+        flight_slices=_slices(env_default("FLIGHT_SLICES", str(DEFAULT_FLIGHT_SLICES))),
     )
+
+
+def _slices(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"RINGLAB_FLIGHT_SLICES: expected how many slices per VM the flight recorder keeps "
+            f"(0 turns it off), got {text!r}"
+        )
+    return value
 
 
 def _well_formed(doc: Any) -> bool:
@@ -539,6 +565,7 @@ def serve(
         CreditPolicy(slice_instructions=config.slice, lease_seconds=config.lease),
         console_quota=limits.console_quota,
         observer=metrics.driver,
+        flight_slices=limits.flight_slices,
     )
 
     def register(server: grpc.Server) -> None:
@@ -581,12 +608,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BYTES",
         help="console bytes one VM may write (1M); a VM that writes more is stopped (status limit)",
     )
+    parser.add_argument(
+        "--flight-slices",
+        default=env_default("FLIGHT_SLICES", str(DEFAULT_FLIGHT_SLICES)),
+        metavar="N",
+        help=f"slices of each VM the flight recorder keeps, with their exits ({DEFAULT_FLIGHT_SLICES}; 0: off)",
+    )
     args = parser.parse_args(argv)
     config = config_from_args(args, "hypervisor")
     try:
-        limits = Limits(max_memory=byte_count(args.max_memory), console_quota=byte_count(args.console_quota))
-    except ValueError as exc:
-        parser.error(f"--max-memory / --console-quota: {exc}")
+        limits = Limits(
+            max_memory=byte_count(args.max_memory),
+            console_quota=byte_count(args.console_quota),
+            flight_slices=_slices(args.flight_slices),
+        )
+    except (ValueError, UsageError) as exc:
+        parser.error(f"--max-memory / --console-quota / --flight-slices: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hypervisor %(levelname)s %(message)s")
     server, _manager = serve(config, limits, metrics_port=args.metrics_port)
     server.install_signal_handlers()

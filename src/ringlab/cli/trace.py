@@ -107,6 +107,48 @@ def add_trace_command(sub: Any) -> None:
     r.add_argument("--json", action="store_true", help="print the summary as JSON (default: a table)")
     _add_defines(r)
 
+    from ringlab.cli.deployment import _guarded, _hypervisor_default, _token_default
+
+    d = _command(
+        actions,
+        "vm",
+        "fetch the recent history of a running deployment's VMs from its flight recorder and write the trace",
+        _guarded(cmd_trace_vm),
+    )
+    d.add_argument("vms", nargs="*", metavar="VM", help="the VMs, by name or id (default: every VM)")
+    d.add_argument(
+        "--target",
+        default=_hypervisor_default(),
+        metavar="HOST:PORT",
+        help="the deployment's hypervisor (default: $RINGLAB_HYPERVISOR, else %(default)s)",
+    )
+    d.add_argument(
+        "--token",
+        default=_token_default(),
+        metavar="TOKEN",
+        help="the operator's token (default: $RINGLAB_TOKEN)",
+    )
+    d.add_argument(
+        "--slices",
+        type=_parse_count,
+        default=0,
+        metavar="N",
+        help="each VM's last N recorded slices (default: every one the deployment kept)",
+    )
+    _file(
+        d.add_argument(
+            "-o",
+            "--output",
+            default=DEFAULT_OUTPUT,
+            metavar="FILE",
+            help="the trace file (default: %(default)s)",
+        )
+    )
+    d.add_argument(
+        "--clock", choices=CLOCKS, default="wall", help="the trace's time axis (default: %(default)s)"
+    )
+    d.add_argument("--json", action="store_true", help="print the summary as JSON (default: a table)")
+
 
 def _image(args: argparse.Namespace, technique: str) -> Any:
     from ringlab.cli.main import _load_program
@@ -126,7 +168,6 @@ def cmd_trace_run(args: argparse.Namespace) -> int:
     from ringlab.cli.termout import progress
     from ringlab.vmm import run_vm
     from ringlab.vmm.recorder import FlightRecorder
-    from ringlab.vmm.trace_events import summarize, trace_events
 
     if args.capacity < 1:
         raise UsageError("--capacity: keep at least one record")
@@ -150,6 +191,50 @@ def cmd_trace_run(args: argparse.Namespace) -> int:
             results[technique] = result
             dropped[technique] = recorder.dropped
             step(f"recorded {technique}")
+    for t in techniques:
+        if dropped[t] and not args.json:
+            print(
+                f"{t}: the ring buffer dropped the oldest {dropped[t]:,} records (raise --capacity)",
+                file=sys.stderr,
+            )
+    runs = {
+        t: {
+            "exit": results[t]["exit"],
+            "exits": results[t]["stats"]["guest"].get("exits", {}),
+            "dropped": dropped[t],
+        }
+        for t in techniques
+    }
+    return _write(records, args, {t: results[t]["stats"]["guest"].get("cycles", 0) for t in techniques}, runs)
+
+
+def cmd_trace_vm(args: argparse.Namespace) -> int:
+    from ringlab.cli.deployment import _client
+    from ringlab.v1 import hypervisor_pb2
+
+    client = _client(args.target, args.token)
+    names = list(args.vms) or [
+        vm.name for vm in client.call(client.stub.ListVms, hypervisor_pb2.ListVmsRequest()).vms
+    ]
+    records: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        reply = client.call(
+            client.stub.GetFlightRecord, hypervisor_pb2.FlightRecordRequest(vm=name, slices=args.slices)
+        )
+        records[reply.name or name] = json.loads(reply.records_json or "[]")
+    return _write(records, args)
+
+
+def _write(
+    records: dict[str, list[dict[str, Any]]],
+    args: argparse.Namespace,
+    cycles: dict[str, int] | None = None,
+    runs: dict[str, Any] | None = None,
+) -> int:
+    """Write the trace of ``records`` where ``args.output`` says, then print the summary (with
+    each run's cycles, for its share; ``--json``: with ``runs`` too)."""
+    from ringlab.vmm.trace_events import summarize, trace_events
+
     trace = trace_events(records, clock=args.clock)
     out = Path(args.output)
     try:
@@ -158,40 +243,28 @@ def cmd_trace_run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write the trace to {out}: {exc.strerror or exc}") from None
     rows = summarize(records)
     if args.json:
-        doc = {
-            "trace": str(out),
-            "clock": args.clock,
-            "runs": {
-                t: {
-                    "exit": results[t]["exit"],
-                    "exits": results[t]["stats"]["guest"].get("exits", {}),
-                    "dropped": dropped[t],
-                }
-                for t in techniques
-            },
-            "summary": [
-                {
-                    "vm": r.vm,
-                    "reason": r.reason,
-                    "count": r.count,
-                    "total_cost": r.total_cost,
-                    "mean_cost": r.mean_cost,
-                }
-                for r in rows
-            ],
-        }
+        doc: dict[str, Any] = {"trace": str(out), "clock": args.clock, "summary": _rows(rows)}
+        if runs is not None:
+            doc["runs"] = runs
         print(json.dumps(doc, indent=2))
         return EXIT_OK
-    print_summary(rows, {t: results[t]["stats"]["guest"].get("cycles", 0) for t in techniques})
-    for t in techniques:
-        if dropped[t]:
-            print(
-                f"{t}: the ring buffer dropped the oldest {dropped[t]:,} records (raise --capacity)",
-                file=sys.stderr,
-            )
+    print_summary(rows, cycles)
     events = sum(1 for e in trace["traceEvents"] if e["ph"] != "M")
     print(f"wrote {out} ({events:,} events, {args.clock} clock): open it at https://ui.perfetto.dev")
     return EXIT_OK
+
+
+def _rows(rows: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "vm": r.vm,
+            "reason": r.reason,
+            "count": r.count,
+            "total_cost": r.total_cost,
+            "mean_cost": r.mean_cost,
+        }
+        for r in rows
+    ]
 
 
 def print_summary(rows: list[Any], cycles: dict[str, int] | None = None) -> None:

@@ -11,6 +11,7 @@ no grpc, redis, protobuf or generated code."""
 from ringlab.hypervisor.boot import Boot, boot, new_vm
 from ringlab.hypervisor.definition import (
     DEFAULT_CONSOLE_QUOTA,
+    DEFAULT_FLIGHT_SLICES,
     MAX_MEMORY,
     SERVICE_TECHNIQUES,
     Defined,
@@ -44,6 +45,7 @@ from ringlab.hypervisor.vm_copy import MAX_RUN_BUDGET, VmCopy
 
 __all__ = [
     "DEFAULT_CONSOLE_QUOTA",
+    "DEFAULT_FLIGHT_SLICES",
     "MAX_MEMORY",
     "MAX_RUN_BUDGET",
     "SWITCH_DEADLINE",

@@ -102,6 +102,10 @@ class LimitExceeded(RinglabError):
     request over the per-VM limits: that is an ``InvalidDefinition``)."""
 
 
+DEFAULT_FLIGHT_SLICES = 256
+"""Slices per VM the flight recorder keeps in the store by default (docs/tracing.md)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """A deployment's per-VM limits, which a teacher sets (the hypervisor's ``--max-memory`` and
@@ -111,12 +115,17 @@ class Limits:
     """The most guest RAM a VM may ask for (bytes)."""
     console_quota: int = DEFAULT_CONSOLE_QUOTA
     """Console bytes a VM may write, and the most a definition may ask for (bytes)."""
+    flight_slices: int = DEFAULT_FLIGHT_SLICES
+    """Slices of each VM the flight recorder keeps in the store, with their exits
+    (``RINGLAB_FLIGHT_SLICES``; 0: recording is off)."""
 
     def __post_init__(self) -> None:
         if self.max_memory < 4096 or self.max_memory % 4096:
             raise ValueError(f"the memory limit {self.max_memory} must be a positive multiple of 4096")
         if self.console_quota < 1:
             raise ValueError(f"the console quota {self.console_quota} must be at least 1 byte")
+        if self.flight_slices < 0:
+            raise ValueError(f"the flight recorder's slices {self.flight_slices} cannot be negative")
 
 
 @dataclass(frozen=True)

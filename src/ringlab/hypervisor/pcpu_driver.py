@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ringlab.hypervisor.boot import new_vm
-from ringlab.hypervisor.definition import DEFAULT_CONSOLE_QUOTA
+from ringlab.hypervisor.definition import DEFAULT_CONSOLE_QUOTA, DEFAULT_FLIGHT_SLICES
 from ringlab.hypervisor.ports import (
     ConnectPcpu,
     Pcpu,
@@ -50,6 +50,7 @@ from ringlab.sched import (
 )
 from ringlab.sched.slices import LEASE_FRACTION
 from ringlab.vmm import Stop
+from ringlab.vmm.recorder import FlightRecorder
 from ringlab.vmm.translated import TcRun, VmmCall
 
 __all__ = [
@@ -158,6 +159,8 @@ class _Slice:
     """The pCPU committed at the last switch (a run that ended the slice carried the commit)."""
     start: int = 0
     """The retired-instruction count at which the slice started."""
+    recorder: FlightRecorder | None = None
+    """The VM's flight recorder, when the deployment records (``PcpuDriver.flight_slices``)."""
 
     def over(self) -> bool:
         return time.monotonic() > self.over_at
@@ -278,9 +281,12 @@ class PcpuDriver(threading.Thread):
         pcpus: Callable[[], int],
         console_quota: int = DEFAULT_CONSOLE_QUOTA,
         observer: DriverObserver | None = None,
+        flight_slices: int = DEFAULT_FLIGHT_SLICES,
     ) -> None:
         super().__init__(name=f"driver-{pcpu}", daemon=True)
         self.observer = observer or DriverObserver()
+        self.flight_slices = flight_slices
+        """Slices per VM the flight recorder keeps in the store (0: no recording)."""
         self.console_quota = console_quota
         """The console quota of a VM whose definition names none (created before quotas)."""
         self.store = store.counted()  # its own round-trip counter on the same state
@@ -445,6 +451,8 @@ class PcpuDriver(threading.Thread):
         self._running = None
         ended, switches, exits = self._run_slice(vm, token, lone=lone, boot=boot, lease_end=lease_end)
         run, self._running = self._running, None
+        if run is not None and run.recorder is not None:
+            self._record_end(vm, run.recorder, ended)
         name, technique, instructions = vm, "", 0
         if run is not None:
             definition = run.rt.definition
@@ -491,6 +499,7 @@ class PcpuDriver(threading.Thread):
         run = _Slice(
             rt, token, guest.cpu.stats.retired + plan.instructions, lease_end, start=guest.cpu.stats.retired
         )
+        run.recorder = self._record_start(rt)
         self._running = run
         rt.copy.link = functools.partial(self._switch, run)
         try:
@@ -501,6 +510,32 @@ class PcpuDriver(threading.Thread):
         if ended[0] not in ("lost", "ended"):
             self.runtimes.give_back(rt)
         return ended
+
+    # -- the flight recorder ----------------------------------------------------------------------
+    def _record_start(self, rt: VmRuntime) -> FlightRecorder | None:
+        """The VM's recorder (attached to its copy the first time), its slice begun: slices are
+        numbered per VM in the VMM's committed record, so a replica that takes the VM over goes on."""
+        if not self.flight_slices:
+            return None
+        guest = rt.copy.vm
+        recorder = guest.recorder or FlightRecorder(pcpu=self.pcpu).attach(guest)
+        number = int(rt.vmm.get("slices_recorded", 0)) + 1
+        rt.vmm["slices_recorded"] = number
+        recorder.begin_slice(self.pcpu, number)
+        return recorder
+
+    def _record_end(self, vm: str, recorder: FlightRecorder, ended: str) -> None:
+        """End the slice's record and keep it in the store.  A lost slice keeps only its own
+        record: its exits are done again from the VM's last commit (and recorded then), so the
+        exits kept are those the statistics count.  Recording never fails a slice."""
+        recorder.end_slice(ended)
+        records = recorder.take()
+        if ended == "lost":
+            records = [r for r in records if r["kind"] == "slice"]
+        try:
+            self.store.flight_append(vm, records, self.flight_slices)
+        except Exception as exc:
+            log.warning("VM %s: the flight recorder could not keep its slice: %s", vm, exc)
 
     def _load(self, vm: str, boot: int) -> VmRuntime:
         """The VM's copy in this replica (replayed to its last commit if there was none)."""
@@ -674,9 +709,11 @@ class DriverManager(threading.Thread):
         policy: CreditPolicy,
         console_quota: int = DEFAULT_CONSOLE_QUOTA,
         observer: DriverObserver | None = None,
+        flight_slices: int = DEFAULT_FLIGHT_SLICES,
     ) -> None:
         super().__init__(name="drivers", daemon=True)
         self.console_quota = console_quota
+        self.flight_slices = flight_slices
         self.observer = observer or DriverObserver()
         """Told of every world switch, slice and decision of this replica's drivers."""
         self.store = store
@@ -712,6 +749,7 @@ class DriverManager(threading.Thread):
                             lambda: self.alive,
                             self.console_quota,
                             self.observer,
+                            self.flight_slices,
                         )
                         self.drivers[pcpu] = driver
                         self.addresses[pcpu] = address

@@ -90,6 +90,7 @@ GUEST_SCOPED: dict[str, str] = {
         ("WaitVm", "vm"),
         ("StreamConsole", "vm"),
         ("StreamEvents", "vm"),
+        ("GetFlightRecord", "vm"),
     )
 }
 """The hypervisor's methods a guest may call, each on its own VM only: the request field that

@@ -240,7 +240,7 @@ _BASE = (
     "script|exists",
 )
 _DIRECT = {
-    "hypervisor": ("hget", "hgetall", "hexists", "hkeys", "get", "incrby", "exists", "del", "xread", "xrange", "xrevrange"),
+    "hypervisor": ("hget", "hgetall", "hexists", "hkeys", "get", "incrby", "exists", "del", "xadd", "xread", "xrange", "xrevrange"),
     "cpu": ("hget", "hgetall", "hset", "set", "exists"),
     "guest": (),
 }  # fmt: skip

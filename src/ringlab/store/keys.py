@@ -12,6 +12,8 @@ keep them on one shard; the scheduler's keys are global because one decision spa
                                        token (of the last commit)
     rl:{vm:ID}:pages             hash  page number -> 4 KiB of guest-physical memory
     rl:{vm:ID}:console           stream  console bytes, one entry per commit
+    rl:{vm:ID}:flight            stream  the flight recorder's records, one entry per slice (a JSON
+                                         list: its exits and the slice itself; capped)
     rl:sched:vms                 hash  id -> scheduler entry (JSON: status, credit, weight, cap,
                                        token, pcpu, lease_until, boost, cpu_seconds, boot: how
                                        many times StartVm booted it afresh, ...)
@@ -81,9 +83,13 @@ def vm_console(vm: str) -> str:
     return f"rl:{{vm:{vm}}}:console"
 
 
+def vm_flight(vm: str) -> str:
+    return f"rl:{{vm:{vm}}}:flight"
+
+
 def vm_keys(vm: str) -> list[str]:
     """Every key that belongs to one VM (destroy deletes them together)."""
-    return [vm_record(vm), vm_image(vm), vm_vcpu(vm), vm_pages(vm), vm_console(vm)]
+    return [vm_record(vm), vm_image(vm), vm_vcpu(vm), vm_pages(vm), vm_console(vm), vm_flight(vm)]
 
 
 def pcpu_alive(pcpu: str) -> str:

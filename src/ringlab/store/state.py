@@ -469,6 +469,30 @@ class SharedState:
     def console_all(self, vm: str) -> bytes:
         return b"".join(bytes(f[b"data"]) for _id, f in self.r.xrange(keys.vm_console(vm)))
 
+    # -- the flight recorder ---------------------------------------------------------------------
+    def flight_append(self, vm: str, records: list[dict[str, Any]], keep: int) -> None:
+        """Add one slice's flight records (``ringlab.vmm.recorder``) to the VM's capped stream,
+        which keeps about the last ``keep`` slices."""
+        with self._round_trip("flight_append"):
+            self.r.xadd(
+                keys.vm_flight(vm),
+                {"records": json.dumps(records, separators=(",", ":"))},
+                maxlen=keep,
+                approximate=True,
+            )
+
+    def flight_read(self, vm: str, slices: int = 0) -> list[dict[str, Any]]:
+        """The VM's recorded slices, oldest first (the last ``slices`` of them; 0: all kept)."""
+        with self._round_trip("flight_read"):
+            if slices:
+                entries = list(reversed(self.r.xrevrange(keys.vm_flight(vm), count=slices)))
+            else:
+                entries = self.r.xrange(keys.vm_flight(vm))
+        out: list[dict[str, Any]] = []
+        for _id, fields in entries:
+            out.extend(json.loads(fields[b"records"]))
+        return out
+
     def events_read(self, after: str, block_ms: int | None = None, count: int = 1000) -> list[dict[str, str]]:
         reply = self.r.xread({keys.EVENTS: after}, count=count, block=block_ms)
         out = []

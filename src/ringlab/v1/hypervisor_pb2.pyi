@@ -74,6 +74,55 @@ VM_STATUS_LIMIT: VmStatus.ValueType  # 10
 Global___VmStatus: _TypeAlias = VmStatus  # noqa: Y015
 
 @_typing.final
+class FlightRecordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    slices: _builtins.int
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        slices: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slices", b"slices", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlightRecordRequest: _TypeAlias = FlightRecordRequest  # noqa: Y015
+
+@_typing.final
+class FlightRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RECORDS_JSON_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """the VM's id"""
+    name: _builtins.str
+    records_json: _builtins.str
+    """a JSON array of records (ringlab.vmm.recorder)"""
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        name: _builtins.str = ...,
+        records_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "records_json", b"records_json", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlightRecord: _TypeAlias = FlightRecord  # noqa: Y015
+
+@_typing.final
 class CreateVmRequest(_message.Message):
     """Two ways to say what the VM runs:
      - by name: leave `image` empty and name a guest-OS `workload` (hello, compute, syscall, io,

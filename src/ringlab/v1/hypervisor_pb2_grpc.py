@@ -95,6 +95,11 @@ class HypervisorStub:
                 request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.GetFlightRecord = channel.unary_unary(
+                '/ringlab.v1.Hypervisor/GetFlightRecord',
+                request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.SerializeToString,
+                response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.FromString,
+                _registered_method=True)
 
 
 class HypervisorServicer:
@@ -196,6 +201,15 @@ class HypervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFlightRecord(self, request, context):
+        """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
+        its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
+        per VM (0: recording is off, and this returns none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HypervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +272,11 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.GetStatsRequest.FromString,
                     response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.StatsResponse.SerializeToString,
+            ),
+            'GetFlightRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlightRecord,
+                    request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.FromString,
+                    response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -584,6 +603,33 @@ class Hypervisor:
             '/ringlab.v1.Hypervisor/GetStats',
             ringlab_dot_v1_dot_hypervisor__pb2.GetStatsRequest.SerializeToString,
             ringlab_dot_v1_dot_hypervisor__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlightRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringlab.v1.Hypervisor/GetFlightRecord',
+            ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.SerializeToString,
+            ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,11 @@ class HypervisorStub:
     INVALID_ARGUMENT.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]
+    GetFlightRecord: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.FlightRecordRequest, _hypervisor_pb2.FlightRecord]
+    """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
+    its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
+    per VM (0: recording is off, and this returns none).
+    """
 
 @_typing.type_check_only
 class HypervisorAsyncStub(HypervisorStub):
@@ -120,6 +125,11 @@ class HypervisorAsyncStub(HypervisorStub):
     INVALID_ARGUMENT.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.GetStatsRequest, _hypervisor_pb2.StatsResponse]  # type: ignore[assignment]
+    GetFlightRecord: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.FlightRecordRequest, _hypervisor_pb2.FlightRecord]  # type: ignore[assignment]
+    """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
+    its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
+    per VM (0: recording is off, and this returns none).
+    """
 
 class HypervisorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -234,5 +244,16 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         request: _hypervisor_pb2.GetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hypervisor_pb2.StatsResponse, _abc.Awaitable[_hypervisor_pb2.StatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetFlightRecord(
+        self,
+        request: _hypervisor_pb2.FlightRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hypervisor_pb2.FlightRecord, _abc.Awaitable[_hypervisor_pb2.FlightRecord]]:
+        """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
+        its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
+        per VM (0: recording is off, and this returns none).
+        """
 
 def add_HypervisorServicer_to_server(servicer: HypervisorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

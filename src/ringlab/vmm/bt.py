@@ -347,10 +347,10 @@ class BinaryTranslation:
                 vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
+                if is_int and error_code is None:  # ``int n``, ``int 14`` included: not a #PF
+                    return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 if vector == PF:
                     return self._page_fault(vm, exit, counted=True)
-                if is_int and error_code is None:
-                    return reflect_software_interrupt(vm, vector, eip, vm.cpu.state.cs & 3)
                 return reflect_exception(vm, Fault(vector, error_code, exit.cr2), counted=True)
             case _:  # an I/O exit comes from a callout
                 return vm.common_exit(exit)

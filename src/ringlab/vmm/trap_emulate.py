@@ -81,11 +81,11 @@ class TrapEmulate:
                 vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
+                if is_int and error_code is None:  # ``int n``, ``int 14`` included: not a #PF
+                    return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
                 if vector == PF:
                     fault = vm.shadow_fault(exit)
                     return None if fault is None else vm.reflect_fault(fault)
-                if is_int and error_code is None:
-                    return reflect_software_interrupt(vm, vector, eip, cpu.state.cs & 3)
                 if vector == GP and insn is not None and error_code == 0 and allowed_natively(vm, insn):
                     vm.hide(GP)
                     return self._emulate(vm, insn, eip)

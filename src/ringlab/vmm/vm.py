@@ -133,6 +133,10 @@ class VM:
         self.cpu.state.regs[ESP] = memory_size  # reset: esp = top of the *guest's* RAM
         self.p2m = P2M(memory_size)
         self.counters = EventCounter()
+        self._budget_end = 1 << 62
+        """Where the current ``advance`` stops (retired instructions)."""
+        self._held_tick = False
+        """A deliverable tick ``deliver_pending`` held back because the budget was used up."""
         self.recorder: FlightRecorder | None = None
         """The VM's flight recorder, when one is attached (``FlightRecorder.attach``)."""
         self.devices = DeviceBackEnd(input)
@@ -182,8 +186,14 @@ class VM:
         ``until()`` is true (the services bound a slice's host time so)."""
         cpu = self.cpu
         end = cpu.stats.retired + budget
+        self._budget_end = end
         while cpu.stats.retired < end:
-            outcome: Exit | Stop | None = self.technique.run(self, end - cpu.stats.retired)
+            outcome: Exit | Stop | None = None
+            if self._held_tick:  # a tick the last budget's end held back: first thing now
+                self._held_tick = False
+                outcome = self.deliver_pending()
+            if outcome is None:
+                outcome = self.technique.run(self, end - cpu.stats.retired)
             if isinstance(outcome, Idle):
                 return outcome
             idle = cpu.stats.idle
@@ -264,7 +274,15 @@ class VM:
         return self.deliver_pending()
 
     def deliver_pending(self) -> Exit | None:
+        """Deliver the pending tick if the virtual IF lets it through - unless the budget is used
+        up: the core takes a tick only before an instruction it will run (it checks the budget
+        first), so a tick the guest's last instruction of a budget let through (an emulated
+        ``sti``, ``popf`` or ``iret``) waits for the next ``advance``, as natively it stays
+        pending at the instruction limit."""
         if self.vcpu.pending_tick and self.vcpu.interrupts_enabled:
+            if self.cpu.stats.retired >= self._budget_end:
+                self._held_tick = True
+                return None
             self.vcpu.pending_tick = False
             from ringlab.vmm.events import reflect_interrupt
 
