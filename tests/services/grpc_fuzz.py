@@ -358,6 +358,9 @@ def _seeds(pools: Pools, state: SharedState, sched: dict[str, Any]) -> dict[str,
         "/ringlab.v1.Hypervisor/WaitVm": [
             hypervisor_pb2.WaitVmRequest(vm=vm, timeout_seconds=0.2).SerializeToString()
         ],
+        "/ringlab.v1.Hypervisor/GetFlightRecord": [
+            hypervisor_pb2.FlightRecordRequest(vm=vm, slices=n).SerializeToString() for n in (0, 1, 64)
+        ],
         "/ringlab.v1.Guest/StreamConsole": [
             guest_pb2.GuestConsoleRequest(follow=False, after=c).SerializeToString()
             for c in pools.cursors[-3:]

@@ -63,8 +63,14 @@ def judge(deployment: Deployment, outcome: Outcome, count: int) -> None:
 
 def test_every_rpc_of_every_service_is_enumerated() -> None:
     names = {rpc.name for rpc in enumerate_rpcs()}
-    assert {"Cpu/RunVcpu", "Hypervisor/CreateVm", "Hypervisor/StreamEvents", "Guest/StreamConsole"} <= names
-    assert len(names) == 4 + 12 + 2 + 1  # Cpu, Hypervisor, Guest, Health/Check (on each process)
+    assert {
+        "Cpu/RunVcpu",
+        "Hypervisor/CreateVm",
+        "Hypervisor/StreamEvents",
+        "Guest/StreamConsole",
+        "Hypervisor/GetFlightRecord",
+    } <= names
+    assert len(names) == 4 + 13 + 2 + 1  # Cpu, Hypervisor, Guest, Health/Check (on each process)
 
 
 def test_fuzzed_requests_get_precise_statuses(fuzzed: tuple[Deployment, Pools]) -> None:
