@@ -12,12 +12,13 @@ instead of 0 (``exitstatus.guest_status``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ringlab import __version__
 from ringlab.asm.limits import MAX_SOURCE_BYTES, size_text
@@ -211,10 +212,14 @@ def _build_user_program(path: str, kernel: str, defines: dict[str, int]) -> Any:
 def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
     """Run ``image`` in-process under the technique the options name."""
     from ringlab.cli.termout import spinner
-    from ringlab.vmm import run_vm
+    from ringlab.vmm import InstructionTracer, run_vm
 
+    trace = getattr(args, "trace", None)
     try:
-        with spinner(f"running under {args.technique}", enabled=not args.json):
+        with (
+            _trace_file(trace) as out,
+            spinner(f"running under {args.technique}", enabled=not args.json and trace != "-"),
+        ):
             return run_vm(
                 image,
                 technique=args.technique,
@@ -222,11 +227,24 @@ def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
                 memory_size=args.memory,
                 max_instructions=args.max_instructions,
                 input=input,
+                tracer=None if out is None else InstructionTracer(out, limit=args.trace_limit),
             )
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("ringlab.vmm."):
             raise
         raise UsageError(f"technique {args.technique!r} is not available in this build of Ringlab") from None
+
+
+@contextlib.contextmanager
+def _trace_file(path: str | None) -> Iterator[TextIO | None]:
+    """Where ``--trace`` writes: nowhere (None), standard error (``-``) or a file."""
+    if path is None:
+        yield None
+    elif path == "-":
+        yield sys.stderr
+    else:
+        with open(path, "w", encoding="utf-8", buffering=1 << 20) as out:
+            yield out
 
 
 def _print_result(result: Any, as_json: bool) -> None:
@@ -316,6 +334,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
 def _via(image: Any, args: argparse.Namespace, *, kernel: str, workload: str) -> int:
     """The same run through a deployment: same output, or exit status 3 saying why not."""
     from ringlab.cli.deployment import run_via
+
+    if getattr(args, "trace", None) is not None:
+        raise UsageError(
+            "--trace traces an in-process run: leave out --via (for a deployment: 'ringlab trace vm')"
+        )
 
     result = run_via(args, image, kernel=kernel, workload=workload)
     if isinstance(result, int):
@@ -435,6 +458,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             f"{GUEST_HALT} halt, {GUEST_SHUTDOWN} shutdown (triple fault), {GUEST_LIMIT} limit, "
             f"{GUEST_REFUSED} refused; 1, 2, 3 keep their meaning (default: off, exit 0 when the run worked)"
         ),
+    )
+    p.add_argument(
+        "--trace",
+        metavar="FILE",
+        default=None,
+        help=(
+            "write an instruction trace to FILE ('-': standard error): every retired instruction "
+            "with its count, virtual time, address, guest ring and disassembly, every event "
+            "delivered and every world switch; the guest runs on the interpreter (default: off)"
+        ),
+    )
+    p.add_argument(
+        "--trace-limit",
+        type=_parse_count,
+        default=None,
+        metavar="N",
+        help="with --trace: write the first N instructions only, the run goes on (default: no limit)",
     )
     p.add_argument(
         "--via",

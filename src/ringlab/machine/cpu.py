@@ -10,7 +10,7 @@ interpreter's ``step``, so both modes give the same results to the bit and the s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 from ringlab.errors import ImageError
@@ -142,6 +142,12 @@ class Cpu:
         ``follow(eip, pa)`` lets the run go on from one compiled block to the next while it
         says yes (``blocks.CompiledBlocks.run_straight``)."""
         if self.compiled_blocks is None:
+            # What the fast path's first step does whatever it then runs: the code page's
+            # translation, as a fetch would make it (a TLB miss walks), so that the simulated
+            # costs of a VMM's translated code do not depend on the fast path being on.
+            s = self._state
+            with suppress(Fault):
+                self.mmu.translate(s.eip, False, s.cs & 3 == 3)
             return 0
         self.stats.runs += 1
         return self.compiled_blocks.run_straight(count, follow)

@@ -12,11 +12,13 @@ from __future__ import annotations
 from ringlab.errors import UsageError
 from ringlab.image import Image
 from ringlab.machine.tlb import TlbGeometry
+from ringlab.vmm.insn_trace import InstructionTracer
 from ringlab.vmm.recorder import FlightRecorder
 from ringlab.vmm.technique import TECHNIQUES, Stop, Technique, TechniqueName, default_kernel
 from ringlab.vmm.vm import IN_PROCESS, VM, CoreRunner, InProcessCore, VmRunResult
 
 __all__ = [
+    "InstructionTracer",
     "IN_PROCESS",
     "TECHNIQUES",
     "VM",
@@ -71,6 +73,7 @@ def run_vm(
     fast: bool = True,
     tlb: TlbGeometry | None = None,
     recorder: FlightRecorder | None = None,
+    tracer: InstructionTracer | None = None,
 ) -> VmRunResult:
     """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
 
@@ -79,16 +82,19 @@ def run_vm(
     this guest (a stock kernel under ``pv``).  ``tlb``: the core's TLB size (default 64 entries,
     4-way: ``machine.tlb``); it changes the page walks and their cycles, never the guest's results.
     ``recorder``: a flight recorder to attach (``vmm.recorder``), which records the run's exits
-    and its one slice."""
+    and its one slice.  ``tracer``: an instruction trace (``vmm.insn_trace``), which runs the
+    guest on the interpreter (``fast`` is then off)."""
     vm = VM(
         image,
         make_technique(technique, nested_paging=nested_paging),
         memory_size=memory_size,
         input=input,
-        fast=fast,
+        fast=fast and tracer is None,
     )
     if tlb is not None:
         vm.cpu.mmu.resize_tlb(tlb)
     if recorder is not None:
         recorder.attach(vm)
+    if tracer is not None:
+        tracer.attach(vm)
     return vm.run(max_instructions)
