@@ -44,6 +44,8 @@ __all__ = [
     "add_client_flags",
     "add_service_commands",
     "run_via",
+    "exit_rates",
+    "exit_rates_renderable",
     "top_renderable",
     "vm_row",
     "vm_table",
@@ -893,6 +895,74 @@ def top_renderable(stats: Any, previous: Any = None, elapsed: float = 0.0) -> An
     return Group(*parts)
 
 
+def exit_rates(stats: Any, previous: Any, elapsed: float) -> list[dict[str, Any]]:
+    """Exits per second by reason and VM between two ``GetStats`` snapshots ``elapsed`` seconds
+    apart (the VMs' ``exits_by_reason``, counted when each slice commits), fastest first: one row
+    per VM and reason that VM ever exited for, with ``vm``, ``id``, ``technique``, ``reason``,
+    ``rate`` (exits per second; a VM the first snapshot did not have counts from zero), ``total``
+    (at the second snapshot) and ``share`` (of the VM's exits in the interval, 0 to 1)."""
+    before = {(vm.id, k): v for vm in previous.vms for k, v in vm.stats.exits_by_reason.items()}
+    rows: list[dict[str, Any]] = []
+    for vm in stats.vms:
+        r = vm_row(vm)
+        deltas = {k: max(0, v - before.get((vm.id, k), 0)) for k, v in r["exits_by_reason"].items()}
+        interval_total = sum(deltas.values())
+        for reason, total in r["exits_by_reason"].items():
+            if total <= 0:
+                continue
+            delta = deltas[reason]
+            rows.append(
+                {
+                    "vm": r["name"],
+                    "id": r["id"],
+                    "technique": r["technique"],
+                    "reason": reason,
+                    "rate": delta / elapsed if elapsed > 0 else 0.0,
+                    "total": total,
+                    "share": delta / interval_total if interval_total else 0.0,
+                }
+            )
+    rows.sort(key=lambda row: (-row["rate"], -row["total"], row["vm"], row["reason"]))
+    return rows
+
+
+def exit_rates_renderable(stats: Any, previous: Any = None, elapsed: float = 0.0) -> Any:
+    """``top --exits``: exits per second by reason, one row per VM and reason, fastest first (as
+    ``perf kvm stat live`` and kvm_stat show them); before a second snapshot, the totals alone."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from ringlab.cli.termout import compact_table
+
+    known = previous is not None and elapsed > 0
+    rows = exit_rates(stats, previous if known else stats, elapsed if known else 0.0)
+    if not known:
+        rows.sort(key=lambda row: (-row["total"], row["vm"], row["reason"]))
+    overall = sum(row["rate"] for row in rows)
+    # The title above the table, not in it: a table's title wraps at the table's width.
+    title = Text(
+        f"ringlab top: exits per second by reason over {elapsed:.2f} s, {overall:,.0f}/s in all"
+        if known
+        else "ringlab top: exits per second by reason (measuring...)",
+        style="bold",
+    )
+    table = compact_table(
+        "",
+        [
+            ("per s", "right"), ("reason", "left"), ("VM", "left"), ("technique", "left"),
+            ("%", "right"), ("total", "right"),
+        ],
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(
+            f"{row['rate']:,.0f}" if known else "-", row["reason"], row["vm"], row["technique"],
+            f"{row['share'] * 100:.0f}%" if known else "-", _count(row["total"]),
+        )  # fmt: skip
+    if not rows:
+        return Group(title, Text("no VM has exited yet"))
+    return Group(title, table)
+
+
 @contextmanager
 def _keys() -> Iterator[Callable[[float], str]]:
     """A function that waits up to N seconds for keys and returns them ("" if none); stdin in
@@ -934,8 +1004,19 @@ def cmd_top(args: argparse.Namespace) -> int:
     def snapshot() -> Any:
         return client.call(client.stub.GetStats, hypervisor_pb2.GetStatsRequest(), timeout=10)
 
+    render = exit_rates_renderable if args.exits else top_renderable
+    if args.once and args.exits:
+        # A rate needs two snapshots: one interval apart.
+        first, taken = snapshot(), time.monotonic()
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        stats = snapshot()
+        _console().print(render(stats, first, time.monotonic() - taken))
+        return EXIT_OK
     if args.once:
-        _console().print(top_renderable(snapshot()))
+        _console().print(render(snapshot()))
         return EXIT_OK
     if sys.stdin.isatty():
         print("ringlab top: q quits", file=sys.stderr)
@@ -944,7 +1025,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         with _keys() as keys, Live(console=_console(), refresh_per_second=4, screen=False) as live:
             while True:
                 stats, now = snapshot(), time.monotonic()
-                live.update(top_renderable(stats, previous, now - taken))
+                live.update(render(stats, previous, now - taken))
                 previous, taken = stats, now
                 deadline = now + args.interval
                 while (left := deadline - time.monotonic()) > 0:
@@ -1213,7 +1294,17 @@ def add_service_commands(sub: Any) -> None:
         "live view of the VMs (state, CPU share, exits by reason) and the pCPUs; q quits",
     )
     add_client_flags(p)
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot and exit (with --exits: the rates over one --interval)",
+    )
+    p.add_argument(
+        "--exits",
+        action="store_true",
+        help="show exits per second by reason instead, one row per VM and reason, fastest first "
+        "(as kvm_stat does)",
+    )
     p.add_argument(
         "--interval",
         type=_positive_seconds,
