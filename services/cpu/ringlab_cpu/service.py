@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,15 @@ from ringlab.rpc.convert import (
 )
 from ringlab.rpc.errors import InvalidField
 from ringlab.rpc.metrics import CpuMetrics, add_metrics_flag
+from ringlab.rpc.tracing import (
+    NO_SPAN,
+    OFF_TRACING,
+    Span,
+    Tracing,
+    add_tracing_flag,
+    check_tracing_flag,
+    configure_tracing,
+)
 from ringlab.store import Commit, SharedState, StaleLease, WrongState
 from ringlab.v1 import cpu_pb2, cpu_pb2_grpc
 from ringlab.vmm.translated import Executor, TcReport, TcRun, ToVmm
@@ -79,8 +89,15 @@ class CachedVcpu:
 
 class CpuServicer(cpu_pb2_grpc.CpuServicer):
     def __init__(
-        self, state: SharedState, pcpu: str, address: str, metrics: CpuMetrics | None = None
+        self,
+        state: SharedState,
+        pcpu: str,
+        address: str,
+        metrics: CpuMetrics | None = None,
+        tracing: Tracing = OFF_TRACING,
     ) -> None:
+        self.tracing = tracing
+        """Spans of the core's runs and of the commits (``ringlab.rpc.tracing``; off by default)."""
         self.state = state
         self.pcpu = pcpu
         self.address = address
@@ -179,10 +196,16 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             started = time.perf_counter()
             before = cpu.stats.retired
             report = None
-            if tc is not None:  # bt: run the guest kernel's translation
-                exit, report = self._run_translated(request.vm, tc, request.budget, cached)
-            else:
-                exit = cpu.run(request.budget) if request.budget else Budget()
+            with self._core_span(request, tc is not None, reloaded) as span:
+                if tc is not None:  # bt: run the guest kernel's translation
+                    exit, report = self._run_translated(request.vm, tc, request.budget, cached)
+                else:
+                    exit = cpu.run(request.budget) if request.budget else Budget()
+                if span.is_recording():
+                    span.set_attribute("ringlab.exit.reason", exit.reason.value)
+                    span.set_attribute("ringlab.retired", cpu.stats.retired - before)
+                    if report is not None and report.event is not None:
+                        span.set_attribute("ringlab.vmm_call", str(report.event))
             run_seconds = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.ran(run_seconds, cpu.stats.retired - before)
@@ -206,6 +229,23 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 sync=delta_to_proto(take_delta(cpu, before)),
                 tc=None if report is None else tc_report_to_proto(report),
             )
+
+    def _core_span(
+        self, request: cpu_pb2.RunVcpuRequest, translated: bool, reloaded: bool
+    ) -> AbstractContextManager[Span]:
+        """The ``core run`` span of a run (none for a commit that runs nothing)."""
+        if not request.budget:
+            return NO_SPAN
+        return self.tracing.span(
+            "core run",
+            {
+                "ringlab.vm.id": request.vm,
+                "ringlab.pcpu": self.pcpu,
+                "ringlab.run.budget": request.budget,
+                "ringlab.run.translated": translated,
+                "ringlab.cache_reloaded": reloaded,
+            },
+        )
 
     @staticmethod
     def _run_translated(vm: str, tc: TcRun, budget: int, cached: CachedVcpu) -> tuple[Exit, TcReport]:
@@ -258,16 +298,28 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             pages=changed,
         )
         started, outcome = time.perf_counter(), "error"
-        try:
-            generation = self.state.commit(commit)
-            outcome = "applied"
-        except StaleLease:
-            outcome = "refused"
-            self._cache.pop(request.vm, None)  # a stale holder's progress must never be reused
-            raise
-        finally:
-            if self.metrics is not None:
-                self.metrics.committed(outcome, time.perf_counter() - started, len(changed))
+        with self.tracing.span(
+            "commit",
+            {
+                "ringlab.vm.id": request.vm,
+                "ringlab.pcpu": self.pcpu,
+                "ringlab.commit.pages": len(changed),
+                "ringlab.commit.base_generation": cached.generation,
+                "ringlab.commit.status": c.status,
+            },
+        ) as span:
+            try:
+                generation = self.state.commit(commit)
+                outcome = "applied"
+                span.set_attribute("ringlab.commit.generation", generation)
+            except StaleLease:
+                outcome = "refused"
+                self._cache.pop(request.vm, None)  # a stale holder's progress must never be reused
+                raise
+            finally:
+                span.set_attribute("ringlab.commit.outcome", outcome)
+                if self.metrics is not None:
+                    self.metrics.committed(outcome, time.perf_counter() - started, len(changed))
         memory.clear_dirty()
         cached.committed.update(changed)
         cached.generation, cached.clean = generation, True
@@ -331,16 +383,23 @@ def _check_commit(c: cpu_pb2.CommitRequest) -> None:
         raise InvalidField(f"commit.{exc.field}", str(exc)) from None
 
 
-def serve(config: ServiceConfig, *, metrics_port: str | None = None) -> tuple[ServiceServer, CpuServicer]:
+def serve(
+    config: ServiceConfig, *, metrics_port: str | None = None, tracing: str | None = None
+) -> tuple[ServiceServer, CpuServicer]:
     """Start the pCPU server (returns once it listens) and its registration heartbeat, its
     metrics on the port ``metrics_port`` asks for (``--metrics-port``; None:
-    ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
+    ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000), its spans where ``tracing`` says
+    (``--tracing``; None: ``RINGLAB_TRACING``, else off)."""
+    try:
+        traced = configure_tracing("cpu", tracing, instance=config.pcpu)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     metrics = CpuMetrics()
     state = metrics.watch_store(SharedState.from_url(config.redis))
     holder: dict[str, CpuServicer] = {}
 
     def register(server: grpc.Server) -> None:
-        holder["s"] = CpuServicer(state, config.pcpu, config.advertise, metrics)
+        holder["s"] = CpuServicer(state, config.pcpu, config.advertise, metrics, traced)
         cpu_pb2_grpc.add_CpuServicer_to_server(holder["s"], server)
 
     server = build_server(
@@ -350,6 +409,7 @@ def serve(config: ServiceConfig, *, metrics_port: str | None = None) -> tuple[Se
         checks=[state.ping, lambda: state.pcpu_alive(config.pcpu)],
         metrics=metrics,
         metrics_port_setting=metrics_port,
+        tracing=traced,
     )
     servicer = holder["s"]
     if config.listen.endswith(":0"):  # an ephemeral port: advertise the one we got
@@ -381,10 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringlab-cpu", description="Serve one Ringlab pCPU over gRPC.")
     add_service_flags(parser, "cpu")
     add_metrics_flag(parser)
+    add_tracing_flag(parser)
     args = parser.parse_args(argv)
+    check_tracing_flag(parser, args.tracing)
     config = config_from_args(args, "cpu")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cpu %(levelname)s %(message)s")
-    server, servicer = serve(config, metrics_port=args.metrics_port)
+    server, servicer = serve(config, metrics_port=args.metrics_port, tracing=args.tracing)
     server.install_signal_handlers()
     log.info("pCPU %s serving on %s (Redis %s)", servicer.pcpu, servicer.address, config.redis)
     print(f"READY cpu {servicer.address} {servicer.pcpu}", flush=True)

@@ -42,6 +42,7 @@ from ringlab.rpc.config import env_default
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
 from ringlab.rpc.errors import InvalidField
 from ringlab.rpc.metrics import GuestMetrics, add_metrics_flag
+from ringlab.rpc.tracing import OFF_TRACING, Tracing, add_tracing_flag, check_tracing_flag, configure_tracing
 from ringlab.store import InvalidRequest, SharedState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, guest_pb2, guest_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
@@ -95,10 +96,18 @@ def validate(config: GuestConfig) -> None:
 
 
 class GuestServicer(guest_pb2_grpc.GuestServicer):
-    def __init__(self, config: GuestConfig, hypervisor: str, token: str, streams: StreamSlots) -> None:
+    def __init__(
+        self,
+        config: GuestConfig,
+        hypervisor: str,
+        token: str,
+        streams: StreamSlots,
+        tracing: Tracing = OFF_TRACING,
+    ) -> None:
         self.config = config
         self.hypervisor = hypervisor
-        self.stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(hypervisor, token))
+        self.tracing = tracing
+        self.stub = hypervisor_pb2_grpc.HypervisorStub(open_channel(hypervisor, token, tracing=tracing))
         self.streams = streams
         self.vm = ""
         self.image = build_image(config.workload, config.kernel)
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringlab-guest", description="One Ringlab guest OS owning one VM.")
     add_service_flags(parser, "guest")
     add_metrics_flag(parser)
+    add_tracing_flag(parser)
     parser.add_argument("--name", default=env_default("GUEST_NAME", "guest"))
     parser.add_argument("--technique", default=env_default("TECHNIQUE", TechniqueName.NATIVE.value))
     parser.add_argument("--kernel", default=env_default("KERNEL", KernelFlavour.STOCK.value))
@@ -172,13 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mix", default=env_default("MIX", ""))
     parser.add_argument("--replica-id", default=env_default("REPLICA_ID", ""), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_tracing_flag(parser, args.tracing)
     service = config_from_args(args, "guest")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s guest %(levelname)s %(message)s")
     state = SharedState.from_url(service.redis) if args.mix else None
     config = resolve_config(args, state)
     validate(config)
     try:
-        servicer = GuestServicer(config, service.hypervisor, service.token, StreamSlots(service.max_streams))
+        traced = configure_tracing("guest", args.tracing, instance=config.name)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        servicer = GuestServicer(
+            config, service.hypervisor, service.token, StreamSlots(service.max_streams), traced
+        )
     except RinglabError as exc:
         log.error(
             "guest %s: cannot build its %s kernel with workload %s: %s",
@@ -243,7 +260,8 @@ def serve(
     service: ServiceConfig, servicer: GuestServicer, *, metrics_port: str | None = None
 ) -> ServiceServer:
     """Serve ``servicer``, its metrics on the port ``metrics_port`` asks for (``--metrics-port``;
-    None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
+    None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000), its spans as ``servicer.tracing``
+    says (``--tracing``)."""
     c = servicer.config
     metrics = GuestMetrics(c.name, c.technique, c.kernel, c.workload, lambda: bool(servicer.vm))
     metrics.watch_streams(servicer.streams)
@@ -258,6 +276,7 @@ def serve(
         checks=[lambda: bool(servicer.vm)],
         metrics=metrics,
         metrics_port_setting=metrics_port,
+        tracing=servicer.tracing,
     )
     server.start()
     return server

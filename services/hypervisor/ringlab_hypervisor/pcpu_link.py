@@ -2,7 +2,9 @@
 
 ``ringlab.hypervisor`` drives the pCPUs in domain values (``WorldSwitch`` -> ``Switched``); this
 adapter converts them to the protocol and back, and turns every failed call into
-``SwitchFailed`` (with the status, so the log says why the slice was lost).
+``SwitchFailed`` (with the status, so the log says why the slice was lost).  With tracing on
+(``ringlab.rpc.tracing``) each world switch is a ``world switch`` span, the parent of the call's
+CLIENT span, whose context the call carries to the pCPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ringlab.rpc.convert import (
     tc_report_from_proto,
     tc_run_to_proto,
 )
+from ringlab.rpc.tracing import NO_SPAN, OFF_TRACING, Span, Tracing
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc
 
 __all__ = ["GrpcPcpu"]
@@ -50,12 +53,28 @@ def _commit(c: SliceCommit) -> cpu_pb2.CommitRequest:
 class GrpcPcpu:
     """A pCPU at ``address``, reached through one channel carrying ``token``."""
 
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, tracing: Tracing = OFF_TRACING) -> None:
         self.address = address
-        self._channel = open_channel(address, token)
+        self.tracing = tracing
+        self._channel = open_channel(address, token, tracing=tracing)
         self._stub = cpu_pb2_grpc.CpuStub(self._channel)
 
     def switch(self, request: WorldSwitch) -> Switched:
+        if not self.tracing.enabled:
+            return self._switch(request)
+        with self.tracing.span(
+            "world switch",
+            {
+                "ringlab.vm.id": request.vm,
+                "ringlab.pcpu.address": self.address,
+                "ringlab.switch.budget": request.budget,
+                "ringlab.switch.commits": request.commit is not None,
+                "ringlab.generation": request.generation,
+            },
+        ) as span:
+            return self._switch(request, span)
+
+    def _switch(self, request: WorldSwitch, span: Span = NO_SPAN) -> Switched:
         call = cpu_pb2.RunVcpuRequest(
             vm=request.vm,
             lease_token=request.token,
@@ -78,12 +97,21 @@ class GrpcPcpu:
             raise SwitchFailed(
                 f"pCPU {self.address}: {code.name}: {err.details()}", unreachable=code in _UNANSWERED
             ) from None
-        return Switched(
+        switched = Switched(
             delta=delta_from_proto(response.sync),
             exit=exit_from_proto(response.exit),
             tc=None if request.tc is None else tc_report_from_proto(response.tc),
             generation=response.generation,
         )
+        if span.is_recording():
+            span.set_attribute("ringlab.exit.reason", switched.exit.reason.value)
+            span.set_attribute("ringlab.retired", response.retired)
+            span.set_attribute("ringlab.cache_reloaded", response.cache_reloaded)
+            if switched.tc is not None and switched.tc.event:
+                span.set_attribute("ringlab.vmm_call", str(switched.tc.event))
+            if response.generation != request.generation:
+                span.set_attribute("ringlab.commit.generation", response.generation)
+        return switched
 
     def ready(self) -> bool:
         try:

@@ -56,6 +56,7 @@ from ringlab.rpc.convert import (
 )
 from ringlab.rpc.errors import InvalidField
 from ringlab.rpc.metrics import HypervisorMetrics, add_metrics_flag
+from ringlab.rpc.tracing import TracingObserver, add_tracing_flag, check_tracing_flag, configure_tracing
 from ringlab.sched import CreditPolicy, Entry
 from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
@@ -547,11 +548,21 @@ def _well_formed(doc: Any) -> bool:
 
 
 def serve(
-    config: ServiceConfig, limits: Limits | None = None, *, metrics_port: str | None = None
+    config: ServiceConfig,
+    limits: Limits | None = None,
+    *,
+    metrics_port: str | None = None,
+    tracing: str | None = None,
 ) -> tuple[ServiceServer, DriverManager]:
     """Start the hypervisor (returns once it listens) with the per-VM ``limits`` (default: from
     the environment, ``limits_from_environment``), its metrics on the port ``metrics_port`` asks
-    for (``--metrics-port``; None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000)."""
+    for (``--metrics-port``; None: ``RINGLAB_METRICS_PORT``, else the gRPC port + 1000), its
+    spans where ``tracing`` says (``--tracing``; None: ``RINGLAB_TRACING``, else off): each slice
+    and each world switch a span, the parent of the pCPU's."""
+    try:
+        traced = configure_tracing("hypervisor", tracing)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     limits = limits or limits_from_environment()
     metrics = HypervisorMetrics()
     state = metrics.watch_store(SharedState.from_url(config.redis))
@@ -561,10 +572,10 @@ def serve(
 
     manager = DriverManager(
         state,
-        lambda address: GrpcPcpu(address, config.token),
+        lambda address: GrpcPcpu(address, config.token, traced),
         CreditPolicy(slice_instructions=config.slice, lease_seconds=config.lease),
         console_quota=limits.console_quota,
-        observer=metrics.driver,
+        observer=TracingObserver(metrics.driver, traced) if traced.enabled else metrics.driver,
         flight_slices=limits.flight_slices,
     )
 
@@ -583,6 +594,7 @@ def serve(
         checks=[state.ping],
         metrics=metrics,
         metrics_port_setting=metrics_port,
+        tracing=traced,
     )
     server.on_stop.append(manager.stop)
     manager.start()
@@ -596,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_service_flags(parser, "hypervisor")
     add_metrics_flag(parser)
+    add_tracing_flag(parser)
     parser.add_argument(
         "--max-memory",
         default=env_default("MAX_MEMORY", str(MAX_MEMORY)),
@@ -615,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"slices of each VM the flight recorder keeps, with their exits ({DEFAULT_FLIGHT_SLICES}; 0: off)",
     )
     args = parser.parse_args(argv)
+    check_tracing_flag(parser, args.tracing)
     config = config_from_args(args, "hypervisor")
     try:
         limits = Limits(
@@ -625,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError) as exc:
         parser.error(f"--max-memory / --console-quota / --flight-slices: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hypervisor %(levelname)s %(message)s")
-    server, _manager = serve(config, limits, metrics_port=args.metrics_port)
+    server, _manager = serve(config, limits, metrics_port=args.metrics_port, tracing=args.tracing)
     server.install_signal_handlers()
     log.info(
         "hypervisor serving on %s:%d (Redis %s)", config.listen.rsplit(":", 1)[0], server.port, config.redis

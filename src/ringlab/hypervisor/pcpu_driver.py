@@ -97,6 +97,8 @@ class SliceReport:
     """Guest instructions it retired."""
     seconds: float
     """Host seconds it held the pCPU (what the VM is charged)."""
+    number: int = 0
+    """Its number among the VM's slices in the flight record (0: the deployment does not record)."""
 
     @property
     def committed(self) -> bool:
@@ -108,6 +110,10 @@ class DriverObserver:
     """What the pCPU drivers tell as they run, for an adapter to count (the hypervisor service's
     metrics): every method is a no-op here, called on the driver's thread, and must be quick and
     never raise."""
+
+    def slice_started(self, pcpu: str, vm: str) -> None:
+        """A slice of ``vm`` begins on ``pcpu`` (its world switches follow on this thread, then
+        ``slice_ended``)."""
 
     def world_switch(self, pcpu: str, seconds: float) -> None:
         """One world switch (a ``Pcpu.switch``) answered after ``seconds`` (host time)."""
@@ -449,15 +455,19 @@ class PcpuDriver(threading.Thread):
         ended, world switches, exits by reason), and tells the observer (``SliceReport``)."""
         started = time.perf_counter()
         self._running = None
+        with contextlib.suppress(Exception):  # an observer never stops a pCPU
+            self.observer.slice_started(self.pcpu, vm)
         ended, switches, exits = self._run_slice(vm, token, lone=lone, boot=boot, lease_end=lease_end)
         run, self._running = self._running, None
         if run is not None and run.recorder is not None:
             self._record_end(vm, run.recorder, ended)
-        name, technique, instructions = vm, "", 0
+        name, technique, instructions, number = vm, "", 0, 0
         if run is not None:
             definition = run.rt.definition
             name, technique = str(definition.get("name", vm)), str(definition.get("technique", ""))
             instructions = max(0, run.rt.copy.vm.cpu.stats.retired - run.start)
+            if run.recorder is not None:
+                number = int(run.rt.vmm.get("slices_recorded", 0))
         with contextlib.suppress(Exception):  # an observer never stops a pCPU
             self.observer.slice_ended(
                 SliceReport(
@@ -470,6 +480,7 @@ class PcpuDriver(threading.Thread):
                     dict(exits),
                     instructions,
                     time.perf_counter() - started,
+                    number,
                 )
             )
         return ended, switches, exits

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ringlab.store.credentials import GUEST_KEY_PREFIX, guest_token
+
+if TYPE_CHECKING:
+    from ringlab.rpc.tracing import Tracing
 
 __all__ = ["describe_error", "open_channel"]
 
@@ -70,10 +73,11 @@ class _GuestSigner(_Auth):
         return continuation(self._signed(details, request), request)
 
 
-def open_channel(target: str, token: str | None = None) -> grpc.Channel:
+def open_channel(target: str, token: str | None = None, *, tracing: Tracing | None = None) -> grpc.Channel:
     """An insecure channel to ``target`` (HOST:PORT, or dns:///NAME:PORT for a scaled service)
     sending ``token`` (default: $RINGLAB_TOKEN) as a bearer token (``guest-key:KEY``: each call
-    signed with the guest token of the VM it names)."""
+    signed with the guest token of the VM it names); with ``tracing`` on, each call a CLIENT span
+    whose trace context travels in the call's metadata (``ringlab.rpc.tracing``)."""
     if token is None:
         token = os.environ.get("RINGLAB_TOKEN", "")
     channel = grpc.insecure_channel(
@@ -85,6 +89,8 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
             ("grpc.max_send_message_length", 64 << 20),
         ],
     )
+    if tracing is not None:
+        channel = tracing.traced_channel(channel)
     if token.startswith(GUEST_KEY_PREFIX):
         return grpc.intercept_channel(channel, _GuestSigner(token[len(GUEST_KEY_PREFIX) :]))
     if token:

@@ -5,8 +5,9 @@ real checks (re-run every second), server reflection, the bearer-token and error
 (``RoleInterceptor`` when the service has role credentials: who may call what, docs/security.md),
 bounded concurrency (a thread pool, plus ``StreamSlots`` so open streams can never take every
 thread and starve unary calls), Prometheus metrics (``ringlab.rpc.metrics``: every call counted
-and timed by method and status code by an interceptor, served at ``/metrics``), and a graceful
-stop on SIGTERM that reports NOT_SERVING first.
+and timed by method and status code by an interceptor, served at ``/metrics``), OpenTelemetry
+server spans when tracing is on (``ringlab.rpc.tracing``), and a graceful stop on SIGTERM that
+reports NOT_SERVING first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,9 @@ from ringlab.rpc.config import ServiceConfig
 from ringlab.rpc.metrics import ServiceMetrics, metrics_port, metrics_setting
 from ringlab.store.credentials import Credentials, digest, guest_token
 from ringlab.store.errors import Exhausted
+
+if TYPE_CHECKING:
+    from ringlab.rpc.tracing import Tracing
 
 __all__ = [
     "GUEST_SCOPED",
@@ -307,6 +311,8 @@ class ServiceServer:
     _thread: threading.Thread | None = None
     metrics: ServiceMetrics | None = None
     """Its metrics (their registry; ``metrics.port``: where ``/metrics`` is served, None: not)."""
+    tracing: Tracing | None = None
+    """Its tracing (``ringlab.rpc.tracing``), stopped with it: the spans left are exported."""
 
     @property
     def metrics_port(self) -> int | None:
@@ -350,6 +356,8 @@ class ServiceServer:
         self.server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
@@ -370,11 +378,13 @@ def build_server(
     *,
     metrics: ServiceMetrics | None = None,
     metrics_port_setting: str | None = None,
+    tracing: Tracing | None = None,
 ) -> ServiceServer:
     """A server for ``config``, with the servicers ``register`` adds, listening (not started),
     its ``metrics`` (default: every service's) served at ``/metrics`` on the port
     ``metrics_port_setting`` asks for (``--metrics-port``; None: ``RINGLAB_METRICS_PORT``, else
-    the gRPC port + 1000; see ``ringlab.rpc.metrics.metrics_port``)."""
+    the gRPC port + 1000; see ``ringlab.rpc.metrics.metrics_port``), and when ``tracing`` is on
+    a SERVER span for every call (``ringlab.rpc.tracing``; off: no interceptor at all)."""
     from ringlab.rpc.errors import ErrorInterceptor
 
     metrics = metrics or ServiceMetrics(config.service)
@@ -395,6 +405,9 @@ def build_server(
         )
     if wanted is not None:  # outermost: a call the token or role check refuses is counted too
         interceptors.insert(0, metrics.interceptor())
+    traced = tracing.server_interceptor() if tracing is not None else None
+    if traced is not None:  # outermost of all: the span covers the checks, and takes their status
+        interceptors.insert(0, traced)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=config.service),
         interceptors=interceptors,
@@ -412,4 +425,4 @@ def build_server(
         raise SystemExit(f"cannot listen on {config.listen}: is another server using the port?")
     if wanted is not None:
         metrics.start(config.listen.rpartition(":")[0], wanted, explicit=explicit)
-    return ServiceServer(server, port, health_servicer, names, list(checks), metrics=metrics)
+    return ServiceServer(server, port, health_servicer, names, list(checks), metrics=metrics, tracing=tracing)
