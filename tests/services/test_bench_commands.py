@@ -52,3 +52,20 @@ def test_services_benchmark_json_counts_redis_round_trips_per_world_switch() -> 
     figures = json.loads(done.stdout)
     assert figures["redis_round_trips_per_world_switch"] <= 2  # counted, not timed
     assert figures["exit_vs_echo"] > 0  # a ratio of two host times: the benchmark reports it
+
+
+@pytest.mark.slow
+def test_recorder_benchmark_json_compares_recording_on_and_off_in_process_and_through_the_services() -> None:
+    """The overheads are host-time figures (the benchmark's output); what it must hold is what it
+    compared: each technique's run with a recorder and without, and two deployments, one
+    recording (the exits of every system call kept) and one not."""
+    done = ringlab("bench", "--suite", "recorder", "--repeats", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert set(figures["in_process"]) == {"trap-emulate", "bt", "pv", "hw", "hw+np"}
+    assert figures["in_process"]["pv"]["exits"] > 2 * 1000  # two world switches per system call
+    for f in figures["in_process"].values():
+        assert f["off_cpu_seconds"] > 0 and f["on_cpu_seconds"] > 0
+    services = figures["services"]
+    assert services["exits_recorded_per_vm"] == figures["in_process"]["pv"]["exits"]
+    assert services["off_wall_seconds"] > 0 and services["on_wall_seconds"] > 0

@@ -360,7 +360,7 @@ _BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
     "only": ("--only", "micro"),
     "techniques": ("--techniques", "micro"),
     "rounds": ("--rounds", "speed", "efficiency"),
-    "repeats": ("--repeats", "efficiency", "micro"),
+    "repeats": ("--repeats", "efficiency", "micro", "recorder"),
     "profile": ("--profile", "micro"),
     "paper": ("--paper", "micro"),
     "tlb": ("--tlb", "micro"),
@@ -515,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ringlab.cli.bench.efficiency import ROUNDS as EFFICIENCY_ROUNDS
     from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS
     from ringlab.cli.bench.micro import REPEATS as MICRO_REPEATS
+    from ringlab.cli.bench.recorder import DEFAULT_REPEATS as RECORDER_REPEATS
     from ringlab.cli.bench.speed import DEFAULT_ROUNDS
     from ringlab.cli.demo import CHART as DEMO_CHART
     from ringlab.guestos.build import FLAVOURS, WORKLOADS
@@ -612,9 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--suite",
-        choices=("micro", "speed", "efficiency", "contention", "services"),
+        choices=("micro", "speed", "efficiency", "contention", "services", "recorder"),
         default="micro",
-        help="which suite; contention and services run a local deployment (default: %(default)s)",
+        help="which suite; contention, services and recorder run local deployments (default: %(default)s)",
     )
     p.add_argument(
         "--vms",
@@ -666,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help=f"efficiency: best of N runs of each technique (default: {EFFICIENCY_REPEATS}); micro: the "
-        f"CPU time per iteration from the fastest of N runs of each count (default: {MICRO_REPEATS})",
+        f"CPU time per iteration from the fastest of N runs of each count (default: {MICRO_REPEATS}); "
+        f"recorder: best of N runs each way (default: {RECORDER_REPEATS})",
     )
     p.add_argument(
         "--profile",

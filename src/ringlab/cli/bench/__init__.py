@@ -7,6 +7,8 @@ same on a slow machine and a fast one.
 - ``efficiency``: compute-bound work under each technique against native (``efficiency.py``)
 - ``contention``: CPU shares of N VMs on one pCPU through the services (``services.py``)
 - ``services``: the cost of the service boundary against an echo and in-process (``services.py``)
+- ``recorder``: the flight recorder's overhead, on against off, in-process and through the services
+  (``recorder.py``)
 
 Every suite shows its progress on stderr when stderr is a terminal (not under ``--json``), and
 prints its table to fit the terminal, or whole when stdout is not a terminal (``ringlab.cli.termout``).
@@ -34,6 +36,16 @@ def run_suite(args: argparse.Namespace) -> int:
     show = not args.json
     if args.suite in ("contention", "services"):
         return _run_services(args)
+    if args.suite == "recorder":
+        from ringlab.cli.bench.recorder import DEFAULT_REPEATS, recorder_suite
+
+        with progress("recorder", 1.0, enabled=show) as step:
+            rec = recorder_suite(args.repeats or DEFAULT_REPEATS, progress=step)
+        if args.json:
+            print(json.dumps(rec))
+        else:
+            _print_recorder(rec)
+        return 0
     if args.suite == "speed":
         from ringlab.cli.bench.speed import speed_suite
 
@@ -57,6 +69,44 @@ def run_suite(args: argparse.Namespace) -> int:
             _print_efficiency(eff)
         return 0
     return _run_micro(args)
+
+
+def _print_recorder(rec: dict[str, Any], console: Console | None = None) -> None:
+    from rich.table import Table
+
+    from ringlab.cli.termout import fit_table, stdout_console
+
+    console = console or stdout_console()
+    table = Table(
+        title=f"flight recorder: on against off, syscall workload, best of {rec['repeats']} "
+        "(overhead = on / off - 1; target under 5%)"
+    )
+    for col in ("run", "exits recorded", "CPU s off", "CPU s on", "CPU overhead", "wall overhead"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:+.1f}%"
+
+    for technique, f in rec["in_process"].items():
+        table.add_row(
+            f"in-process {technique}",
+            f"{f['exits']:,}",
+            f"{f['off_cpu_seconds']:.3f}",
+            f"{f['on_cpu_seconds']:.3f}",
+            pct(f["cpu_overhead"]),
+            pct(f["wall_overhead"]),
+        )
+    svc = rec.get("services")
+    if svc:
+        table.add_row(
+            f"services: {svc['vms']} pv VMs (hypervisor + cpu)",
+            f"{svc['exits_recorded_per_vm']:,} per VM",
+            "-" if svc["off_cpu_seconds"] is None else f"{svc['off_cpu_seconds']:.3f}",
+            "-" if svc["on_cpu_seconds"] is None else f"{svc['on_cpu_seconds']:.3f}",
+            pct(svc["cpu_overhead"]),
+            pct(svc["wall_overhead"]),
+        )
+    console.print(fit_table(table))
 
 
 def _print_efficiency(eff: dict[str, Any], console: Console | None = None) -> None:
