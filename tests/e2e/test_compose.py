@@ -7,6 +7,8 @@ would: ``examples/create_vms.py`` and the ``ringlab`` CLI add VMs under every te
 generated gRPC stubs read consoles), kills the ``cpu`` container with SIGKILL while VMs run, starts
 it again, and checks that every VM still ends with exactly its workload's expected console output.
 Then ``ringlab vm create --launcher docker`` starts guest containers through the Docker SDK.
+The deployment runs with the ``metrics`` profile: a Prometheus (built locally too, from Debian's
+package) scrapes every service, and its HTTP API must show every target up and a VM's exits.
 Everything is torn down, whatever happens, and the phases are timed in pytest's summary.
 
 Marked ``docker``: the default ``pytest`` run deselects it; ``.ci/run`` runs it on its own with
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 REDIS_IMAGE = "ringlab-redis:bookworm"
+PROMETHEUS_IMAGE = "ringlab-prometheus:bookworm"
 APP_IMAGE = "ringlab:e2e"
 # Replicas take these in turn (TECHNIQUE:KERNEL:WORKLOAD); the test adds one VM per technique.
 GUEST_MIX = os.environ.get("RINGLAB_E2E_MIX", "pv:paravirt:compute,bt:stock:multi,hw:stock:syscall")
@@ -65,6 +68,10 @@ COMPOSE_COMMANDS = (
 )
 HEALTH_TIMEOUT = 300.0
 RUN_TIMEOUT = 300.0
+GUESTS = 3
+# redis, cpu, hypervisor, the guests and prometheus (the one-shot secrets service aside).
+LONG_RUNNING = 1 + 1 + 1 + GUESTS + 1
+SCRAPE_TIMEOUT = 120.0
 
 
 def _unavailable(reason: str) -> None:
@@ -113,9 +120,14 @@ class Deployment:
         self.compose_cmd = shlex.split(compose)
         self.project = f"ringlab-e2e-{os.getpid()}-{'-'.join(self.compose_cmd)}"
         self.port = _free_port()
+        self.prometheus_port = _free_port()
         self.env = _host_env() | {
             "REDIS_IMAGE": REDIS_IMAGE,
             "RINGLAB_IMAGE": APP_IMAGE,
+            "PROMETHEUS_IMAGE": PROMETHEUS_IMAGE,
+            # Every compose command (up, ps, logs, down) sees the profile's service.
+            "COMPOSE_PROFILES": "metrics",
+            "RINGLAB_PROMETHEUS_PORT": str(self.prometheus_port),
             "RINGLAB_PORT": str(self.port),
             "RINGLAB_MIX": GUEST_MIX,
             "RINGLAB_SLICE": SLICE,
@@ -209,11 +221,13 @@ def engine(timings: Timings) -> None:
 
 @pytest.fixture(scope="module")
 def images(engine: None, timings: Timings) -> None:
-    """The base, Redis and Ringlab images, built locally (cached base images are reused)."""
+    """The base, Redis, Prometheus and Ringlab images, built locally (cached base images are
+    reused)."""
     done = subprocess.run(
         [str(REPO / "scripts" / "docker-images")],
         cwd=REPO,
-        env=_host_env() | {"REDIS_IMAGE": REDIS_IMAGE, "RINGLAB_IMAGE": APP_IMAGE},
+        env=_host_env()
+        | {"REDIS_IMAGE": REDIS_IMAGE, "RINGLAB_IMAGE": APP_IMAGE, "PROMETHEUS_IMAGE": PROMETHEUS_IMAGE},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -262,9 +276,9 @@ def deployment(images: None, timings: Timings, request: pytest.FixtureRequest) -
     d = Deployment(timings, compose)
     _remove_stale_projects(d)
     try:
-        d.compose("up", "-d", "--scale", "guest=3", timeout=900)
+        d.compose("up", "-d", "--scale", f"guest={GUESTS}", timeout=900)
         timings.mark("compose-up")
-        d.wait_healthy(expected=1 + 1 + 1 + 3)
+        d.wait_healthy(expected=LONG_RUNNING)
         timings.mark("healthy")
         yield d
     finally:
@@ -304,7 +318,7 @@ def _wait_ended(d: Deployment, names: set[str]) -> dict[str, dict[str, Any]]:
 def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings: Timings) -> None:
     d = deployment
     guests = {r["name"]: r for r in d.vms() if r["name"].startswith("guest-")}
-    assert len(guests) == 3, f"three guest replicas, three VMs: {guests}"
+    assert len(guests) == GUESTS, f"{GUESTS} guest replicas, {GUESTS} VMs: {guests}"
 
     # The client adds one VM per technique, all contending with the guests' VMs for the pCPU. The
     # cpu is stopped while they are created, so that they all start together when it comes back
@@ -368,7 +382,71 @@ def test_compose_deployment_survives_a_cpu_kill(deployment: Deployment, timings:
         ", ".join(mid_run) + "):\n" + "\n".join(failures)
     )
     # The cpu came back and says so.
-    d.wait_healthy(expected=1 + 1 + 1 + 3)
+    d.wait_healthy(expected=LONG_RUNNING)
+
+
+def _prometheus(d: Deployment, path: str, **params: str) -> Any:
+    """A call to Prometheus' HTTP API over its published port: the ``data`` of a success."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"http://127.0.0.1:{d.prometheus_port}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        body = json.loads(answer.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_prometheus_scrapes_every_service_and_counts_a_vms_exits(
+    deployment: Deployment, timings: Timings
+) -> None:
+    """The `metrics` profile's Prometheus (deploy/prometheus.yml) finds every service, the scaled
+    guests by DNS, and scrapes them all; the exits it holds for a VM that ran are that VM's
+    statistics from the API, reason by reason."""
+    d = deployment
+    d.ringlab(
+        "vm", "create", "e2e-metrics", "--technique", "trap-emulate", "--workload", "syscall", "--start"
+    )
+    ended = _wait_ended(d, {"e2e-metrics"})
+    assert ended["e2e-metrics"]["status"] == "poweroff", ended
+    expected = {k: v for k, v in ended["e2e-metrics"]["exits_by_reason"].items() if v}
+    assert expected, ended
+
+    # Every target, by job: one hypervisor, one cpu, each guest replica, Prometheus itself; all up.
+    want = {"hypervisor": 1, "cpu": 1, "guest": GUESTS, "prometheus": 1}
+    deadline = time.monotonic() + SCRAPE_TIMEOUT
+    jobs: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        active = _prometheus(d, "/api/v1/targets", state="active")["activeTargets"]
+        jobs = {}
+        for target in active:
+            jobs.setdefault(target["labels"]["job"], []).append(target["health"])
+        if {job: len(h) for job, h in jobs.items()} == want and all(
+            h == "up" for health in jobs.values() for h in health
+        ):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"Prometheus' targets (job: health of each) never all up as {want}: {jobs}")
+
+    # The VM's exits by reason, as Prometheus scraped them from the hypervisor.
+    query = 'ringlab_vm_exits_total{vm="e2e-metrics"}'
+    scraped: dict[str, float] = {}
+    deadline = time.monotonic() + SCRAPE_TIMEOUT
+    while time.monotonic() < deadline:
+        result = _prometheus(d, "/api/v1/query", query=query)
+        assert result["resultType"] == "vector", result
+        scraped = {r["metric"]["reason"]: float(r["value"][1]) for r in result["result"]}
+        if scraped == {k: float(v) for k, v in expected.items()}:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"{query}: Prometheus has {scraped}, the VM's statistics say {expected}")
+    assert all(value > 0 for value in scraped.values()), scraped
+    assert {r["metric"]["technique"] for r in result["result"]} == {"trap-emulate"}, result
+    timings.mark("prometheus")
 
 
 def test_docker_launcher_starts_a_guest_container_that_down_removes(
