@@ -1,12 +1,17 @@
 """``ringlab trace``: the flight recorder's records as a Perfetto trace, and a xenalyze-style summary.
 
     ringlab trace run [PROGRAM | --workload NAME] [--technique T ...] [-o FILE] [--clock wall|virtual]
+    ringlab trace vm [VM ...] [--slices N] [--spans DIR] [-o FILE]
 
 ``run`` runs one guest in this process under each technique asked for (by default every full
 virtualization technique: trap-emulate, bt, hw, hw with nested paging), each with a flight
 recorder (``ringlab.vmm.recorder``), writes one trace file with a track per technique, and prints
 each one's exits by reason with their count and their total and mean simulated cost.  The file
 opens in ui.perfetto.dev (or chrome://tracing).  docs/tracing.md describes the records and the file.
+
+``vm`` fetches a deployment's records through the hypervisor, and with ``--spans DIR`` (by default
+the folder of ``RINGLAB_TRACING=file:DIR``) puts the OpenTelemetry spans the services wrote there
+(``ringlab.rpc.tracing``) in the same file: a track per service process, a thread per thread.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from typing import Any
 from ringlab.cli.exitstatus import EXIT_OK
 from ringlab.errors import UsageError
 
-__all__ = ["DEFAULT_OUTPUT", "TRACE_TECHNIQUES", "add_trace_command", "cmd_trace_run", "print_summary"]
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "TRACE_TECHNIQUES",
+    "add_trace_command",
+    "cmd_trace_run",
+    "print_summary",
+    "span_tracks",
+]
 
 TRACE_TECHNIQUES = ("native", "trap-emulate", "bt", "pv", "hw", "hw+np")
 """What ``--technique`` takes: ``hw+np`` is hw with nested paging."""
@@ -29,6 +41,8 @@ DEFAULT_OUTPUT = "ringlab-trace.json"
 
 
 def add_trace_command(sub: Any) -> None:
+    import shtab
+
     from ringlab.cli.main import _add_defines, _command, _file, _parse_count, _parse_size
     from ringlab.guestos.build import FLAVOURS, WORKLOADS
     from ringlab.vmm.recorder import DEFAULT_CAPACITY
@@ -147,6 +161,14 @@ def add_trace_command(sub: Any) -> None:
     d.add_argument(
         "--clock", choices=CLOCKS, default="wall", help="the trace's time axis (default: %(default)s)"
     )
+    spans = d.add_argument(
+        "--spans",
+        default=None,
+        metavar="DIR",
+        help="add the services' OpenTelemetry spans from the span files in DIR, each process a "
+        "track (default: DIR of RINGLAB_TRACING=file:DIR, else none)",
+    )
+    spans.complete = shtab.DIRECTORY  # read by shtab
     d.add_argument("--json", action="store_true", help="print the summary as JSON (default: a table)")
 
 
@@ -210,19 +232,103 @@ def cmd_trace_run(args: argparse.Namespace) -> int:
 
 def cmd_trace_vm(args: argparse.Namespace) -> int:
     from ringlab.cli.deployment import _client
+    from ringlab.rpc.tracing import spans_directory
     from ringlab.v1 import hypervisor_pb2
 
+    folder = Path(args.spans) if args.spans is not None else spans_directory()
+    if args.spans is not None and folder is not None:
+        if args.clock != "wall":
+            raise UsageError("--spans: spans are timed on the wall clock; leave --clock at wall")
+        if not folder.is_dir():
+            raise UsageError(
+                f"--spans {folder}: no such folder (the services write their span files there "
+                f"with RINGLAB_TRACING=file:{folder})"
+            )
     client = _client(args.target, args.token)
     names = list(args.vms) or [
         vm.name for vm in client.call(client.stub.ListVms, hypervisor_pb2.ListVmsRequest()).vms
     ]
     records: dict[str, list[dict[str, Any]]] = {}
+    ids: set[str] = set()
     for name in names:
         reply = client.call(
             client.stub.GetFlightRecord, hypervisor_pb2.FlightRecordRequest(vm=name, slices=args.slices)
         )
         records[reply.name or name] = json.loads(reply.records_json or "[]")
-    return _write(records, args)
+        ids.add(reply.vm)
+    spans = None
+    if folder is not None and folder.is_dir() and args.clock == "wall":
+        spans = span_tracks(_read_spans(folder), ids if args.vms else None, _window(records))
+    return _write(records, args, spans=spans)
+
+
+def _read_spans(folder: Path) -> list[dict[str, Any]]:
+    from ringlab.rpc.tracing import read_spans
+
+    try:
+        return read_spans(folder)
+    except OSError as exc:
+        raise UsageError(f"--spans {folder}: cannot read the span files: {exc.strerror or exc}") from None
+
+
+def _window(records: dict[str, list[dict[str, Any]]]) -> tuple[int, int] | None:
+    """The wall-clock span (epoch ns) of the records, None when there are none."""
+    times = [
+        int(t)
+        for rs in records.values()
+        for r in rs
+        for t in (r.get("start_ns"), r.get("end_ns"), r.get("wall_ns"))
+        if isinstance(t, int)
+    ]
+    return (min(times), max(times)) if times else None
+
+
+def span_tracks(
+    spans: list[dict[str, Any]], vms: set[str] | None = None, window: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """The span files' spans as ``trace_events`` takes them: every trace (all its spans, so that
+    each span's parent is there) that names one of the ``vms`` (by id; None: any trace) and
+    overlaps the ``window`` of the records (epoch ns; None: whenever), each span on the track of
+    its process (``cpu pcpu0 (pid 41)``) and the thread it ran on."""
+    traces: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        traces.setdefault(str(span["trace_id"]), []).append(span)
+    kept: list[dict[str, Any]] = []
+    for members in traces.values():
+        if vms is not None and not any(
+            str(s.get("attributes", {}).get("ringlab.vm.id", "")) in vms for s in members
+        ):
+            continue
+        if window is not None and (
+            min(s["start_ns"] for s in members) > window[1] or max(s["end_ns"] for s in members) < window[0]
+        ):
+            continue
+        kept += members
+    kept.sort(key=lambda s: s["start_ns"])
+    out = []
+    for span in kept:
+        attributes = dict(span.get("attributes", {}))
+        process = " ".join(p for p in (str(span.get("service", "")), str(span.get("instance", ""))) if p)
+        out.append(
+            {
+                "name": span["name"],
+                "start_ns": span["start_ns"],
+                "end_ns": span["end_ns"],
+                "track": f"{process or 'spans'} (pid {span.get('pid', '?')})",
+                "thread": str(attributes.pop("thread.name", "spans")),
+                "span_id": span.get("span_id"),
+                "parent_id": span.get("parent_id"),
+                "args": {
+                    "trace_id": span["trace_id"],
+                    "span_id": span.get("span_id"),
+                    "parent_id": span.get("parent_id"),
+                    "kind": span.get("kind", ""),
+                    "status": span.get("status", ""),
+                    **attributes,
+                },
+            }
+        )
+    return out
 
 
 def _write(
@@ -230,12 +336,14 @@ def _write(
     args: argparse.Namespace,
     cycles: dict[str, int] | None = None,
     runs: dict[str, Any] | None = None,
+    spans: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Write the trace of ``records`` where ``args.output`` says, then print the summary (with
-    each run's cycles, for its share; ``--json``: with ``runs`` too)."""
+    """Write the trace of ``records`` (and of the services' ``spans``, None: none asked for)
+    where ``args.output`` says, then print the summary (with each run's cycles, for its share;
+    ``--json``: with ``runs`` too)."""
     from ringlab.vmm.trace_events import summarize, trace_events
 
-    trace = trace_events(records, clock=args.clock)
+    trace = trace_events(records, clock=args.clock, spans=spans or ())
     out = Path(args.output)
     try:
         out.write_text(json.dumps(trace, separators=(",", ":")))
@@ -246,10 +354,16 @@ def _write(
         doc: dict[str, Any] = {"trace": str(out), "clock": args.clock, "summary": _rows(rows)}
         if runs is not None:
             doc["runs"] = runs
+        if spans is not None:
+            doc["spans"] = len(spans)
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print_summary(rows, cycles)
     events = sum(1 for e in trace["traceEvents"] if e["ph"] != "M")
+    if spans is not None:
+        print(
+            f"{len(spans):,} spans from the services' span files" if spans else "no spans in the span files"
+        )
     print(f"wrote {out} ({events:,} events, {args.clock} clock): open it at https://ui.perfetto.dev")
     return EXIT_OK
 

@@ -70,7 +70,7 @@ OFF = frozenset({"", "off", "none", "no", "false", "disabled"})
 """Settings of ``RINGLAB_TRACING`` / ``--tracing`` that leave tracing off (any case)."""
 FILE_PREFIX = "file:"
 SPAN_FILE_SUFFIX = ".jsonl"
-SHUTDOWN_GRACE = 2.0
+SHUTDOWN_GRACE = 1.0
 """Seconds a stopping service gives its exporter to send what is left before the exporter gives
 up its retries (a collector that does not answer must not hold a stop for its whole timeout)."""
 QUIET_SECONDS = 60.0
@@ -327,7 +327,7 @@ def configure_tracing(service: str, flag: str | None = None, *, instance: str = 
                 f"{TRACING_ENV} / --tracing {setting}: cannot write span files in "
                 f"{setting.directory}: {exc.strerror or exc}"
             ) from None
-        inner = sdk.JsonLinesSpanExporter(path, service)
+        inner = sdk.JsonLinesSpanExporter(path, service, instance)
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -369,8 +369,13 @@ class _QuietFilter(logging.Filter):
             return True
         if not self.allow():
             return False
+        text = record.getMessage()
         record.exc_info, record.exc_text, record.stack_info = None, None, None
-        record.msg = f"tracing: {record.msg} (the exporter's complaints: at most one a minute)"
+        record.msg, record.args = (
+            f"tracing: {text} (is an OTLP collector listening at OTEL_EXPORTER_OTLP_ENDPOINT? the "
+            "spans are dropped meanwhile; this is said at most once a minute)",
+            None,
+        )
         return True
 
 
@@ -384,10 +389,11 @@ def _quiet_exporter_logs() -> None:
             logger.addFilter(_QUIET)
 
 
-def span_record(span: Any, service: str) -> dict[str, Any]:
+def span_record(span: Any, service: str, instance: str = "") -> dict[str, Any]:
     """A finished span (the SDK's ``ReadableSpan``) as a span file's line holds it: the ids in hex
     (``parent_id`` None for a root), times in epoch nanoseconds, its attributes, and the process
-    it came from (``service``, ``pid``, the resource's attributes)."""
+    it came from (``service``, ``instance``: a pCPU's id, a guest's name; ``pid``; the
+    resource's attributes)."""
     ctx = span.get_span_context()
     parent = span.parent
     resource = span.resource.attributes if span.resource is not None else {}
@@ -402,6 +408,7 @@ def span_record(span: Any, service: str) -> dict[str, Any]:
         "status": span.status.status_code.name,
         "attributes": _plain(span.attributes or {}),
         "service": service,
+        "instance": instance,
         "pid": os.getpid(),
         "resource": _plain({k: v for k, v in resource.items() if not str(k).startswith("telemetry.")}),
     }
@@ -429,14 +436,17 @@ def _sdk() -> SimpleNamespace:
     class JsonLinesSpanExporter(SpanExporter):
         """Appends each finished span as one JSON object a line (``span_record``) to ``path``."""
 
-        def __init__(self, path: Path, service: str) -> None:
+        def __init__(self, path: Path, service: str, instance: str = "") -> None:
             self.path = path
             self.service = service
+            self.instance = instance
             self._lock = threading.Lock()
             self._file: Any = None
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            text = "".join(json.dumps(span_record(s, self.service), default=str) + "\n" for s in spans)
+            text = "".join(
+                json.dumps(span_record(s, self.service, self.instance), default=str) + "\n" for s in spans
+            )
             with self._lock:
                 try:
                     if self._file is None:

@@ -35,7 +35,10 @@ def trace_events(
 ) -> dict[str, Any]:
     """The trace-event JSON object for the records of each VM (``name -> records``).  ``spans``:
     extra complete events already in the format's terms but timed in wall nanoseconds
-    (``start_ns``, ``end_ns``, ``name``, ``track``, ``args``), such as OpenTelemetry spans."""
+    (``start_ns``, ``end_ns``, ``name``, ``track``, ``args``), such as OpenTelemetry spans; each
+    track a process of the file, with a thread per ``thread`` its spans name (one when none do),
+    and an arrow (a flow event) from a span to each child (``parent_id`` naming its ``span_id``)
+    on another thread or track: a call from one service to another."""
     by_vm = {vm: list(records) for vm, records in records_by_vm.items()}
     extra = list(spans)
     pcpus = sorted({str(r["pcpu"]) for rs in by_vm.values() for r in rs if r.get("pcpu") is not None})
@@ -95,29 +98,67 @@ def trace_events(
                         }
                     )
     if clock == "wall":
-        tracks: dict[str, int] = {}
-        for span in extra:
-            track = str(span.get("track", "traces"))
-            if track not in tracks:
-                tracks[track] = _VM_PIDS * 2 + len(tracks)
-                events += _names(tracks[track], track, "spans")
-            events.append(
-                {
-                    "name": str(span["name"]),
-                    "cat": "span",
-                    "ph": "X",
-                    "ts": (int(span["start_ns"]) - origin) / 1000,
-                    "dur": max((int(span["end_ns"]) - int(span["start_ns"])) / 1000, 0.0),
-                    "pid": tracks[track],
-                    "tid": 1,
-                    "args": dict(span.get("args", {})),
-                }
-            )
+        events += _span_events(extra, origin)
     return {
         "traceEvents": events,
         "displayTimeUnit": "ns" if clock == "wall" else "ms",
         "otherData": {"producer": "ringlab", "clock": clock},
     }
+
+
+def _span_events(spans: list[Mapping[str, Any]], origin: int) -> list[dict[str, Any]]:
+    """The spans' complete events, each track a process and each thread of it a thread, and a flow
+    (``"ph": "s"`` in the parent, ``"f"`` at the child's start) where a child is elsewhere."""
+    events: list[dict[str, Any]] = []
+    tracks: dict[str, int] = {}
+    threads: dict[tuple[str, str], int] = {}
+    placed: dict[str, tuple[int, int]] = {}
+    for span in spans:
+        track = str(span.get("track", "traces"))
+        thread = str(span.get("thread", "spans"))
+        if track not in tracks:
+            tracks[track] = _VM_PIDS * 2 + len(tracks)
+            events.append(
+                {"name": "process_name", "ph": "M", "pid": tracks[track], "tid": 1, "args": {"name": track}}
+            )
+        if (track, thread) not in threads:
+            threads[(track, thread)] = 1 + sum(1 for t, _ in threads if t == track)
+            events.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": tracks[track],
+                    "tid": threads[(track, thread)],
+                    "args": {"name": thread},
+                }
+            )
+        where = (tracks[track], threads[(track, thread)])
+        if span.get("span_id"):
+            placed[str(span["span_id"])] = where
+        events.append(
+            {
+                "name": str(span["name"]),
+                "cat": "span",
+                "ph": "X",
+                "ts": (int(span["start_ns"]) - origin) / 1000,
+                "dur": max((int(span["end_ns"]) - int(span["start_ns"])) / 1000, 0.0),
+                "pid": where[0],
+                "tid": where[1],
+                "args": dict(span.get("args", {})),
+            }
+        )
+    for flow, span in enumerate(spans, start=1):
+        parent = placed.get(str(span.get("parent_id") or ""))
+        child = placed.get(str(span.get("span_id") or ""))
+        if parent is None or child is None or parent == child:
+            continue
+        ts = (int(span["start_ns"]) - origin) / 1000
+        for ph, (pid, tid) in (("s", parent), ("f", child)):
+            event = {"name": "call", "cat": "span", "ph": ph, "id": flow, "ts": ts, "pid": pid, "tid": tid}
+            if ph == "f":
+                event["bp"] = "e"
+            events.append(event)
+    return events
 
 
 def _names(pid: int, process: str, thread: str) -> list[dict[str, Any]]:
