@@ -234,7 +234,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
         self, request: cpu_pb2.RunVcpuRequest, translated: bool, reloaded: bool
     ) -> AbstractContextManager[Span]:
         """The ``core run`` span of a run (none for a commit that runs nothing)."""
-        if not request.budget:
+        if not request.budget or not self.tracing.enabled:
             return NO_SPAN
         return self.tracing.span(
             "core run",
@@ -244,6 +244,23 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                 "ringlab.run.budget": request.budget,
                 "ringlab.run.translated": translated,
                 "ringlab.cache_reloaded": reloaded,
+            },
+        )
+
+    def _commit_span(
+        self, request: cpu_pb2.RunVcpuRequest, cached: CachedVcpu, pages: int
+    ) -> AbstractContextManager[Span]:
+        """The ``commit`` span: the slice's state to Redis."""
+        if not self.tracing.enabled:
+            return NO_SPAN
+        return self.tracing.span(
+            "commit",
+            {
+                "ringlab.vm.id": request.vm,
+                "ringlab.pcpu": self.pcpu,
+                "ringlab.commit.pages": pages,
+                "ringlab.commit.base_generation": cached.generation,
+                "ringlab.commit.status": request.commit.status,
             },
         )
 
@@ -298,16 +315,7 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             pages=changed,
         )
         started, outcome = time.perf_counter(), "error"
-        with self.tracing.span(
-            "commit",
-            {
-                "ringlab.vm.id": request.vm,
-                "ringlab.pcpu": self.pcpu,
-                "ringlab.commit.pages": len(changed),
-                "ringlab.commit.base_generation": cached.generation,
-                "ringlab.commit.status": c.status,
-            },
-        ) as span:
+        with self._commit_span(request, cached, len(changed)) as span:
             try:
                 generation = self.state.commit(commit)
                 outcome = "applied"

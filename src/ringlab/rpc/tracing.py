@@ -507,12 +507,11 @@ def _sdk() -> SimpleNamespace:
                 return False
 
     class ThreadNames(SpanProcessor):
-        """Names the thread each span starts on (``thread.name``, ``thread.id``): a trace file
-        gives each thread of a process a track of its own."""
+        """Names the thread each span starts on (``thread.name``): a trace file gives each thread
+        of a process a line of its own."""
 
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             span.set_attribute("thread.name", threading.current_thread().name)
-            span.set_attribute("thread.id", threading.get_native_id())
 
     return SimpleNamespace(
         JsonLinesSpanExporter=JsonLinesSpanExporter,
