@@ -328,4 +328,4 @@ def test_bench_efficiency_rounds_not_beyond_its_short_run_is_a_usage_error() -> 
 def test_bench_repeats_for_a_suite_that_has_none_is_a_usage_error() -> None:
     done = ringlab("bench", "--suite", "speed", "--repeats", "2")
     assert done.returncode == 2
-    assert "--repeats applies to --suite efficiency and --suite micro only" in done.stderr
+    assert "--repeats applies to --suite efficiency, --suite micro and --suite recorder only" in done.stderr

@@ -45,6 +45,8 @@ MAX_MEMORY = 1 << 30
 """The most guest RAM ``--memory`` may ask for: 1 GiB (RL-32 addresses 4 GiB, but the machine
 keeps guest RAM in host memory, and no workload needs more than a few MiB)."""
 MAX_BENCH_VMS = 128
+DEFAULT_MEMORY = 4 << 20
+"""Guest RAM when ``--memory`` is not given."""
 """The most VMs ``bench --suite contention`` starts on its one pCPU."""
 MAX_WEIGHT = 65535
 """Scheduler weights run from 1 to 65535, as in Xen's credit scheduler (256 is the default)."""
@@ -215,6 +217,7 @@ def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
     from ringlab.vmm import InstructionTracer, run_vm
 
     trace = getattr(args, "trace", None)
+    checkpoint = _checkpoint(args)
     try:
         with (
             _trace_file(trace) as out,
@@ -228,6 +231,7 @@ def _run(image: Any, args: argparse.Namespace, input: bytes = b"") -> Any:
                 max_instructions=args.max_instructions,
                 input=input,
                 tracer=None if out is None else InstructionTracer(out, limit=args.trace_limit),
+                checkpoint=checkpoint,
             )
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("ringlab.vmm."):
@@ -303,10 +307,66 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.restore is not None:
+        return _restore(args)
+    if args.program is None:
+        raise UsageError("give the PROGRAM to run, or --restore FILE to go on from a snapshot")
     image = _load_program(args.program, dict(args.defines))
     if args.via:
         return _via(image, args, kernel=NO_KERNEL, workload=Path(args.program).stem)
     result = _run(image, args, args.input.encode("latin-1"))
+    return _finish(result, args)
+
+
+def _checkpoint(args: argparse.Namespace) -> tuple[int, Callable[[Any], None]] | None:
+    """``--snapshot FILE --snapshot-at N``: when and how to take the snapshot (None: not asked)."""
+    if (args.snapshot is None) != (args.snapshot_at is None):
+        raise UsageError("--snapshot FILE and --snapshot-at N go together: give both")
+    if args.snapshot is None:
+        return None
+    path = str(args.snapshot)
+
+    def take(vm: Any) -> None:
+        from ringlab.vmm.snapshot import snapshot, write_snapshot
+
+        size = write_snapshot(snapshot(vm), path)
+        print(
+            f"[ringlab] snapshot at {vm.cpu.stats.retired} instructions written to {path} ({size:,} bytes)",
+            file=sys.stderr,
+        )
+
+    return int(args.snapshot_at), take
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """``ringlab run --restore FILE``: the VM a snapshot holds, run on to its end."""
+    from ringlab.cli.termout import spinner
+    from ringlab.vmm import run_from
+    from ringlab.vmm.snapshot import read_snapshot, restore
+
+    given = [
+        flag
+        for flag, used in (
+            ("PROGRAM", args.program is not None),
+            ("-D", bool(args.defines)),
+            ("--technique", args.technique != TechniqueName.NATIVE.value),
+            ("--nested-paging", args.nested_paging),
+            ("--memory", args.memory != DEFAULT_MEMORY),
+            ("--input", bool(args.input)),
+            ("--via", args.via is not None),
+            ("--trace", args.trace is not None),
+        )
+        if used
+    ]
+    if given:
+        raise UsageError(
+            f"--restore goes on with the VM the snapshot holds (its program, technique, memory and "
+            f"input): leave out {', '.join(given)}"
+        )
+    checkpoint = _checkpoint(args)
+    vm = restore(read_snapshot(args.restore))
+    with spinner(f"running the restored VM ({vm.technique.name})", enabled=not args.json):
+        result = run_from(vm, args.max_instructions, checkpoint)
     return _finish(result, args)
 
 
@@ -371,7 +431,8 @@ def _check_bench_options(args: argparse.Namespace) -> None:
     """Refuse an option the chosen suite would silently ignore."""
     for dest, (flag, *suites) in _BENCH_OPTIONS.items():
         if getattr(args, dest) is not None and args.suite not in suites:
-            which = " and ".join(f"--suite {s}" for s in suites)
+            which = ", ".join(f"--suite {s}" for s in suites[:-1])
+            which = f"{which} and --suite {suites[-1]}" if which else f"--suite {suites[-1]}"
             raise UsageError(f"{flag} applies to {which} only, not to --suite {args.suite}")
     if args.suite == "efficiency" and args.rounds is not None:
         from ringlab.cli.bench.efficiency import ROUNDS
@@ -436,7 +497,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory",
         type=_parse_size,
-        default=4 << 20,
+        default=DEFAULT_MEMORY,
         metavar="BYTES",
         help="guest RAM, such as 4194304, 0x400000, 512K or 4M, at most 1G (default: 4M)",
     )
@@ -468,6 +529,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             "with its count, virtual time, address, guest ring and disassembly, every event "
             "delivered and every world switch; the guest runs on the interpreter (default: off)"
         ),
+    )
+    p.add_argument(
+        "--snapshot-at",
+        type=_parse_count,
+        default=None,
+        metavar="N",
+        help="with --snapshot: take the snapshot once N instructions have retired, then go on (default: none)",
+    )
+    p.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        default=None,
+        help="write a snapshot of the whole VM to FILE at --snapshot-at N; 'ringlab run --restore FILE' "
+        "goes on from it (default: none)",
     )
     p.add_argument(
         "--trace-limit",
@@ -559,7 +634,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "program",
             metavar="PROGRAM",
+            nargs="?",
             help="RL-32 assembly source (PROGRAM.s) or an image written by 'ringlab asm', told apart by content",
+        )
+    )
+    _file(
+        p.add_argument(
+            "--restore",
+            metavar="FILE",
+            default=None,
+            help="go on from a snapshot ('--snapshot') instead of running a PROGRAM (default: none)",
         )
     )
     _add_defines(p)

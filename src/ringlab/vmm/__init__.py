@@ -9,6 +9,9 @@ Domain code: no grpc, no redis.  docs/techniques.md explains each technique and 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from ringlab.errors import UsageError
 from ringlab.image import Image
 from ringlab.machine.tlb import TlbGeometry
@@ -30,6 +33,7 @@ __all__ = [
     "VmRunResult",
     "default_kernel",
     "make_technique",
+    "run_from",
     "run_vm",
 ]
 
@@ -74,6 +78,7 @@ def run_vm(
     tlb: TlbGeometry | None = None,
     recorder: FlightRecorder | None = None,
     tracer: InstructionTracer | None = None,
+    checkpoint: tuple[int, Callable[[VM], None]] | None = None,
 ) -> VmRunResult:
     """Boot ``image`` as the whole guest under ``technique`` and run it to the end.
 
@@ -83,7 +88,9 @@ def run_vm(
     4-way: ``machine.tlb``); it changes the page walks and their cycles, never the guest's results.
     ``recorder``: a flight recorder to attach (``vmm.recorder``), which records the run's exits
     and its one slice.  ``tracer``: an instruction trace (``vmm.insn_trace``), which runs the
-    guest on the interpreter (``fast`` is then off)."""
+    guest on the interpreter (``fast`` is then off).  ``checkpoint``: ``(N, take)`` calls
+    ``take(vm)`` once N instructions have retired (a snapshot, ``vmm.snapshot``), then goes on; a
+    guest that ends first is never taken."""
     vm = VM(
         image,
         make_technique(technique, nested_paging=nested_paging),
@@ -97,4 +104,21 @@ def run_vm(
         recorder.attach(vm)
     if tracer is not None:
         tracer.attach(vm)
+    return run_from(vm, max_instructions, checkpoint)
+
+
+def run_from(
+    vm: VM, max_instructions: int | None = None, checkpoint: tuple[int, Callable[[VM], None]] | None = None
+) -> VmRunResult:
+    """Run ``vm`` from where it stands to its end (``run_vm``'s loop, for a restored VM too)."""
+    if checkpoint is not None:
+        at, take = checkpoint
+        if max_instructions is not None:
+            at = min(at, max_instructions)
+        started = time.perf_counter()
+        while (left := at - vm.cpu.stats.retired) > 0:
+            outcome = vm.advance(left)
+            if isinstance(outcome, Stop):
+                return vm.result(outcome, time.perf_counter() - started)
+        take(vm)
     return vm.run(max_instructions)
