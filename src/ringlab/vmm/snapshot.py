@@ -75,6 +75,10 @@ _MAX_DOCUMENT = 64 << 20
 """Slack for the JSON document beyond the memory it carries (registers, statistics, tables)."""
 
 
+_TYPES_FROM = ("ringlab.machine.", "ringlab.vmm.", "ringlab.isa")
+"""The only modules a snapshot may name types from (a VM's objects live there)."""
+
+
 class SnapshotError(RinglabError):
     """A snapshot file that cannot be loaded: the message says why."""
 
@@ -178,7 +182,7 @@ def _encode(value: Any) -> Any:
 
 def _class(name: str) -> type:
     module, _, qualname = name.partition(":")
-    if not module.startswith("ringlab.") or not qualname:
+    if not module.startswith(_TYPES_FROM) or not qualname:
         raise SnapshotError(f"the snapshot names {name!r}, which is not one of Ringlab's types")
     try:
         obj: Any = importlib.import_module(module)
