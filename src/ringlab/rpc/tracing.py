@@ -204,8 +204,9 @@ NO_SPAN = _NoSpan()
 
 
 class Tracing:
-    """A service process's tracing: off (``OFF_TRACING``: no provider, no interceptors, nothing of
-    OpenTelemetry imported, every span ``NO_SPAN``) or on (``configure_tracing``)."""
+    """A service process's tracing: off (``OFF_TRACING``: no provider, no interceptors, neither the
+    SDK's tracing nor the instrumentation imported, every span ``NO_SPAN``) or on
+    (``configure_tracing``)."""
 
     def __init__(
         self,
@@ -389,14 +390,18 @@ def _quiet_exporter_logs() -> None:
             logger.addFilter(_QUIET)
 
 
-def span_record(span: Any, service: str, instance: str = "") -> dict[str, Any]:
+def span_record(
+    span: Any, service: str, instance: str = "", resource: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A finished span (the SDK's ``ReadableSpan``) as a span file's line holds it: the ids in hex
     (``parent_id`` None for a root), times in epoch nanoseconds, its attributes, and the process
-    it came from (``service``, ``instance``: a pCPU's id, a guest's name; ``pid``; the
-    resource's attributes)."""
-    ctx = span.get_span_context()
+    it came from (``service``, ``instance``: a pCPU's id, a guest's name; ``pid``; ``resource``,
+    by default the span's resource's attributes but the SDK's own)."""
+    ctx = span.context
     parent = span.parent
-    resource = span.resource.attributes if span.resource is not None else {}
+    status = span.status
+    if resource is None:
+        resource = process_resource(span)
     record: dict[str, Any] = {
         "trace_id": f"{ctx.trace_id:032x}",
         "span_id": f"{ctx.span_id:016x}",
@@ -405,31 +410,33 @@ def span_record(span: Any, service: str, instance: str = "") -> dict[str, Any]:
         "kind": span.kind.name,
         "start_ns": span.start_time,
         "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": _plain(span.attributes or {}),
+        "status": status.status_code.name,
+        "attributes": dict(span.attributes) if span.attributes else {},
         "service": service,
         "instance": instance,
         "pid": os.getpid(),
-        "resource": _plain({k: v for k, v in resource.items() if not str(k).startswith("telemetry.")}),
+        "resource": resource,
     }
-    if span.status.description:
-        record["status_message"] = span.status.description
+    if status.description:
+        record["status_message"] = status.description
     if span.events:
         record["events"] = [
-            {"name": e.name, "time_ns": e.timestamp, "attributes": _plain(e.attributes or {})}
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
             for e in span.events
         ]
     return record
 
 
-def _plain(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(k): list(v) if isinstance(v, tuple) else v for k, v in attributes.items()}
+def process_resource(span: Any) -> dict[str, Any]:
+    """The attributes of ``span``'s resource, but the SDK's own (``telemetry.*``)."""
+    attributes = span.resource.attributes if span.resource is not None else {}
+    return {str(k): v for k, v in attributes.items() if not str(k).startswith("telemetry.")}
 
 
 @functools.cache
 def _sdk() -> SimpleNamespace:
     """The classes that subclass the SDK's, defined on first use: a process with tracing off
-    imports nothing of OpenTelemetry."""
+    does not import the SDK's tracing."""
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -440,13 +447,18 @@ def _sdk() -> SimpleNamespace:
             self.path = path
             self.service = service
             self.instance = instance
+            self._resource: dict[str, Any] | None = None
             self._lock = threading.Lock()
             self._file: Any = None
 
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            text = "".join(
-                json.dumps(span_record(s, self.service, self.instance), default=str) + "\n" for s in spans
-            )
+            if self._resource is None and spans:
+                self._resource = process_resource(spans[0])  # the provider's: one per process
+            lines = [
+                json.dumps(span_record(s, self.service, self.instance, self._resource), default=str)
+                for s in spans
+            ]
+            text = "".join(f"{line}\n" for line in lines)
             with self._lock:
                 try:
                     if self._file is None:
