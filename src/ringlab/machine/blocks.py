@@ -201,13 +201,27 @@ class CompiledBlocks:
         """For compiled code whose write cache missed: the physical address of an ``n``-byte
         write at ``linear`` when it is allowed, stays in one page and overlaps no compiled
         code (the page is marked dirty); -1 otherwise, and the block side-exits so the
-        interpreter makes the write (raising the fault, or dropping the blocks it overlaps)."""
+        interpreter makes the write (raising the fault, or dropping the blocks it overlaps).
+
+        A write that faults is the interpreter's to make, translation included: when the probe's
+        translation left the page out of the TLB (not present, or a permission fault that drops
+        the entry), the interpreter walks again, so the probe's walk is not counted - the
+        interpreter alone makes one walk there, and the walks (``Stats.tlb_misses``, priced in
+        the simulated cycles) must not depend on whether the code was hot enough to be compiled
+        (a pCPU that reloads a VM starts with none compiled).  The probe's walk changed nothing
+        else the interpreter's would not (a fill it made is dropped again, or is the one the
+        interpreter then hits)."""
         if (linear & 0xFFF) + n > PAGE_SIZE:
             return -1
         cpu = self.cpu
+        mmu = cpu.mmu
+        stats = cpu.stats
+        misses, references = stats.tlb_misses, stats.walk_references
         try:
-            pa = cpu.mmu.translate(linear, True, cpu.state.cs & 3 == 3)
+            pa = mmu.translate(linear, True, cpu.state.cs & 3 == 3)
         except Fault:
+            if (linear & M) >> PAGE_SHIFT not in mmu.tlb:
+                stats.tlb_misses, stats.walk_references = misses, references
             return -1
         memory = cpu.memory
         if pa + n > memory.size:
