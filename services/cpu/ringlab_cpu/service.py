@@ -169,6 +169,15 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
             self.runs += 1
             cached, reloaded = self._context(request.vm, request.lease_token, request.generation)
             cpu = cached.cpu
+            # The second stage first: setting it flushes the TLB, which the sync then loads (a
+            # reloaded VM's TLB is the hypervisor's, not an empty one).
+            if request.nested_ram_size > cpu.memory.size:
+                raise InvalidField(
+                    "nested_ram_size",
+                    f"nested_ram_size {request.nested_ram_size} is more than the VM's "
+                    f"{cpu.memory.size}-byte host memory",
+                )
+            self._second_stage(cpu, request.nested_ram_size)
             if sync is not None:
                 try:
                     apply_delta(cpu, sync)
@@ -184,13 +193,6 @@ class CpuServicer(cpu_pb2_grpc.CpuServicer):
                         "sync", f"VM {request.vm}: the sync cannot be applied: {exc}"
                     ) from None
                 cached.clean = False
-            if request.nested_ram_size > cpu.memory.size:
-                raise InvalidField(
-                    "nested_ram_size",
-                    f"nested_ram_size {request.nested_ram_size} is more than the VM's "
-                    f"{cpu.memory.size}-byte host memory",
-                )
-            self._second_stage(cpu, request.nested_ram_size)
             if cpu.controls != controls:
                 cpu.controls = controls
             started = time.perf_counter()
