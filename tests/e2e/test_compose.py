@@ -127,6 +127,9 @@ class Deployment:
             "PROMETHEUS_IMAGE": PROMETHEUS_IMAGE,
             # Every compose command (up, ps, logs, down) sees the profile's service.
             "COMPOSE_PROFILES": "metrics",
+            # docker-compose 1.29 gives up on an engine call after 60 s; creating a container with
+            # the vfs driver (a full copy of the image's root) on a busy machine can take longer.
+            "COMPOSE_HTTP_TIMEOUT": "300",
             "RINGLAB_PROMETHEUS_PORT": str(self.prometheus_port),
             "RINGLAB_PORT": str(self.port),
             "RINGLAB_MIX": GUEST_MIX,
