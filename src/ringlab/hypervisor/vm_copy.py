@@ -38,7 +38,7 @@ from ringlab.machine.stats import stats_to_json
 from ringlab.vmm import IN_PROCESS, VM, Stop
 from ringlab.vmm.bt import BinaryTranslation
 from ringlab.vmm.costs import vmm_cycles
-from ringlab.vmm.translated import TcRun, ToVmm
+from ringlab.vmm.translated import TcRun, ToVmm, VmmCall
 
 __all__ = ["MAX_RUN_BUDGET", "Link", "VmCopy"]
 
@@ -102,6 +102,8 @@ class VmCopy:
         if report is None:
             raise RuntimeError("the pCPU ran the translation but sent no report of it")
         bt.tc_report(vm, report)
+        if report.event is VmmCall.RESET:  # a pCPU that loaded the VM afresh: send it everything
+            self._tc_reset = True
         if report.event is None:
             return switched.exit
         fault = None if report.fault is None else Fault(*report.fault)

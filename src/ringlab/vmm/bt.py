@@ -174,6 +174,8 @@ class BinaryTranslation:
                         result = port.to_user()
                 case VmmCall.USER:
                     result = port.to_user()
+                case VmmCall.RESET:  # the runner resets the pCPU's cache on its next run
+                    result = None
             if result is not None:
                 return result
 

@@ -73,6 +73,10 @@ class VmmCall(enum.StrEnum):
     """An inline op (cli/sti) the guest's IOPL forbids: #GP."""
     CALLOUT = "callout"
     USER = "user"
+    RESET = "reset"
+    """The pCPU holds none of the VM's translations (it loaded the VM afresh, after an eviction or
+    on another pCPU) and was not sent the whole cache: it ran nothing; the VMM sends it all (the
+    blocks and the instructions it adapted) with a reset, and the run goes on."""
     """The guest entered user mode: deliver what is pending, and back to the VMM loop."""
 
     @property
@@ -358,6 +362,8 @@ class Executor:
         self.state = TcState()
         self.epoch = 0
         self._port = Remote(cpu)
+        self.needs_reset = True
+        """Until a run resets the cache, this pCPU has not got the VMM's whole cache."""
 
     def _new_cache(self) -> TranslationCache:
         cache = TranslationCache(self.cpu, None)
@@ -367,6 +373,7 @@ class Executor:
     def apply(self, run: TcRun) -> None:
         if run.reset:
             self.cache = self._new_cache()
+            self.needs_reset = False
         load_vcpu(self.vcpu, run.vcpu)
         self.epoch, self.state.step_over = run.epoch, run.step_over
         self.cache.adapted.update(run.adapted)
@@ -376,6 +383,8 @@ class Executor:
             self.cache.install(spec.eip, spec.pa, spec.count, spec.source)
 
     def run(self, budget: int) -> Exit | ToVmm:
+        if self.needs_reset:  # missing what the VMM adapted, it would translate differently
+            return ToVmm(VmmCall.RESET, self.cpu.state.eip)
         try:
             outcome = run_translated(
                 self, self.cache, self._port, self.cpu.stats.retired + budget, self.state, lambda: self.epoch
