@@ -136,7 +136,9 @@ class FlightRecorder:
     def _exit(self, reason: str) -> None:
         vm = self._vm
         assert vm is not None
-        self._close_exit()
+        # One pricing per exit: what closes the last exit is where this one starts.
+        now, work = switch_cycles(vm.counters, self._profile), _work(vm)
+        self._close_exit(now, work)
         s = vm.cpu.state
         current = self._slice
         record: Record = {
@@ -153,17 +155,19 @@ class FlightRecorder:
         }
         if current is not None:
             current["exits"] += 1
-        self._base = switch_cycles(vm.counters, self._profile)
-        self._did = _work(vm)
+        self._base, self._did = now, work
         self._open = record
         self._append(record)
 
-    def _close_exit(self) -> None:
+    def _close_exit(self, now: int | None = None, work: tuple[int, ...] | None = None) -> None:
+        """Price the open exit: what the switch work grew by up to ``now`` (default: this moment)."""
         record = self._open
         if record is None or self._vm is None:
             return
-        record["cost"] = switch_cycles(self._vm.counters, self._profile) - self._base
-        did = {k: n - was for k, n, was in zip(WORK, _work(self._vm), self._did, strict=True) if n != was}
+        if now is None or work is None:
+            now, work = switch_cycles(self._vm.counters, self._profile), _work(self._vm)
+        record["cost"] = now - self._base
+        did = {k: n - was for k, n, was in zip(WORK, work, self._did, strict=True) if n != was}
         if did:
             record["vmm"] = did
         self._open = None
