@@ -5,8 +5,10 @@ runs and the exits in it, keeps them in the store with the VM, and GetFlightReco
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,30 @@ import pytest
 
 from ringlab.guestos.build import build_image
 from ringlab.rpc.convert import KERNELS, TECHNIQUES
+from ringlab.store import LocalRedis
 from ringlab.v1 import hypervisor_pb2
 from ringlab.vmm.recorder import exits_by_reason
-from tests.services.conftest import Deployment, unique
+from tests.services.conftest import Deployment, start_deployment, unique
+
+EVERY_SLICE = 1_000_000
+"""The deployment here keeps every slice of its VMs: the exits kept are then all the VM's exits,
+however many slices a busy host cuts a run into (the default keeps the last 256)."""
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_server: LocalRedis) -> Iterator[Deployment]:
+    before = os.environ.get("RINGLAB_FLIGHT_SLICES")
+    os.environ["RINGLAB_FLIGHT_SLICES"] = str(EVERY_SLICE)  # read once, as the hypervisor starts
+    try:
+        d = start_deployment(redis_server)
+    finally:
+        if before is None:
+            del os.environ["RINGLAB_FLIGHT_SLICES"]
+        else:
+            os.environ["RINGLAB_FLIGHT_SLICES"] = before
+    yield d
+    d.hypervisor.stop(1)
+    d.cpu.stop(1)
 
 
 def run(deployment: Deployment, technique: str, workload: str = "syscall") -> tuple[str, dict[str, Any]]:
