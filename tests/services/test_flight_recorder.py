@@ -102,8 +102,24 @@ def test_destroying_a_vm_forgets_its_flight_record(deployment: Deployment) -> No
     name, _ = run(deployment, "hw", workload="hello")
     hv = deployment.hypervisor_stub()
     vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name)).id
+    hv.GetFlightRecord(hypervisor_pb2.FlightRecordRequest(vm=name))  # its last slice is kept then
     assert deployment.state.r.exists(keys.vm_flight(vm))
     hv.DestroyVm(hypervisor_pb2.VmRef(vm=name))
+    assert not deployment.state.r.exists(keys.vm_flight(vm))
+
+
+def test_a_slice_kept_after_its_vm_was_destroyed_does_not_bring_the_record_back(
+    deployment: Deployment,
+) -> None:
+    """The driver keeps a slice's records just after its commit: DestroyVm may come between, and
+    the late records must not recreate the stream, which nothing would delete again."""
+    from ringlab.store import keys
+
+    name, _ = run(deployment, "hw", workload="hello")
+    hv = deployment.hypervisor_stub()
+    vm = hv.DescribeVm(hypervisor_pb2.VmRef(vm=name)).id
+    hv.DestroyVm(hypervisor_pb2.VmRef(vm=name))
+    deployment.state.flight_append(vm, [{"kind": "slice", "slice": 99, "why": "ended"}], 256)
     assert not deployment.state.r.exists(keys.vm_flight(vm))
 
 

@@ -63,23 +63,39 @@ def run_vm(target: str, technique: str = "hw", workload: str = "hello") -> tuple
 def spans_in(folder: Path) -> list[dict[str, Any]]:
     spans = []
     for path in folder.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
+        for line in complete.splitlines():
             if line.strip():
                 spans.append(json.loads(line))
     return spans
 
 
+def _whole_chain(spans: list[dict[str, Any]]) -> bool:
+    """Whether the ``commit`` span of a VM's end (status poweroff) is written, and every span
+    above it up to the slice: each process exports its spans in batches, on its own clock."""
+    by_id = {s["span_id"]: s for s in spans}
+    for s in spans:
+        if s["name"] == "commit" and s["attributes"].get("ringlab.commit.status") == "poweroff":
+            while s["parent_id"] is not None:
+                if s["parent_id"] not in by_id:
+                    return False
+                s = by_id[s["parent_id"]]
+            return True
+    return False
+
+
 def wait_for_commit_span(folder: Path) -> list[dict[str, Any]]:
-    """The spans once the pCPU's ``commit`` span of a VM's end (status poweroff) is written."""
+    """The spans once the pCPU's ``commit`` span of a VM's end and its whole chain of parents,
+    from the pCPU's and the hypervisor's span files, are written."""
     deadline = time.monotonic() + WAIT_FOR_SPANS
     while True:
         spans = spans_in(folder)
-        if any(
-            s["name"] == "commit" and s["attributes"].get("ringlab.commit.status") == "poweroff"
-            for s in spans
-        ):
+        if _whole_chain(spans):
             return spans
-        assert time.monotonic() < deadline, f"no commit span in {sorted(p.name for p in folder.iterdir())}"
+        assert time.monotonic() < deadline, (
+            f"no whole commit chain in {sorted(p.name for p in folder.iterdir())}"
+        )
         time.sleep(0.1)
 
 

@@ -66,6 +66,11 @@ from ringlab_hypervisor.pcpu_link import GrpcPcpu
 
 __all__ = ["HypervisorServicer", "main", "serve"]
 
+ENDED_BY_ITSELF = TERMINAL - {"stopped"}
+"""How a VM ends in the slice it runs (not by StopVm): that slice's record says ``ended``."""
+FLIGHT_FLUSH_SECONDS = 2.0
+"""How long GetFlightRecord waits for the record of the slice a VM ended in."""
+
 log = logging.getLogger("ringlab.hypervisor")
 
 _TECHNIQUE_NAMES = {v: k for k, v in TECHNIQUES.items()}
@@ -407,10 +412,26 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     ) -> hypervisor_pb2.FlightRecord:
         vm = self._resolve(request.vm)
         record, _ = self.state.vm_record(vm)
+        self._await_last_slice(vm)
         records = self.state.flight_read(vm, request.slices)
         return hypervisor_pb2.FlightRecord(
             vm=vm, name=str(record.get("name", vm)), records_json=json.dumps(records, separators=(",", ":"))
         )
+
+    def _await_last_slice(self, vm: str) -> None:
+        """A VM that ended by itself: wait (at most ``FLIGHT_FLUSH_SECONDS``) for the record of the
+        slice it ended in, which its pCPU's driver keeps just after the commit that ended it, so
+        that a caller who saw the VM end (WaitVm) reads every exit it made."""
+        if not self.limits.flight_slices:
+            return
+        if self.state.sched_entry(vm).get("status") not in ENDED_BY_ITSELF:
+            return
+        deadline = time.monotonic() + FLIGHT_FLUSH_SECONDS
+        while time.monotonic() < deadline:
+            slices = [r for r in self.state.flight_read(vm, 1) if r.get("kind") == "slice"]
+            if slices and slices[-1].get("why") == "ended":
+                return
+            time.sleep(0.05)
 
     # -- building replies -------------------------------------------------------------------------
     def _vms(self) -> list[hypervisor_pb2.Vm]:

@@ -221,7 +221,15 @@ class DeploymentSecrets:
 
 # -- Redis ACLs ---------------------------------------------------------------------------------------
 _SCRIPTS = {
-    "hypervisor": ("create_vm", "control", "destroy_vm", "grant", "renew_driver", "reboot_vm"),
+    "hypervisor": (
+        "create_vm",
+        "control",
+        "destroy_vm",
+        "grant",
+        "renew_driver",
+        "reboot_vm",
+        "flight_append",
+    ),
     "cpu": ("commit",),
     "guest": ("claim_mix",),
 }

@@ -9,7 +9,17 @@ import redis
 
 __all__ = ["Scripts"]
 
-_NAMES = ("create_vm", "commit", "grant", "control", "destroy_vm", "renew_driver", "claim_mix", "reboot_vm")
+_NAMES = (
+    "create_vm",
+    "commit",
+    "grant",
+    "control",
+    "destroy_vm",
+    "renew_driver",
+    "claim_mix",
+    "reboot_vm",
+    "flight_append",
+)
 
 
 class Scripts:

@@ -472,13 +472,12 @@ class SharedState:
     # -- the flight recorder ---------------------------------------------------------------------
     def flight_append(self, vm: str, records: list[dict[str, Any]], keep: int) -> None:
         """Add one slice's flight records (``ringlab.vmm.recorder``) to the VM's capped stream,
-        which keeps about the last ``keep`` slices."""
+        which keeps about the last ``keep`` slices; nothing once the VM is destroyed."""
         with self._round_trip("flight_append"):
-            self.r.xadd(
-                keys.vm_flight(vm),
-                {"records": json.dumps(records, separators=(",", ":"))},
-                maxlen=keep,
-                approximate=True,
+            self.scripts(
+                "flight_append",
+                [keys.vm_record(vm), keys.vm_flight(vm)],
+                [json.dumps(records, separators=(",", ":")), keep],
             )
 
     def flight_read(self, vm: str, slices: int = 0) -> list[dict[str, Any]]:

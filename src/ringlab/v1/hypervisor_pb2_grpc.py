@@ -204,7 +204,9 @@ class HypervisorServicer:
     def GetFlightRecord(self, request, context):
         """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
         its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
-        per VM (0: recording is off, and this returns none).
+        per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
+        first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
+        the commit that ended it: a caller who saw the VM end reads every exit it made.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

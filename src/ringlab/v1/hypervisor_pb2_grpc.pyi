@@ -78,7 +78,9 @@ class HypervisorStub:
     GetFlightRecord: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.FlightRecordRequest, _hypervisor_pb2.FlightRecord]
     """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
     its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
-    per VM (0: recording is off, and this returns none).
+    per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
+    first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
+    the commit that ended it: a caller who saw the VM end reads every exit it made.
     """
 
 @_typing.type_check_only
@@ -128,7 +130,9 @@ class HypervisorAsyncStub(HypervisorStub):
     GetFlightRecord: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.FlightRecordRequest, _hypervisor_pb2.FlightRecord]  # type: ignore[assignment]
     """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
     its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
-    per VM (0: recording is off, and this returns none).
+    per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
+    first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
+    the commit that ended it: a caller who saw the VM end reads every exit it made.
     """
 
 class HypervisorServicer(metaclass=_abc_1.ABCMeta):
@@ -253,7 +257,9 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_hypervisor_pb2.FlightRecord, _abc.Awaitable[_hypervisor_pb2.FlightRecord]]:
         """The VM's flight recorder: its last `slices` recorded slices (0: every one kept), each with
         its exits, oldest first (docs/tracing.md).  A deployment keeps RINGLAB_FLIGHT_SLICES of them
-        per VM (0: recording is off, and this returns none).
+        per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
+        first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
+        the commit that ended it: a caller who saw the VM end reads every exit it made.
         """
 
 def add_HypervisorServicer_to_server(servicer: HypervisorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
