@@ -30,6 +30,8 @@ and where; the classes:
 * ``bt-tick-order`` also covers trap-emulate's emulated ``sti``/``popf``/``iret`` at the
   instruction limit (fixed), and ``int-14-is-not-a-page-fault`` (fixed): trap-emulate and bt took
   an ``int 14`` exit for a #PF.
+* ``tick-is-not-int-32`` (fixed): trap-emulate took a timer tick that fell before an ``int 32`` for
+  that ``int`` (the same vector, no error code), and lost the tick.
 * ``vmm-protection-drops-tlb-entry`` (fixed): a #PF the VMM's own write protection caused, and
   lifting that protection, dropped the core's TLB entry, which the guest's TLB would still hold
   (a stale translation then walked afresh).
@@ -507,6 +509,48 @@ def test_int_14_is_a_software_interrupt_not_a_page_fault(technique: str) -> None
     ``eip`` pushed).  Fixed: ``int n`` is recognised first, as hw already did."""
     native = assert_equivalent(INT_14_FROM_RING_2, technique)
     assert native["exit"]["code"] == 14 * 8 + 2
+
+
+TICK_BEFORE_INT_32 = """
+.entry main
+main:   lidt [idtd]
+        mov esp, stack_top
+        mov ecx, 0
+        mov ebx, 0
+        mov eax, 7
+        out 0x40, eax           ; a tick every 7 instructions
+        sti
+loop:   int 32                  ; the timer's vector: the tick and the int share a handler
+        add ebx, 1
+        cmp ebx, 60
+        jb loop
+        mov eax, ecx
+        out 0xF4, eax           ; power off with how many times the handler ran
+on_32:  add ecx, 1
+        iret
+        .align 8
+idt:    .space 32 * 8
+        .dword on_32, 0x8000    ; vector 32: trap gate, ring 0
+idt_end:
+idtd:   .word idt_end - idt - 1
+        .dword idt
+        .space 0x200
+stack_top:
+"""
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_tick_that_falls_before_an_int_of_its_own_vector_is_a_tick(technique: str) -> None:
+    """Natively power off with 131: the handler of vector 32 runs for each of the 60 ``int 32``
+    and for each of the 71 ticks, some of which fall just before an ``int 32``; under
+    trap-emulate with 89 (the fuzzer's isa #3667).
+
+    The timer's vector is 32, and ``int 32`` exits as vector 32 too, with no error code; the VMM
+    told them apart by the instruction at ``eip``, so a tick taken before an ``int 32`` was
+    handled as that ``int`` and lost.  Fixed: the core marks the timer's exit (``Raised.tick``),
+    and the VMM tests it before the instruction."""
+    native = assert_equivalent(TICK_BEFORE_INT_32, technique)
+    assert native["exit"]["code"] == 131
 
 
 # -- trap-emulate-guest-rings-1-2 ------------------------------------------------------------------

@@ -303,7 +303,7 @@ class Cpu:
         s = self._state
         if TIMER in self._controls.intercept_vectors:
             s.timer_pending = False  # the VMM owns the tick now (it virtualizes IF)
-            return Raised(TIMER, s.eip)
+            return Raised(TIMER, s.eip, tick=True)  # (not the ``int 32`` that may be at eip)
         try:
             self.deliver(TIMER, None, s.eip, software=False)
         except Fault as fault:

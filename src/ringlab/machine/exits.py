@@ -132,8 +132,10 @@ class Raised:
     fault that started an escalation, the #DF it became): a VMM that retries the instruction
     uncounts them, since the retry raises and counts them again."""
     tick: bool = False
-    """The attempt began with the pending timer tick, which the core left pending: a retry takes
-    it again; a VMM that makes the delivery go on instead consumes it (``timer_pending``)."""
+    """The timer's tick is in it: with ``vector`` TIMER, this is the tick itself, intercepted
+    (not an ``int 32`` at ``eip``, which exits with the same vector); with another vector, the
+    attempt began with the pending tick, which the core left pending: a retry takes it again; a
+    VMM that makes the delivery go on instead consumes it (``timer_pending``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,7 +341,7 @@ class BinaryTranslation:
         vm.sync()
         match exit:
             case Raised(vector=vector, eip=eip, error_code=error_code):
-                if vector == TIMER and not _may_be_int(vm, eip):
+                if vector == TIMER and (exit.tick or not _may_be_int(vm, eip)):
                     vm.counters.world_switch(event_reason(TIMER, False))
                     return vm.timer_tick()  # a tick: no need to decode the guest's instruction
                 insn = instruction_at(vm, eip)

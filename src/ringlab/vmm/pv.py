@@ -85,7 +85,7 @@ class Paravirt:
         match exit:
             case Raised(vector=vector, eip=eip, error_code=error_code):
                 insn = instruction_at(vm, eip)
-                is_int = int_vector(insn) == vector
+                is_int = int_vector(insn) == vector and not (vector == TIMER and exit.tick)
                 if vector == TIMER and not is_int:
                     vm.counters.world_switch(event_reason(TIMER, False))
                     return vm.timer_tick()

@@ -77,7 +77,7 @@ class TrapEmulate:
                 return result
             case Raised(vector=vector, eip=eip, error_code=error_code):
                 insn = instruction_at(vm, eip)
-                is_int = int_vector(insn) == vector
+                is_int = int_vector(insn) == vector and not (vector == TIMER and exit.tick)
                 vm.counters.world_switch(event_reason(vector, is_int and error_code is None, insn))
                 if vector == TIMER and not is_int:
                     return vm.timer_tick()
