@@ -126,6 +126,12 @@ class Up:
     def stderr(self) -> str:
         return "".join(self.err)
 
+    def said(self, text: str) -> str:
+        """``up``'s stderr once ``text`` is in it.  ``up`` says a restart before it rewrites
+        services.json, but this process reads the pipe in its own thread, which a busy host can
+        leave behind the file (CI once read the stderr before the line had arrived)."""
+        return wait_for(f"up said {text!r}", lambda: self.stderr if text in self.stderr else None)
+
     # -- services.json ---------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads((self.state / "services.json").read_text())
@@ -192,7 +198,8 @@ def create_vm(target: str, name: str, image: Any, technique: str, workload: str 
         image=image.to_bytes(),
         start=True,
     )
-    vm: str = hypervisor_stub(target).CreateVm(request, timeout=30).id
+    # wait_for_ready: a hypervisor the supervisor just restarted may not listen yet
+    vm: str = hypervisor_stub(target).CreateVm(request, timeout=60, wait_for_ready=True).id
     return vm
 
 
