@@ -7,7 +7,7 @@ retired), its virtual time, its address, the ring the guest believes it runs in 
 the kernel really runs in ring 1, and the trace says ring 0 as ``stats.guest.retired_by_ring``
 does), its bytes and its disassembly::
 
-           1  tsc 1         0x00001000  r0  b8 01 00 00 00     mov eax, 1
+           1  tsc 1         0x00001000  r0  b8 01 00 00 00      mov eax, 1
 
 The tracer hangs off the core as the flight recorder hangs off the counters: it wraps the VM's
 ``Cpu.retire`` (every retired instruction, whichever path ran it: the interpreter, the VMM's
@@ -56,6 +56,8 @@ class InstructionTracer:
         self._eip = 0
         self._walker: Mmu | None = None
         self._view = CpuState()
+        self._delivered: str | None = None
+        """The delivery line of an ``int n`` not yet retired."""
 
     def attach(self, vm: VM) -> InstructionTracer:
         if vm.cpu.compiled_blocks is not None:
@@ -73,11 +75,19 @@ class InstructionTracer:
             self._eip = cpu.state.eip
             ring = cpu.stats.ring_1_counts_as if cpl == 1 else cpl
             self._instruction(eip, ring)
+            if self._delivered is not None:  # the int's delivery, after the int
+                self._line(self._delivered)
+                self._delivered = None
 
         def traced_deliver(vector: int, error_code: int | None, eip: int, *, software: bool) -> None:
             deliver(vector, error_code, eip, software=software)
+            if software:
+                # ``int n`` is delivered before it retires (every path: the core, the VMMs'
+                # reflection): its line keeps its own address, and the delivery follows it.
+                self._delivered = self._event(vector, error_code, eip, software, cpu.state.eip)
+                return
             self._eip = cpu.state.eip
-            self._event(vector, error_code, eip, software)
+            self._line(self._event(vector, error_code, eip, software, self._eip))
 
         # Instance attributes shadow the methods for this one Cpu (instrumentation, as a
         # debugger's breakpoints are): the core's own code is unchanged for every other run.
@@ -107,15 +117,15 @@ class InstructionTracer:
         raw, text = self._read(vm, eip)
         stats = vm.cpu.stats
         self.out.write(
-            f"{stats.retired:>12}  tsc {vm.cpu.state.tsc:<10} {eip:#010x}  r{ring}  {raw:<18} {text}\n"
+            f"{stats.retired:>12}  tsc {vm.cpu.state.tsc:<10} {eip:#010x}  r{ring}  {raw:<18}  {text}\n"
         )
 
-    def _event(self, vector: int, error_code: int | None, eip: int, software: bool) -> None:
+    def _event(self, vector: int, error_code: int | None, eip: int, software: bool, to: int) -> str:
         name = _VECTORS.get(vector, f"vector {vector}")
         what = f"int {vector:#x}" if software else name
         code = "" if error_code is None else f", error code {error_code:#x}"
         cr2 = f", cr2 {self._vm.cpu.state.cr2:#x}" if vector == 14 and not software and self._vm else ""
-        self._line(f"{'':>12}  --> {what} delivered{code}{cr2}: from {eip:#010x} to {self._eip:#010x}")
+        return f"{'':>12}  --> {what} delivered{code}{cr2}: from {eip:#010x} to {to:#010x}"
 
     def _read(self, vm: VM, eip: int) -> tuple[str, str]:
         """The instruction's bytes and disassembly, read through the guest's own tables."""
