@@ -24,7 +24,7 @@ DEFINED: Defined = define(name="vm", technique="hw", image=assemble(COUNTING).to
 def created(state: SharedState) -> tuple[str, Any]:
     """Create the VM as CreateVm does (a raw image under hw): (its id, its boot)."""
     defined = DEFINED
-    commit0 = boot(defined.definition, defined.image)
+    commit0 = boot(defined.definition, defined.blob)
     ok, vm = state.create_vm(
         "vm",
         defined.definition,

@@ -56,6 +56,8 @@ from ringlab.machine.stats import Stats, stats_to_json
 from ringlab.rpc import open_channel
 from ringlab.store import LocalRedis, SharedState
 from ringlab.v1 import common_pb2, cpu_pb2, guest_pb2, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm import VM, make_technique
+from ringlab.vmm.snapshot import encode_snapshot, snapshot
 
 __all__ = [
     "FAMILIES",
@@ -313,6 +315,8 @@ class Pools:
     tokens: list[int] = field(default_factory=lambda: [1, 2, 3])
     generations: list[int] = field(default_factory=lambda: [0, 1, 2])
     images: list[bytes] = field(default_factory=list)
+    snapshots: list[bytes] = field(default_factory=list)
+    """Snapshot files (RestoreVm's ``snapshot``)."""
     seeds: dict[str, list[bytes]] = field(default_factory=dict)
     """Valid requests by RPC path (what the CLI, the guest and the hypervisor send)."""
 
@@ -360,6 +364,13 @@ def _seeds(pools: Pools, state: SharedState, sched: dict[str, Any]) -> dict[str,
         ],
         "/ringlab.v1.Hypervisor/GetFlightRecord": [
             hypervisor_pb2.FlightRecordRequest(vm=vm, slices=n).SerializeToString() for n in (0, 1, 64)
+        ],
+        "/ringlab.v1.Hypervisor/SnapshotVm": [hypervisor_pb2.VmRef(vm=vm).SerializeToString()],
+        "/ringlab.v1.Hypervisor/RestoreVm": [
+            hypervisor_pb2.RestoreVmRequest(
+                name="fuzz-restored", snapshot=snap, start=False
+            ).SerializeToString()
+            for snap in pools.snapshots[:1]
         ],
         "/ringlab.v1.Guest/StreamConsole": [
             guest_pb2.GuestConsoleRequest(follow=False, after=c).SerializeToString()
@@ -474,6 +485,9 @@ def _bytes(rng: random.Random, name: str, pools: Pools) -> bytes:
     if name == "image" and pools.images and pick < 0.6:
         image = rng.choice(pools.images)
         return image if pick < 0.3 else _mutate_bytes(rng, image, 3)
+    if name == "snapshot" and pools.snapshots and pick < 0.6:
+        snap = rng.choice(pools.snapshots)
+        return snap if pick < 0.2 else _mutate_bytes(rng, snap, 3)
     if name in ("source",) and pick < 0.5:
         return bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 3, 8])))
     length = rng.choice([0, 1, 16, 4095, 4096, 4097, 65_536, 1 << 20] if pick < 0.5 else [0, 3, 50])
@@ -741,7 +755,9 @@ def setup(deployment: Deployment) -> Pools:
         timeout=60,
     )
     stub.WaitVm(hypervisor_pb2.WaitVmRequest(vm=RESIDENT[0], timeout_seconds=60), timeout=90)
-    pools = Pools(images=[hello, loop[:64], b"RLIMG"])
+    vm = VM(build_image("hello", "stock"), make_technique("hw"))
+    vm.advance(200)
+    pools = Pools(images=[hello, loop[:64], b"RLIMG"], snapshots=[encode_snapshot(snapshot(vm))])
     pools.refresh(deployment.state)
     return pools
 

@@ -184,8 +184,18 @@ def test_memory_larger_than_allowed_is_refused_before_anything_is_built(tmp_path
         (lambda d: d["state"].update({"vm.nothing": {}}), "vm.nothing"),
         (lambda d: d["pages"].update({"999999999": base64.b64encode(bytes(4096)).decode()}), "outside"),
         (lambda d: d.pop("definition"), "malformed"),
+        (lambda d: d["state"]["vm.cpu._state"].update(eip="0x1000"), "vm.cpu._state.eip is a str where"),
+        (lambda d: d["state"]["vm.cpu.stats"].update(retired=[1]), "vm.cpu.stats.retired is a list where"),
     ],
-    ids=["foreign type", "unknown tag", "unknown object", "page outside memory", "no definition"],
+    ids=[
+        "foreign type",
+        "unknown tag",
+        "unknown object",
+        "page outside memory",
+        "no definition",
+        "a string for a register",
+        "a list for a count",
+    ],
 )
 def test_a_forged_document_is_refused_saying_why(change: Any, message: str, tmp_path: Path) -> None:
     blob = _rewrite(_blob(tmp_path), change)

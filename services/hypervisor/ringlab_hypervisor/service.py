@@ -30,12 +30,13 @@ from ringlab.hypervisor import (
     UnbootableKernel,
     boot,
     define,
+    define_restored,
     differences,
     is_vm_ref,
     plain_result,
     simulated_cycles,
+    snapshot_at,
 )
-from ringlab.image import Image
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -62,6 +63,7 @@ from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
+from ringlab.vmm.snapshot import SnapshotError, encode_snapshot
 from ringlab_hypervisor.pcpu_link import GrpcPcpu
 
 __all__ = ["HypervisorServicer", "main", "serve"]
@@ -182,7 +184,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         existing = self.state.vm_by_name(request.name)
         if existing is not None:  # idempotent for the same definition only
             return self._existing(existing, definition, request.start)
-        commit0 = boot(definition, defined.image)  # the VM as its technique sets it up
+        commit0 = boot(definition, defined.blob)  # the VM as its technique sets it up
         definition["host_memory_size"] = commit0.host_memory_size
         entry = Entry(
             status="runnable" if request.start else "created", weight=definition["weight"], cap=request.cap
@@ -234,9 +236,11 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def _reboot(self, vm: str) -> None:
         """Boot an ended VM afresh from its image (hypervisor.proto, StartVm)."""
         definition, _record = self.state.vm_record(vm)
-        commit0 = boot(definition, Image.from_bytes(self.state.vm_image(vm)))
+        commit0 = boot(definition, self.state.vm_image(vm))  # a restored VM: from its snapshot
         entry = Entry(status="runnable", weight=int(definition["weight"]), cap=int(definition["cap"]))
-        done, what = self.state.reboot_vm(vm, commit0.state, commit0.stats, entry.to_dict(), commit0.pages)
+        done, what = self.state.reboot_vm(
+            vm, commit0.state, commit0.stats, entry.to_dict(), commit0.pages, commit0.console
+        )
         if done:  # ``what`` is the boot number
             self.runtimes.adopt(vm, int(what), commit0.copy)
         else:  # started again meanwhile (by another StartVm): an ordinary start
@@ -432,6 +436,72 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             if slices and slices[-1].get("why") == "ended":
                 return
             time.sleep(0.05)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def SnapshotVm(
+        self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.VmSnapshot:
+        vm = self._resolve(request.vm)
+        status = self.state.sched_entry(vm).get("status")
+        if status in TERMINAL:
+            raise WrongState(
+                f"VM {request.vm!r} has ended ({status}): nothing is left to run, so there is nothing "
+                "to snapshot (StartVm boots it afresh)"
+            )
+        definition, _record = self.state.vm_record(vm)
+        blob = self.state.vm_image(vm)
+        state, stats, _vmm, _generation = self.state.vm_vcpu_summary(vm)
+        retired = int(stats.get("retired", 0))
+        data = encode_snapshot(snapshot_at(definition, blob, retired))
+        return hypervisor_pb2.VmSnapshot(
+            vm=vm, snapshot=data, retired=retired, virtual_time=int(state.get("tsc", 0))
+        )
+
+    def RestoreVm(
+        self, request: hypervisor_pb2.RestoreVmRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.Vm:
+        definition, _snap = define_restored(
+            name=request.name,
+            snapshot=request.snapshot,
+            weight=request.weight,
+            cap=request.cap,
+            console_quota=request.console_quota,
+            limits=self.limits,
+        )
+        existing = self.state.vm_by_name(request.name)
+        if existing is not None:  # idempotent for the same snapshot and definition only
+            return self._existing(existing, definition, request.start)
+        try:
+            commit0 = boot(definition, request.snapshot)
+        except SnapshotError as exc:
+            raise InvalidField("snapshot", f"the snapshot cannot be restored: {exc}") from None
+        if len(commit0.console) > definition["console_quota"]:
+            raise InvalidField(
+                "console_quota",
+                f"the snapshot's console already holds {len(commit0.console)} bytes, more than the "
+                f"console quota of {definition['console_quota']}: ask for more (within this "
+                "deployment's quota)",
+            )
+        definition["host_memory_size"] = commit0.host_memory_size
+        entry = Entry(
+            status="runnable" if request.start else "created",
+            weight=definition["weight"],
+            cap=definition["cap"],
+        )
+        created, vm = self.state.create_vm(
+            request.name,
+            definition,
+            request.snapshot,
+            commit0.state,
+            commit0.stats,
+            entry.to_dict(),
+            commit0.pages,
+            commit0.console,
+        )
+        if not created:  # another client created the name meanwhile
+            return self._existing(vm, definition, request.start)
+        self.runtimes.adopt(vm, 0, commit0.copy)
+        return self._vm(vm)
 
     # -- building replies -------------------------------------------------------------------------
     def _vms(self) -> list[hypervisor_pb2.Vm]:

@@ -8,7 +8,7 @@ and back.
 It sits above ``vmm`` and ``sched`` and below the adapters (``rpc``, ``store``, ``v1``): it imports
 no grpc, redis, protobuf or generated code."""
 
-from ringlab.hypervisor.boot import Boot, boot, new_vm
+from ringlab.hypervisor.boot import Boot, boot, new_vm, snapshot_at, vm_from
 from ringlab.hypervisor.definition import (
     DEFAULT_CONSOLE_QUOTA,
     DEFAULT_FLIGHT_SLICES,
@@ -20,6 +20,7 @@ from ringlab.hypervisor.definition import (
     Limits,
     UnbootableKernel,
     define,
+    define_restored,
     differences,
     is_vm_ref,
 )
@@ -72,9 +73,12 @@ __all__ = [
     "UnbootableKernel",
     "boot",
     "define",
+    "define_restored",
     "differences",
     "is_vm_ref",
     "new_vm",
+    "snapshot_at",
+    "vm_from",
     "plain_result",
     "simulated_cycles",
     "stop_status",

@@ -10,6 +10,7 @@ can change.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import time
@@ -21,6 +22,7 @@ from ringlab.errors import ImageError, RinglabError, UsageError
 from ringlab.guestos import FLAVOURS, NO_KERNEL, WORKLOADS, build_image
 from ringlab.image import Image
 from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
+from ringlab.vmm.snapshot import Snapshot, SnapshotError, parse_snapshot
 
 __all__ = [
     "COMPARED",
@@ -38,6 +40,7 @@ __all__ = [
     "Limits",
     "UnbootableKernel",
     "define",
+    "define_restored",
     "differences",
     "is_vm_ref",
 ]
@@ -69,6 +72,7 @@ COMPARED = (
     "cap",
     "max_instructions",
     "input",
+    "snapshot",
 )
 """What "the same definition" means for an idempotent CreateVm (hypervisor.proto, CreateVm)."""
 
@@ -308,3 +312,70 @@ def differences(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[
             name = "image" if field == "image_sha256" else field
             out.append(f"{name}: existing {_shown(field, old)}, requested {_shown(field, new)}")
     return out
+
+
+def define_restored(
+    *,
+    name: str,
+    snapshot: bytes,
+    weight: int = 0,
+    cap: int = 0,
+    console_quota: int = 0,
+    limits: Limits | None = None,
+) -> tuple[dict[str, Any], Snapshot]:
+    """The definition of a VM restored from ``snapshot`` (a snapshot file: ``RestoreVm``), checked
+    whole against the deployment's ``limits`` before anything is created, and the snapshot.  The
+    machine (technique, memory, input) is the snapshot's; weight, cap and console quota are the
+    request's, else the snapshotted VM's (0: as for CreateVm).  ``snapshot`` in the definition
+    records where the VM starts (its instruction count) and the file's SHA-256."""
+    limits = limits or Limits()
+    if not _NAME.match(name):
+        raise InvalidDefinition(
+            f"VM name {name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            "name",
+        )
+    if not snapshot:
+        raise InvalidDefinition(
+            "send the snapshot file in 'snapshot' ('ringlab vm snapshot' writes one)", "snapshot"
+        )
+    try:
+        snap = parse_snapshot(snapshot, max_memory=limits.max_memory, name="the snapshot")
+        Image.from_bytes(snap.image)
+    except (SnapshotError, ImageError) as exc:
+        raise InvalidDefinition(str(exc), "snapshot") from None
+    machine = snap.definition
+    carried = machine.get("vm")
+    known: dict[str, Any] = carried if isinstance(carried, dict) else {}
+    technique = str(machine.get("technique"))
+    if technique not in SERVICE_TECHNIQUES:
+        raise InvalidDefinition(
+            f"the snapshot's technique {technique!r} is not one this hypervisor runs", "snapshot"
+        )
+    if cap > 100:
+        raise InvalidDefinition(f"cap {cap} is a percent of one pCPU: 0 (none) to 100", "cap")
+    quota = console_quota or int(known.get("console_quota") or 0) or limits.console_quota
+    if quota > limits.console_quota:
+        raise InvalidDefinition(
+            f"console_quota {quota} is above this deployment's per-VM console quota of "
+            f"{limits.console_quota} bytes: ask for less",
+            "console_quota",
+        )
+    definition = {
+        "name": name,
+        "technique": technique,
+        "nested_paging": bool(machine.get("nested_paging")),
+        "kernel": str(known.get("kernel") or NO_KERNEL),
+        "workload": str(known.get("workload") or ""),
+        "defines": dict(known.get("defines") or {}),
+        "image_sha256": hashlib.sha256(snap.image).hexdigest(),
+        "memory_size": int(machine["memory_size"]),
+        "weight": weight or int(known.get("weight") or 0) or DEFAULT_WEIGHT,
+        "cap": cap or int(known.get("cap") or 0),
+        "max_instructions": known.get("max_instructions"),
+        "input": base64.b64decode(str(machine.get("input", ""))).decode("latin-1"),
+        "console_quota": quota,
+        "created": time.time(),
+        "snapshot": {"retired": snap.retired, "sha256": hashlib.sha256(snapshot).hexdigest()},
+    }
+    return definition, snap

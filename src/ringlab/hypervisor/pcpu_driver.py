@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringlab.hypervisor.boot import new_vm
+from ringlab.hypervisor.boot import vm_from
 from ringlab.hypervisor.definition import DEFAULT_CONSOLE_QUOTA, DEFAULT_FLIGHT_SLICES
 from ringlab.hypervisor.ports import (
     ConnectPcpu,
@@ -36,7 +36,6 @@ from ringlab.hypervisor.ports import (
     WorldSwitch,
 )
 from ringlab.hypervisor.vm_copy import VmCopy
-from ringlab.image import Image
 from ringlab.machine import Controls, Exit, ExitReason
 from ringlab.machine.context import ContextDelta
 from ringlab.sched import (
@@ -250,10 +249,10 @@ class Runtimes:
         retired = int(stats.get("retired", 0))
         with self._lock:
             copy = self._booted.pop((vm, boot), None)
-        if copy is None or retired != 0:  # no copy at commit 0 here: boot and replay the VM
-            image = Image.from_bytes(store.vm_image(vm))
+        if copy is None or copy.base != retired:  # no copy at commit 0 here: boot and replay the VM
+            blob = store.vm_image(vm)
             copy = VmCopy(
-                lambda runner: new_vm(definition, image, runner=runner),
+                lambda runner: vm_from(definition, blob, runner=runner),
                 retired,
                 name=str(definition.get("name", vm)),
             )

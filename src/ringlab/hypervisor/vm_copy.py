@@ -56,21 +56,27 @@ class VmCopy:
     """The hypervisor's VMM for one VM, and the ``CoreRunner`` of that VM: once replayed to its
     commit of ``retired`` instructions, its core runs cross to the pCPU through ``link`` (set per
     slice by the driver).  ``vm`` is the VM booted from its definition, with this copy as its
-    runner (``boot.new_vm(..., runner=copy)``): ``VmCopy(lambda copy: new_vm(...), retired)``."""
+    runner (``boot.vm_from(..., runner=copy)``): ``VmCopy(lambda copy: vm_from(...), retired)``.
+    A VM restored from a snapshot starts at the snapshot's count, and replays from there."""
 
     def __init__(self, make_vm: Callable[[VmCopy], VM], retired: int, name: str = "") -> None:
         self.remote = False
         """False while the replay runs the VM in-process; then every core run is a world switch."""
         self.vm = vm = make_vm(self)
-        if retired:
-            outcome = vm.advance(retired)  # the replay: in-process, on this copy's own core
+        start = vm.cpu.stats.retired  # 0, or where the snapshot a restored VM starts from was taken
+        if retired > start:
+            outcome = vm.advance(retired - start)  # the replay: in-process, on this copy's own core
             if vm.cpu.stats.retired != retired or isinstance(outcome, Stop):
                 raise RuntimeError(
                     f"replaying VM {name!r} to its commit at {retired} instructions "
                     f"reached {vm.cpu.stats.retired} ({outcome}): the run is not deterministic"
                 )
+        elif retired and retired != start:
+            raise RuntimeError(
+                f"VM {name!r} has a commit at {retired} instructions, before the {start} it starts from"
+            )
         vm.cpu.mmu.log = [TLB_FLUSH]  # the pCPU's copy starts with whatever TLB it has
-        self.base = retired
+        self.base = vm.cpu.stats.retired
         """Retired instructions of the pCPU's copy as of the last switch."""
         self.console_committed = len(vm.devices.console)
         self.console_quota: int | None = None

@@ -95,6 +95,8 @@ GUEST_SCOPED: dict[str, str] = {
         ("StreamConsole", "vm"),
         ("StreamEvents", "vm"),
         ("GetFlightRecord", "vm"),
+        ("SnapshotVm", "vm"),
+        ("RestoreVm", "name"),
     )
 }
 """The hypervisor's methods a guest may call, each on its own VM only: the request field that

@@ -185,9 +185,11 @@ class SharedState:
         stats: dict[str, Any],
         entry: dict[str, Any],
         pages: dict[int, bytes],
+        console: bytes = b"",
     ) -> tuple[bool, str]:
         """Define a VM; returns (created, id).  Idempotent by name: an existing name returns its
-        id with created False and changes nothing."""
+        id with created False and changes nothing.  ``console`` is its console so far (a VM
+        restored from a snapshot has one)."""
         existing = self.r.hget(keys.VM_NAMES, name)
         if existing is not None:
             return False, _s(existing)
@@ -201,6 +203,7 @@ class SharedState:
             json.dumps(stats),
             json.dumps(entry),
             time.time(),
+            console,
         ]
         for number, blob in sorted(pages.items()):
             args += [number, blob]
@@ -215,6 +218,7 @@ class SharedState:
                 keys.SCHED_VMS,
                 keys.SCHED_META,
                 keys.EVENTS,
+                keys.vm_console(vm),
             ],
             args,
         )
@@ -307,10 +311,12 @@ class SharedState:
         stats: dict[str, Any],
         entry: dict[str, Any],
         pages: dict[int, bytes],
+        console: bytes = b"",
     ) -> tuple[bool, str]:
         """Boot an ended VM afresh (lua/reboot_vm.lua): (True, boot number) when done, (False,
-        status) when the VM has not ended, and nothing changed."""
-        args: list[Any] = [vm, json.dumps(state), json.dumps(stats), json.dumps(entry), time.time()]
+        status) when the VM has not ended, and nothing changed.  ``console``: as for
+        ``create_vm``."""
+        args: list[Any] = [vm, json.dumps(state), json.dumps(stats), json.dumps(entry), time.time(), console]
         for number, blob in sorted(pages.items()):
             args += [number, blob]
         done, what = self.scripts(

@@ -74,6 +74,78 @@ VM_STATUS_LIMIT: VmStatus.ValueType  # 10
 Global___VmStatus: _TypeAlias = VmStatus  # noqa: Y015
 
 @_typing.final
+class VmSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    RETIRED_FIELD_NUMBER: _builtins.int
+    VIRTUAL_TIME_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """the VM's id"""
+    snapshot: _builtins.bytes
+    """the snapshot file, as `ringlab vm snapshot` writes it"""
+    retired: _builtins.int
+    """the instructions retired when it was taken (its last commit)"""
+    virtual_time: _builtins.int
+    """its virtual time then (cycles)"""
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        snapshot: _builtins.bytes = ...,
+        retired: _builtins.int = ...,
+        virtual_time: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired", b"retired", "snapshot", b"snapshot", "virtual_time", b"virtual_time", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmSnapshot: _TypeAlias = VmSnapshot  # noqa: Y015
+
+@_typing.final
+class RestoreVmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    CONSOLE_QUOTA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the new VM's name (1-63 letters, digits, '.', '_' or '-')"""
+    snapshot: _builtins.bytes
+    """a snapshot file (SnapshotVm's, or `ringlab run --snapshot`'s)"""
+    start: _builtins.bool
+    """run it at once (an action: not part of the definition)"""
+    weight: _builtins.int
+    """0 = the snapshotted VM's weight (256 for an in-process snapshot)"""
+    cap: _builtins.int
+    """0 = the snapshotted VM's cap"""
+    console_quota: _builtins.int
+    """0 = the snapshotted VM's, within this deployment's quota"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        snapshot: _builtins.bytes = ...,
+        start: _builtins.bool = ...,
+        weight: _builtins.int = ...,
+        cap: _builtins.int = ...,
+        console_quota: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap", "console_quota", b"console_quota", "name", b"name", "snapshot", b"snapshot", "start", b"start", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreVmRequest: _TypeAlias = RestoreVmRequest  # noqa: Y015
+
+@_typing.final
 class FlightRecordRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

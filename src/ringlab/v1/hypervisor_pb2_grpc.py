@@ -100,6 +100,16 @@ class HypervisorStub:
                 request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.SerializeToString,
                 response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.FromString,
                 _registered_method=True)
+        self.SnapshotVm = channel.unary_unary(
+                '/ringlab.v1.Hypervisor/SnapshotVm',
+                request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.VmRef.SerializeToString,
+                response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.VmSnapshot.FromString,
+                _registered_method=True)
+        self.RestoreVm = channel.unary_unary(
+                '/ringlab.v1.Hypervisor/RestoreVm',
+                request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.SerializeToString,
+                response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.Vm.FromString,
+                _registered_method=True)
 
 
 class HypervisorServicer:
@@ -212,6 +222,30 @@ class HypervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotVm(self, request, context):
+        """The VM as its last commit left it, in one snapshot file (docs/snapshots.md: the format
+        `ringlab run --snapshot` writes, which `ringlab run --restore` and RestoreVm read, here or in
+        another deployment).  The hypervisor rebuilds that state by replaying the VM from its boot
+        (or from the snapshot it was restored from) to the commit, so the call takes about as long as
+        the VM has run; the VM runs on meanwhile.  A VM that has ended is FAILED_PRECONDITION
+        (nothing is left to run: StartVm boots it afresh).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreVm(self, request, context):
+        """Define a VM from a snapshot and (with `start`) run it on from where the snapshot was taken:
+        its technique, memory, input and console so far come from the snapshot.  A file that is not
+        a snapshot, of another format version, damaged or truncated (its checksum), or whose VM is
+        larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
+        nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
+        VM; with another definition it is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HypervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +313,16 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.GetFlightRecord,
                     request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.FromString,
                     response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.SerializeToString,
+            ),
+            'SnapshotVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotVm,
+                    request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.VmRef.FromString,
+                    response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.VmSnapshot.SerializeToString,
+            ),
+            'RestoreVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreVm,
+                    request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.FromString,
+                    response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.Vm.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -632,6 +676,60 @@ class Hypervisor:
             '/ringlab.v1.Hypervisor/GetFlightRecord',
             ringlab_dot_v1_dot_hypervisor__pb2.FlightRecordRequest.SerializeToString,
             ringlab_dot_v1_dot_hypervisor__pb2.FlightRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringlab.v1.Hypervisor/SnapshotVm',
+            ringlab_dot_v1_dot_hypervisor__pb2.VmRef.SerializeToString,
+            ringlab_dot_v1_dot_hypervisor__pb2.VmSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringlab.v1.Hypervisor/RestoreVm',
+            ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.SerializeToString,
+            ringlab_dot_v1_dot_hypervisor__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,22 @@ class HypervisorStub:
     first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
     the commit that ended it: a caller who saw the VM end reads every exit it made.
     """
+    SnapshotVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.VmSnapshot]
+    """The VM as its last commit left it, in one snapshot file (docs/snapshots.md: the format
+    `ringlab run --snapshot` writes, which `ringlab run --restore` and RestoreVm read, here or in
+    another deployment).  The hypervisor rebuilds that state by replaying the VM from its boot
+    (or from the snapshot it was restored from) to the commit, so the call takes about as long as
+    the VM has run; the VM runs on meanwhile.  A VM that has ended is FAILED_PRECONDITION
+    (nothing is left to run: StartVm boots it afresh).
+    """
+    RestoreVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.RestoreVmRequest, _hypervisor_pb2.Vm]
+    """Define a VM from a snapshot and (with `start`) run it on from where the snapshot was taken:
+    its technique, memory, input and console so far come from the snapshot.  A file that is not
+    a snapshot, of another format version, damaged or truncated (its checksum), or whose VM is
+    larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
+    nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
+    VM; with another definition it is ALREADY_EXISTS.
+    """
 
 @_typing.type_check_only
 class HypervisorAsyncStub(HypervisorStub):
@@ -133,6 +149,22 @@ class HypervisorAsyncStub(HypervisorStub):
     per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
     first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
     the commit that ended it: a caller who saw the VM end reads every exit it made.
+    """
+    SnapshotVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.VmRef, _hypervisor_pb2.VmSnapshot]  # type: ignore[assignment]
+    """The VM as its last commit left it, in one snapshot file (docs/snapshots.md: the format
+    `ringlab run --snapshot` writes, which `ringlab run --restore` and RestoreVm read, here or in
+    another deployment).  The hypervisor rebuilds that state by replaying the VM from its boot
+    (or from the snapshot it was restored from) to the commit, so the call takes about as long as
+    the VM has run; the VM runs on meanwhile.  A VM that has ended is FAILED_PRECONDITION
+    (nothing is left to run: StartVm boots it afresh).
+    """
+    RestoreVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.RestoreVmRequest, _hypervisor_pb2.Vm]  # type: ignore[assignment]
+    """Define a VM from a snapshot and (with `start`) run it on from where the snapshot was taken:
+    its technique, memory, input and console so far come from the snapshot.  A file that is not
+    a snapshot, of another format version, damaged or truncated (its checksum), or whose VM is
+    larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
+    nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
+    VM; with another definition it is ALREADY_EXISTS.
     """
 
 class HypervisorServicer(metaclass=_abc_1.ABCMeta):
@@ -260,6 +292,34 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         per VM (0: recording is off, and this returns none).  For a VM that ended by itself, the call
         first waits (at most 2 s) for the record of the slice it ended in, which is kept just after
         the commit that ended it: a caller who saw the VM end reads every exit it made.
+        """
+
+    @_abc_1.abstractmethod
+    def SnapshotVm(
+        self,
+        request: _hypervisor_pb2.VmRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hypervisor_pb2.VmSnapshot, _abc.Awaitable[_hypervisor_pb2.VmSnapshot]]:
+        """The VM as its last commit left it, in one snapshot file (docs/snapshots.md: the format
+        `ringlab run --snapshot` writes, which `ringlab run --restore` and RestoreVm read, here or in
+        another deployment).  The hypervisor rebuilds that state by replaying the VM from its boot
+        (or from the snapshot it was restored from) to the commit, so the call takes about as long as
+        the VM has run; the VM runs on meanwhile.  A VM that has ended is FAILED_PRECONDITION
+        (nothing is left to run: StartVm boots it afresh).
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreVm(
+        self,
+        request: _hypervisor_pb2.RestoreVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hypervisor_pb2.Vm, _abc.Awaitable[_hypervisor_pb2.Vm]]:
+        """Define a VM from a snapshot and (with `start`) run it on from where the snapshot was taken:
+        its technique, memory, input and console so far come from the snapshot.  A file that is not
+        a snapshot, of another format version, damaged or truncated (its checksum), or whose VM is
+        larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
+        nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
+        VM; with another definition it is ALREADY_EXISTS.
         """
 
 def add_HypervisorServicer_to_server(servicer: HypervisorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

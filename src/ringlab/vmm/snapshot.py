@@ -51,7 +51,7 @@ from ringlab import __version__
 from ringlab.errors import RinglabError
 from ringlab.image import Image
 from ringlab.machine.memory import PAGE_SIZE
-from ringlab.vmm.vm import VM
+from ringlab.vmm.vm import VM, CoreRunner
 
 __all__ = [
     "FORMAT",
@@ -60,6 +60,8 @@ __all__ = [
     "VERSION",
     "Snapshot",
     "SnapshotError",
+    "encode_snapshot",
+    "parse_snapshot",
     "read_snapshot",
     "restore",
     "snapshot",
@@ -288,8 +290,10 @@ def snapshot(vm: VM) -> Snapshot:
     return Snapshot(definition, vm.image.to_bytes(), vm.cpu.stats.retired, memory.size, pages, state)
 
 
-def restore(snap: Snapshot) -> VM:
-    """A VM that goes on exactly where ``snap`` was taken."""
+def restore(snap: Snapshot, runner: CoreRunner | None = None, *, fast: bool | None = None) -> VM:
+    """A VM that goes on exactly where ``snap`` was taken; ``runner`` runs its core (default: in
+    this process; the hypervisor's copy of a VM restored through the services is its own), and
+    ``fast`` chooses compiled blocks or the interpreter (default: as the snapshotted run did)."""
     from ringlab.vmm import make_technique
 
     d = snap.definition
@@ -302,7 +306,8 @@ def restore(snap: Snapshot) -> VM:
         make_technique(str(d["technique"]), nested_paging=bool(d.get("nested_paging"))),
         memory_size=int(d["memory_size"]),
         input=base64.b64decode(d.get("input", "")),
-        fast=bool(d.get("fast", True)),
+        fast=bool(d.get("fast", True)) if fast is None else fast,
+        **({} if runner is None else {"runner": runner}),
     )
     memory = vm.cpu.memory
     if memory.size != snap.host_memory_size:
@@ -317,7 +322,9 @@ def restore(snap: Snapshot) -> VM:
     for path, saved in snap.state.items():
         obj = objects[path]
         for name, encoded in saved.items():
-            _lay_over(obj, name, _decode(encoded))
+            value = _decode(encoded)
+            _check_kind(path, name, getattr(obj, name, None), value)
+            _lay_over(obj, name, value)
     memory.data[:] = bytes(memory.size)
     for p, page in snap.pages.items():
         memory.data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = page
@@ -326,6 +333,23 @@ def restore(snap: Snapshot) -> VM:
         cache.clear()
     vm.cpu.controls = vm.cpu.controls  # recompute what the core derives from its controls
     return vm
+
+
+_NUMBERS = (int, float)
+
+
+def _check_kind(path: str, name: str, current: object, value: object) -> None:
+    """A saved value must be of the kind the fresh VM holds there (a number for a number, a dict
+    for a dict, ...): a file whose checksum is right but whose state was written by hand or by
+    another program cannot put a string where the CPU keeps a register."""
+    if current is None or value is None or type(current) is type(value):
+        return
+    if isinstance(current, _NUMBERS) and isinstance(value, _NUMBERS) and not isinstance(value, bool):
+        return
+    raise SnapshotError(
+        f"the snapshot's {path}.{name} is a {type(value).__name__} where this Ringlab keeps a "
+        f"{type(current).__name__}: it was not written by a compatible Ringlab"
+    )
 
 
 def _lay_over(obj: object, name: str, value: Any) -> None:
@@ -363,10 +387,15 @@ def _document(snap: Snapshot) -> dict[str, Any]:
     }
 
 
+def encode_snapshot(snap: Snapshot) -> bytes:
+    """``snap`` as the bytes of its file (what ``parse_snapshot`` reads back)."""
+    body = zlib.compress(json.dumps(_document(snap), separators=(",", ":")).encode(), 6)
+    return MAGIC + VERSION.to_bytes(4, "big") + hashlib.sha256(body).digest() + body
+
+
 def write_snapshot(snap: Snapshot, path: str | Path) -> int:
     """Write ``snap`` to ``path`` (atomically: a temporary file renamed); returns its size."""
-    body = zlib.compress(json.dumps(_document(snap), separators=(",", ":")).encode(), 6)
-    blob = MAGIC + VERSION.to_bytes(4, "big") + hashlib.sha256(body).digest() + body
+    blob = encode_snapshot(snap)
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(blob)
