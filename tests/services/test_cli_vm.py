@@ -186,7 +186,7 @@ def test_every_service_command_and_vm_action_has_a_one_line_description(
         assert re.search(rf"^\s+{command}\s+\S", top, re.M), top
     actions = help_text(capsys, "vm")
     for action in ("create", "list", "describe", "start", "pause", "resume", "stop", "destroy", "wait",
-                   "console", "events"):  # fmt: skip
+                   "console", "events", "snapshot", "restore"):  # fmt: skip
         assert re.search(rf"^\s+{action}\s+\S", actions, re.M), action
         text = " ".join(help_text(capsys, "vm", action).split())
         assert "--hypervisor HOST:PORT" in text and "--token TOKEN" in text, action
@@ -401,3 +401,51 @@ def test_vm_wait_shows_the_vms_status_while_it_waits_on_a_terminal(target: str, 
     )
     assert code == 0, screen
     assert f"{name}: stopped" in screen, screen
+
+
+# -- snapshots ---------------------------------------------------------------------------------------
+def test_vm_snapshot_then_restore_under_a_new_name_ends_as_the_vm_itself(target: str, tmp_path: Path) -> None:
+    """``ringlab vm snapshot NAME FILE`` and ``ringlab vm restore FILE --name NEW``: the copy
+    ends with the console the VM itself ends with (a VM created, snapshotted before it starts;
+    tests/services/test_vm_snapshot.py snapshots VMs mid-run)."""
+    name, snap = unique("snapme"), tmp_path / "vm.snap"
+    made = ringlab("vm", "create", name, "--program", program(tmp_path, ANSWER), "-D", "ANSWER=42",
+                   "--technique", "bt", "--hypervisor", target)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    taken = ringlab("vm", "snapshot", name, str(snap), "--json", "--hypervisor", target)
+    assert taken.returncode == 0, taken.stderr
+    report = json.loads(taken.stdout)
+    assert report["file"] == str(snap) and report["bytes"] == snap.stat().st_size > 0
+    copy = unique("copy")
+    restored = ringlab("vm", "restore", str(snap), "--name", copy, "--json", "--hypervisor", target)
+    assert restored.returncode == 0, restored.stderr
+    (row,) = json.loads(restored.stdout)
+    assert row["name"] == copy and row["technique"] == "bt"
+    for vm in (copy, name):
+        if vm == name:
+            assert ringlab("vm", "start", name, "--hypervisor", target).returncode == 0
+        done = ringlab("vm", "wait", vm, "--hypervisor", target)
+        assert done.returncode == 0, done.stderr
+        console = ringlab("vm", "console", vm, "--hypervisor", target)
+        assert console.stdout == "the answer is 42\n", (vm, console.stdout)
+
+
+def test_vm_restore_of_a_file_that_is_not_a_snapshot_is_a_usage_error(target: str, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.snap"
+    bad.write_text("not a snapshot")
+    done = ringlab("vm", "restore", str(bad), "--hypervisor", target)
+    assert done.returncode == 2 and "not a Ringlab snapshot" in done.stderr and str(bad) in done.stderr
+    no_traceback(done)
+    missing = ringlab("vm", "restore", str(tmp_path / "nowhere.snap"), "--hypervisor", target)
+    assert missing.returncode == 2 and "nowhere.snap" in missing.stderr, missing.stderr
+    no_traceback(missing)
+
+
+def test_vm_snapshot_of_an_ended_vm_is_refused_with_status_3(target: str, tmp_path: Path) -> None:
+    name = unique("ended")
+    assert ringlab("vm", "create", name, "--start", "--hypervisor", target).returncode == 0
+    assert ringlab("vm", "wait", name, "--hypervisor", target).returncode == 0
+    done = ringlab("vm", "snapshot", name, str(tmp_path / "x.snap"), "--hypervisor", target)
+    assert done.returncode == 3 and "FAILED_PRECONDITION" in done.stderr and "has ended" in done.stderr
+    assert not (tmp_path / "x.snap").exists()
+    no_traceback(done)

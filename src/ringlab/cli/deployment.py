@@ -711,7 +711,56 @@ def cmd_vm(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
     elif action == "events":
         _events(args, client)
+    elif action == "snapshot":
+        _snapshot(args, client)
+    elif action == "restore":
+        _print_vms([_restore_vm(args, client)], args.json)
     return EXIT_OK
+
+
+def _snapshot(args: argparse.Namespace, client: Client) -> None:
+    """``ringlab vm snapshot NAME FILE``: the VM's last commit, in a snapshot file."""
+    from ringlab.cli.termout import spinner
+    from ringlab.v1 import hypervisor_pb2
+    from ringlab.vmm.snapshot import write_snapshot_file
+
+    request = hypervisor_pb2.VmRef(vm=args.name)
+    with spinner(
+        f"snapshotting VM {args.name} (the hypervisor replays it to its last commit)", enabled=not args.json
+    ):
+        taken = client.call(client.stub.SnapshotVm, request, timeout=args.timeout)
+    try:
+        size = write_snapshot_file(taken.snapshot, args.file)
+    except OSError as exc:
+        raise UsageError(f"cannot write the snapshot to {args.file}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps({"vm": taken.vm, "file": str(args.file), "bytes": size, "retired": taken.retired,
+                          "virtual_time": taken.virtual_time}))  # fmt: skip
+        return
+    print(
+        f"VM {args.name} at {taken.retired:,} instructions (virtual time {taken.virtual_time:,} cycles) "
+        f"written to {args.file} ({size:,} bytes)"
+    )
+
+
+def _restore_vm(args: argparse.Namespace, client: Client) -> Any:
+    """``ringlab vm restore FILE``: a VM defined from a snapshot file, run on (unless --no-start)."""
+    from ringlab.v1 import hypervisor_pb2
+    from ringlab.vmm.snapshot import MAX_MEMORY, parse_snapshot
+
+    path = Path(args.file)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the snapshot {path}: {exc.strerror or exc}") from None
+    # Checked here first for a clear message (the deployment checks it again, with its own limit).
+    snap = parse_snapshot(blob, max_memory=MAX_MEMORY, name=str(path))
+    known = snap.definition.get("vm")
+    name = args.vm_name or (known.get("name") if isinstance(known, dict) else None) or path.stem
+    request = hypervisor_pb2.RestoreVmRequest(
+        name=str(name), snapshot=blob, start=not args.no_start, weight=args.weight or 0, cap=args.cap or 0
+    )
+    return client.call(client.stub.RestoreVm, request, timeout=120)
 
 
 def _create(args: argparse.Namespace, client: Client) -> Any:
@@ -1287,6 +1336,55 @@ def add_service_commands(sub: Any) -> None:
     q.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new events; with a VM, until it ends"
     )
+    q = action(
+        "snapshot",
+        "write a VM, as its last commit left it, to a snapshot file (it runs on meanwhile)",
+        epilog="The file is the one 'ringlab run --snapshot' writes: 'ringlab vm restore' loads it "
+        "here or in another deployment, and 'ringlab run --restore' runs it on in this process. "
+        "The hypervisor rebuilds the VM's state by replaying it to that commit, so this takes about "
+        "as long as the VM has run. An ended VM cannot be snapshotted (status 3).",
+    )
+    q.add_argument("name", help="the VM's name or id")
+    q.add_argument("file", help="the snapshot file to write (replaced if it exists)")
+    q.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up after this long, with status 3 (default: 600)",
+    )
+    json_flag(q)
+    q = action(
+        "restore",
+        "create a VM from a snapshot file and run it on from where the snapshot was taken",
+        epilog="The technique, memory, input and console so far are the snapshot's. A file that is "
+        "not a snapshot, of another format version, damaged, or whose VM is larger than allowed is "
+        "refused and nothing is created. Restoring the same file under the same name again returns "
+        "the VM; another file under a name in use is refused (ALREADY_EXISTS, status 3).",
+    )
+    q.add_argument("file", help="a snapshot file ('ringlab vm snapshot' or 'ringlab run --snapshot')")
+    q.add_argument(
+        "--name",
+        dest="vm_name",
+        default=None,
+        help="the new VM's name (default: the snapshotted VM's, else the file's name without suffix)",
+    )
+    q.add_argument("--no-start", action="store_true", help="create it but do not run it yet")
+    q.add_argument(
+        "--weight",
+        type=int_in(1, MAX_WEIGHT, "the credit scheduler's weights, as in Xen"),
+        default=None,
+        metavar="N",
+        help="credit-scheduler weight (default: the snapshotted VM's, else 256)",
+    )
+    q.add_argument(
+        "--cap",
+        type=int_in(0, 100, "a percent of one pCPU; 0: no cap"),
+        default=None,
+        metavar="PERCENT",
+        help="at most this percent of one pCPU (default: the snapshotted VM's, else none)",
+    )
+    json_flag(q)
     p.set_defaults(func=cmd_vm)
 
     p = command(

@@ -66,6 +66,7 @@ __all__ = [
     "restore",
     "snapshot",
     "write_snapshot",
+    "write_snapshot_file",
 ]
 
 MAGIC = b"RLSNAP\r\n"
@@ -395,7 +396,12 @@ def encode_snapshot(snap: Snapshot) -> bytes:
 
 def write_snapshot(snap: Snapshot, path: str | Path) -> int:
     """Write ``snap`` to ``path`` (atomically: a temporary file renamed); returns its size."""
-    blob = encode_snapshot(snap)
+    return write_snapshot_file(encode_snapshot(snap), path)
+
+
+def write_snapshot_file(blob: bytes, path: str | Path) -> int:
+    """Write a snapshot file's bytes (``encode_snapshot``'s, or a deployment's ``SnapshotVm``
+    reply) to ``path``, atomically: a temporary file renamed; returns its size."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(blob)
