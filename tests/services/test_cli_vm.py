@@ -186,7 +186,7 @@ def test_every_service_command_and_vm_action_has_a_one_line_description(
         assert re.search(rf"^\s+{command}\s+\S", top, re.M), top
     actions = help_text(capsys, "vm")
     for action in ("create", "list", "describe", "start", "pause", "resume", "stop", "destroy", "wait",
-                   "console", "events", "snapshot", "restore"):  # fmt: skip
+                   "console", "events", "snapshot", "restore", "migrate"):  # fmt: skip
         assert re.search(rf"^\s+{action}\s+\S", actions, re.M), action
         text = " ".join(help_text(capsys, "vm", action).split())
         assert "--hypervisor HOST:PORT" in text and "--token TOKEN" in text, action
@@ -449,3 +449,46 @@ def test_vm_snapshot_of_an_ended_vm_is_refused_with_status_3(target: str, tmp_pa
     assert done.returncode == 3 and "FAILED_PRECONDITION" in done.stderr and "has ended" in done.stderr
     assert not (tmp_path / "x.snap").exists()
     no_traceback(done)
+
+
+@pytest.fixture(scope="module")
+def elsewhere(redis_server: LocalRedis) -> Iterator[Deployment]:
+    """Another deployment (its own database, hypervisor and pCPU): the destination of a move."""
+    d = start_deployment(redis_server, db=13)
+    yield d
+    d.hypervisor.stop(1)
+    d.cpu.stop(1)
+
+
+def test_vm_migrate_moves_a_running_vm_and_prints_its_rounds(
+    target: str, elsewhere: Deployment, tmp_path: Path
+) -> None:
+    """``ringlab vm migrate NAME --to HOST:PORT``: the rounds table (a full copy first, the
+    stop-and-copy last, a bar of pages each), the downtime line; the VM ends at the destination
+    with the console it would have had here, and is gone from here."""
+    name, there = unique("mover"), elsewhere.hypervisor_target
+    made = ringlab("vm", "create", name, "--workload", "multi", "-D", "ITERATIONS=3", "--technique", "hw",
+                   "--cap", "10", "--start", "--hypervisor", target)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    moved = ringlab("vm", "migrate", name, "--to", there, "--bandwidth", "16", "--hypervisor", target)
+    assert moved.returncode == 0, moved.stderr
+    assert "pre-copy rounds" in moved.stdout and "stop" in moved.stdout and "#" in moved.stdout
+    assert f"VM {name} runs at {there}" in moved.stdout and "downtime" in moved.stdout
+    gone = ringlab("vm", "describe", name, "--hypervisor", target)
+    assert gone.returncode == 3 and "NOT_FOUND" in gone.stderr
+    assert ringlab("vm", "wait", name, "--hypervisor", there).returncode == 0
+    console = ringlab("vm", "console", name, "--hypervisor", there).stdout
+    from ringlab.guestos.build import build_image
+    from ringlab.vmm import run_vm
+
+    assert (
+        console == run_vm(build_image("multi", "stock", {"ITERATIONS": 3}), technique="hw").console.decode()
+    )
+
+
+@pytest.mark.parametrize("option", [("--bandwidth", "0"), ("--target-downtime", "-1"), ("--max-rounds", "0")])
+def test_vm_migrate_with_a_setting_out_of_range_is_a_usage_error(
+    option: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = usage_error(capsys, "vm", "migrate", "x", "--to", "127.0.0.1:1", *option)
+    assert option[0] in message

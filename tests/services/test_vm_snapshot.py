@@ -34,6 +34,13 @@ SETUPS = [
     ("hw", True, "stock"),
     ("pv", False, "paravirt"),
 ]
+PARAMS = [
+    pytest.param(
+        t, n, k, id=t + ("+np" if n else ""), marks=() if (t, n) == ("pv", False) else pytest.mark.slow
+    )
+    for t, n, k in SETUPS
+]
+"""Every technique: pv in the default run, the others in the slow suite (.ci/run runs both)."""
 WORKLOAD, DEFINES = "syscall", {"ITERATIONS": 2000}
 SLICE = 5_000
 """The deployments' slice (instructions): the workload (130,000 to 165,000 instructions) runs
@@ -119,9 +126,7 @@ def restore_in(d: Deployment, blob: bytes, name: str, start: bool = True) -> hyp
     return d.hypervisor_stub().RestoreVm(request, timeout=60)
 
 
-@pytest.mark.parametrize(
-    ("technique", "nested", "kernel"), SETUPS, ids=[f"{t}{'+np' if n else ''}" for t, n, _ in SETUPS]
-)
+@pytest.mark.parametrize(("technique", "nested", "kernel"), PARAMS)
 def test_a_vm_snapshotted_mid_run_goes_on_in_another_deployment_as_if_never_stopped(
     deployment: Deployment, other: Deployment, technique: str, nested: bool, kernel: str
 ) -> None:

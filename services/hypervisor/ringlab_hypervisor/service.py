@@ -5,6 +5,7 @@ the deployment: the store, and each pCPU through ``GrpcPcpu``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +38,15 @@ from ringlab.hypervisor import (
     simulated_cycles,
     snapshot_at,
 )
+from ringlab.hypervisor.migration import (
+    DEFAULT_BANDWIDTH,
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_TARGET_DOWNTIME,
+    MigrationFailed,
+    MigrationOptions,
+    memory_digest,
+    migrate,
+)
 from ringlab.rpc import (
     ServiceConfig,
     ServiceServer,
@@ -63,7 +73,8 @@ from ringlab.sched.credit import TERMINAL
 from ringlab.store import AlreadyExists, Exhausted, InvalidRequest, SharedState, VmNotFound, WrongState
 from ringlab.store.state import check_cursor
 from ringlab.v1 import common_pb2, cpu_pb2, cpu_pb2_grpc, hypervisor_pb2, hypervisor_pb2_grpc
-from ringlab.vmm.snapshot import SnapshotError, encode_snapshot
+from ringlab.vmm.snapshot import SnapshotError, encode_snapshot, parse_snapshot
+from ringlab_hypervisor.migration_link import GrpcDestination, Incoming
 from ringlab_hypervisor.pcpu_link import GrpcPcpu
 
 __all__ = ["HypervisorServicer", "main", "serve"]
@@ -154,6 +165,19 @@ def _defined(request: hypervisor_pb2.CreateVmRequest, limits: Limits) -> Defined
         ) from None
 
 
+class _Released:
+    """The store as a migration's source uses it, releasing the VM as DestroyVm does."""
+
+    def __init__(self, servicer: HypervisorServicer, vm: str) -> None:
+        self._servicer = servicer
+        state = servicer.state
+        self.vm_record, self.vm_image, self.load_vcpu = state.vm_record, state.vm_image, state.load_vcpu
+        self.sched_entry, self.control = state.sched_entry, state.control
+
+    def destroy_vm(self, vm: str) -> bool:
+        return self._servicer._destroy(vm)
+
+
 class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def __init__(
         self,
@@ -171,6 +195,8 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         self.limits = limits or Limits()
         self.forget = forget
         """Told the id of each VM destroyed (the metrics drop its series)."""
+        self.incoming = Incoming()
+        """The migrations coming in (ReceiveMigration)."""
 
     def _resolve(self, ref: str, field: str = "vm") -> str:
         return self.state.resolve(_ref(ref, field))
@@ -259,7 +285,10 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def DestroyVm(
         self, request: hypervisor_pb2.VmRef, context: grpc.ServicerContext
     ) -> hypervisor_pb2.DestroyVmResponse:
-        vm = self._resolve(request.vm)
+        return hypervisor_pb2.DestroyVmResponse(destroyed=self._destroy(self._resolve(request.vm)))
+
+    def _destroy(self, vm: str) -> bool:
+        """Forget ``vm`` here: the store's, the runtimes', the metrics' and the pCPUs' copies."""
         destroyed = self.state.destroy_vm(vm)
         self.runtimes.forget(vm)
         if self.forget is not None:
@@ -273,7 +302,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
                     pass
                 finally:
                     channel.close()
-        return hypervisor_pb2.DestroyVmResponse(destroyed=destroyed)
+        return destroyed
 
     def ListVms(
         self, request: hypervisor_pb2.ListVmsRequest, context: grpc.ServicerContext
@@ -460,19 +489,24 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
     def RestoreVm(
         self, request: hypervisor_pb2.RestoreVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.Vm:
-        definition, _snap = define_restored(
-            name=request.name,
-            snapshot=request.snapshot,
-            weight=request.weight,
-            cap=request.cap,
-            console_quota=request.console_quota,
-            limits=self.limits,
+        vm = self._restore(
+            request.name, request.snapshot, request.start, request.weight, request.cap, request.console_quota
         )
-        existing = self.state.vm_by_name(request.name)
+        return self._vm(vm)
+
+    def _restore(
+        self, name: str, blob: bytes, start: bool, weight: int = 0, cap: int = 0, quota: int = 0
+    ) -> str:
+        """Define (and with ``start`` start) the VM named ``name`` from the snapshot file ``blob``;
+        returns its id (an existing VM's for the same snapshot and definition)."""
+        definition, _snap = define_restored(
+            name=name, snapshot=blob, weight=weight, cap=cap, console_quota=quota, limits=self.limits
+        )
+        existing = self.state.vm_by_name(name)
         if existing is not None:  # idempotent for the same snapshot and definition only
-            return self._existing(existing, definition, request.start)
+            return self._existing(existing, definition, start).id
         try:
-            commit0 = boot(definition, request.snapshot)
+            commit0 = boot(definition, blob)
         except SnapshotError as exc:
             raise InvalidField("snapshot", f"the snapshot cannot be restored: {exc}") from None
         if len(commit0.console) > definition["console_quota"]:
@@ -484,14 +518,12 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             )
         definition["host_memory_size"] = commit0.host_memory_size
         entry = Entry(
-            status="runnable" if request.start else "created",
-            weight=definition["weight"],
-            cap=definition["cap"],
+            status="runnable" if start else "created", weight=definition["weight"], cap=definition["cap"]
         )
         created, vm = self.state.create_vm(
-            request.name,
+            name,
             definition,
-            request.snapshot,
+            blob,
             commit0.state,
             commit0.stats,
             entry.to_dict(),
@@ -499,9 +531,103 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             commit0.console,
         )
         if not created:  # another client created the name meanwhile
-            return self._existing(vm, definition, request.start)
+            return self._existing(vm, definition, start).id
         self.runtimes.adopt(vm, 0, commit0.copy)
-        return self._vm(vm)
+        return vm
+
+    # -- live migration ----------------------------------------------------------------------------
+    def MigrateVm(
+        self, request: hypervisor_pb2.MigrateVmRequest, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.MigrationReport:
+        vm = self._resolve(request.vm)
+        if not request.to:
+            raise InvalidField("to", "name the destination deployment's hypervisor in 'to' (HOST:PORT)")
+        if request.name and not is_vm_ref(request.name):
+            raise InvalidField("name", f"name {request.name[:70]!r} is not a valid VM name")
+        if request.bandwidth > 1 << 40 or not 0 <= request.target_downtime_ms <= 3_600_000:
+            raise InvalidField(
+                "bandwidth" if request.bandwidth > 1 << 40 else "target_downtime_ms",
+                "bandwidth is at most 1 TB/s and target_downtime_ms 0 to 3,600,000 (0: the defaults)",
+            )
+        options = MigrationOptions(
+            max_rounds=min(request.max_rounds or DEFAULT_MAX_ROUNDS, 1000),
+            target_downtime=(request.target_downtime_ms / 1000) or DEFAULT_TARGET_DOWNTIME,
+            bandwidth=request.bandwidth or DEFAULT_BANDWIDTH,
+            name=request.name,
+        )
+        destination = GrpcDestination(request.to, request.to_token)
+        try:
+            report = migrate(_Released(self, vm), vm, destination, options)
+        except MigrationFailed as exc:
+            raise WrongState(str(exc)) from None
+        finally:
+            destination.close()
+        return hypervisor_pb2.MigrationReport(
+            vm=report.vm,
+            destination_vm=report.destination_vm,
+            name=report.name,
+            rounds=[
+                hypervisor_pb2.MigrationRound(
+                    round=r.number,
+                    pages=r.pages,
+                    bytes=r.bytes,
+                    link_seconds=r.link_seconds,
+                    wall_seconds=r.wall_seconds,
+                    retired=r.retired,
+                    stop_and_copy=r.stop_and_copy,
+                )
+                for r in report.rounds
+            ],
+            total_seconds=report.total_seconds,
+            downtime_seconds=report.downtime_seconds,
+            downtime_link_seconds=report.downtime_link_seconds,
+            downtime_cycles=report.downtime_cycles,
+            converged=report.converged,
+            rebuild_seconds=report.rebuild_seconds,
+        )
+
+    def ReceiveMigration(
+        self, request: hypervisor_pb2.MigrationChunk, context: grpc.ServicerContext
+    ) -> hypervisor_pb2.MigrationAck:
+        step, migration = request.step, request.migration
+        chunk = hypervisor_pb2.MigrationChunk
+        if step == chunk.STEP_BEGIN:
+            if not is_vm_ref(request.name):
+                raise InvalidField("name", f"name {request.name[:70]!r} is not a valid VM name")
+            if self.state.vm_by_name(request.name) is not None:
+                raise AlreadyExists(
+                    f"a VM named {request.name!r} exists in this deployment: move the VM under another "
+                    "name (--name), or destroy that one first"
+                )
+            self.incoming.begin(migration, request.name, self.limits.max_memory)
+            return hypervisor_pb2.MigrationAck()
+        if step == chunk.STEP_PAGES:
+            return hypervisor_pb2.MigrationAck(pages_held=self.incoming.add_pages(migration, request.pages))
+        if step == chunk.STEP_COMMIT:
+            incoming = self.incoming.get(migration)
+            try:
+                snap = parse_snapshot(request.snapshot, max_memory=self.limits.max_memory)
+            except SnapshotError as exc:
+                raise InvalidField("snapshot", str(exc)) from None
+            merged = {**incoming.pages, **snap.pages}
+            if memory_digest(merged) != request.memory_sha256:
+                raise InvalidField(
+                    "memory_sha256",
+                    "the pages received do not make the memory the source sent the digest of: "
+                    "a page is missing or damaged (the migration is not committed)",
+                )
+            pages = {p: page for p, page in merged.items() if page.count(0) != len(page)}
+            blob = encode_snapshot(dataclasses.replace(snap, pages=pages))
+            vm = self._restore(incoming.name, blob, start=False)
+            self.incoming.drop(migration, committed=vm)
+            return hypervisor_pb2.MigrationAck(vm=vm, pages_held=len(pages))
+        if step == chunk.STEP_ABORT:
+            self.incoming.drop(migration)
+            vm = self.incoming.committed.pop(migration, "")
+            if vm and self.state.sched_entry(vm).get("status") == "created":
+                self._destroy(vm)  # committed, never started: the VM runs on at the source
+            return hypervisor_pb2.MigrationAck()
+        raise InvalidField("step", f"step {step} is not one of BEGIN, PAGES, COMMIT, ABORT")
 
     # -- building replies -------------------------------------------------------------------------
     def _vms(self) -> list[hypervisor_pb2.Vm]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ringlab.cli.exitstatus import EXIT_DEPLOYMENT, EXIT_OK, EXIT_USAGE, guest_status
-from ringlab.cli.options import define, int_in
+from ringlab.cli.options import define, int_in, number_in
 from ringlab.dashboard import DEFAULT_DASHBOARD, dashboard_default
 from ringlab.endpoints import DEFAULT_HYPERVISOR
 from ringlab.errors import DeploymentFailed, UsageError
@@ -715,7 +715,61 @@ def cmd_vm(args: argparse.Namespace) -> int:
         _snapshot(args, client)
     elif action == "restore":
         _print_vms([_restore_vm(args, client)], args.json)
+    elif action == "migrate":
+        _migrate(args, client)
     return EXIT_OK
+
+
+def _migrate(args: argparse.Namespace, client: Client) -> None:
+    """``ringlab vm migrate NAME --to HOST:PORT``: pre-copy to another deployment, then the rounds."""
+    from google.protobuf.json_format import MessageToDict
+
+    from ringlab.cli.termout import spinner
+    from ringlab.v1 import hypervisor_pb2
+
+    request = hypervisor_pb2.MigrateVmRequest(
+        vm=args.name,
+        to=args.to,
+        to_token=args.to_token or os.environ.get("RINGLAB_TO_TOKEN", ""),
+        name=args.vm_name or "",
+        max_rounds=args.max_rounds,
+        target_downtime_ms=args.target_downtime,
+        bandwidth=round(args.bandwidth * 1_000_000 / 8),
+    )
+    with spinner(f"moving VM {args.name} to {args.to}", enabled=not args.json):
+        report = client.call(client.stub.MigrateVm, request, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(MessageToDict(report, always_print_fields_with_no_presence=True)))
+        return
+    _console().print(migration_table(report))
+    print(
+        f"VM {args.name} runs at {args.to} as {report.name} (id {report.destination_vm}): "
+        f"{len(report.rounds)} rounds in {report.total_seconds:.2f} s; downtime {report.downtime_seconds * 1000:.0f} ms "
+        f"wall (of which {report.rebuild_seconds * 1000:.0f} ms rebuilding its state), "
+        f"{report.downtime_link_seconds * 1000:.1f} ms on the link ({report.downtime_cycles:,} cycles)"
+        + ("" if report.converged else "; pre-copy did not converge (the round limit stopped it)")
+    )
+
+
+def migration_table(report: Any) -> Any:
+    """The rounds of a migration: pages, bytes and time each, with a bar of its pages (the chart
+    of Clark et al.'s Figure 9: pages dirtied per round shrinking as pre-copy converges)."""
+    from ringlab.cli.termout import compact_table
+
+    table = compact_table(
+        "pre-copy rounds",
+        [("round", "right"), ("pages", "right"), ("bytes", "right"), ("link", "right"),
+         ("wall", "right"), ("instr", "right"), ("pages sent", "left")],
+    )  # fmt: skip
+    most = max((r.pages for r in report.rounds), default=0) or 1
+    for r in report.rounds:
+        bar = "#" * max(1 if r.pages else 0, round(30 * r.pages / most))
+        label = "stop" if r.stop_and_copy else str(r.round)
+        table.add_row(
+            label, f"{r.pages:,}", _count(r.bytes), f"{r.link_seconds * 1000:.1f} ms",
+            f"{r.wall_seconds * 1000:.0f} ms", _count(r.retired), bar,
+        )  # fmt: skip
+    return table
 
 
 def _snapshot(args: argparse.Namespace, client: Client) -> None:
@@ -1383,6 +1437,52 @@ def add_service_commands(sub: Any) -> None:
         default=None,
         metavar="PERCENT",
         help="at most this percent of one pCPU (default: the snapshotted VM's, else none)",
+    )
+    json_flag(q)
+    q = action(
+        "migrate",
+        "move a running VM to another deployment by pre-copy, and show the rounds and the downtime",
+        epilog="Pages are copied while the VM runs, then the pages it dirtied meanwhile, round after "
+        "round, until they would fit in the target downtime or the round limit is reached; then the VM "
+        "is paused, its last pages and state copied, released here and run there. A migration that "
+        "fails leaves the VM running here (status 3). docs/migration.md explains the rounds.",
+    )
+    q.add_argument("name", help="the VM's name or id")
+    q.add_argument("--to", required=True, metavar="HOST:PORT", help="the destination deployment's hypervisor")
+    q.add_argument(
+        "--to-token",
+        default=None,
+        metavar="TOKEN",
+        help="the operator's token at the destination (default: $RINGLAB_TO_TOKEN, else none)",
+    )
+    q.add_argument("--name", dest="vm_name", default=None, help="its name there (default: the same name)")
+    q.add_argument(
+        "--max-rounds",
+        type=int_in(1, 1000, "pre-copy rounds, the first full copy included"),
+        default=30,
+        metavar="N",
+        help="pre-copy rounds at most, the first full copy included (default: 30)",
+    )
+    q.add_argument(
+        "--target-downtime",
+        type=number_in(0, 3_600_000, "milliseconds"),
+        default=50.0,
+        metavar="MS",
+        help="stop pre-copy once the dirty pages would take this long on the link (default: 50)",
+    )
+    q.add_argument(
+        "--bandwidth",
+        type=number_in(0, 8_000_000, "megabits per second"),
+        default=1000.0,
+        metavar="MBIT/S",
+        help="the modelled link between the deployments, megabits per second (default: 1000)",
+    )
+    q.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up after this long, with status 3 (default: 600)",
     )
     json_flag(q)
     p.set_defaults(func=cmd_vm)

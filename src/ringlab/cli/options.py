@@ -38,3 +38,20 @@ def int_in(low: int, high: int | None, what: str = "") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def number_in(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """A number above ``low`` and at most ``high`` (``unit`` names what it counts)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected {unit} above {low:g} and at most {high:g}, got {text!r}"
+            )
+        return value
+
+    return parse

@@ -74,6 +74,254 @@ VM_STATUS_LIMIT: VmStatus.ValueType  # 10
 Global___VmStatus: _TypeAlias = VmStatus  # noqa: Y015
 
 @_typing.final
+class MigrateVmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    TO_TOKEN_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_ROUNDS_FIELD_NUMBER: _builtins.int
+    TARGET_DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """the VM to move (name or id)"""
+    to: _builtins.str
+    """the destination hypervisor, HOST:PORT"""
+    to_token: _builtins.str
+    """the operator's token there ("" if it needs none)"""
+    name: _builtins.str
+    """its name there ("" = the same name)"""
+    max_rounds: _builtins.int
+    """pre-copy rounds at most, the first full copy included; 0 = 30"""
+    target_downtime_ms: _builtins.float
+    """stop when the dirty pages would take this long; 0 = 50 ms"""
+    bandwidth: _builtins.int
+    """the modelled link, bytes per second; 0 = 125,000,000 (1 Gbit/s)"""
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        to: _builtins.str = ...,
+        to_token: _builtins.str = ...,
+        name: _builtins.str = ...,
+        max_rounds: _builtins.int = ...,
+        target_downtime_ms: _builtins.float = ...,
+        bandwidth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "max_rounds", b"max_rounds", "name", b"name", "target_downtime_ms", b"target_downtime_ms", "to", b"to", "to_token", b"to_token", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateVmRequest: _TypeAlias = MigrateVmRequest  # noqa: Y015
+
+@_typing.final
+class MigrationRound(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    LINK_SECONDS_FIELD_NUMBER: _builtins.int
+    WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    RETIRED_FIELD_NUMBER: _builtins.int
+    STOP_AND_COPY_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    """0 = the first full copy"""
+    pages: _builtins.int
+    """pages sent in it"""
+    bytes: _builtins.int
+    """bytes sent (pages; the last round also the VM's state)"""
+    link_seconds: _builtins.float
+    """their time on the modelled link"""
+    wall_seconds: _builtins.float
+    """how long the round took here"""
+    retired: _builtins.int
+    """the VM's instructions at the commit the round copied"""
+    stop_and_copy: _builtins.bool
+    """the last round: the VM was paused"""
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        pages: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        link_seconds: _builtins.float = ...,
+        wall_seconds: _builtins.float = ...,
+        retired: _builtins.int = ...,
+        stop_and_copy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "link_seconds", b"link_seconds", "pages", b"pages", "retired", b"retired", "round", b"round", "stop_and_copy", b"stop_and_copy", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationRound: _TypeAlias = MigrationRound  # noqa: Y015
+
+@_typing.final
+class MigrationReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    DESTINATION_VM_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_LINK_SECONDS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_CYCLES_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
+    REBUILD_SECONDS_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """the VM's id here (released)"""
+    destination_vm: _builtins.str
+    """its id at the destination"""
+    name: _builtins.str
+    """its name there"""
+    total_seconds: _builtins.float
+    """wall time from the first page to the VM running there"""
+    downtime_seconds: _builtins.float
+    """wall time the VM was paused"""
+    downtime_link_seconds: _builtins.float
+    """the stop-and-copy round on the modelled link"""
+    downtime_cycles: _builtins.int
+    """the same in the cost model's cycles (3.8 GHz)"""
+    converged: _builtins.bool
+    """false: the round limit stopped pre-copy, not the target"""
+    rebuild_seconds: _builtins.float
+    """of the downtime, rebuilding the VM's state here (a replay)"""
+    @_builtins.property
+    def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationRound]: ...
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        destination_vm: _builtins.str = ...,
+        name: _builtins.str = ...,
+        rounds: _abc.Iterable[Global___MigrationRound] | None = ...,
+        total_seconds: _builtins.float = ...,
+        downtime_seconds: _builtins.float = ...,
+        downtime_link_seconds: _builtins.float = ...,
+        downtime_cycles: _builtins.int = ...,
+        converged: _builtins.bool = ...,
+        rebuild_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "destination_vm", b"destination_vm", "downtime_cycles", b"downtime_cycles", "downtime_link_seconds", b"downtime_link_seconds", "downtime_seconds", b"downtime_seconds", "name", b"name", "rebuild_seconds", b"rebuild_seconds", "rounds", b"rounds", "total_seconds", b"total_seconds", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationReport: _TypeAlias = MigrationReport  # noqa: Y015
+
+@_typing.final
+class MigrationChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Step:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StepEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MigrationChunk._Step.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STEP_UNSPECIFIED: MigrationChunk._Step.ValueType  # 0
+        STEP_BEGIN: MigrationChunk._Step.ValueType  # 1
+        STEP_PAGES: MigrationChunk._Step.ValueType  # 2
+        STEP_COMMIT: MigrationChunk._Step.ValueType  # 3
+        STEP_ABORT: MigrationChunk._Step.ValueType  # 4
+
+    class Step(_Step, metaclass=_StepEnumTypeWrapper): ...
+    STEP_UNSPECIFIED: MigrationChunk.Step.ValueType  # 0
+    STEP_BEGIN: MigrationChunk.Step.ValueType  # 1
+    STEP_PAGES: MigrationChunk.Step.ValueType  # 2
+    STEP_COMMIT: MigrationChunk.Step.ValueType  # 3
+    STEP_ABORT: MigrationChunk.Step.ValueType  # 4
+
+    @_typing.final
+    class PagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    MEMORY_SHA256_FIELD_NUMBER: _builtins.int
+    migration: _builtins.str
+    """the source's id of the migration"""
+    step: Global___MigrationChunk.Step.ValueType
+    name: _builtins.str
+    """BEGIN: the VM's name here"""
+    snapshot: _builtins.bytes
+    """COMMIT: the VM's state (a snapshot file; its pages, if any, win)"""
+    memory_sha256: _builtins.str
+    """COMMIT: the digest of the whole memory the pages make"""
+    @_builtins.property
+    def pages(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """PAGES: page number -> its 4 KiB"""
+
+    def __init__(
+        self,
+        *,
+        migration: _builtins.str = ...,
+        step: Global___MigrationChunk.Step.ValueType = ...,
+        name: _builtins.str = ...,
+        pages: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        snapshot: _builtins.bytes = ...,
+        memory_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_sha256", b"memory_sha256", "migration", b"migration", "name", b"name", "pages", b"pages", "snapshot", b"snapshot", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationChunk: _TypeAlias = MigrationChunk  # noqa: Y015
+
+@_typing.final
+class MigrationAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_FIELD_NUMBER: _builtins.int
+    PAGES_HELD_FIELD_NUMBER: _builtins.int
+    vm: _builtins.str
+    """COMMIT: the VM's id here"""
+    pages_held: _builtins.int
+    """the pages received so far"""
+    def __init__(
+        self,
+        *,
+        vm: _builtins.str = ...,
+        pages_held: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pages_held", b"pages_held", "vm", b"vm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationAck: _TypeAlias = MigrationAck  # noqa: Y015
+
+@_typing.final
 class VmSnapshot(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

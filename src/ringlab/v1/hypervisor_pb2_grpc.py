@@ -110,6 +110,16 @@ class HypervisorStub:
                 request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.SerializeToString,
                 response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.Vm.FromString,
                 _registered_method=True)
+        self.MigrateVm = channel.unary_unary(
+                '/ringlab.v1.Hypervisor/MigrateVm',
+                request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrateVmRequest.SerializeToString,
+                response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationReport.FromString,
+                _registered_method=True)
+        self.ReceiveMigration = channel.unary_unary(
+                '/ringlab.v1.Hypervisor/ReceiveMigration',
+                request_serializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationChunk.SerializeToString,
+                response_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationAck.FromString,
+                _registered_method=True)
 
 
 class HypervisorServicer:
@@ -246,6 +256,33 @@ class HypervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateVm(self, request, context):
+        """Move a running VM to another deployment (its hypervisor at `to`) by pre-copy (docs/migration.md):
+        every page while the VM runs on, then rounds of the pages it dirtied meanwhile until they are
+        few enough for the target downtime or the round limit is reached, then stop-and-copy (the VM
+        paused, its last pages and its whole state), then this deployment releases the VM and the
+        destination runs it.  A failure before the hand-over leaves the VM running here (the
+        destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
+        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
+        UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveMigration(self, request, context):
+        """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
+        (the name must be free here), PAGES (any number of times), COMMIT (the VM's state as a
+        snapshot file without pages, laid over the pages received, whose memory must have the digest
+        the source sent: the VM is created, not started), ABORT (a committed VM never started is
+        destroyed).  A step for a
+        migration this hypervisor does not hold (never begun, aborted, expired, or this hypervisor
+        restarted) is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HypervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +360,16 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.RestoreVm,
                     request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.FromString,
                     response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.Vm.SerializeToString,
+            ),
+            'MigrateVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateVm,
+                    request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrateVmRequest.FromString,
+                    response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationReport.SerializeToString,
+            ),
+            'ReceiveMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveMigration,
+                    request_deserializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationChunk.FromString,
+                    response_serializer=ringlab_dot_v1_dot_hypervisor__pb2.MigrationAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -730,6 +777,60 @@ class Hypervisor:
             '/ringlab.v1.Hypervisor/RestoreVm',
             ringlab_dot_v1_dot_hypervisor__pb2.RestoreVmRequest.SerializeToString,
             ringlab_dot_v1_dot_hypervisor__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringlab.v1.Hypervisor/MigrateVm',
+            ringlab_dot_v1_dot_hypervisor__pb2.MigrateVmRequest.SerializeToString,
+            ringlab_dot_v1_dot_hypervisor__pb2.MigrationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringlab.v1.Hypervisor/ReceiveMigration',
+            ringlab_dot_v1_dot_hypervisor__pb2.MigrationChunk.SerializeToString,
+            ringlab_dot_v1_dot_hypervisor__pb2.MigrationAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,25 @@ class HypervisorStub:
     nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
     VM; with another definition it is ALREADY_EXISTS.
     """
+    MigrateVm: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrateVmRequest, _hypervisor_pb2.MigrationReport]
+    """Move a running VM to another deployment (its hypervisor at `to`) by pre-copy (docs/migration.md):
+    every page while the VM runs on, then rounds of the pages it dirtied meanwhile until they are
+    few enough for the target downtime or the round limit is reached, then stop-and-copy (the VM
+    paused, its last pages and its whole state), then this deployment releases the VM and the
+    destination runs it.  A failure before the hand-over leaves the VM running here (the
+    destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
+    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
+    UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+    """
+    ReceiveMigration: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrationChunk, _hypervisor_pb2.MigrationAck]
+    """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
+    (the name must be free here), PAGES (any number of times), COMMIT (the VM's state as a
+    snapshot file without pages, laid over the pages received, whose memory must have the digest
+    the source sent: the VM is created, not started), ABORT (a committed VM never started is
+    destroyed).  A step for a
+    migration this hypervisor does not hold (never begun, aborted, expired, or this hypervisor
+    restarted) is NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class HypervisorAsyncStub(HypervisorStub):
@@ -165,6 +184,25 @@ class HypervisorAsyncStub(HypervisorStub):
     larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
     nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
     VM; with another definition it is ALREADY_EXISTS.
+    """
+    MigrateVm: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrateVmRequest, _hypervisor_pb2.MigrationReport]  # type: ignore[assignment]
+    """Move a running VM to another deployment (its hypervisor at `to`) by pre-copy (docs/migration.md):
+    every page while the VM runs on, then rounds of the pages it dirtied meanwhile until they are
+    few enough for the target downtime or the round limit is reached, then stop-and-copy (the VM
+    paused, its last pages and its whole state), then this deployment releases the VM and the
+    destination runs it.  A failure before the hand-over leaves the VM running here (the
+    destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
+    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
+    UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+    """
+    ReceiveMigration: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrationChunk, _hypervisor_pb2.MigrationAck]  # type: ignore[assignment]
+    """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
+    (the name must be free here), PAGES (any number of times), COMMIT (the VM's state as a
+    snapshot file without pages, laid over the pages received, whose memory must have the digest
+    the source sent: the VM is created, not started), ABORT (a committed VM never started is
+    destroyed).  A step for a
+    migration this hypervisor does not hold (never begun, aborted, expired, or this hypervisor
+    restarted) is NOT_FOUND.
     """
 
 class HypervisorServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +358,37 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         larger than this deployment's per-VM memory is INVALID_ARGUMENT naming what is wrong, and
         nothing is created.  Idempotent as CreateVm is: NAME again with the same snapshot returns the
         VM; with another definition it is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def MigrateVm(
+        self,
+        request: _hypervisor_pb2.MigrateVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hypervisor_pb2.MigrationReport, _abc.Awaitable[_hypervisor_pb2.MigrationReport]]:
+        """Move a running VM to another deployment (its hypervisor at `to`) by pre-copy (docs/migration.md):
+        every page while the VM runs on, then rounds of the pages it dirtied meanwhile until they are
+        few enough for the target downtime or the round limit is reached, then stop-and-copy (the VM
+        paused, its last pages and its whole state), then this deployment releases the VM and the
+        destination runs it.  A failure before the hand-over leaves the VM running here (the
+        destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
+        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
+        UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveMigration(
+        self,
+        request: _hypervisor_pb2.MigrationChunk,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hypervisor_pb2.MigrationAck, _abc.Awaitable[_hypervisor_pb2.MigrationAck]]:
+        """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
+        (the name must be free here), PAGES (any number of times), COMMIT (the VM's state as a
+        snapshot file without pages, laid over the pages received, whose memory must have the digest
+        the source sent: the VM is created, not started), ABORT (a committed VM never started is
+        destroyed).  A step for a
+        migration this hypervisor does not hold (never begun, aborted, expired, or this hypervisor
+        restarted) is NOT_FOUND.
         """
 
 def add_HypervisorServicer_to_server(servicer: HypervisorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
