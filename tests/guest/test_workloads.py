@@ -25,6 +25,7 @@ SMALL: dict[str, dict[str, int]] = {
     "spawnwait": {"ITERATIONS": 3},
     "multi": {"TIMER_PERIOD": 20_000, "WORK": 6_000, "ITERATIONS": 2},
     "bench": {"OP": 3, "ITERATIONS": 20},
+    "dirty": {"PAGES": 3, "ITERATIONS": 4},
 }
 CHEAP_DEFAULTS = ("hello", "syscall", "io", "callret", "pagefault", "divzero", "bench")
 

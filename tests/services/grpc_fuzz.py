@@ -366,6 +366,16 @@ def _seeds(pools: Pools, state: SharedState, sched: dict[str, Any]) -> dict[str,
             hypervisor_pb2.FlightRecordRequest(vm=vm, slices=n).SerializeToString() for n in (0, 1, 64)
         ],
         "/ringlab.v1.Hypervisor/SnapshotVm": [hypervisor_pb2.VmRef(vm=vm).SerializeToString()],
+        "/ringlab.v1.Hypervisor/MigrateVm": [
+            hypervisor_pb2.MigrateVmRequest(vm=vm, to=to, bandwidth=1 << 30, max_rounds=2).SerializeToString()
+            for to in ("127.0.0.1:1", "[::1]:1", "no-such-host.invalid:50051")
+        ],
+        "/ringlab.v1.Hypervisor/ReceiveMigration": [
+            hypervisor_pb2.MigrationChunk(
+                migration="fuzz", step=step, name="fuzz-in", pages={1: bytes(4096)}
+            ).SerializeToString()
+            for step in range(5)
+        ],
         "/ringlab.v1.Hypervisor/RestoreVm": [
             hypervisor_pb2.RestoreVmRequest(
                 name="fuzz-restored", snapshot=snap, start=False

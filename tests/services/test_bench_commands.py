@@ -69,3 +69,33 @@ def test_recorder_benchmark_json_compares_recording_on_and_off_in_process_and_th
     services = figures["services"]
     assert services["exits_recorded_per_vm"] == figures["in_process"]["pv"]["exits"]
     assert services["off_wall_seconds"] > 0 and services["on_wall_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_migration_benchmark_moves_a_vm_per_working_set_and_compares_them() -> None:
+    """What the migration suite compares, not how fast: a VM per working set moved between two
+    deployments, pre-copy's rounds (a full copy, then each re-dirtied set, the stop-and-copy last),
+    each downtime against the smallest working set's, and the table saying where pre-copy stopped
+    converging."""
+    import io
+
+    from rich.console import Console
+
+    from ringlab.cli.bench import _print_migration
+    from ringlab.cli.bench.migration import migration_suite
+
+    figures = migration_suite((1, 64), bandwidth_mbit=16.0)
+    runs = figures["runs"]
+    assert [r["pages_per_tick"] for r in runs] == [1, 64]
+    assert figures["link_pages_per_second"] == round(16e6 / 8 / 4096, 1)
+    for r in runs:
+        assert r["rounds"] == len(r["pages_per_round"]) >= 2
+        assert r["pages_sent"] == sum(r["pages_per_round"]) and r["pages_per_round"][0] > 64
+        assert r["stop_and_copy_pages"] == r["pages_per_round"][-1]
+        assert r["rounds"] <= figures["max_rounds"] + 1  # the pre-copy rounds at most, then the stop
+        if not r["converged"]:  # only the round limit ends pre-copy short of its target
+            assert r["rounds"] == figures["max_rounds"] + 1
+    assert runs[0]["downtime_vs_smallest"] == 1.0
+    out = io.StringIO()
+    _print_migration(figures, Console(file=out, width=200))
+    assert "downtime against dirty rate" in out.getvalue() and "pages/tick" in out.getvalue()

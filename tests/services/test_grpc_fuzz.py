@@ -70,7 +70,7 @@ def test_every_rpc_of_every_service_is_enumerated() -> None:
         "Guest/StreamConsole",
         "Hypervisor/GetFlightRecord",
     } <= names
-    assert len(names) == 4 + 15 + 2 + 1  # Cpu, Hypervisor, Guest, Health/Check (on each process)
+    assert len(names) == 4 + 17 + 2 + 1  # Cpu, Hypervisor, Guest, Health/Check (on each process)
 
 
 def test_fuzzed_requests_get_precise_statuses(fuzzed: tuple[Deployment, Pools]) -> None:

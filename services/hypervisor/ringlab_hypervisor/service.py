@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -163,6 +164,12 @@ def _defined(request: hypervisor_pb2.CreateVmRequest, limits: Limits) -> Defined
             "KERNEL_FLAVOUR_STOCK or KERNEL_FLAVOUR_PARAVIRT (or leave it unspecified: paravirt "
             "under TECHNIQUE_PV, stock otherwise); KERNEL_FLAVOUR_NONE is for a raw image",
         ) from None
+
+
+_ADDRESS = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}$"
+)
+"""A destination's HOST:PORT (a host name, an IPv4 address or a bracketed IPv6 one)."""
 
 
 class _Released:
@@ -540,8 +547,11 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
         self, request: hypervisor_pb2.MigrateVmRequest, context: grpc.ServicerContext
     ) -> hypervisor_pb2.MigrationReport:
         vm = self._resolve(request.vm)
-        if not request.to:
-            raise InvalidField("to", "name the destination deployment's hypervisor in 'to' (HOST:PORT)")
+        if not _ADDRESS.match(request.to):
+            raise InvalidField(
+                "to",
+                f"'to' {request.to[:70]!r} is not the destination hypervisor's HOST:PORT (e.g. 10.0.0.7:50051)",
+            )
         if request.name and not is_vm_ref(request.name):
             raise InvalidField("name", f"name {request.name[:70]!r} is not a valid VM name")
         if request.bandwidth > 1 << 40 or not 0 <= request.target_downtime_ms <= 3_600_000:

@@ -34,7 +34,7 @@ from ringlab.cli.exitstatus import (
     GUEST_SHUTDOWN,
     guest_status,
 )
-from ringlab.cli.options import define, int_in
+from ringlab.cli.options import define, int_in, number_in
 from ringlab.errors import AssemblyError, DeploymentFailed, ImageError, RinglabError, UsageError
 from ringlab.guestos import NO_KERNEL
 from ringlab.vmm import TECHNIQUES, TechniqueName, default_kernel
@@ -424,6 +424,7 @@ _BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
     "profile": ("--profile", "micro"),
     "paper": ("--paper", "micro"),
     "tlb": ("--tlb", "micro"),
+    "bandwidth": ("--bandwidth", "migration"),
 }
 
 
@@ -590,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ringlab.cli.bench.efficiency import ROUNDS as EFFICIENCY_ROUNDS
     from ringlab.cli.bench.micro import BENCHMARKS, COLUMNS
     from ringlab.cli.bench.micro import REPEATS as MICRO_REPEATS
+    from ringlab.cli.bench.migration import DEFAULT_BANDWIDTH_MBIT as MIGRATION_MBIT
     from ringlab.cli.bench.recorder import DEFAULT_REPEATS as RECORDER_REPEATS
     from ringlab.cli.bench.speed import DEFAULT_ROUNDS
     from ringlab.cli.demo import CHART as DEMO_CHART
@@ -697,9 +699,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--suite",
-        choices=("micro", "speed", "efficiency", "contention", "services", "recorder"),
+        choices=("micro", "speed", "efficiency", "contention", "services", "recorder", "migration"),
         default="micro",
-        help="which suite; contention, services and recorder run local deployments (default: %(default)s)",
+        help="which suite; contention, services, recorder and migration run local deployments "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--bandwidth",
+        type=number_in(0, 8_000_000, "megabits per second"),
+        default=None,
+        metavar="MBIT/S",
+        help=f"migration: the modelled link between the two deployments (default: {MIGRATION_MBIT:g})",
     )
     p.add_argument(
         "--vms",

@@ -273,6 +273,16 @@ WORKLOADS: dict[str, Workload] = dict(
             _multi,
         ),
         _workload(
+            "dirty",
+            "writes a word in each of PAGES heap pages every timer tick, ITERATIONS ticks: a writable working set",
+            ["dirty.s"],
+            {"PAGES": 16, "ITERATIONS": 20},
+            lambda d: (
+                f"dirty: {d['ITERATIONS']} ticks of {d['PAGES']} pages, sum "
+                f"{d['PAGES'] * d['ITERATIONS'] % (1 << 32)}\n"
+            ).encode(),
+        ),
+        _workload(
             "bench",
             "one bench(OP, ITERATIONS) system call: an in-kernel loop of a sensitive operation",
             ["bench.s"],

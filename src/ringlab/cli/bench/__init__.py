@@ -9,6 +9,8 @@ same on a slow machine and a fast one.
 - ``services``: the cost of the service boundary against an echo and in-process (``services.py``)
 - ``recorder``: the flight recorder's overhead, on against off, in-process and through the services
   (``recorder.py``)
+- ``migration``: live migration's rounds and downtime against the VM's dirty rate, between two
+  local deployments (``migration.py``)
 
 Every suite shows its progress on stderr when stderr is a terminal (not under ``--json``), and
 prints its table to fit the terminal, or whole when stdout is not a terminal (``ringlab.cli.termout``).
@@ -46,6 +48,16 @@ def run_suite(args: argparse.Namespace) -> int:
         else:
             _print_recorder(rec)
         return 0
+    if args.suite == "migration":
+        from ringlab.cli.bench.migration import DEFAULT_BANDWIDTH_MBIT, migration_suite
+
+        with progress("migration", 1.0, enabled=show) as step:
+            mig = migration_suite(bandwidth_mbit=args.bandwidth or DEFAULT_BANDWIDTH_MBIT, progress=step)
+        if args.json:
+            print(json.dumps(mig))
+        else:
+            _print_migration(mig)
+        return 0
     if args.suite == "speed":
         from ringlab.cli.bench.speed import speed_suite
 
@@ -69,6 +81,43 @@ def run_suite(args: argparse.Namespace) -> int:
             _print_efficiency(eff)
         return 0
     return _run_micro(args)
+
+
+def _print_migration(mig: dict[str, Any], console: Console | None = None) -> None:
+    """Downtime against dirty rate, a row per working set, with a bar of the stop-and-copy's pages."""
+    from ringlab.cli.termout import compact_table, fit_table, stdout_console
+
+    console = console or stdout_console()
+    table = compact_table(
+        f"live migration ({mig['technique']}): downtime against dirty rate, link "
+        f"{mig['bandwidth_bytes_per_second'] * 8 / 1e6:g} Mbit/s = {mig['link_pages_per_second']:,.0f} pages/s",
+        [("pages/tick", "right"), ("dirty pages/s", "right"), ("re-dirtied", "right"), ("rounds", "right"),
+         ("converged", "left"),
+         ("sent", "right"), ("stop pages", "right"), ("downtime link", "right"), ("x smallest", "right"),
+         ("wall", "right"), ("cpu x", "right"), ("stop-and-copy", "left")],
+    )  # fmt: skip
+    most = max((r["stop_and_copy_pages"] for r in mig["runs"]), default=0) or 1
+    for r in mig["runs"]:
+        again = "-" if r["redirtied_pages_per_round"] is None else f"{r['redirtied_pages_per_round']:,}"
+        table.add_row(
+            str(r["pages_per_tick"]), f"{r['dirty_pages_per_second']:,.0f}", again, str(r["rounds"]),
+            "yes" if r["converged"] else "NO",
+            f"{r['pages_sent']:,}", f"{r['stop_and_copy_pages']:,}", f"{r['downtime_link_ms']:.1f} ms",
+            _x(r["downtime_vs_smallest"]), f"{r['wall_seconds']:.2f} s", _x(r["cpu_vs_smallest"]),
+            "#" * max(1, round(24 * r["stop_and_copy_pages"] / most)),
+        )  # fmt: skip
+    console.print(fit_table(table))
+    limit = mig["first_not_converged"]
+    console.print(
+        "pre-copy converged for every working set"
+        if limit is None
+        else f"pre-copy stops converging from {limit} pages a tick: the VM dirties pages faster than "
+        "the link carries them, and the round limit ends pre-copy"
+    )
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _print_recorder(rec: dict[str, Any], console: Console | None = None) -> None:
