@@ -594,6 +594,7 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             downtime_cycles=report.downtime_cycles,
             converged=report.converged,
             rebuild_seconds=report.rebuild_seconds,
+            started=report.started,
         )
 
     def ReceiveMigration(

@@ -749,6 +749,10 @@ def _migrate(args: argparse.Namespace, client: Client) -> None:
         f"{report.downtime_link_seconds * 1000:.1f} ms on the link ({report.downtime_cycles:,} cycles)"
         + ("" if report.converged else "; pre-copy did not converge (the round limit stopped it)")
     )
+    if not report.started:
+        print(
+            f"it was not running here, and is created there: 'ringlab vm start {report.name} --hypervisor {args.to}'"
+        )
 
 
 def migration_table(report: Any) -> Any:

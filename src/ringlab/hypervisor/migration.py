@@ -113,6 +113,8 @@ class MigrationReport:
     downtime_link_seconds: float = 0.0
     converged: bool = True
     rebuild_seconds: float = 0.0
+    started: bool = False
+    """Whether the destination runs it (a VM created or paused here arrives created)."""
 
     @property
     def downtime_cycles(self) -> int:
@@ -266,10 +268,13 @@ def migrate(
         if paused_here:
             store.control(vm, "resume")
         raise
-    # The hand-over: released here first, then started there, never two running copies.
+    # The hand-over: released here first, then started there, never two running copies.  A VM
+    # that was not running (created, or paused by its operator) arrives created: start it there.
     store.destroy_vm(vm)
+    report.started = status not in ("created", "paused")
     try:
-        destination.start(report.destination_vm)
+        if report.started:
+            destination.start(report.destination_vm)
     except Exception as exc:
         raise MigrationFailed(
             f"VM {name!r} was moved and released here, but the destination did not start it "

@@ -175,6 +175,7 @@ class MigrationReport(_message.Message):
     DOWNTIME_CYCLES_FIELD_NUMBER: _builtins.int
     CONVERGED_FIELD_NUMBER: _builtins.int
     REBUILD_SECONDS_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
     vm: _builtins.str
     """the VM's id here (released)"""
     destination_vm: _builtins.str
@@ -193,6 +194,8 @@ class MigrationReport(_message.Message):
     """false: the round limit stopped pre-copy, not the target"""
     rebuild_seconds: _builtins.float
     """of the downtime, rebuilding the VM's state here (a replay)"""
+    started: _builtins.bool
+    """false: the VM was created or paused here, and arrives created"""
     @_builtins.property
     def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigrationRound]: ...
     def __init__(
@@ -208,10 +211,11 @@ class MigrationReport(_message.Message):
         downtime_cycles: _builtins.int = ...,
         converged: _builtins.bool = ...,
         rebuild_seconds: _builtins.float = ...,
+        started: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "destination_vm", b"destination_vm", "downtime_cycles", b"downtime_cycles", "downtime_link_seconds", b"downtime_link_seconds", "downtime_seconds", b"downtime_seconds", "name", b"name", "rebuild_seconds", b"rebuild_seconds", "rounds", b"rounds", "total_seconds", b"total_seconds", "vm", b"vm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converged", b"converged", "destination_vm", b"destination_vm", "downtime_cycles", b"downtime_cycles", "downtime_link_seconds", b"downtime_link_seconds", "downtime_seconds", b"downtime_seconds", "name", b"name", "rebuild_seconds", b"rebuild_seconds", "rounds", b"rounds", "started", b"started", "total_seconds", b"total_seconds", "vm", b"vm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
