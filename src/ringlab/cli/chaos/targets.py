@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -373,7 +374,7 @@ class ComposeTargets:
             c.kill(signal="SIGKILL")
             self._killed[target.ref] = time.monotonic() + self.restart_after
         elif action == "pause":
-            c.pause()
+            retry_transient(c.pause, FREEZE_FAILED)
         elif action == "restart":
             c.restart(timeout=5)
         elif action == "partition":
@@ -404,6 +405,25 @@ class ComposeTargets:
                 return {"container": c.name, "detail": "started again"}
             return {"container": c.name, "detail": "restarted by its restart policy"}
         return None
+
+
+FREEZE_FAILED = "unable to freeze"
+"""The engine's answer when the cgroup freezer gave up on a container (a process it could not
+stop in time, on a loaded host): a refusal of this moment, which the next try may not meet (seen
+once in CI: 'oci runtime pause failed: unable to freeze: unknown')."""
+
+
+def retry_transient(call: Callable[[], Any], transient: str, attempts: int = 5, delay: float = 0.3) -> Any:
+    """``call()``, again after ``delay`` seconds while it fails with an error whose text says
+    ``transient``, at most ``attempts`` times in all; any other error, or the last, is raised."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if transient not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def docker_available() -> bool:
