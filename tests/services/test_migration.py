@@ -25,23 +25,10 @@ from ringlab.store.server import free_port
 from ringlab.v1 import hypervisor_pb2
 from ringlab.vmm import VM, make_technique, run_vm
 from ringlab.vmm.snapshot import encode_snapshot, snapshot
-from tests.services.conftest import Deployment, start_deployment, unique
+from tests.services.conftest import Deployment, unique
+from tests.services.moving import comparable, every_technique, host
 
-SETUPS = [
-    ("native", False, "stock"),
-    ("trap-emulate", False, "stock"),
-    ("bt", False, "stock"),
-    ("hw", False, "stock"),
-    ("hw", True, "stock"),
-    ("pv", False, "paravirt"),
-]
-PARAMS = [
-    pytest.param(
-        t, n, k, id=t + ("+np" if n else ""), marks=() if (t, n) == ("hw", False) else pytest.mark.slow
-    )
-    for t, n, k in SETUPS
-]
-"""Every technique: hw in the default run, the others in the slow suite (.ci/run runs both)."""
+PARAMS = every_technique("hw")
 WORKLOAD, DEFINES = "multi", {"ITERATIONS": 3}
 """About 1.2 million instructions: hundreds of the deployments' slices."""
 SLICE = 5_000
@@ -51,32 +38,19 @@ running when a migration is asked for, however fast the host), with the same res
 LINK = 2_000_000
 """The modelled link, bytes per second: a full copy of the VM takes a good part of a second, so
 the VM runs (and dirties pages) while pre-copy goes on."""
-SLICE_DEPENDENT = ("translations", "translated_instructions", "cycles")
-"""Under bt the moved VM translates its blocks again at the destination (as after a restore)."""
 Chunk = hypervisor_pb2.MigrationChunk
 
 
 @pytest.fixture(scope="module")
 def source(redis_server: LocalRedis) -> Iterator[Deployment]:
-    d = start_deployment(redis_server, slice=SLICE, db=4)
-    yield d
-    d.hypervisor.stop(1)
-    d.cpu.stop(1)
+    with host(redis_server, db=4, slice=SLICE) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
 def destination(redis_server: LocalRedis) -> Iterator[Deployment]:
-    d = start_deployment(redis_server, slice=SLICE, db=5)
-    yield d
-    d.hypervisor.stop(1)
-    d.cpu.stop(1)
-
-
-def comparable(doc: dict[str, Any], technique: str) -> dict[str, Any]:
-    out = {k: doc[k] for k in ("console", "exit", "registers")}
-    guest = doc["stats"]["guest"]
-    out["guest"] = {k: v for k, v in guest.items() if technique != "bt" or k not in SLICE_DEPENDENT}
-    return out
+    with host(redis_server, db=5, slice=SLICE) as d:
+        yield d
 
 
 def running(d: Deployment, technique: str, nested: bool, kernel: str, image: Image) -> str:

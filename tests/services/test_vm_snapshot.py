@@ -24,55 +24,26 @@ from ringlab.store.server import LocalRedis
 from ringlab.v1 import hypervisor_pb2
 from ringlab.vmm import VM, make_technique, run_from, run_vm
 from ringlab.vmm.snapshot import MAGIC, VERSION, encode_snapshot, parse_snapshot, restore, snapshot
-from tests.services.conftest import Deployment, start_deployment, unique
+from tests.services.conftest import Deployment, unique
+from tests.services.moving import comparable, every_technique, host
 
-SETUPS = [
-    ("native", False, "stock"),
-    ("trap-emulate", False, "stock"),
-    ("bt", False, "stock"),
-    ("hw", False, "stock"),
-    ("hw", True, "stock"),
-    ("pv", False, "paravirt"),
-]
-PARAMS = [
-    pytest.param(
-        t, n, k, id=t + ("+np" if n else ""), marks=() if (t, n) == ("pv", False) else pytest.mark.slow
-    )
-    for t, n, k in SETUPS
-]
-"""Every technique: pv in the default run, the others in the slow suite (.ci/run runs both)."""
+PARAMS = every_technique("pv")
 WORKLOAD, DEFINES = "syscall", {"ITERATIONS": 2000}
 SLICE = 5_000
 """The deployments' slice (instructions): the workload (130,000 to 165,000 instructions) runs
 dozens of slices, so a VM paused after its first commits is mid-run."""
-SLICE_DEPENDENT = ("translations", "translated_instructions", "cycles")
-"""Under bt a restored VM translates its blocks again (its translation cache is rebuilt, not
-carried), as after a slice boundary: these counts, and the cycles that price them, may differ."""
 
 
 @pytest.fixture(scope="module")
 def deployment(redis_server: LocalRedis) -> Iterator[Deployment]:
-    d = start_deployment(redis_server, slice=SLICE, db=2)
-    yield d
-    d.hypervisor.stop(1)
-    d.cpu.stop(1)
+    with host(redis_server, db=2, slice=SLICE) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
 def other(redis_server: LocalRedis) -> Iterator[Deployment]:
-    """A second deployment (its own Redis database, hypervisor and pCPU): another host."""
-    d = start_deployment(redis_server, slice=SLICE, db=3)
-    yield d
-    d.hypervisor.stop(1)
-    d.cpu.stop(1)
-
-
-def comparable(doc: dict[str, Any], technique: str) -> dict[str, Any]:
-    """What a restored run must reproduce: console, exit, registers and the guest's statistics."""
-    out = {k: doc[k] for k in ("console", "exit", "registers")}
-    guest = doc["stats"]["guest"]
-    out["guest"] = {k: v for k, v in guest.items() if technique != "bt" or k not in SLICE_DEPENDENT}
-    return out
+    with host(redis_server, db=3, slice=SLICE) as d:
+        yield d
 
 
 def create(d: Deployment, technique: str, nested: bool, kernel: str, image: Image) -> str:

@@ -1286,6 +1286,15 @@ def add_service_commands(sub: Any) -> None:
     def json_flag(q: argparse.ArgumentParser) -> None:
         q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    def timeout_flag(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            default=600.0,
+            metavar="SECONDS",
+            help="give up after this long, with status 3 (default: 600)",
+        )
+
     from ringlab.guestos import WORKLOADS
 
     q = action(
@@ -1373,13 +1382,7 @@ def add_service_commands(sub: Any) -> None:
         "cannot answer (or the VM was never started).",
     )
     q.add_argument("name", help="the VM's name or id")
-    q.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="give up after this long, with status 3 (default: 600)",
-    )
+    timeout_flag(q)
     q.add_argument(
         "--guest-status",
         action="store_true",
@@ -1404,13 +1407,7 @@ def add_service_commands(sub: Any) -> None:
     )
     q.add_argument("name", help="the VM's name or id")
     q.add_argument("file", help="the snapshot file to write (replaced if it exists)")
-    q.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="give up after this long, with status 3 (default: 600)",
-    )
+    timeout_flag(q)
     json_flag(q)
     q = action(
         "restore",
@@ -1481,13 +1478,7 @@ def add_service_commands(sub: Any) -> None:
         metavar="MBIT/S",
         help="the modelled link between the deployments, megabits per second (default: 1000)",
     )
-    q.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="give up after this long, with status 3 (default: 600)",
-    )
+    timeout_flag(q)
     json_flag(q)
     p.set_defaults(func=cmd_vm)
 

@@ -193,6 +193,15 @@ def _kernel_and_image(
         ) from None
 
 
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise InvalidDefinition(
+            f"VM name {name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            "name",
+        )
+
+
 def define(
     *,
     name: str,
@@ -215,12 +224,7 @@ def define(
     None: none chosen; ``kernel`` None: unspecified, any other name not a flavour: unknown)
     against the deployment's ``limits`` (default: ``Limits()``)."""
     limits = limits or Limits()
-    if not _NAME.match(name):
-        raise InvalidDefinition(
-            f"VM name {name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            "name",
-        )
+    _check_name(name)
     if technique is None:
         raise InvalidDefinition(f"choose a technique: one of {', '.join(TECHNIQUES)}", "technique")
     if technique not in SERVICE_TECHNIQUES:
@@ -329,12 +333,7 @@ def define_restored(
     request's, else the snapshotted VM's (0: as for CreateVm).  ``snapshot`` in the definition
     records where the VM starts (its instruction count) and the file's SHA-256."""
     limits = limits or Limits()
-    if not _NAME.match(name):
-        raise InvalidDefinition(
-            f"VM name {name[:70]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            "name",
-        )
+    _check_name(name)
     if not snapshot:
         raise InvalidDefinition(
             "send the snapshot file in 'snapshot' ('ringlab vm snapshot' writes one)", "snapshot"
