@@ -131,6 +131,16 @@ def test_a_running_vm_moved_to_another_deployment_ends_as_if_never_moved(
     assert report.downtime_seconds > 0 and report.total_seconds >= report.downtime_seconds
     assert report.downtime_cycles == round(report.downtime_link_seconds * 3.8e9)
     assert name not in names(source)
+    kinds = [(e["kind"], e["vm"]) for e in source.state.events_read("0-0", count=100_000)]
+    assert [k for k in kinds if k[1] == report.vm and k[0].startswith("migrat")] == [
+        ("migrating", report.vm),
+        ("migrated", report.vm),
+    ]
+    assert ("destroyed", report.vm) in kinds
+    arrived = [
+        e for e in destination.state.events_read("0-0", count=100_000) if e["vm"] == report.destination_vm
+    ]
+    assert [e["kind"] for e in arrived][:3] == ["created", "migrated-in", "started"]
     moved = result_of(destination, name)
     assert comparable(moved, technique) == comparable(want, technique)
 
@@ -142,7 +152,13 @@ def test_a_migration_to_an_unreachable_deployment_leaves_the_vm_running_at_the_s
     name = running(source, "hw", False, "stock", image)
     with pytest.raises(grpc.RpcError) as err:
         migrate(source, name, f"127.0.0.1:{free_port()}")
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert "does not answer" in (err.value.details() or "")
+    vm = source.state.resolve(name)
+    failed = [
+        e for e in source.state.events_read("0-0", count=100_000) if e["vm"] == vm and "migrat" in e["kind"]
+    ]
+    assert [e["kind"] for e in failed] == ["migration-failed"] and "127.0.0.1:" in failed[0]["detail"]
     runs_on(source, name)
     assert name not in names(destination)
 

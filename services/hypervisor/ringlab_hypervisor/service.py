@@ -179,7 +179,7 @@ class _Released:
         self._servicer = servicer
         state = servicer.state
         self.vm_record, self.vm_image, self.load_vcpu = state.vm_record, state.vm_image, state.load_vcpu
-        self.sched_entry, self.control = state.sched_entry, state.control
+        self.sched_entry, self.control, self.add_event = state.sched_entry, state.control, state.add_event
 
     def destroy_vm(self, vm: str) -> bool:
         return self._servicer._destroy(vm)
@@ -564,12 +564,21 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             target_downtime=(request.target_downtime_ms / 1000) or DEFAULT_TARGET_DOWNTIME,
             bandwidth=request.bandwidth or DEFAULT_BANDWIDTH,
             name=request.name,
+            to=request.to,
         )
         destination = GrpcDestination(request.to, request.to_token)
         try:
             report = migrate(_Released(self, vm), vm, destination, options)
         except MigrationFailed as exc:
             raise WrongState(str(exc)) from None
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise  # the destination's refusal of this request: passed on as it came
+            # not UNAVAILABLE: this hypervisor answers (a client would retry the whole migration)
+            raise WrongState(
+                f"the destination {request.to} does not answer ({exc.code().name}: {exc.details()}): is "
+                f"its hypervisor running there? VM {request.vm!r} runs on here"
+            ) from None
         finally:
             destination.close()
         return hypervisor_pb2.MigrationReport(
@@ -631,6 +640,9 @@ class HypervisorServicer(hypervisor_pb2_grpc.HypervisorServicer):
             blob = encode_snapshot(dataclasses.replace(snap, pages=pages))
             vm = self._restore(incoming.name, blob, start=False)
             self.incoming.drop(migration, committed=vm)
+            self.state.add_event(
+                "migrated-in", vm, f"{incoming.name}: {len(pages)} pages, at {snap.retired} instructions"
+            )
             return hypervisor_pb2.MigrationAck(vm=vm, pages_held=len(pages))
         if step == chunk.STEP_ABORT:
             self.incoming.drop(migration)

@@ -89,6 +89,8 @@ class MigrationOptions:
     bandwidth: int = DEFAULT_BANDWIDTH
     name: str = ""
     """The VM's name at the destination ("": its name here)."""
+    to: str = ""
+    """Where it goes (for the events: the destination's HOST:PORT)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class MigrationSource(Protocol):
     def control(self, vm: str, action: str) -> str: ...
 
     def destroy_vm(self, vm: str) -> bool: ...
+
+    def add_event(self, kind: str, vm: str, detail: str) -> None: ...
 
 
 class Destination(Protocol):
@@ -213,8 +217,10 @@ def migrate(
             changed[p] = bytes(PAGE_SIZE)
         return changed
 
+    where = options.to or "the destination"
     try:
         destination.begin(migration, name)
+        store.add_event("migrating", vm, f"to {where} as {name}")
         budget = options.target_downtime * options.bandwidth / PAGE_SIZE
         number = 0
         while True:
@@ -262,14 +268,23 @@ def migrate(
         report.rounds.append(Round(number, len(changed), nbytes, seconds, clock() - paused_at, retired, True))
         report.downtime_link_seconds = seconds
         report.destination_vm = new_vm
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):  # unreachable: its copy expires there (never started)
             destination.abort(migration)
         if paused_here:
             store.control(vm, "resume")
+        with contextlib.suppress(Exception):
+            store.add_event("migration-failed", vm, f"to {where}: {exc}"[:300])
         raise
     # The hand-over: released here first, then started there, never two running copies.  A VM
     # that was not running (created, or paused by its operator) arrives created: start it there.
+    store.add_event(
+        "migrated",
+        vm,
+        f"to {where} as {name} (id {report.destination_vm}): {len(report.rounds)} rounds, "
+        f"{sum(r.pages for r in report.rounds)} pages, downtime {report.downtime_link_seconds * 1000:.1f} ms "
+        "on the link",
+    )
     store.destroy_vm(vm)
     report.started = status not in ("created", "paused")
     try:

@@ -512,6 +512,13 @@ class SharedState:
         entries = self.r.xrange(keys.COMMITS, f"({after}" if after != "0-0" else "-", "+", count=count)
         return [{"cursor": _s(i)} | {_s(k): _s(v) for k, v in f.items()} for i, f in entries]
 
+    def add_event(self, kind: str, vm: str, detail: str) -> None:
+        """Append an event to the deployment's stream (the lifecycle scripts append theirs
+        themselves, in the same step as the change they record)."""
+        fields = {"kind": kind, "vm": vm, "pcpu": "", "detail": detail, "time": time.time()}
+        with self._round_trip("add_event"):
+            self.r.xadd(keys.EVENTS, fields, maxlen=100_000, approximate=True)
+
     def events_last_id(self) -> str:
         info = self.r.xrevrange(keys.EVENTS, count=1)
         return _s(info[0][0]) if info else "0-0"

@@ -263,8 +263,9 @@ class HypervisorServicer:
         paused, its last pages and its whole state), then this deployment releases the VM and the
         destination runs it.  A failure before the hand-over leaves the VM running here (the
         destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
-        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
-        UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED); one that does not answer is
+        FAILED_PRECONDITION (not UNAVAILABLE: this hypervisor answers, and a client that retries
+        UNAVAILABLE would start the migration again).  Takes as long as the rounds take on the link.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

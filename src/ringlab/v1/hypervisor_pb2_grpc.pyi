@@ -105,8 +105,9 @@ class HypervisorStub:
     paused, its last pages and its whole state), then this deployment releases the VM and the
     destination runs it.  A failure before the hand-over leaves the VM running here (the
     destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
-    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
-    UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED); one that does not answer is
+    FAILED_PRECONDITION (not UNAVAILABLE: this hypervisor answers, and a client that retries
+    UNAVAILABLE would start the migration again).  Takes as long as the rounds take on the link.
     """
     ReceiveMigration: _grpc.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrationChunk, _hypervisor_pb2.MigrationAck]
     """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
@@ -192,8 +193,9 @@ class HypervisorAsyncStub(HypervisorStub):
     paused, its last pages and its whole state), then this deployment releases the VM and the
     destination runs it.  A failure before the hand-over leaves the VM running here (the
     destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
-    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
-    UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+    for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED); one that does not answer is
+    FAILED_PRECONDITION (not UNAVAILABLE: this hypervisor answers, and a client that retries
+    UNAVAILABLE would start the migration again).  Takes as long as the rounds take on the link.
     """
     ReceiveMigration: _aio.UnaryUnaryMultiCallable[_hypervisor_pb2.MigrationChunk, _hypervisor_pb2.MigrationAck]  # type: ignore[assignment]
     """The destination's side of MigrateVm, called by the source hypervisor once per step: BEGIN
@@ -372,8 +374,9 @@ class HypervisorServicer(metaclass=_abc_1.ABCMeta):
         paused, its last pages and its whole state), then this deployment releases the VM and the
         destination runs it.  A failure before the hand-over leaves the VM running here (the
         destination drops what it received); the destination's refusals pass through (ALREADY_EXISTS
-        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED), an unreachable one is
-        UNAVAILABLE.  Takes as long as the rounds take over the modelled link.
+        for a name in use there, INVALID_ARGUMENT, RESOURCE_EXHAUSTED); one that does not answer is
+        FAILED_PRECONDITION (not UNAVAILABLE: this hypervisor answers, and a client that retries
+        UNAVAILABLE would start the migration again).  Takes as long as the rounds take on the link.
         """
 
     @_abc_1.abstractmethod
