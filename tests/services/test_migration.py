@@ -237,3 +237,101 @@ def test_a_paused_vm_moves_in_one_round_and_arrives_created(
     assert comparable(result_of(destination, name), "hw") == comparable(
         run_vm(image, technique="hw").to_json(), "hw"
     )
+
+
+class Failing:
+    """The real destination (``GrpcDestination``), with one fault at one phase of the migration:
+    the call refused before it reaches the destination, or (``lost``) made there and its answer
+    lost on the way back; after it, the destination does not answer at all if ``gone``; with
+    ``paused``, only once the source has paused the VM (stop-and-copy)."""
+
+    def __init__(
+        self, address: str, phase: str, *, lost: bool = False, gone: bool = False, paused: bool = False
+    ) -> None:
+        from ringlab_hypervisor.migration_link import GrpcDestination
+
+        self.real = GrpcDestination(address, "")
+        self.phase, self.lost, self.gone, self.when_paused = phase, lost, gone, paused
+        self.failed = False
+        self.source_paused = False
+        """Set by ``SourceStore`` when the source pauses the VM (stop-and-copy has begun)."""
+
+    def _call(self, phase: str, call: Any) -> Any:
+        if self.failed and self.gone:
+            raise ConnectionError("the destination does not answer")
+        if phase != self.phase or self.failed or (self.when_paused and not self.source_paused):
+            return call()
+        self.failed = True
+        if self.lost:
+            call()
+        raise ConnectionError(f"injected: the {phase} step {'answer lost' if self.lost else 'refused'}")
+
+    def begin(self, migration: str, name: str) -> None:
+        self._call("begin", lambda: self.real.begin(migration, name))
+
+    def pages(self, migration: str, pages: Any) -> int:
+        return int(self._call("pages", lambda: self.real.pages(migration, pages)))
+
+    def commit(self, migration: str, snapshot: bytes, digest: str) -> str:
+        return str(self._call("commit", lambda: self.real.commit(migration, snapshot, digest)))
+
+    def abort(self, migration: str) -> None:
+        self._call("abort", lambda: self.real.abort(migration))
+
+    def start(self, vm: str) -> None:
+        self._call("start", lambda: self.real.start(vm))
+
+    def status(self, vm: str) -> str:
+        return str(self._call("status", lambda: self.real.status(vm)))
+
+
+class SourceStore:
+    """The source deployment's store as migration uses it (its own DestroyVm is the store's),
+    telling ``failing`` when the VM is paused for stop-and-copy."""
+
+    def __init__(self, d: Deployment, failing: Failing) -> None:
+        s, self._failing, self._control = d.state, failing, d.state.control
+        self.vm_record, self.vm_image, self.load_vcpu = s.vm_record, s.vm_image, s.load_vcpu
+        self.sched_entry, self.destroy_vm, self.add_event = s.sched_entry, s.destroy_vm, s.add_event
+
+    def control(self, vm: str, action: str) -> str:
+        self._failing.source_paused |= action == "pause"
+        return self._control(vm, action)
+
+
+RUNNING = ("runnable", "running", "blocked")
+FAULTS = {
+    "begin refused": {"phase": "begin"},
+    "first pages refused": {"phase": "pages"},
+    "the state refused, the VM paused": {"phase": "commit", "paused": True},
+    "commit's answer lost": {"phase": "commit", "lost": True},
+    "start refused": {"phase": "start"},
+    "start's answer lost, then no answer": {"phase": "start", "lost": True, "gone": True},
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_migration_failing_at_any_phase_leaves_exactly_one_running_copy(
+    source: Deployment, destination: Deployment, fault: str
+) -> None:
+    from ringlab.hypervisor.migration import MigrationFailed, MigrationOptions, migrate
+
+    image = build_image(WORKLOAD, "stock", DEFINES)
+    name = running(source, "hw", False, "stock", image)
+    vm = source.state.resolve(name)
+    failing = Failing(destination.hypervisor_target, **FAULTS[fault])  # type: ignore[arg-type]
+    with pytest.raises((ConnectionError, MigrationFailed)):
+        migrate(SourceStore(source, failing), vm, failing, MigrationOptions(bandwidth=LINK * 4, name=name))
+    assert failing.failed, "the fault was never injected"
+    here = source.state.sched_entry(vm).get("status")
+    there_id = destination.state.vm_by_name(name)
+    there = destination.state.sched_entry(there_id).get("status") if there_id else None
+    copies = [where for where, status in (("source", here), ("destination", there)) if status in RUNNING]
+    assert len(copies) == 1, (fault, here, there)
+    if fault == "start's answer lost, then no answer":  # it runs there; here it waits, paused
+        assert (here, copies) == ("paused", ["destination"])
+    else:  # aborted: it runs on here, and nothing is left there
+        assert copies == ["source"] and there is None
+    for d, ref in ((source, vm), (destination, there_id)):
+        if ref:
+            d.state.destroy_vm(ref)

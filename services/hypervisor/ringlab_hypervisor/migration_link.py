@@ -64,6 +64,11 @@ class GrpcDestination:
         assert last is not None
         raise last
 
+    def status(self, vm: str) -> str:
+        """The VM's status there, as the store names it (``created``, ``running``, ...)."""
+        reply = self._stub.DescribeVm(hypervisor_pb2.VmRef(vm=vm), timeout=CALL_TIMEOUT)
+        return hypervisor_pb2.VmStatus.Name(reply.status).removeprefix("VM_STATUS_").lower()
+
 
 class MigrationNotFound(VmNotFound):
     """NOT_FOUND: a step for a migration this destination does not hold."""

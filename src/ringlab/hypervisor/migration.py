@@ -23,10 +23,12 @@ and the downtime change.  Downtime is reported as the wall time the VM was pause
 includes the replay here, reported apart) and as the stop-and-copy round's time on the link,
 also in the cost model's cycles.
 
-Safety: the VM runs here until the destination holds the whole VM (created, not started).  Any
-failure before that aborts the destination's copy and resumes the VM here.  Then this deployment
-releases (destroys) its VM first and only then starts the destination's: never two running
-copies.  If that start fails, the VM is at the destination, created, and the error says so.
+Safety: the VM runs here until the destination holds the whole VM (created, not started); then,
+as libvirt does, the destination's copy is started while this one stays paused, and only then is
+this one released (destroyed).  Any failure before the destination's copy runs aborts it there
+(an ABORT destroys a committed copy never started) and resumes the VM here.  If the destination
+stops answering while starting it, whether it runs there cannot be known: the VM stays paused
+here and the error says so: never two running copies.
 """
 
 from __future__ import annotations
@@ -161,6 +163,29 @@ class Destination(Protocol):
 
     def start(self, vm: str) -> None: ...
 
+    def status(self, vm: str) -> str: ...
+
+
+class _Unknown(Exception):
+    """The destination stopped answering while it was asked to start the VM."""
+
+
+def _start_there(destination: Destination, vm: str, name: str) -> None:
+    """Start the destination's copy; raise if it did not start (the caller aborts and resumes
+    the source), ``_Unknown`` if whether it did cannot be known."""
+    try:
+        destination.start(vm)
+        return
+    except Exception:
+        pass
+    try:
+        status = destination.status(vm)
+    except Exception:
+        raise _Unknown() from None
+    if status == "created":
+        raise MigrationFailed(f"the destination did not start VM {name!r}: it runs on here", "start")
+    # it runs there (the start's answer was lost): the migration is done
+
 
 def memory_digest(pages: Mapping[int, bytes]) -> str:
     """The SHA-256 of a memory given as its pages (those all zeros left out, as a snapshot keeps
@@ -268,6 +293,23 @@ def migrate(
         report.rounds.append(Round(number, len(changed), nbytes, seconds, clock() - paused_at, retired, True))
         report.downtime_link_seconds = seconds
         report.destination_vm = new_vm
+        # The hand-over, as libvirt does it: the destination's copy runs first, while the source's
+        # stays paused; a start that fails is aborted and the source resumes.  A VM that was not
+        # running here (created, or paused by its operator) arrives created: start it there.
+        report.started = status not in ("created", "paused")
+        if report.started:
+            _start_there(destination, new_vm, name)
+    except _Unknown:  # whether it runs there cannot be known: keep it paused here, never twice
+        with contextlib.suppress(Exception):
+            store.add_event(
+                "migration-failed", vm, f"to {where}: the destination stopped answering at its start"
+            )
+        raise MigrationFailed(
+            f"the destination {where} stopped answering while starting VM {name!r}: it may run there. "
+            f"It stays paused here: resume it here ('ringlab vm resume {name}') only if it is not "
+            "running there",
+            "start",
+        ) from None
     except BaseException as exc:
         with contextlib.suppress(Exception):  # unreachable: its copy expires there (never started)
             destination.abort(migration)
@@ -276,8 +318,6 @@ def migrate(
         with contextlib.suppress(Exception):
             store.add_event("migration-failed", vm, f"to {where}: {exc}"[:300])
         raise
-    # The hand-over: released here first, then started there, never two running copies.  A VM
-    # that was not running (created, or paused by its operator) arrives created: start it there.
     store.add_event(
         "migrated",
         vm,
@@ -285,17 +325,7 @@ def migrate(
         f"{sum(r.pages for r in report.rounds)} pages, downtime {report.downtime_link_seconds * 1000:.1f} ms "
         "on the link",
     )
-    store.destroy_vm(vm)
-    report.started = status not in ("created", "paused")
-    try:
-        if report.started:
-            destination.start(report.destination_vm)
-    except Exception as exc:
-        raise MigrationFailed(
-            f"VM {name!r} was moved and released here, but the destination did not start it "
-            f"({exc}): it is there, created; start it there ('ringlab vm start {name}')",
-            "start",
-        ) from None
+    store.destroy_vm(vm)  # released: the destination's copy is the VM now
     end = clock()
     report.downtime_seconds = end - paused_at
     report.total_seconds = end - started
