@@ -374,7 +374,7 @@ def _seeds(pools: Pools, state: SharedState, sched: dict[str, Any]) -> dict[str,
             hypervisor_pb2.MigrationChunk(
                 migration="fuzz", step=step, name="fuzz-in", pages={1: bytes(4096)}
             ).SerializeToString()
-            for step in range(5)
+            for step in hypervisor_pb2.MigrationChunk.Step.values()
         ],
         "/ringlab.v1.Hypervisor/RestoreVm": [
             hypervisor_pb2.RestoreVmRequest(
