@@ -373,8 +373,12 @@ class ShadowPageTables:
             seen: list[tuple[int, tuple[int, int] | None]] = []
             how = self._prepare(vector, cpl, esp, words_read, seen)
             if how == _FAULTED:  # natively the CPU goes on to deliver the fault, then #DF
-                for then in (GP, PF, MC, DF):
+                # Least needed first, the event's own pages last: a prefill that finds no free
+                # shadow table flushes the shadow, which must drop only what is needed less (a
+                # #DF stack at a wild address once flushed the #GP gate prefilled just before).
+                for then in (DF, MC, PF, GP):
                     self._prepare(then, cpl, esp, words_read, seen)
+                self._prepare(vector, cpl, esp, words_read, seen)
             if self._unprotected == unprotected:
                 break
         if self._epoch == key[-1] and how != _FAULTED:
