@@ -13,7 +13,8 @@ import grpc
 
 from ringlab.machine.memory import PAGE_SIZE
 from ringlab.rpc import open_channel
-from ringlab.store import AlreadyExists, DeploymentError, Exhausted, InvalidRequest, VmNotFound
+from ringlab.rpc.errors import InvalidField
+from ringlab.store import AlreadyExists, DeploymentError, Exhausted, VmNotFound
 from ringlab.v1 import hypervisor_pb2, hypervisor_pb2_grpc
 
 __all__ = ["CALL_TIMEOUT", "GrpcDestination", "Incoming", "IncomingMigration"]
@@ -107,7 +108,7 @@ class Incoming:
 
     def begin(self, migration: str, name: str, max_memory: int) -> None:
         if not migration:
-            raise InvalidRequest("name the migration in 'migration' (the source's id for it)")
+            raise InvalidField("migration", "name the migration in 'migration' (the source's id for it)")
         with self._lock:
             self._expire()
             if migration in self._by_id:
@@ -134,9 +135,10 @@ class Incoming:
         incoming = self.get(migration)
         for number, page in pages.items():
             if len(page) != PAGE_SIZE or number >= incoming.max_pages:
-                raise InvalidRequest(
+                raise InvalidField(
+                    "pages",
                     f"page {number} ({len(page)} bytes) is not a 4 KiB page of a VM this deployment "
-                    f"allows ({incoming.max_pages} pages)"
+                    f"allows ({incoming.max_pages} pages)",
                 )
         with self._lock:
             incoming.pages.update(pages)
