@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 
+import grpc
 import pytest
 
 from ringlab.guestos.build import build_image
@@ -73,7 +74,12 @@ def _run_evicted(
         if now.status not in _LIVE:
             break
         retired = now.stats.guest.retired
-        hv.PauseVm(hypervisor_pb2.VmRef(vm=vm), timeout=10)
+        try:
+            hv.PauseVm(hypervisor_pb2.VmRef(vm=vm), timeout=10)
+        except grpc.RpcError as err:  # it ended between the look and the pause (a busy host)
+            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            break
         cpu.EvictVcpu(cpu_pb2.EvictVcpuRequest(vm=vm), timeout=10)  # (or a revoked slice did)
         hv.ResumeVm(hypervisor_pb2.VmRef(vm=vm), timeout=10)
     result = hv.WaitVm(hypervisor_pb2.WaitVmRequest(vm=vm, timeout_seconds=120), timeout=150)
